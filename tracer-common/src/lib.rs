@@ -1,0 +1,271 @@
+//! Wire types shared by clawtrace's eBPF programs and its user-space loader.
+//!
+//! Every record the kernel side writes into the ring buffer starts with the same [`Header`];
+//! the header's `kind` says which record follows. All types are `#[repr(C)]`, `Copy`, made of
+//! fixed-size integers and byte arrays, and laid out so that there is no implicit padding (every
+//! gap is an explicit `_reserved` field): the kernel writes them with plain stores and the user
+//! side reads them with an unaligned copy after checking the length.
+//!
+//! The `user` feature adds `aya::Pod` impls so user space can read and write these types in maps.
+#![no_std]
+
+/// Length of a task's `comm` (`TASK_COMM_LEN`).
+pub const COMM_LEN: usize = 16;
+/// Bytes of a cgroup path carried in a record; longer paths are truncated (see `path_len`).
+pub const CGROUP_PATH_LEN: usize = 256;
+/// Bytes of an exec'd file name carried in a record; longer names are truncated.
+pub const FILENAME_LEN: usize = 128;
+/// How many distinct signals are remembered per tracked process (see [`SignalTrack`]).
+pub const SIGNAL_SLOTS: usize = 4;
+
+/// Hierarchy id of the cgroup v2 (default) hierarchy in the `cgroup:*` tracepoints.
+pub const CGROUP_V2_HIERARCHY: i32 = 0;
+
+/// Record kinds: the value of [`Header::kind`]. Fixed numbers; never reuse one.
+pub mod kind {
+    pub const CGROUP_MKDIR: u32 = 1;
+    pub const CGROUP_RMDIR: u32 = 2;
+    pub const CGROUP_ATTACH: u32 = 3;
+    pub const PROCESS_EXEC: u32 = 4;
+    pub const PROCESS_EXIT: u32 = 5;
+    pub const SIGNAL: u32 = 6;
+    pub const OOM_MARK: u32 = 7;
+}
+
+/// Probes, as indices into the kernel's per-CPU lost-record counters (`LOST` map).
+pub mod probe {
+    pub const CGROUP_MKDIR: u32 = 0;
+    pub const CGROUP_RMDIR: u32 = 1;
+    pub const CGROUP_ATTACH: u32 = 2;
+    pub const PROCESS_EXEC: u32 = 3;
+    pub const PROCESS_EXIT: u32 = 4;
+    pub const SIGNAL_GENERATE: u32 = 5;
+    pub const OOM_MARK_VICTIM: u32 = 6;
+    pub const TASK_NEWTASK: u32 = 7;
+    /// Number of probes; the size of the `LOST` map.
+    pub const COUNT: u32 = 8;
+    /// Probe names, indexed by the constants above, as the user side reports them.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "cgroup_mkdir",
+        "cgroup_rmdir",
+        "cgroup_attach_task",
+        "sched_process_exec",
+        "sched_process_exit",
+        "signal_generate",
+        "mark_victim",
+        "task_newtask",
+    ];
+}
+
+/// Value of `signal_generate`'s `result` field (`enum trace_signal_result`).
+pub mod signal_result {
+    pub const DELIVERED: u32 = 0;
+    pub const IGNORED: u32 = 1;
+    pub const ALREADY_PENDING: u32 = 2;
+    pub const OVERFLOW_FAIL: u32 = 3;
+    pub const LOSE_INFO: u32 = 4;
+}
+
+/// The header every record starts with.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Header {
+    /// One of the [`kind`] constants.
+    pub kind: u32,
+    /// Explicit padding so `ts_ns` is 8-aligned without hidden bytes. Always 0.
+    pub _reserved: u32,
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC nanoseconds.
+    pub ts_ns: u64,
+    /// Thread id of the task the probe ran in.
+    pub pid: u32,
+    /// Process id (thread-group id) of the task the probe ran in.
+    pub tgid: u32,
+    /// cgroup v2 id of the task the probe ran in (`bpf_get_current_cgroup_id()`).
+    pub cgroup_id: u64,
+}
+
+/// `cgroup:cgroup_mkdir` and `cgroup:cgroup_rmdir` on the v2 hierarchy.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CgroupRecord {
+    pub header: Header,
+    /// Id of the cgroup made or removed (its inode number in cgroupfs).
+    pub id: u64,
+    /// Depth below the root (a child of the root is level 1).
+    pub level: u32,
+    /// Bytes of `path` in use, without the terminating NUL; `CGROUP_PATH_LEN` means truncated.
+    pub path_len: u32,
+    /// Path relative to the hierarchy's root, e.g. `/docker/3f2a…`.
+    pub path: [u8; CGROUP_PATH_LEN],
+}
+
+/// `cgroup:cgroup_attach_task` into a tracked v2 cgroup (a task written to `cgroup.procs`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct AttachRecord {
+    /// The header describes the writer (for instance the runtime), not the task moved.
+    pub header: Header,
+    /// The cgroup the task moved into.
+    pub dst_cgroup_id: u64,
+    /// Thread id of the task moved.
+    pub target_pid: u32,
+    pub _reserved: u32,
+    pub target_comm: [u8; COMM_LEN],
+}
+
+/// `sched:sched_process_exec` in a tracked cgroup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExecRecord {
+    pub header: Header,
+    /// Thread id before the exec (differs from `header.pid` when a non-leader thread exec'd).
+    pub old_pid: u32,
+    /// Bytes of `filename` in use; `FILENAME_LEN` means truncated.
+    pub filename_len: u32,
+    pub comm: [u8; COMM_LEN],
+    pub filename: [u8; FILENAME_LEN],
+}
+
+/// One signal sent to a tracked process, as seen by `signal:signal_generate` in the sender's context.
+/// The first send of each distinct signal is kept; later sends of the same signal bump `count`
+/// and `last_ns`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SignalOrigin {
+    /// Time of the first send (0: empty slot).
+    pub first_ns: u64,
+    /// Time of the latest send.
+    pub last_ns: u64,
+    /// cgroup v2 id of the sender at the first send.
+    pub sender_cgroup_id: u64,
+    pub sender_pid: u32,
+    pub sender_tgid: u32,
+    /// Signal number (0: empty slot).
+    pub signal: u32,
+    /// `si_code` of the first send: 0 SI_USER (kill), -6 SI_TKILL (tgkill), 0x80 SI_KERNEL,
+    /// positive values are fault codes the kernel raised.
+    pub code: i32,
+    pub count: u32,
+    /// [`signal_result`] of the first send.
+    pub result: u32,
+    pub sender_comm: [u8; COMM_LEN],
+}
+
+/// What the kernel remembers about a tracked process until it exits: the signals sent to it and
+/// whether the OOM killer chose it. Keyed by tgid in the `SIGNALS` map and copied whole into the
+/// process's [`ExitRecord`], so the join of "who sent what" with "how it died" happens in the kernel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SignalTrack {
+    /// Time `oom:mark_victim` chose this process; 0 if it was never chosen.
+    pub oom_ns: u64,
+    pub slots: [SignalOrigin; SIGNAL_SLOTS],
+}
+
+/// Bits of [`ExitRecord::flags`].
+pub mod exit_flags {
+    /// `track` holds what the kernel remembered for this process.
+    pub const HAS_TRACK: u32 = 1;
+}
+
+/// `sched:sched_process_exit` of the last thread of a process (`group_dead`) in a tracked cgroup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExitRecord {
+    /// The header is the exiting thread; `header.tgid` is the process.
+    pub header: Header,
+    /// The wait status exactly as `waitpid()` reports it to the parent (`task->exit_code`):
+    /// `(code << 8)` for an exit, `signal | 0x80 if core dumped` for a signal death.
+    pub exit_status: u32,
+    /// [`exit_flags`] bits.
+    pub flags: u32,
+    pub comm: [u8; COMM_LEN],
+    pub track: SignalTrack,
+}
+
+/// `signal:signal_generate` aimed at a tracked task. The header is the sender.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SignalRecord {
+    pub header: Header,
+    /// Thread id the signal was aimed at.
+    pub target_pid: u32,
+    /// Process of that thread.
+    pub target_tgid: u32,
+    /// cgroup v2 id of the target as last seen by the tracer.
+    pub target_cgroup_id: u64,
+    pub signal: u32,
+    pub code: i32,
+    /// [`signal_result`].
+    pub result: u32,
+    /// Non-zero when the signal was sent to the whole process rather than one thread.
+    pub group: u32,
+    pub sender_comm: [u8; COMM_LEN],
+    pub target_comm: [u8; COMM_LEN],
+}
+
+/// `oom:mark_victim` for a tracked task. The header is the task that ran the OOM killer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct OomRecord {
+    pub header: Header,
+    pub victim_pid: u32,
+    pub victim_tgid: u32,
+    pub victim_cgroup_id: u64,
+    /// Resident anonymous memory of the victim, in KiB.
+    pub anon_rss_kb: u64,
+    /// Total virtual memory of the victim, in KiB.
+    pub total_vm_kb: u64,
+}
+
+/// Value of the `TASKS` map: a task the tracer follows, keyed by thread id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrackedTask {
+    pub tgid: u32,
+    pub _reserved: u32,
+    pub cgroup_id: u64,
+}
+
+/// Offsets in kernel structures that the programs need, read from the kernel's BTF at start and
+/// handed to the programs as a load-time global (aya emits no CO-RE relocations from Rust).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// `offsetof(struct task_struct, exit_code)`.
+    pub task_exit_code: u32,
+    pub _reserved: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all these types are #[repr(C)], Copy, made only of integers and byte arrays, and
+    // have no implicit padding, so every bit pattern is a valid value.
+    unsafe impl aya::Pod for Header {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SignalOrigin {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SignalTrack {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for TrackedTask {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for KernelOffsets {}
+}
+
+/// Layout checks: the kernel and user views cannot drift without failing the build.
+const _: () = {
+    use core::mem::{align_of, size_of};
+    assert!(size_of::<Header>() == 32);
+    assert!(size_of::<CgroupRecord>() == 32 + 16 + CGROUP_PATH_LEN);
+    assert!(size_of::<AttachRecord>() == 32 + 16 + COMM_LEN);
+    assert!(size_of::<ExecRecord>() == 32 + 8 + COMM_LEN + FILENAME_LEN);
+    assert!(size_of::<SignalOrigin>() == 64);
+    assert!(size_of::<SignalTrack>() == 8 + 64 * SIGNAL_SLOTS);
+    assert!(size_of::<ExitRecord>() == 32 + 8 + COMM_LEN + size_of::<SignalTrack>());
+    assert!(size_of::<SignalRecord>() == 32 + 32 + 2 * COMM_LEN);
+    assert!(size_of::<OomRecord>() == 32 + 32);
+    assert!(size_of::<TrackedTask>() == 16);
+    // The ring buffer hands out 8-aligned space; records must not need more.
+    assert!(align_of::<ExitRecord>() <= 8);
+};

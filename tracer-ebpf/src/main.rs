@@ -1,0 +1,32 @@
+//! clawtrace's kernel side. Each program is a thin `#[tracepoint]` calling a `try_*` function;
+//! the record layouts are in `tracer-common`. Programs are grouped by hook family:
+//! `cgroup` (container creation and removal), `process` (fork, exec, exit), `signal`
+//! (signals and OOM kills). `state` owns the maps they share.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod cgroup;
+#[cfg(target_arch = "bpf")]
+mod process;
+#[cfg(target_arch = "bpf")]
+mod signal;
+#[cfg(target_arch = "bpf")]
+mod state;
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // SAFETY: the verifier rejects any program in which a panic path is reachable, so a loaded
+    // program never gets here.
+    unsafe { core::hint::unreachable_unchecked() }
+}
+
+/// The programs use GPL-only helpers (`bpf_probe_read_kernel`, `bpf_probe_read_kernel_str`).
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,172 @@
+//! Maps shared by the programs, and the small helpers every program uses: the record header,
+//! ring-buffer reservation with loss accounting, and `__data_loc` string reads.
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        generated::bpf_probe_read_kernel_str,
+    },
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::TracePointContext,
+    EbpfContext, Global,
+};
+use tracer_common::{probe, Header, KernelOffsets, SignalTrack, TrackedTask};
+
+/// Records for user space. The loader sets the real size (`--ring-buffer-size`).
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+
+/// Per-CPU count of records each probe could not reserve room for, indexed by [`probe`].
+#[map]
+pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(probe::COUNT, 0);
+
+/// Per-CPU count of cgroups that could not be tracked because `CGROUPS` was full.
+#[map]
+pub static UNTRACKED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// v2 cgroups whose processes are followed, keyed by cgroup id. Every new v2 cgroup is added at
+/// mkdir (so a container's first process is never missed while user space decides), then user
+/// space removes those that turn out not to be containers, and adds the containers that existed
+/// before the tracer started.
+#[map]
+pub static CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(65536, 0);
+
+/// Tasks followed, keyed by thread id: their process and last known cgroup. Lets
+/// `signal_generate`, which runs in the sender's context, recognise a tracked target and key
+/// what it remembers by process.
+#[map]
+pub static TASKS: LruHashMap<u32, TrackedTask> = LruHashMap::with_max_entries(131072, 0);
+
+/// Signals sent to tracked processes (and OOM marks), keyed by tgid, until the process exits.
+#[map]
+pub static SIGNALS: LruHashMap<u32, SignalTrack> = LruHashMap::with_max_entries(32768, 0);
+
+/// Scratch space to build a [`SignalTrack`] before inserting it: too large for the BPF stack
+/// beside everything else.
+#[map]
+pub static SCRATCH: PerCpuArray<SignalTrack> = PerCpuArray::with_max_entries(1, 0);
+
+/// Offsets of kernel structure fields, read from BTF by the loader.
+#[unsafe(no_mangle)]
+pub static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
+    task_exit_code: 0,
+    _reserved: 0,
+});
+
+#[inline(always)]
+pub fn header(kind: u32) -> Header {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    Header {
+        kind,
+        _reserved: 0,
+        // SAFETY: helpers without arguments, callable from any tracepoint program.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        pid: pid_tgid as u32,
+        tgid: (pid_tgid >> 32) as u32,
+        // SAFETY: as above.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+    }
+}
+
+#[inline(always)]
+pub fn current_cgroup_id() -> u64 {
+    // SAFETY: helper without arguments, callable from any tracepoint program.
+    unsafe { bpf_get_current_cgroup_id() }
+}
+
+#[inline(always)]
+pub fn now_ns() -> u64 {
+    // SAFETY: helper without arguments, callable from any tracepoint program.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+pub fn is_tracked_cgroup(id: u64) -> bool {
+    CGROUPS.get_ptr(id).is_some()
+}
+
+/// Counts a record `probe` could not write. Per-CPU, so a plain increment is race-free.
+#[inline(always)]
+pub fn count_lost(probe: u32) {
+    if let Some(counter) = LOST.get_ptr_mut(probe) {
+        // SAFETY: the pointer is this CPU's slot of a map value, valid for the program's run.
+        unsafe { *counter += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn count_untracked() {
+    if let Some(counter) = UNTRACKED.get_ptr_mut(0) {
+        // SAFETY: as in `count_lost`.
+        unsafe { *counter += 1 };
+    }
+}
+
+/// Reserves room for a `T` in the ring buffer; on failure counts the loss against `probe`.
+#[inline(always)]
+pub fn reserve<T: 'static>(probe: u32) -> Option<aya_ebpf::maps::ring_buf::RingBufEntry<T>> {
+    let entry = EVENTS.reserve::<T>(0);
+    if entry.is_none() {
+        count_lost(probe);
+    }
+    entry
+}
+
+/// Reads the `__data_loc` string field at `field_offset` of a tracepoint's record into `dst`
+/// (`len` bytes). Returns the bytes copied without the NUL, 0 on failure.
+///
+/// # Safety
+/// `dst` must be valid for writes of `len` bytes.
+#[inline(always)]
+pub unsafe fn read_data_loc_str(
+    ctx: &TracePointContext,
+    field_offset: usize,
+    dst: *mut u8,
+    len: u32,
+) -> u32 {
+    // SAFETY: reads a u32 from the tracepoint record through bpf_probe_read; the offset comes
+    // from the tracepoint's format, checked by the loader.
+    let Ok(loc) = (unsafe { ctx.read_at::<u32>(field_offset) }) else {
+        return 0;
+    };
+    // __data_loc: low 16 bits are the offset from the record's start, high 16 bits the length.
+    let src = (ctx.as_ptr() as *const u8).wrapping_add((loc & 0xffff) as usize);
+    // SAFETY: the caller guarantees `dst` holds `len` bytes; the helper bounds the copy by `len`
+    // and NUL-terminates.
+    let copied = unsafe { bpf_probe_read_kernel_str(dst.cast(), len, src.cast()) };
+    if copied > 0 {
+        (copied - 1) as u32
+    } else {
+        0
+    }
+}
+
+/// Starts following thread `pid` of process `tgid` in cgroup `cgroup_id`.
+#[inline(always)]
+pub fn track_task(pid: u32, tgid: u32, cgroup_id: u64) {
+    let task = TrackedTask {
+        tgid,
+        _reserved: 0,
+        cgroup_id,
+    };
+    // LRU: never fails for lack of room; the oldest entry gives way.
+    let _ = TASKS.insert(pid, task, 0);
+}
+
+/// The [`SignalTrack`] of process `tgid`, created empty if there is none yet.
+#[inline(always)]
+pub fn signal_track(tgid: u32) -> Option<*mut SignalTrack> {
+    if let Some(track) = SIGNALS.get_ptr_mut(tgid) {
+        return Some(track);
+    }
+    let scratch = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's scratch slot, valid for the program's run and used by nothing else
+    // while the program runs (programs on one CPU do not nest for tracepoints).
+    unsafe {
+        core::ptr::write_bytes(scratch, 0, 1);
+        // BPF_NOEXIST: if another CPU created it meanwhile, keep theirs.
+        let _ = SIGNALS.insert(tgid, &*scratch, 1);
+    }
+    SIGNALS.get_ptr_mut(tgid)
+}

@@ -1,0 +1,387 @@
+//! How a process died and who caused it, from its wait status and what the kernel remembered
+//! about the signals sent to it. Pure functions: no state, no I/O.
+
+use serde::Serialize;
+use tracer_common::{exit_flags, ExitRecord, SignalOrigin};
+
+/// Signal numbers this module names (x86-64 / generic Linux numbering).
+pub mod sig {
+    pub const SIGHUP: u32 = 1;
+    pub const SIGINT: u32 = 2;
+    pub const SIGQUIT: u32 = 3;
+    pub const SIGILL: u32 = 4;
+    pub const SIGTRAP: u32 = 5;
+    pub const SIGABRT: u32 = 6;
+    pub const SIGBUS: u32 = 7;
+    pub const SIGFPE: u32 = 8;
+    pub const SIGKILL: u32 = 9;
+    pub const SIGSEGV: u32 = 11;
+    pub const SIGTERM: u32 = 15;
+    pub const SIGSYS: u32 = 31;
+}
+
+/// `si_code` the kernel uses for signals it sends on its own behalf (OOM killer, namespace teardown).
+pub const SI_KERNEL: i32 = 0x80;
+
+const NAMES: [&str; 32] = [
+    "SIG0", "SIGHUP", "SIGINT", "SIGQUIT", "SIGILL", "SIGTRAP", "SIGABRT", "SIGBUS", "SIGFPE",
+    "SIGKILL", "SIGUSR1", "SIGSEGV", "SIGUSR2", "SIGPIPE", "SIGALRM", "SIGTERM", "SIGSTKFLT",
+    "SIGCHLD", "SIGCONT", "SIGSTOP", "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGURG", "SIGXCPU",
+    "SIGXFSZ", "SIGVTALRM", "SIGPROF", "SIGWINCH", "SIGIO", "SIGPWR", "SIGSYS",
+];
+
+/// The signal's conventional name; real-time signals are `SIGRT<n>`.
+pub fn signal_name(signal: u32) -> String {
+    match NAMES.get(signal as usize) {
+        Some(name) => (*name).to_string(),
+        None if (34..=64).contains(&signal) => format!("SIGRT{}", signal - 34),
+        None => format!("SIG{signal}"),
+    }
+}
+
+/// Signals the kernel raises synchronously for a fault of the running task.
+pub fn is_fault_signal(signal: u32) -> bool {
+    matches!(
+        signal,
+        sig::SIGSEGV | sig::SIGBUS | sig::SIGILL | sig::SIGFPE | sig::SIGTRAP | sig::SIGSYS
+    )
+}
+
+/// Signals an orchestrator sends to ask for a graceful stop before it escalates to SIGKILL.
+pub fn is_graceful_stop(signal: u32) -> bool {
+    matches!(signal, sig::SIGTERM | sig::SIGINT | sig::SIGHUP | sig::SIGQUIT)
+}
+
+/// A wait status as `waitpid()` returns it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitStatus {
+    Exited(u8),
+    Signaled { signal: u32, core_dumped: bool },
+}
+
+impl WaitStatus {
+    pub fn from_raw(status: u32) -> WaitStatus {
+        let signal = status & 0x7f;
+        if signal == 0 {
+            WaitStatus::Exited(((status >> 8) & 0xff) as u8)
+        } else {
+            WaitStatus::Signaled {
+                signal,
+                core_dumped: status & 0x80 != 0,
+            }
+        }
+    }
+
+    /// The shell-style code runtimes report: the exit code, or 128 + signal.
+    pub fn shell_code(&self) -> u32 {
+        match *self {
+            WaitStatus::Exited(code) => code as u32,
+            WaitStatus::Signaled { signal, .. } => 128 + signal,
+        }
+    }
+
+    pub fn signal(&self) -> Option<u32> {
+        match *self {
+            WaitStatus::Exited(_) => None,
+            WaitStatus::Signaled { signal, .. } => Some(signal),
+        }
+    }
+}
+
+/// Why a process ended. One per exit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitCause {
+    /// Exit code 0.
+    Exited,
+    /// Non-zero exit code, no signal.
+    Failed,
+    /// Killed by a signal sent from outside the container.
+    OrchestratorKill,
+    /// Killed by a signal from another process of the same container.
+    PeerKill,
+    /// Killed by a signal the process sent itself (abort, raise, kill of its own pid).
+    SelfSignal,
+    /// Killed by a synchronous fault the kernel raised.
+    Crash,
+    /// Chosen by the OOM killer.
+    OomKill,
+    /// Killed by a signal whose origin could not be established.
+    Unknown,
+}
+
+impl ExitCause {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ExitCause::Exited => "exited",
+            ExitCause::Failed => "failed",
+            ExitCause::OrchestratorKill => "orchestrator_kill",
+            ExitCause::PeerKill => "peer_kill",
+            ExitCause::SelfSignal => "self_signal",
+            ExitCause::Crash => "crash",
+            ExitCause::OomKill => "oom_kill",
+            ExitCause::Unknown => "unknown",
+        }
+    }
+}
+
+/// Where a signal came from, relative to the process and container it was aimed at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SenderKind {
+    /// A process outside the target's container.
+    Outside,
+    /// Another process of the same container.
+    Peer,
+    /// The target process itself.
+    #[serde(rename = "self")]
+    Own,
+    /// The kernel, for a fault or on its own behalf.
+    Kernel,
+}
+
+impl SenderKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SenderKind::Outside => "outside",
+            SenderKind::Peer => "peer",
+            SenderKind::Own => "self",
+            SenderKind::Kernel => "kernel",
+        }
+    }
+
+    /// Classifies one signal: `same_container` says whether the sender's cgroup belongs to the
+    /// target's container.
+    pub fn of(
+        signal: u32,
+        code: i32,
+        sender_tgid: u32,
+        target_tgid: u32,
+        same_container: bool,
+    ) -> SenderKind {
+        let fault = code > 0 && is_fault_signal(signal);
+        if fault || code == SI_KERNEL {
+            SenderKind::Kernel
+        } else if sender_tgid == target_tgid {
+            SenderKind::Own
+        } else if same_container {
+            SenderKind::Peer
+        } else {
+            SenderKind::Outside
+        }
+    }
+}
+
+/// The verdict on one exit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attribution {
+    pub status: WaitStatus,
+    pub cause: ExitCause,
+    /// The signal send that killed the process, when there was one.
+    pub killer: Option<SignalOrigin>,
+    /// For a SIGKILL after a graceful stop signal: that earlier send.
+    pub escalated_from: Option<SignalOrigin>,
+}
+
+impl Attribution {
+    /// Nanoseconds between the graceful stop signal and the kill, for an escalation.
+    pub fn grace_ns(&self) -> Option<u64> {
+        let (term, kill) = (self.escalated_from?, self.killer?);
+        Some(kill.first_ns.saturating_sub(term.first_ns))
+    }
+}
+
+/// Attributes an exit. `same_container(cgroup_id)` says whether a cgroup belongs to the exiting
+/// process's container.
+pub fn attribute(exit: &ExitRecord, same_container: impl Fn(u64) -> bool) -> Attribution {
+    let status = WaitStatus::from_raw(exit.exit_status);
+    let tgid = exit.header.tgid;
+    let has_track = exit.flags & exit_flags::HAS_TRACK != 0;
+    let slots: &[SignalOrigin] = if has_track { &exit.track.slots } else { &[] };
+    let find = |signal: u32| slots.iter().find(|s| s.signal == signal && s.first_ns != 0).copied();
+
+    let WaitStatus::Signaled { signal, .. } = status else {
+        let cause = if status == WaitStatus::Exited(0) {
+            ExitCause::Exited
+        } else {
+            ExitCause::Failed
+        };
+        return Attribution {
+            status,
+            cause,
+            killer: None,
+            escalated_from: None,
+        };
+    };
+
+    let killer = find(signal);
+    let oom = has_track && exit.track.oom_ns != 0;
+    let cause = if oom && signal == sig::SIGKILL {
+        ExitCause::OomKill
+    } else if let Some(k) = killer {
+        let from_self = k.sender_tgid == tgid;
+        let kernel_sent = k.code == SI_KERNEL || (k.code > 0 && is_fault_signal(signal));
+        if from_self && kernel_sent {
+            ExitCause::Crash
+        } else if from_self {
+            ExitCause::SelfSignal
+        } else if same_container(k.sender_cgroup_id) {
+            ExitCause::PeerKill
+        } else if kernel_sent {
+            // The kernel acting on its own behalf from outside, and not the OOM killer: the
+            // sender is reported, the cause is not guessed.
+            ExitCause::Unknown
+        } else {
+            ExitCause::OrchestratorKill
+        }
+    } else {
+        ExitCause::Unknown
+    };
+
+    let escalated_from = match (cause, killer) {
+        (ExitCause::OrchestratorKill | ExitCause::PeerKill, Some(k)) if signal == sig::SIGKILL => slots
+            .iter()
+            .filter(|s| s.first_ns != 0 && is_graceful_stop(s.signal) && s.first_ns < k.first_ns)
+            .min_by_key(|s| s.first_ns)
+            .copied(),
+        _ => None,
+    };
+    Attribution {
+        status,
+        cause,
+        killer,
+        escalated_from,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracer_common::{kind, Header, SignalTrack};
+
+    const CHILD: u32 = 500;
+    const CONTAINER_CG: u64 = 77;
+    const HOST_CG: u64 = 1;
+
+    fn origin(signal: u32, code: i32, sender: u32, cgroup: u64, at: u64) -> SignalOrigin {
+        SignalOrigin {
+            first_ns: at,
+            last_ns: at,
+            sender_cgroup_id: cgroup,
+            sender_pid: sender,
+            sender_tgid: sender,
+            signal,
+            code,
+            count: 1,
+            result: 0,
+            sender_comm: [0; 16],
+        }
+    }
+
+    fn exit(status: u32, slots: &[SignalOrigin], oom_ns: u64) -> ExitRecord {
+        let mut track = SignalTrack {
+            oom_ns,
+            ..Default::default()
+        };
+        track.slots[..slots.len()].copy_from_slice(slots);
+        ExitRecord {
+            header: Header {
+                kind: kind::PROCESS_EXIT,
+                _reserved: 0,
+                ts_ns: 10_000_000_000,
+                pid: CHILD,
+                tgid: CHILD,
+                cgroup_id: CONTAINER_CG,
+            },
+            exit_status: status,
+            flags: if slots.is_empty() && oom_ns == 0 { 0 } else { exit_flags::HAS_TRACK },
+            comm: [0; 16],
+            track,
+        }
+    }
+
+    fn verdict(e: &ExitRecord) -> Attribution {
+        attribute(e, |cg| cg == CONTAINER_CG)
+    }
+
+    #[test]
+    fn exit_codes() {
+        let a = verdict(&exit(0, &[], 0));
+        assert_eq!((a.status, a.cause), (WaitStatus::Exited(0), ExitCause::Exited));
+        let a = verdict(&exit(3 << 8, &[], 0));
+        assert_eq!((a.status.shell_code(), a.cause), (3, ExitCause::Failed));
+        // A SIGTERM that was handled and followed by exit 0 is still a clean exit.
+        let a = verdict(&exit(0, &[origin(sig::SIGTERM, 0, 1, HOST_CG, 5)], 0));
+        assert_eq!(a.cause, ExitCause::Exited);
+    }
+
+    #[test]
+    fn kill_from_outside_names_the_sender() {
+        let a = verdict(&exit(9, &[origin(sig::SIGKILL, 0, 4121, HOST_CG, 5)], 0));
+        assert_eq!(a.cause, ExitCause::OrchestratorKill);
+        assert_eq!(a.status.shell_code(), 137);
+        assert_eq!(a.killer.unwrap().sender_tgid, 4121);
+        assert_eq!(a.escalated_from, None);
+    }
+
+    #[test]
+    fn escalation_reports_grace() {
+        let term = origin(sig::SIGTERM, 0, 4121, HOST_CG, 1_000_000_000);
+        let kill = origin(sig::SIGKILL, 0, 4121, HOST_CG, 11_000_000_000);
+        let a = verdict(&exit(9, &[term, kill], 0));
+        assert_eq!(a.cause, ExitCause::OrchestratorKill);
+        assert_eq!(a.escalated_from.unwrap().signal, sig::SIGTERM);
+        assert_eq!(a.grace_ns(), Some(10_000_000_000));
+        // A SIGTERM sent after the kill is not an escalation.
+        let late = origin(sig::SIGTERM, 0, 4121, HOST_CG, 12_000_000_000);
+        assert_eq!(verdict(&exit(9, &[kill, late], 0)).escalated_from, None);
+    }
+
+    #[test]
+    fn peer_self_crash_oom() {
+        let a = verdict(&exit(9, &[origin(sig::SIGKILL, 0, 600, CONTAINER_CG, 5)], 0));
+        assert_eq!(a.cause, ExitCause::PeerKill);
+        // abort(): SIGABRT via tgkill (SI_TKILL) from itself, core dumped.
+        let a = verdict(&exit(6 | 0x80, &[origin(sig::SIGABRT, -6, CHILD, CONTAINER_CG, 5)], 0));
+        assert_eq!(a.cause, ExitCause::SelfSignal);
+        assert_eq!(a.status, WaitStatus::Signaled { signal: 6, core_dumped: true });
+        // A segmentation fault: SIGSEGV with SEGV_MAPERR raised in the task's own context.
+        let a = verdict(&exit(11, &[origin(sig::SIGSEGV, 1, CHILD, CONTAINER_CG, 5)], 0));
+        assert_eq!(a.cause, ExitCause::Crash);
+        // kill(getpid(), SIGSEGV) is a self signal, not a crash.
+        let a = verdict(&exit(11, &[origin(sig::SIGSEGV, 0, CHILD, CONTAINER_CG, 5)], 0));
+        assert_eq!(a.cause, ExitCause::SelfSignal);
+        // OOM: the SIGKILL comes from whichever task ran the OOM killer, with SI_KERNEL.
+        let a = verdict(&exit(9, &[origin(sig::SIGKILL, SI_KERNEL, 42, HOST_CG, 5)], 4));
+        assert_eq!(a.cause, ExitCause::OomKill);
+    }
+
+    #[test]
+    fn unknown_only_without_evidence() {
+        assert_eq!(verdict(&exit(9, &[], 0)).cause, ExitCause::Unknown);
+        // The kernel killing on its own behalf, from outside, without an OOM mark.
+        let a = verdict(&exit(9, &[origin(sig::SIGKILL, SI_KERNEL, 42, HOST_CG, 5)], 0));
+        assert_eq!(a.cause, ExitCause::Unknown);
+        // The record of another signal does not explain a SIGKILL.
+        let a = verdict(&exit(9, &[origin(10, 0, 42, HOST_CG, 5)], 0));
+        assert_eq!(a.cause, ExitCause::Unknown);
+    }
+
+    #[test]
+    fn sender_kinds() {
+        assert_eq!(SenderKind::of(9, 0, 1, 2, false), SenderKind::Outside);
+        assert_eq!(SenderKind::of(9, 0, 1, 2, true), SenderKind::Peer);
+        assert_eq!(SenderKind::of(6, -6, 2, 2, true), SenderKind::Own);
+        assert_eq!(SenderKind::of(11, 1, 2, 2, true), SenderKind::Kernel);
+        assert_eq!(SenderKind::of(9, SI_KERNEL, 1, 2, false), SenderKind::Kernel);
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(signal_name(9), "SIGKILL");
+        assert_eq!(signal_name(15), "SIGTERM");
+        assert_eq!(signal_name(31), "SIGSYS");
+        assert_eq!(signal_name(34), "SIGRT0");
+        assert_eq!(signal_name(99), "SIG99");
+    }
+}

@@ -1,0 +1,155 @@
+//! `clawtrace check`: a preflight report, one line per requirement, with the fix for each one
+//! that is missing.
+
+use std::{io::Write, path::Path};
+
+use aya::maps::MapType;
+
+use crate::{
+    kernel_btf,
+    loader::{Tracer, TracerConfig},
+    sys,
+    tracepoints::{self, HOOKS},
+};
+
+/// One requirement and whether this host meets it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Requirement {
+    pub name: String,
+    pub ok: bool,
+    /// What was found, or what is wrong and how to fix it.
+    pub detail: String,
+}
+
+fn req(name: impl Into<String>, result: Result<String, String>) -> Requirement {
+    match result {
+        Ok(detail) => Requirement {
+            name: name.into(),
+            ok: true,
+            detail,
+        },
+        Err(detail) => Requirement {
+            name: name.into(),
+            ok: false,
+            detail,
+        },
+    }
+}
+
+/// Runs every check. Nothing here changes the host except mounting tracefs when it is absent
+/// and the process may mount it (as `clawtrace run` would).
+pub fn run_checks() -> Vec<Requirement> {
+    let mut out = Vec::new();
+
+    let missing = sys::missing_bpf_caps();
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    let privileged = missing.is_empty();
+    out.push(req(
+        "privileges",
+        if privileged {
+            Ok(if euid == 0 {
+                "running as root".to_string()
+            } else {
+                "CAP_BPF and CAP_PERFMON held".to_string()
+            })
+        } else {
+            Err(sys::privilege_hint(&missing))
+        },
+    ));
+
+    out.push(req(
+        "kernel BTF",
+        kernel_btf::kernel_offsets(Path::new(kernel_btf::VMLINUX_BTF))
+            .map(|o| {
+                format!(
+                    "{} (task_struct.exit_code at offset {})",
+                    kernel_btf::VMLINUX_BTF,
+                    o.task_exit_code
+                )
+            })
+            .map_err(|e| e.to_string()),
+    ));
+
+    let tracefs = if privileged {
+        sys::ensure_tracefs().map_err(|e| e.to_string())
+    } else {
+        sys::mounted_tracefs().ok_or_else(|| {
+            if Path::new(sys::TRACEFS).exists() {
+                format!("{} not readable without privilege (run as root)", sys::TRACEFS)
+            } else {
+                format!(
+                    "tracefs not mounted (mount it as root: mount -t tracefs nodev {})",
+                    sys::TRACEFS
+                )
+            }
+        })
+    };
+    out.push(req(
+        "tracefs",
+        tracefs.as_ref().map(|p| p.display().to_string()).map_err(|e| e.clone()),
+    ));
+    for hook in HOOKS {
+        let name = format!("tracepoint {}:{}", hook.category, hook.name);
+        let result = match &tracefs {
+            Ok(path) => tracepoints::check_hook(path, hook)
+                .map(|()| "present, layout as expected".to_string())
+                .map_err(|e| {
+                    if !privileged && !tracepoints::format_path(path, hook).exists() {
+                        format!("cannot read its format without privilege ({e})")
+                    } else {
+                        e.to_string()
+                    }
+                }),
+            Err(_) => Err("cannot check without tracefs".to_string()),
+        };
+        out.push(req(name, result));
+    }
+
+    out.push(req(
+        "cgroup v2",
+        sys::cgroup2_mount()
+            .map(|p| format!("mounted at {}", p.display()))
+            .ok_or_else(|| {
+                "no cgroup2 mount found; mount it with: mount -t cgroup2 none /sys/fs/cgroup/unified"
+                    .to_string()
+            }),
+    ));
+
+    out.push(req(
+        "ring buffer",
+        if privileged {
+            match aya::sys::is_map_supported(MapType::RingBuf) {
+                Ok(true) => Ok("BPF_MAP_TYPE_RINGBUF supported".to_string()),
+                Ok(false) => Err("BPF_MAP_TYPE_RINGBUF not supported; clawtrace needs Linux 5.8 or later".to_string()),
+                Err(e) => Err(format!("probing BPF_MAP_TYPE_RINGBUF failed: {e}")),
+            }
+        } else {
+            Err("cannot probe BPF_MAP_TYPE_RINGBUF without privilege".to_string())
+        },
+    ));
+
+    let all_ok = out.iter().all(|r| r.ok);
+    out.push(req(
+        "programs load and attach",
+        if all_ok {
+            Tracer::start(&TracerConfig {
+                ring_buffer_bytes: 1 << 16,
+            })
+            .map(|_| format!("{} programs loaded, attached and detached", HOOKS.len()))
+            .map_err(|e| format!("{e:#}"))
+        } else {
+            Err("not tried: a requirement above is missing".to_string())
+        },
+    ));
+    out
+}
+
+/// Writes the report; returns whether every requirement holds.
+pub fn report(requirements: &[Requirement], out: &mut impl Write) -> std::io::Result<bool> {
+    for r in requirements {
+        let status = if r.ok { "ok" } else { "missing" };
+        writeln!(out, "{status:<8} {}: {}", r.name, r.detail)?;
+    }
+    Ok(requirements.iter().all(|r| r.ok))
+}

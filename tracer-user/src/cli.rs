@@ -1,0 +1,102 @@
+//! Command-line interface.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Parser, Subcommand};
+
+use crate::output::Format;
+
+#[derive(Debug, Parser)]
+#[command(name = "clawtrace", version, about = "Traces container lifecycles and tells who killed what, and why")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Trace containers and print one line per event until SIGINT or SIGTERM.
+    Run(RunArgs),
+    /// Check that this host has what clawtrace needs; exits 0 only if everything holds.
+    Check,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: Format,
+    /// A regular expression over cgroup paths (relative to the cgroup v2 root) that marks a
+    /// container; a named group `id` picks its id (default: the last path element) and `agent`
+    /// its agent name. May be given several times; tried before the built-in runtime layouts.
+    #[arg(long = "container-cgroup-pattern", value_name = "REGEX")]
+    pub container_cgroup_pattern: Vec<String>,
+    /// runc's state directory: a cgroup named after a container there is a bare runc container.
+    #[arg(long, value_name = "DIR", default_value = "/run/runc")]
+    pub runc_root: PathBuf,
+    /// A container whose init exited this long ago while its cgroup remains is reported as
+    /// lingering (e.g. 30s, 1m, 500ms).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub linger_after: Duration,
+    /// Size of the kernel ring buffer in bytes (a power of two, at least 4096).
+    #[arg(long, value_name = "BYTES", default_value_t = 8 << 20, value_parser = parse_ring_size)]
+    pub ring_buffer_size: u32,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 30s, 1m, 500ms)"))
+}
+
+fn parse_ring_size(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|_| format!("{s:?} is not a number of bytes"))?;
+    if n < 4096 || !n.is_power_of_two() {
+        return Err(format!("{n} is not a power of two of at least 4096"));
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("clawtrace").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn run_flags() {
+        let cli = parse(&[
+            "run",
+            "--output",
+            "json",
+            "--container-cgroup-pattern",
+            "^/a/(?P<id>.+)$",
+            "--container-cgroup-pattern",
+            "^/b$",
+            "--linger-after",
+            "1500ms",
+            "--ring-buffer-size",
+            "65536",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else { panic!("not run") };
+        assert_eq!(args.output, Format::Json);
+        assert_eq!(args.container_cgroup_pattern.len(), 2);
+        assert_eq!(args.linger_after, Duration::from_millis(1500));
+        assert_eq!(args.ring_buffer_size, 65536);
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        for bad in [
+            &["run", "--ring-buffer-size", "5000"][..],
+            &["run", "--ring-buffer-size", "many"],
+            &["run", "--linger-after", "soon"],
+            &["run", "--output", "xml"],
+            &["run", "--no-such-flag"],
+            &["frobnicate"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! Ring-buffer records to typed values. The decoder trusts nothing: it checks the length before
+//! reading any record and returns a typed error for a short or unknown one.
+
+use std::mem::size_of;
+
+use tracer_common::{
+    kind, AttachRecord, CgroupRecord, ExecRecord, ExitRecord, Header, OomRecord, SignalRecord,
+};
+
+/// One decoded record.
+#[derive(Debug, Clone, Copy)]
+pub enum Record {
+    CgroupMkdir(CgroupRecord),
+    CgroupRmdir(CgroupRecord),
+    Attach(AttachRecord),
+    Exec(ExecRecord),
+    Exit(ExitRecord),
+    Signal(SignalRecord),
+    Oom(OomRecord),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("record of {got} bytes is shorter than the {need}-byte header")]
+    ShortHeader { got: usize, need: usize },
+    #[error("record of kind {kind} has {got} bytes, needs {need}")]
+    Short { kind: u32, got: usize, need: usize },
+    #[error("unknown record kind {0}")]
+    UnknownKind(u32),
+}
+
+/// Reads a `T` from the front of `bytes` after checking the length.
+fn read<T: Copy>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
+    let need = size_of::<T>();
+    if bytes.len() < need {
+        return Err(DecodeError::Short {
+            kind,
+            got: bytes.len(),
+            need,
+        });
+    }
+    // SAFETY: `bytes` holds at least size_of::<T>() bytes (checked above); T is one of the
+    // tracer-common wire types, plain-old-data for which every bit pattern is valid; the read is
+    // unaligned because ring-buffer samples are only 8-aligned and slices may be anything.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+impl Record {
+    pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
+        if bytes.len() < size_of::<Header>() {
+            return Err(DecodeError::ShortHeader {
+                got: bytes.len(),
+                need: size_of::<Header>(),
+            });
+        }
+        let header: Header = read(bytes, 0)?;
+        let k = header.kind;
+        Ok(match k {
+            kind::CGROUP_MKDIR => Record::CgroupMkdir(read(bytes, k)?),
+            kind::CGROUP_RMDIR => Record::CgroupRmdir(read(bytes, k)?),
+            kind::CGROUP_ATTACH => Record::Attach(read(bytes, k)?),
+            kind::PROCESS_EXEC => Record::Exec(read(bytes, k)?),
+            kind::PROCESS_EXIT => Record::Exit(read(bytes, k)?),
+            kind::SIGNAL => Record::Signal(read(bytes, k)?),
+            kind::OOM_MARK => Record::Oom(read(bytes, k)?),
+            other => return Err(DecodeError::UnknownKind(other)),
+        })
+    }
+
+    pub fn header(&self) -> &Header {
+        match self {
+            Record::CgroupMkdir(r) | Record::CgroupRmdir(r) => &r.header,
+            Record::Attach(r) => &r.header,
+            Record::Exec(r) => &r.header,
+            Record::Exit(r) => &r.header,
+            Record::Signal(r) => &r.header,
+            Record::Oom(r) => &r.header,
+        }
+    }
+
+    /// Short name of the record's kind, as metrics and logs show it.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Record::CgroupMkdir(_) => "cgroup_mkdir",
+            Record::CgroupRmdir(_) => "cgroup_rmdir",
+            Record::Attach(_) => "cgroup_attach",
+            Record::Exec(_) => "exec",
+            Record::Exit(_) => "exit",
+            Record::Signal(_) => "signal",
+            Record::Oom(_) => "oom_mark",
+        }
+    }
+
+    /// The record's wire bytes, exactly as the kernel side writes them. Used to record and replay
+    /// streams in tests and benchmarks.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        fn bytes_of<T: Copy>(value: &T) -> Vec<u8> {
+            // SAFETY: T is a tracer-common wire type: #[repr(C)] with no implicit padding, so all
+            // size_of::<T>() bytes are initialised.
+            unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
+                .to_vec()
+        }
+        match self {
+            Record::CgroupMkdir(r) | Record::CgroupRmdir(r) => bytes_of(r),
+            Record::Attach(r) => bytes_of(r),
+            Record::Exec(r) => bytes_of(r),
+            Record::Exit(r) => bytes_of(r),
+            Record::Signal(r) => bytes_of(r),
+            Record::Oom(r) => bytes_of(r),
+        }
+    }
+}
+
+/// The text of a fixed-size, NUL-padded kernel string (`comm`), lossily decoded.
+pub fn c_str(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+/// The first `len` bytes of `bytes` (bounded by its size), lossily decoded.
+pub fn sized_str(bytes: &[u8], len: u32) -> String {
+    let len = (len as usize).min(bytes.len());
+    c_str(&bytes[..len])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracer_common::{SignalOrigin, SignalTrack, CGROUP_PATH_LEN, COMM_LEN, FILENAME_LEN};
+
+    fn head(kind: u32) -> Header {
+        Header {
+            kind,
+            _reserved: 0,
+            ts_ns: 123_456_789,
+            pid: 42,
+            tgid: 41,
+            cgroup_id: 7,
+        }
+    }
+
+    fn comm(s: &str) -> [u8; COMM_LEN] {
+        let mut c = [0u8; COMM_LEN];
+        c[..s.len()].copy_from_slice(s.as_bytes());
+        c
+    }
+
+    fn samples() -> Vec<Record> {
+        let mut path = [0u8; CGROUP_PATH_LEN];
+        path[..9].copy_from_slice(b"/docker/x");
+        let cg = |k| CgroupRecord {
+            header: head(k),
+            id: 99,
+            level: 2,
+            path_len: 9,
+            path,
+        };
+        let mut filename = [0u8; FILENAME_LEN];
+        filename[..8].copy_from_slice(b"/bin/sh\0");
+        let mut track = SignalTrack {
+            oom_ns: 5,
+            ..Default::default()
+        };
+        track.slots[0] = SignalOrigin {
+            first_ns: 1,
+            last_ns: 2,
+            sender_cgroup_id: 3,
+            sender_pid: 4,
+            sender_tgid: 4,
+            signal: 9,
+            code: 0,
+            count: 1,
+            result: 0,
+            sender_comm: comm("runc"),
+        };
+        vec![
+            Record::CgroupMkdir(cg(kind::CGROUP_MKDIR)),
+            Record::CgroupRmdir(cg(kind::CGROUP_RMDIR)),
+            Record::Attach(AttachRecord {
+                header: head(kind::CGROUP_ATTACH),
+                dst_cgroup_id: 99,
+                target_pid: 50,
+                _reserved: 0,
+                target_comm: comm("sleep"),
+            }),
+            Record::Exec(ExecRecord {
+                header: head(kind::PROCESS_EXEC),
+                old_pid: 42,
+                filename_len: 7,
+                comm: comm("sh"),
+                filename,
+            }),
+            Record::Exit(ExitRecord {
+                header: head(kind::PROCESS_EXIT),
+                exit_status: 9,
+                flags: 1,
+                comm: comm("sleep"),
+                track,
+            }),
+            Record::Signal(SignalRecord {
+                header: head(kind::SIGNAL),
+                target_pid: 50,
+                target_tgid: 50,
+                target_cgroup_id: 99,
+                signal: 15,
+                code: 0,
+                result: 0,
+                group: 1,
+                sender_comm: comm("runc"),
+                target_comm: comm("sleep"),
+            }),
+            Record::Oom(OomRecord {
+                header: head(kind::OOM_MARK),
+                victim_pid: 50,
+                victim_tgid: 50,
+                victim_cgroup_id: 99,
+                anon_rss_kb: 1024,
+                total_vm_kb: 4096,
+            }),
+        ]
+    }
+
+    #[test]
+    fn round_trips_every_kind() {
+        let samples = samples();
+        let mut kinds: Vec<u32> = samples.iter().map(|r| r.header().kind).collect();
+        kinds.sort();
+        kinds.dedup();
+        assert_eq!(kinds, (1..=7).collect::<Vec<_>>(), "a record kind lacks a sample");
+        for record in samples {
+            let bytes = record.to_bytes();
+            let back = Record::decode(&bytes).expect("decode");
+            assert_eq!(back.to_bytes(), bytes, "{}", record.kind_name());
+            assert_eq!(back.kind_name(), record.kind_name());
+        }
+    }
+
+    #[test]
+    fn decodes_fields_not_just_bytes() {
+        let exit = samples().into_iter().find(|r| matches!(r, Record::Exit(_))).unwrap();
+        let Record::Exit(e) = Record::decode(&exit.to_bytes()).unwrap() else {
+            panic!("not an exit")
+        };
+        assert_eq!((e.header.pid, e.header.tgid, e.exit_status), (42, 41, 9));
+        assert_eq!(c_str(&e.comm), "sleep");
+        assert_eq!(c_str(&e.track.slots[0].sender_comm), "runc");
+    }
+
+    #[test]
+    fn refuses_short_and_unknown_records() {
+        assert_eq!(
+            Record::decode(&[0u8; 8]).unwrap_err(),
+            DecodeError::ShortHeader { got: 8, need: 32 }
+        );
+        for record in samples() {
+            let bytes = record.to_bytes();
+            let cut = &bytes[..bytes.len() - 1];
+            assert!(
+                matches!(Record::decode(cut), Err(DecodeError::Short { got, need, .. }) if got + 1 == need),
+                "{}",
+                record.kind_name()
+            );
+        }
+        let mut unknown = samples()[0].to_bytes();
+        unknown[..4].copy_from_slice(&77u32.to_ne_bytes());
+        assert_eq!(Record::decode(&unknown).unwrap_err(), DecodeError::UnknownKind(77));
+    }
+
+    #[test]
+    fn kernel_strings_stop_at_nul_and_bound() {
+        assert_eq!(c_str(b"abc\0def"), "abc");
+        assert_eq!(c_str(b"abcdef"), "abcdef");
+        assert_eq!(sized_str(b"/docker/x\0\0", 9), "/docker/x");
+        assert_eq!(sized_str(b"ab", 300), "ab");
+    }
+}

@@ -1,0 +1,26 @@
+//! clawtrace: a tracer of container lifecycles. The kernel side (tracer-ebpf) writes records
+//! into a ring buffer; this library loads it and carries records one way through
+//! decode → lifecycle model → sinks.
+//!
+//! - [`loader`]: load, attach, read the ring buffer, talk to the kernel's maps.
+//! - [`decode`]: ring-buffer bytes to typed records.
+//! - [`containers`]: which cgroups are containers.
+//! - [`attribution`]: how a process died and who caused it.
+//! - [`model`]: the lifecycle state machine (pure).
+//! - [`scan`]: containers that already run at start.
+//! - [`output`]: text and JSON lines.
+//! - [`check`]: the preflight report.
+
+pub mod attribution;
+pub mod check;
+pub mod cli;
+pub mod containers;
+pub mod decode;
+pub mod kernel_btf;
+pub mod loader;
+pub mod model;
+pub mod output;
+pub mod run;
+pub mod scan;
+pub mod sys;
+pub mod tracepoints;

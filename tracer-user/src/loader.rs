@@ -1,0 +1,204 @@
+//! Loads clawtrace's eBPF programs into the running kernel, attaches them, and reads what they
+//! write. Everything that can be checked before loading (privileges, tracefs, tracepoint layouts,
+//! BTF) is checked first so a failure says which requirement is missing.
+
+use std::{
+    os::fd::{AsFd, AsRawFd},
+    path::Path,
+    time::Duration,
+};
+
+use anyhow::{bail, Context as _, Result};
+use aya::{
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+    Ebpf, EbpfLoader,
+};
+use tracer_common::{probe, TrackedTask};
+
+use crate::{
+    decode::{DecodeError, Record},
+    kernel_btf, sys,
+    tracepoints::{self, HOOKS},
+};
+
+/// The compiled eBPF object, built by build.rs with aya-build.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf"));
+
+/// Settings fixed at load time.
+#[derive(Debug, Clone)]
+pub struct TracerConfig {
+    /// Size of the ring buffer in bytes: a power of two, at least one page.
+    pub ring_buffer_bytes: u32,
+}
+
+impl Default for TracerConfig {
+    fn default() -> Self {
+        TracerConfig {
+            ring_buffer_bytes: 8 << 20,
+        }
+    }
+}
+
+/// The loaded and attached programs with the maps user space talks to. Dropping it detaches
+/// every program.
+pub struct Tracer {
+    ring: RingBuf<MapData>,
+    cgroups: HashMap<MapData, u64, u32>,
+    tasks: HashMap<MapData, u32, TrackedTask>,
+    lost: PerCpuArray<MapData, u64>,
+    untracked: PerCpuArray<MapData, u64>,
+    decode_errors: u64,
+    // Kept last so the maps above are released before the programs are detached.
+    _ebpf: Ebpf,
+}
+
+impl Tracer {
+    /// Checks the requirements, loads the programs and attaches them all.
+    pub fn start(config: &TracerConfig) -> Result<Tracer> {
+        let size = config.ring_buffer_bytes;
+        if !size.is_power_of_two() || size < 4096 {
+            bail!("ring buffer size {size} must be a power of two of at least 4096 bytes");
+        }
+        sys::require_bpf_privileges()?;
+        let tracefs = sys::ensure_tracefs()?;
+        for hook in HOOKS {
+            tracepoints::check_hook(&tracefs, hook)?;
+        }
+        let offsets = kernel_btf::kernel_offsets(Path::new(kernel_btf::VMLINUX_BTF))?;
+        sys::raise_memlock_limit();
+
+        let mut ebpf = EbpfLoader::new()
+            .override_global("OFFSETS", &offsets, true)
+            .map_max_entries("EVENTS", size)
+            .load(EBPF_OBJECT)
+            .context("loading the eBPF programs into the kernel")?;
+        for hook in HOOKS {
+            let program: &mut TracePoint = ebpf
+                .program_mut(hook.program)
+                .with_context(|| format!("program {} missing from the eBPF object", hook.program))?
+                .try_into()
+                .with_context(|| format!("program {} is not a tracepoint program", hook.program))?;
+            program
+                .load()
+                .with_context(|| format!("the kernel's verifier refused program {}", hook.program))?;
+            program
+                .attach(hook.category, hook.name)
+                .with_context(|| format!("attaching to tracepoint {}:{}", hook.category, hook.name))?;
+        }
+
+        let ring = RingBuf::try_from(take(&mut ebpf, "EVENTS")?)?;
+        let cgroups = HashMap::try_from(take(&mut ebpf, "CGROUPS")?)?;
+        let tasks = HashMap::try_from(take(&mut ebpf, "TASKS")?)?;
+        let lost = PerCpuArray::try_from(take(&mut ebpf, "LOST")?)?;
+        let untracked = PerCpuArray::try_from(take(&mut ebpf, "UNTRACKED")?)?;
+        Ok(Tracer {
+            ring,
+            cgroups,
+            tasks,
+            lost,
+            untracked,
+            decode_errors: 0,
+            _ebpf: ebpf,
+        })
+    }
+
+    /// Waits up to `timeout` for records, then appends every record available to `out`.
+    /// Returns early (with what it has) when a signal interrupts the wait.
+    pub fn poll(&mut self, timeout: Duration, out: &mut Vec<Record>) -> Result<()> {
+        if !self.drain(out) {
+            let mut fds = [libc::pollfd {
+                fd: self.ring.as_fd().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+            // SAFETY: `fds` is a valid array of one pollfd for the duration of the call.
+            let ready = unsafe { libc::poll(fds.as_mut_ptr(), 1, ms) };
+            if ready < 0 {
+                let err = std::io::Error::last_os_error();
+                if err.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(err).context("waiting on the ring buffer");
+                }
+            }
+            self.drain(out);
+        }
+        Ok(())
+    }
+
+    /// Appends every record in the ring buffer to `out`; true if there was any.
+    fn drain(&mut self, out: &mut Vec<Record>) -> bool {
+        let before = out.len();
+        let mut errors = 0;
+        while let Some(item) = self.ring.next() {
+            match Record::decode(&item) {
+                Ok(record) => out.push(record),
+                Err(err) => {
+                    errors += 1;
+                    log_decode_error(&err, self.decode_errors + errors);
+                }
+            }
+        }
+        self.decode_errors += errors;
+        out.len() > before || errors > 0
+    }
+
+    /// Records that could not be decoded since start.
+    pub fn decode_errors(&self) -> u64 {
+        self.decode_errors
+    }
+
+    /// Records each probe could not write because the ring buffer was full, summed over CPUs,
+    /// indexed by [`tracer_common::probe`].
+    pub fn lost_records(&self) -> Result<[u64; probe::COUNT as usize]> {
+        let mut counts = [0u64; probe::COUNT as usize];
+        for (i, count) in counts.iter_mut().enumerate() {
+            *count = self.lost.get(&(i as u32), 0)?.iter().sum();
+        }
+        Ok(counts)
+    }
+
+    /// cgroups that could not be followed because the kernel's table was full.
+    pub fn untracked_cgroups(&self) -> Result<u64> {
+        Ok(self.untracked.get(&0, 0)?.iter().sum())
+    }
+
+    /// Follows the processes of cgroup `id` (a container found by scanning, or one of its
+    /// sub-cgroups).
+    pub fn track_cgroup(&mut self, id: u64) -> Result<()> {
+        self.cgroups
+            .insert(id, 1, 0)
+            .with_context(|| format!("tracking cgroup {id}"))
+    }
+
+    /// Stops following cgroup `id`: it is not a container.
+    pub fn untrack_cgroup(&mut self, id: u64) {
+        // Already gone (removed meanwhile) is fine.
+        let _ = self.cgroups.remove(&id);
+    }
+
+    /// Follows thread `pid` of process `tgid` living in cgroup `cgroup_id`.
+    pub fn track_task(&mut self, pid: u32, tgid: u32, cgroup_id: u64) -> Result<()> {
+        let task = TrackedTask {
+            tgid,
+            _reserved: 0,
+            cgroup_id,
+        };
+        self.tasks
+            .insert(pid, task, 0)
+            .with_context(|| format!("tracking task {pid}"))
+    }
+}
+
+fn take(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
+    ebpf.take_map(name)
+        .with_context(|| format!("map {name} missing from the eBPF object"))
+}
+
+/// Logs the first few decode errors and then one in a thousand, so a stream of bad records
+/// cannot flood the log; the total is reported by the caller.
+fn log_decode_error(err: &DecodeError, nth: u64) {
+    if nth <= 5 || nth % 1000 == 0 {
+        log::warn!("undecodable record ({nth} so far): {err}");
+    }
+}

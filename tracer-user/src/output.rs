@@ -1,0 +1,191 @@
+//! The terminal sinks: one readable line per event, or one JSON object per line.
+
+use std::io::Write;
+
+use serde::Serialize;
+
+use crate::{
+    attribution::{ExitCause, SenderKind},
+    model::{Event, ProcessExit, Sender, Timed},
+    sys::WallClock,
+};
+
+/// How `clawtrace run` writes events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+/// RFC 3339 UTC time with nanoseconds.
+pub fn rfc3339(unix_ns: i128) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(unix_ns)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| unix_ns.to_string())
+}
+
+#[derive(Serialize)]
+struct JsonLine<'a> {
+    #[serde(flatten)]
+    event: &'a Event,
+    time: String,
+}
+
+/// The JSON object for one event, without a newline.
+pub fn json(event: &Timed, clock: &WallClock) -> String {
+    let line = JsonLine {
+        event: &event.event,
+        time: rfc3339(clock.unix_ns(event.ts_ns)),
+    };
+    // Serializing these plain structs cannot fail; keep the stream going if it ever did.
+    serde_json::to_string(&line).unwrap_or_else(|e| format!(r#"{{"event":"error","error":"{e}"}}"#))
+}
+
+/// Docker-style short form of a container id.
+pub fn short_id(id: &str) -> String {
+    if id.chars().count() > 12 {
+        let head: String = id.chars().take(12).collect();
+        format!("{head}…")
+    } else {
+        id.to_string()
+    }
+}
+
+fn who(sender: &Sender) -> String {
+    format!("{}[{}]", sender.comm, sender.pid)
+}
+
+fn kind_phrase(kind: SenderKind) -> &'static str {
+    match kind {
+        SenderKind::Outside => "outside the container",
+        SenderKind::Peer => "same container",
+        SenderKind::Own => "itself",
+        SenderKind::Kernel => "the kernel",
+    }
+}
+
+fn cause_phrase(cause: ExitCause) -> &'static str {
+    match cause {
+        ExitCause::Exited => "exited",
+        ExitCause::Failed => "failed",
+        ExitCause::OrchestratorKill => "outside the container",
+        ExitCause::PeerKill => "peer in the same container",
+        ExitCause::SelfSignal => "sent to itself",
+        ExitCause::Crash => "crash",
+        ExitCause::OomKill => "OOM killer",
+        ExitCause::Unknown => "cause unknown",
+    }
+}
+
+/// `exited 137: SIGKILL from runc[4121] (outside the container, after SIGTERM 10.0 s earlier)`
+fn exit_text(e: &ProcessExit) -> String {
+    let Some(signal) = &e.signal else {
+        return match e.cause {
+            ExitCause::Failed => format!("exited {} (failed)", e.exit_code),
+            _ => format!("exited {}", e.exit_code),
+        };
+    };
+    let mut notes = vec![cause_phrase(e.cause).to_string()];
+    if e.core_dumped {
+        notes.push("core dumped".to_string());
+    }
+    if let (Some(from), Some(grace)) = (&e.escalated_from, e.grace_seconds) {
+        notes.push(format!("after {from} {grace:.1} s earlier"));
+    }
+    let from = match &e.sender {
+        Some(sender) if e.cause != ExitCause::OomKill => format!(" from {}", who(sender)),
+        _ => String::new(),
+    };
+    format!("exited {}: {signal}{from} ({})", e.exit_code, notes.join(", "))
+}
+
+/// The readable line for one event.
+pub fn text(event: &Timed) -> String {
+    match &event.event {
+        Event::ContainerCreate(e) => format!(
+            "container {} created ({}, cgroup {}{})",
+            short_id(&e.container.container_id),
+            e.container.runtime,
+            e.container.cgroup_path,
+            if e.preexisting { ", already running" } else { "" }
+        ),
+        Event::ContainerDelete(e) => {
+            let outcome = match (e.exit_code, e.cause) {
+                (Some(code), Some(cause)) => format!(", init exited {code}, {}", cause.as_str()),
+                _ => String::new(),
+            };
+            format!(
+                "container {} deleted after {:.1} s{outcome}",
+                short_id(&e.container.container_id),
+                e.lifetime_seconds
+            )
+        }
+        Event::ProcessExec(e) => format!(
+            "container {} exec {}[{}] {}{}",
+            short_id(&e.container.container_id),
+            e.comm,
+            e.pid,
+            e.filename,
+            if e.is_container_init { " (init)" } else { "" }
+        ),
+        Event::Signal(e) => format!(
+            "container {} {} to {}[{}] from {} ({})",
+            short_id(&e.container.container_id),
+            e.signal,
+            e.target_comm,
+            e.target_pid,
+            who(&e.sender),
+            kind_phrase(e.sender_kind)
+        ),
+        Event::OomMark(e) => format!(
+            "container {} OOM killer chose pid {} ({} KiB resident)",
+            short_id(&e.container.container_id),
+            e.pid,
+            e.anon_rss_kb
+        ),
+        Event::ProcessExit(e) if e.is_container_init => format!(
+            "container {} {}",
+            short_id(&e.container.container_id),
+            exit_text(e)
+        ),
+        Event::ProcessExit(e) => format!(
+            "container {} process {}[{}] {}",
+            short_id(&e.container.container_id),
+            e.comm,
+            e.pid,
+            exit_text(e)
+        ),
+        Event::ContainerLingering(e) => format!(
+            "container {} lingering: init exited {:.1} s ago, cgroup still present, {} process(es) left",
+            short_id(&e.container.container_id),
+            e.init_exited_seconds_ago,
+            e.processes_left
+        ),
+    }
+}
+
+/// Writes events to a stream in the chosen format.
+pub struct Printer<W: Write> {
+    out: W,
+    format: Format,
+    clock: WallClock,
+}
+
+impl<W: Write> Printer<W> {
+    pub fn new(out: W, format: Format, clock: WallClock) -> Self {
+        Printer { out, format, clock }
+    }
+
+    pub fn print(&mut self, event: &Timed) -> std::io::Result<()> {
+        let line = match self.format {
+            Format::Text => text(event),
+            Format::Json => json(event, &self.clock),
+        };
+        writeln!(self.out, "{line}")
+    }
+
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}

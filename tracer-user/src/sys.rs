@@ -1,0 +1,196 @@
+//! The host facts clawtrace depends on: privileges, tracefs, the cgroup v2 mount, clocks.
+
+use std::{
+    ffi::CString,
+    fs,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Result};
+use caps::{CapSet, Capability};
+
+pub const TRACEFS: &str = "/sys/kernel/tracing";
+const TRACEFS_DEBUGFS: &str = "/sys/kernel/debug/tracing";
+
+/// Which capabilities loading and attaching the programs needs and the process lacks (empty
+/// when it may load them): CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN, which covers both.
+pub fn missing_bpf_caps() -> Vec<Capability> {
+    let effective = caps::read(None, CapSet::Effective).unwrap_or_default();
+    if effective.contains(&Capability::CAP_SYS_ADMIN) {
+        return Vec::new();
+    }
+    [Capability::CAP_BPF, Capability::CAP_PERFMON]
+        .into_iter()
+        .filter(|c| !effective.contains(c))
+        .collect()
+}
+
+/// Fails with a one-line explanation when the process may not load tracing programs.
+pub fn require_bpf_privileges() -> Result<()> {
+    let missing = missing_bpf_caps();
+    if !missing.is_empty() {
+        bail!("missing privilege: {}", privilege_hint(&missing));
+    }
+    Ok(())
+}
+
+pub fn privilege_hint(missing: &[Capability]) -> String {
+    let names: Vec<String> = missing.iter().map(|c| c.to_string()).collect();
+    format!(
+        "{} not held; run as root, or grant them: setcap cap_bpf,cap_perfmon,cap_sys_admin+ep $(which clawtrace)",
+        names.join(", ")
+    )
+}
+
+/// Returns the tracefs mount, mounting it at /sys/kernel/tracing when no tracefs is mounted.
+pub fn ensure_tracefs() -> Result<PathBuf> {
+    if let Some(path) = mounted_tracefs() {
+        return Ok(path);
+    }
+    mount_tracefs()?;
+    match mounted_tracefs() {
+        Some(path) => Ok(path),
+        None => bail!("tracefs mounted at {TRACEFS} but its events are not visible"),
+    }
+}
+
+/// The tracefs mount, if one is mounted.
+pub fn mounted_tracefs() -> Option<PathBuf> {
+    [TRACEFS, TRACEFS_DEBUGFS]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.join("events").is_dir())
+}
+
+fn mount_tracefs() -> Result<()> {
+    let target = CString::new(TRACEFS)?;
+    let fstype = CString::new("tracefs")?;
+    let source = CString::new("nodev")?;
+    // SAFETY: all pointers are valid NUL-terminated strings that outlive the call; no data.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        bail!(
+            "tracefs is not mounted and mounting it at {TRACEFS} failed ({err}); \
+             mount it with: mount -t tracefs nodev {TRACEFS}"
+        );
+    }
+    log::info!("mounted tracefs at {TRACEFS}");
+    Ok(())
+}
+
+/// Raises RLIMIT_MEMLOCK for kernels that still charge BPF memory to it. Never fatal: recent
+/// kernels charge the memory cgroup instead, and the hard limit may not be raisable.
+pub fn raise_memlock_limit() {
+    let limit = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: `limit` is a valid rlimit for the duration of the call.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } != 0 {
+        log::debug!(
+            "could not raise RLIMIT_MEMLOCK ({}); fine on kernels that charge BPF memory to cgroups",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// The mount point of the cgroup v2 hierarchy, from /proc/self/mountinfo.
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    let text = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    cgroup2_mount_in(&text)
+}
+
+fn cgroup2_mount_in(mountinfo: &str) -> Option<PathBuf> {
+    for line in mountinfo.lines() {
+        // Fields before " - " are fixed; the filesystem type is the first field after it.
+        let (left, right) = line.split_once(" - ")?;
+        if right.split_whitespace().next() == Some("cgroup2") {
+            return left.split_whitespace().nth(4).map(PathBuf::from);
+        }
+    }
+    None
+}
+
+fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for the duration of the call.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// CLOCK_MONOTONIC now, in the kernel records' time base (`bpf_ktime_get_ns`).
+pub fn monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+/// Converts the records' monotonic timestamps to wall-clock time.
+#[derive(Debug, Clone, Copy)]
+pub struct WallClock {
+    offset_ns: i128,
+}
+
+impl WallClock {
+    pub fn now() -> WallClock {
+        let mono = monotonic_ns() as i128;
+        let real = clock_ns(libc::CLOCK_REALTIME) as i128;
+        WallClock {
+            offset_ns: real - mono,
+        }
+    }
+
+    /// A clock whose wall time equals monotonic time plus `offset_ns` (for tests).
+    pub fn with_offset(offset_ns: i128) -> WallClock {
+        WallClock { offset_ns }
+    }
+
+    /// Unix time in nanoseconds of monotonic instant `mono_ns`.
+    pub fn unix_ns(&self, mono_ns: u64) -> i128 {
+        mono_ns as i128 + self.offset_ns
+    }
+}
+
+/// Whether `path` looks like a cgroup v2 directory.
+pub fn is_cgroup2_dir(path: &Path) -> bool {
+    path.join("cgroup.procs").exists() && path.join("cgroup.controllers").exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_cgroup2_in_hybrid_mountinfo() {
+        let info = "\
+30 25 0:26 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+31 30 0:27 / /sys/fs/cgroup/unified rw,relatime shared:9 - cgroup2 cgroup2 rw
+32 30 0:28 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+";
+        assert_eq!(
+            cgroup2_mount_in(info),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(cgroup2_mount_in("30 25 0:26 / /sys rw - sysfs sysfs rw\n"), None);
+    }
+
+    #[test]
+    fn wall_clock_offsets_monotonic_time() {
+        let clock = WallClock::with_offset(1_000);
+        assert_eq!(clock.unix_ns(5), 1_005);
+        let now = WallClock::now();
+        let real = clock_ns(libc::CLOCK_REALTIME) as i128;
+        // The conversion of "now" lands within a second of the real clock.
+        assert!((now.unix_ns(monotonic_ns()) - real).abs() < 1_000_000_000);
+    }
+}

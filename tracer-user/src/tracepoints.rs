@@ -1,0 +1,235 @@
+//! The tracepoints clawtrace attaches to, the record fields its programs read, and the check that
+//! the running kernel lays them out where the programs expect them (the programs read fixed
+//! offsets; a kernel that moved a field must be refused, not misread).
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+/// One field a program reads: its name in the tracepoint's `format` file and expected offset/size.
+#[derive(Debug, Clone, Copy)]
+pub struct Field {
+    pub name: &'static str,
+    pub offset: usize,
+    pub size: usize,
+}
+
+/// A tracepoint, the program attached to it, and the fields the program reads.
+#[derive(Debug, Clone, Copy)]
+pub struct Hook {
+    pub category: &'static str,
+    pub name: &'static str,
+    /// Name of the eBPF program (the function in tracer-ebpf).
+    pub program: &'static str,
+    pub fields: &'static [Field],
+}
+
+const fn f(name: &'static str, offset: usize, size: usize) -> Field {
+    Field { name, offset, size }
+}
+
+/// Every hook, in attach order. Offsets must match the constants in tracer-ebpf.
+pub const HOOKS: &[Hook] = &[
+    Hook {
+        category: "cgroup",
+        name: "cgroup_mkdir",
+        program: "cgroup_mkdir",
+        fields: &[f("root", 8, 4), f("level", 12, 4), f("id", 16, 8), f("path", 24, 4)],
+    },
+    Hook {
+        category: "cgroup",
+        name: "cgroup_rmdir",
+        program: "cgroup_rmdir",
+        fields: &[f("root", 8, 4), f("level", 12, 4), f("id", 16, 8), f("path", 24, 4)],
+    },
+    Hook {
+        category: "cgroup",
+        name: "cgroup_attach_task",
+        program: "cgroup_attach_task",
+        fields: &[f("dst_root", 8, 4), f("dst_id", 16, 8), f("pid", 24, 4), f("comm", 32, 4)],
+    },
+    Hook {
+        category: "task",
+        name: "task_newtask",
+        program: "task_newtask",
+        fields: &[f("pid", 8, 4), f("clone_flags", 32, 8)],
+    },
+    Hook {
+        category: "sched",
+        name: "sched_process_exec",
+        program: "sched_process_exec",
+        fields: &[f("filename", 8, 4), f("pid", 12, 4), f("old_pid", 16, 4)],
+    },
+    Hook {
+        category: "sched",
+        name: "sched_process_exit",
+        program: "sched_process_exit",
+        fields: &[f("comm", 8, 16), f("pid", 24, 4), f("group_dead", 32, 1)],
+    },
+    Hook {
+        category: "signal",
+        name: "signal_generate",
+        program: "signal_generate",
+        fields: &[
+            f("sig", 8, 4),
+            f("code", 16, 4),
+            f("comm", 20, 16),
+            f("pid", 36, 4),
+            f("group", 40, 4),
+            f("result", 44, 4),
+        ],
+    },
+    Hook {
+        category: "oom",
+        name: "mark_victim",
+        program: "mark_victim",
+        fields: &[f("pid", 8, 4), f("total_vm", 16, 8), f("anon_rss", 24, 8)],
+    },
+];
+
+/// Why a tracepoint cannot be used as the programs expect.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LayoutError {
+    #[error("tracepoint {0}:{1} not found ({2} missing); the kernel lacks it")]
+    Missing(&'static str, &'static str, String),
+    #[error("tracepoint {category}:{name} has no field `{field}`")]
+    NoField {
+        category: &'static str,
+        name: &'static str,
+        field: &'static str,
+    },
+    #[error(
+        "tracepoint {category}:{name} field `{field}` is at offset {offset} size {size}, \
+         the programs expect offset {want_offset} size {want_size}"
+    )]
+    Moved {
+        category: &'static str,
+        name: &'static str,
+        field: &'static str,
+        offset: usize,
+        size: usize,
+        want_offset: usize,
+        want_size: usize,
+    },
+}
+
+/// Parses a tracepoint `format` file into `(name, offset, size)` per field.
+pub fn parse_format(text: &str) -> Vec<(String, usize, usize)> {
+    let mut fields = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        let Some(rest) = line.strip_prefix("field:") else {
+            continue;
+        };
+        let mut decl = None;
+        let mut offset = None;
+        let mut size = None;
+        for part in rest.split(';') {
+            let part = part.trim();
+            if let Some(v) = part.strip_prefix("offset:") {
+                offset = v.trim().parse().ok();
+            } else if let Some(v) = part.strip_prefix("size:") {
+                size = v.trim().parse().ok();
+            } else if decl.is_none() && !part.is_empty() && !part.contains(':') {
+                decl = Some(part);
+            }
+        }
+        // The declaration's last word is the field name, minus any array suffix: `char comm[16]`.
+        let name = decl
+            .and_then(|d| d.split_whitespace().last())
+            .map(|n| n.split('[').next().unwrap_or(n).to_string());
+        if let (Some(name), Some(offset), Some(size)) = (name, offset, size) {
+            fields.push((name, offset, size));
+        }
+    }
+    fields
+}
+
+/// Checks one hook against the format file under `tracefs`.
+pub fn check_hook(tracefs: &Path, hook: &Hook) -> Result<(), LayoutError> {
+    let path = format_path(tracefs, hook);
+    let text = fs::read_to_string(&path)
+        .map_err(|_| LayoutError::Missing(hook.category, hook.name, path.display().to_string()))?;
+    check_fields(hook, &parse_format(&text))
+}
+
+fn check_fields(hook: &Hook, fields: &[(String, usize, usize)]) -> Result<(), LayoutError> {
+    for want in hook.fields {
+        let Some((_, offset, size)) = fields.iter().find(|(n, _, _)| n == want.name) else {
+            return Err(LayoutError::NoField {
+                category: hook.category,
+                name: hook.name,
+                field: want.name,
+            });
+        };
+        if *offset != want.offset || *size != want.size {
+            return Err(LayoutError::Moved {
+                category: hook.category,
+                name: hook.name,
+                field: want.name,
+                offset: *offset,
+                size: *size,
+                want_offset: want.offset,
+                want_size: want.size,
+            });
+        }
+    }
+    Ok(())
+}
+
+pub fn format_path(tracefs: &Path, hook: &Hook) -> PathBuf {
+    tracefs
+        .join("events")
+        .join(hook.category)
+        .join(hook.name)
+        .join("format")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXIT_FORMAT: &str = "name: sched_process_exit
+ID: 321
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:char comm[16];\toffset:8;\tsize:16;\tsigned:0;
+\tfield:pid_t pid;\toffset:24;\tsize:4;\tsigned:1;
+\tfield:int prio;\toffset:28;\tsize:4;\tsigned:1;
+\tfield:bool group_dead;\toffset:32;\tsize:1;\tsigned:0;
+
+print fmt: \"comm=%s pid=%d prio=%d group_dead=%s\"
+";
+
+    fn exit_hook() -> &'static Hook {
+        HOOKS.iter().find(|h| h.name == "sched_process_exit").unwrap()
+    }
+
+    #[test]
+    fn parses_fields_with_array_suffix() {
+        let fields = parse_format(EXIT_FORMAT);
+        assert!(fields.contains(&("comm".to_string(), 8, 16)));
+        assert!(fields.contains(&("group_dead".to_string(), 32, 1)));
+        assert!(fields.contains(&("common_type".to_string(), 0, 2)));
+    }
+
+    #[test]
+    fn accepts_matching_layout() {
+        assert_eq!(check_fields(exit_hook(), &parse_format(EXIT_FORMAT)), Ok(()));
+    }
+
+    #[test]
+    fn refuses_moved_and_missing_fields() {
+        let moved = EXIT_FORMAT.replace("offset:32;\tsize:1", "offset:36;\tsize:1");
+        assert!(matches!(
+            check_fields(exit_hook(), &parse_format(&moved)),
+            Err(LayoutError::Moved { field: "group_dead", offset: 36, .. })
+        ));
+        let old_kernel = EXIT_FORMAT.replace("bool group_dead", "bool other");
+        assert!(matches!(
+            check_fields(exit_hook(), &parse_format(&old_kernel)),
+            Err(LayoutError::NoField { field: "group_dead", .. })
+        ));
+    }
+}
