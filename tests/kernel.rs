@@ -1,0 +1,174 @@
+//! The probes against the real kernel, through the library's loader: records of a real cgroup,
+//! process, signal and exit, compared with what the test itself did; and losses when the ring
+//! buffer overflows, compared with what the test knows it caused.
+
+mod support;
+
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use clawtrace::{
+    decode::{c_str, sized_str, Record},
+    loader::{Tracer, TracerConfig},
+};
+use support::*;
+use tracer_common::{probe, signal_result};
+
+/// The tests of this file count records exactly, so they take turns: a test's processes would
+/// otherwise land in the other test's ring buffer.
+static EXCLUSIVE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Polls `tracer` until `done` says the records collected so far are enough.
+fn collect(tracer: &mut Tracer, mut done: impl FnMut(&[Record]) -> bool) -> Vec<Record> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut records = Vec::new();
+    while !done(&records) {
+        assert!(
+            Instant::now() < deadline,
+            "timed out; have {} records",
+            records.len()
+        );
+        tracer
+            .poll(Duration::from_millis(50), &mut records)
+            .expect("poll");
+    }
+    records
+}
+
+#[test]
+fn records_mkdir_signal_exit_rmdir_of_a_real_cgroup() {
+    require_privileged!();
+    let _turn = EXCLUSIVE.lock().unwrap_or_else(|e| e.into_inner());
+    let mut tracer = Tracer::start(&TracerConfig {
+        ring_buffer_bytes: 1 << 20,
+    })
+    .expect("load and attach");
+
+    let mut cgroup = TestCgroup::new("probes");
+    let cgroup_id = cgroup.id();
+    let mut child = cgroup.spawn(Command::new("sleep").arg("1000"));
+    let child_pid = child.id();
+    assert!(cgroup.procs().contains(&child_pid));
+    kill(child_pid, libc::SIGKILL);
+    let status = wait_status(&mut child);
+    assert!(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL);
+    cgroup.remove();
+
+    let me = std::process::id();
+    let is_mkdir = |r: &Record| matches!(r, Record::CgroupMkdir(c) if c.id == cgroup_id);
+    let is_rmdir = |r: &Record| matches!(r, Record::CgroupRmdir(c) if c.id == cgroup_id);
+    let is_signal = |r: &Record| matches!(r, Record::Signal(s) if s.target_pid == child_pid);
+    let is_exit = |r: &Record| matches!(r, Record::Exit(e) if e.header.tgid == child_pid);
+    let records = collect(&mut tracer, |rs| {
+        let wanted: [&dyn Fn(&Record) -> bool; 4] = [&is_mkdir, &is_rmdir, &is_signal, &is_exit];
+        wanted.iter().all(|pred| rs.iter().any(pred))
+    });
+
+    let Some(Record::CgroupMkdir(mkdir)) = records.iter().find(|r| is_mkdir(r)) else {
+        unreachable!()
+    };
+    assert_eq!(
+        sized_str(&mkdir.path, mkdir.path_len),
+        format!("/{}", cgroup.name)
+    );
+    assert_eq!(mkdir.level, 1);
+
+    let Some(Record::Signal(signal)) = records.iter().find(|r| is_signal(r)) else {
+        unreachable!()
+    };
+    // signal_generate runs in the sender's context: the sender is this test process.
+    assert_eq!(signal.header.tgid, me, "sender");
+    assert_eq!(signal.target_pid, child_pid);
+    assert_eq!(signal.target_tgid, child_pid);
+    assert_eq!(signal.target_cgroup_id, cgroup_id);
+    assert_eq!(signal.signal, libc::SIGKILL as u32);
+    assert_eq!(signal.code, 0, "kill() sends SI_USER");
+    assert_eq!(signal.result, signal_result::DELIVERED);
+    assert_eq!(c_str(&signal.target_comm), "sleep");
+
+    let Some(Record::Exit(exit)) = records.iter().find(|r| is_exit(r)) else {
+        unreachable!()
+    };
+    assert_eq!(exit.header.pid, child_pid);
+    assert_eq!(exit.header.cgroup_id, cgroup_id);
+    // The wait status exactly as waitpid() gave it to this test.
+    assert_eq!(exit.exit_status, status as u32);
+    assert_eq!(c_str(&exit.comm), "sleep");
+    // The kernel joined the kill with the exit.
+    let killer = exit
+        .track
+        .slots
+        .iter()
+        .find(|s| s.signal == libc::SIGKILL as u32);
+    let killer = killer.expect("the SIGKILL joined to the exit");
+    assert_eq!((killer.sender_tgid, killer.code, killer.count), (me, 0, 1));
+
+    // Every record carries this cgroup only where it should: the exit ran inside it, the
+    // signal was sent from outside it.
+    assert_ne!(signal.header.cgroup_id, cgroup_id);
+    assert!(records.iter().any(|r| is_rmdir(r)));
+}
+
+#[test]
+fn a_full_ring_buffer_loses_records_and_counts_each_one() {
+    require_privileged!();
+    let _turn = EXCLUSIVE.lock().unwrap_or_else(|e| e.into_inner());
+    // The smallest ring buffer, not read while the workload runs: most records cannot fit.
+    let mut tracer = Tracer::start(&TracerConfig {
+        ring_buffer_bytes: 4096,
+    })
+    .expect("load and attach");
+    let lost_before = tracer.lost_records().expect("lost counters");
+
+    const PROCESSES: u32 = 60;
+    let mut cgroup = TestCgroup::new("overflow");
+    let cgroup_id = cgroup.id();
+    let mut pids = Vec::new();
+    for _ in 0..PROCESSES {
+        let mut child = cgroup.spawn(&mut Command::new("true"));
+        pids.push(child.id());
+        assert_eq!(wait_status(&mut child), 0);
+    }
+    cgroup.remove();
+
+    let mut records = Vec::new();
+    // Drain until the ring buffer stays empty.
+    loop {
+        let before = records.len();
+        tracer
+            .poll(Duration::from_millis(200), &mut records)
+            .expect("poll");
+        if records.len() == before {
+            break;
+        }
+    }
+    let lost = tracer.lost_records().expect("lost counters");
+    let execs = records
+        .iter()
+        .filter(|r| matches!(r, Record::Exec(e) if pids.contains(&e.header.tgid) && e.header.cgroup_id == cgroup_id))
+        .count() as u64;
+    let exits = records
+        .iter()
+        .filter(|r| matches!(r, Record::Exit(e) if pids.contains(&e.header.tgid)))
+        .count() as u64;
+    let lost_execs = lost[probe::PROCESS_EXEC as usize] - lost_before[probe::PROCESS_EXEC as usize];
+    let lost_exits = lost[probe::PROCESS_EXIT as usize] - lost_before[probe::PROCESS_EXIT as usize];
+    assert!(
+        lost_execs + lost_exits > 0,
+        "nothing was lost; the test did not overflow"
+    );
+    // Each process exec'd once and exited once in the cgroup, the only one followed now: what
+    // arrived plus what was counted lost is exactly that.
+    assert_eq!(
+        execs + lost_execs,
+        PROCESSES as u64,
+        "execs {execs} + lost {lost_execs}"
+    );
+    assert_eq!(
+        exits + lost_exits,
+        PROCESSES as u64,
+        "exits {exits} + lost {lost_exits}"
+    );
+}

@@ -2,7 +2,9 @@
 //! live in tracked cgroups, what they run, and how each process ends.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel,
+    },
     macros::tracepoint,
     programs::TracePointContext,
 };
@@ -42,7 +44,11 @@ fn try_task_newtask(ctx: &TracePointContext) -> Result<(), i32> {
         )
     };
     let parent_tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let tgid = if flags & CLONE_THREAD != 0 { parent_tgid } else { child };
+    let tgid = if flags & CLONE_THREAD != 0 {
+        parent_tgid
+    } else {
+        child
+    };
     track_task(child, tgid, cgroup_id);
     Ok(())
 }
@@ -79,7 +85,8 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i32> {
         (*record).old_pid = old_pid;
         (*record).comm = bpf_get_current_comm().unwrap_or_default();
         let filename = core::ptr::addr_of_mut!((*record).filename).cast::<u8>();
-        (*record).filename_len = read_data_loc_str(ctx, EXEC_FILENAME, filename, FILENAME_LEN as u32);
+        (*record).filename_len =
+            read_data_loc_str(ctx, EXEC_FILENAME, filename, FILENAME_LEN as u32);
     }
     entry.submit(0);
     Ok(())
@@ -127,7 +134,11 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<(), i32> {
             match track {
                 Some(track) => {
                     (*record).flags = exit_flags::HAS_TRACK;
-                    core::ptr::copy_nonoverlapping(track, core::ptr::addr_of_mut!((*record).track), 1);
+                    core::ptr::copy_nonoverlapping(
+                        track,
+                        core::ptr::addr_of_mut!((*record).track),
+                        1,
+                    );
                 }
                 None => {
                     (*record).flags = 0;

@@ -24,10 +24,38 @@ pub mod sig {
 pub const SI_KERNEL: i32 = 0x80;
 
 const NAMES: [&str; 32] = [
-    "SIG0", "SIGHUP", "SIGINT", "SIGQUIT", "SIGILL", "SIGTRAP", "SIGABRT", "SIGBUS", "SIGFPE",
-    "SIGKILL", "SIGUSR1", "SIGSEGV", "SIGUSR2", "SIGPIPE", "SIGALRM", "SIGTERM", "SIGSTKFLT",
-    "SIGCHLD", "SIGCONT", "SIGSTOP", "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGURG", "SIGXCPU",
-    "SIGXFSZ", "SIGVTALRM", "SIGPROF", "SIGWINCH", "SIGIO", "SIGPWR", "SIGSYS",
+    "SIG0",
+    "SIGHUP",
+    "SIGINT",
+    "SIGQUIT",
+    "SIGILL",
+    "SIGTRAP",
+    "SIGABRT",
+    "SIGBUS",
+    "SIGFPE",
+    "SIGKILL",
+    "SIGUSR1",
+    "SIGSEGV",
+    "SIGUSR2",
+    "SIGPIPE",
+    "SIGALRM",
+    "SIGTERM",
+    "SIGSTKFLT",
+    "SIGCHLD",
+    "SIGCONT",
+    "SIGSTOP",
+    "SIGTSTP",
+    "SIGTTIN",
+    "SIGTTOU",
+    "SIGURG",
+    "SIGXCPU",
+    "SIGXFSZ",
+    "SIGVTALRM",
+    "SIGPROF",
+    "SIGWINCH",
+    "SIGIO",
+    "SIGPWR",
+    "SIGSYS",
 ];
 
 /// The signal's conventional name; real-time signals are `SIGRT<n>`.
@@ -49,7 +77,10 @@ pub fn is_fault_signal(signal: u32) -> bool {
 
 /// Signals an orchestrator sends to ask for a graceful stop before it escalates to SIGKILL.
 pub fn is_graceful_stop(signal: u32) -> bool {
-    matches!(signal, sig::SIGTERM | sig::SIGINT | sig::SIGHUP | sig::SIGQUIT)
+    matches!(
+        signal,
+        sig::SIGTERM | sig::SIGINT | sig::SIGHUP | sig::SIGQUIT
+    )
 }
 
 /// A wait status as `waitpid()` returns it.
@@ -198,7 +229,12 @@ pub fn attribute(exit: &ExitRecord, same_container: impl Fn(u64) -> bool) -> Att
     let tgid = exit.header.tgid;
     let has_track = exit.flags & exit_flags::HAS_TRACK != 0;
     let slots: &[SignalOrigin] = if has_track { &exit.track.slots } else { &[] };
-    let find = |signal: u32| slots.iter().find(|s| s.signal == signal && s.first_ns != 0).copied();
+    let find = |signal: u32| {
+        slots
+            .iter()
+            .find(|s| s.signal == signal && s.first_ns != 0)
+            .copied()
+    };
 
     let WaitStatus::Signaled { signal, .. } = status else {
         let cause = if status == WaitStatus::Exited(0) {
@@ -239,11 +275,15 @@ pub fn attribute(exit: &ExitRecord, same_container: impl Fn(u64) -> bool) -> Att
     };
 
     let escalated_from = match (cause, killer) {
-        (ExitCause::OrchestratorKill | ExitCause::PeerKill, Some(k)) if signal == sig::SIGKILL => slots
-            .iter()
-            .filter(|s| s.first_ns != 0 && is_graceful_stop(s.signal) && s.first_ns < k.first_ns)
-            .min_by_key(|s| s.first_ns)
-            .copied(),
+        (ExitCause::OrchestratorKill | ExitCause::PeerKill, Some(k)) if signal == sig::SIGKILL => {
+            slots
+                .iter()
+                .filter(|s| {
+                    s.first_ns != 0 && is_graceful_stop(s.signal) && s.first_ns < k.first_ns
+                })
+                .min_by_key(|s| s.first_ns)
+                .copied()
+        }
         _ => None,
     };
     Attribution {
@@ -294,7 +334,11 @@ mod tests {
                 cgroup_id: CONTAINER_CG,
             },
             exit_status: status,
-            flags: if slots.is_empty() && oom_ns == 0 { 0 } else { exit_flags::HAS_TRACK },
+            flags: if slots.is_empty() && oom_ns == 0 {
+                0
+            } else {
+                exit_flags::HAS_TRACK
+            },
             comm: [0; 16],
             track,
         }
@@ -307,7 +351,10 @@ mod tests {
     #[test]
     fn exit_codes() {
         let a = verdict(&exit(0, &[], 0));
-        assert_eq!((a.status, a.cause), (WaitStatus::Exited(0), ExitCause::Exited));
+        assert_eq!(
+            (a.status, a.cause),
+            (WaitStatus::Exited(0), ExitCause::Exited)
+        );
         let a = verdict(&exit(3 << 8, &[], 0));
         assert_eq!((a.status.shell_code(), a.cause), (3, ExitCause::Failed));
         // A SIGTERM that was handled and followed by exit 0 is still a clean exit.
@@ -339,20 +386,46 @@ mod tests {
 
     #[test]
     fn peer_self_crash_oom() {
-        let a = verdict(&exit(9, &[origin(sig::SIGKILL, 0, 600, CONTAINER_CG, 5)], 0));
+        let a = verdict(&exit(
+            9,
+            &[origin(sig::SIGKILL, 0, 600, CONTAINER_CG, 5)],
+            0,
+        ));
         assert_eq!(a.cause, ExitCause::PeerKill);
         // abort(): SIGABRT via tgkill (SI_TKILL) from itself, core dumped.
-        let a = verdict(&exit(6 | 0x80, &[origin(sig::SIGABRT, -6, CHILD, CONTAINER_CG, 5)], 0));
+        let a = verdict(&exit(
+            6 | 0x80,
+            &[origin(sig::SIGABRT, -6, CHILD, CONTAINER_CG, 5)],
+            0,
+        ));
         assert_eq!(a.cause, ExitCause::SelfSignal);
-        assert_eq!(a.status, WaitStatus::Signaled { signal: 6, core_dumped: true });
+        assert_eq!(
+            a.status,
+            WaitStatus::Signaled {
+                signal: 6,
+                core_dumped: true
+            }
+        );
         // A segmentation fault: SIGSEGV with SEGV_MAPERR raised in the task's own context.
-        let a = verdict(&exit(11, &[origin(sig::SIGSEGV, 1, CHILD, CONTAINER_CG, 5)], 0));
+        let a = verdict(&exit(
+            11,
+            &[origin(sig::SIGSEGV, 1, CHILD, CONTAINER_CG, 5)],
+            0,
+        ));
         assert_eq!(a.cause, ExitCause::Crash);
         // kill(getpid(), SIGSEGV) is a self signal, not a crash.
-        let a = verdict(&exit(11, &[origin(sig::SIGSEGV, 0, CHILD, CONTAINER_CG, 5)], 0));
+        let a = verdict(&exit(
+            11,
+            &[origin(sig::SIGSEGV, 0, CHILD, CONTAINER_CG, 5)],
+            0,
+        ));
         assert_eq!(a.cause, ExitCause::SelfSignal);
         // OOM: the SIGKILL comes from whichever task ran the OOM killer, with SI_KERNEL.
-        let a = verdict(&exit(9, &[origin(sig::SIGKILL, SI_KERNEL, 42, HOST_CG, 5)], 4));
+        let a = verdict(&exit(
+            9,
+            &[origin(sig::SIGKILL, SI_KERNEL, 42, HOST_CG, 5)],
+            4,
+        ));
         assert_eq!(a.cause, ExitCause::OomKill);
     }
 
@@ -360,7 +433,11 @@ mod tests {
     fn unknown_only_without_evidence() {
         assert_eq!(verdict(&exit(9, &[], 0)).cause, ExitCause::Unknown);
         // The kernel killing on its own behalf, from outside, without an OOM mark.
-        let a = verdict(&exit(9, &[origin(sig::SIGKILL, SI_KERNEL, 42, HOST_CG, 5)], 0));
+        let a = verdict(&exit(
+            9,
+            &[origin(sig::SIGKILL, SI_KERNEL, 42, HOST_CG, 5)],
+            0,
+        ));
         assert_eq!(a.cause, ExitCause::Unknown);
         // The record of another signal does not explain a SIGKILL.
         let a = verdict(&exit(9, &[origin(10, 0, 42, HOST_CG, 5)], 0));
@@ -373,7 +450,10 @@ mod tests {
         assert_eq!(SenderKind::of(9, 0, 1, 2, true), SenderKind::Peer);
         assert_eq!(SenderKind::of(6, -6, 2, 2, true), SenderKind::Own);
         assert_eq!(SenderKind::of(11, 1, 2, 2, true), SenderKind::Kernel);
-        assert_eq!(SenderKind::of(9, SI_KERNEL, 1, 2, false), SenderKind::Kernel);
+        assert_eq!(
+            SenderKind::of(9, SI_KERNEL, 1, 2, false),
+            SenderKind::Kernel
+        );
     }
 
     #[test]

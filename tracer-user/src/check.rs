@@ -76,7 +76,10 @@ pub fn run_checks() -> Vec<Requirement> {
     } else {
         sys::mounted_tracefs().ok_or_else(|| {
             if Path::new(sys::TRACEFS).exists() {
-                format!("{} not readable without privilege (run as root)", sys::TRACEFS)
+                format!(
+                    "{} not readable without privilege (run as root)",
+                    sys::TRACEFS
+                )
             } else {
                 format!(
                     "tracefs not mounted (mount it as root: mount -t tracefs nodev {})",
@@ -87,7 +90,10 @@ pub fn run_checks() -> Vec<Requirement> {
     };
     out.push(req(
         "tracefs",
-        tracefs.as_ref().map(|p| p.display().to_string()).map_err(|e| e.clone()),
+        tracefs
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .map_err(|e| e.clone()),
     ));
     for hook in HOOKS {
         let name = format!("tracepoint {}:{}", hook.category, hook.name);
@@ -121,7 +127,10 @@ pub fn run_checks() -> Vec<Requirement> {
         if privileged {
             match aya::sys::is_map_supported(MapType::RingBuf) {
                 Ok(true) => Ok("BPF_MAP_TYPE_RINGBUF supported".to_string()),
-                Ok(false) => Err("BPF_MAP_TYPE_RINGBUF not supported; clawtrace needs Linux 5.8 or later".to_string()),
+                Ok(false) => Err(
+                    "BPF_MAP_TYPE_RINGBUF not supported; clawtrace needs Linux 5.8 or later"
+                        .to_string(),
+                ),
                 Err(e) => Err(format!("probing BPF_MAP_TYPE_RINGBUF failed: {e}")),
             }
         } else {

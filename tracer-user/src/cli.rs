@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use crate::output::Format;
 
 #[derive(Debug, Parser)]
-#[command(name = "clawtrace", version, about = "Traces container lifecycles and tells who killed what, and why")]
+#[command(
+    name = "clawtrace",
+    version,
+    about = "Traces container lifecycles and tells who killed what, and why"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -48,7 +52,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn parse_ring_size(s: &str) -> Result<u32, String> {
-    let n: u32 = s.parse().map_err(|_| format!("{s:?} is not a number of bytes"))?;
+    let n: u32 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of bytes"))?;
     if n < 4096 || !n.is_power_of_two() {
         return Err(format!("{n} is not a power of two of at least 4096"));
     }
@@ -79,7 +85,9 @@ mod tests {
             "65536",
         ])
         .unwrap();
-        let Command::Run(args) = cli.command else { panic!("not run") };
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
         assert_eq!(args.output, Format::Json);
         assert_eq!(args.container_cgroup_pattern.len(), 2);
         assert_eq!(args.linger_after, Duration::from_millis(1500));

@@ -33,7 +33,10 @@ const BUILTIN: &[(&str, &str)] = &[
     // Docker, systemd driver: .../docker-<id>.scope
     (r"/docker-(?P<id>[0-9a-f]{64})\.scope$", "docker"),
     // containerd CRI, systemd driver (kubepods slices): .../cri-containerd-<id>.scope
-    (r"/cri-containerd-(?P<id>[0-9a-f]{64})\.scope$", "containerd"),
+    (
+        r"/cri-containerd-(?P<id>[0-9a-f]{64})\.scope$",
+        "containerd",
+    ),
     // CRI-O, systemd driver: .../crio-<id>.scope (not crio-conmon-<id>.scope, its monitor)
     (r"/crio-(?P<id>[0-9a-f]{64})\.scope$", "cri-o"),
     // Podman: .../libpod-<id>.scope, or /libpod_parent/libpod-<id> with cgroupfs
@@ -69,7 +72,13 @@ impl Recognizer {
             .map(|p| {
                 Regex::new(p).map_err(|e| PatternError {
                     pattern: p.clone(),
-                    reason: e.to_string().lines().last().unwrap_or("").trim().to_string(),
+                    reason: e
+                        .to_string()
+                        .lines()
+                        .last()
+                        .unwrap_or("")
+                        .trim()
+                        .to_string(),
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -161,7 +170,9 @@ mod tests {
             (format!("/libpod_parent/libpod-{ID}"), "podman"),
         ];
         for (path, runtime) in cases {
-            let got = r.recognize(&path).unwrap_or_else(|| panic!("{path} not recognised"));
+            let got = r
+                .recognize(&path)
+                .unwrap_or_else(|| panic!("{path} not recognised"));
             assert_eq!((got.id.as_str(), got.runtime), (ID, runtime), "{path}");
         }
     }
@@ -186,7 +197,10 @@ mod tests {
 
     #[test]
     fn user_patterns_pick_id_and_agent() {
-        let r = rec(&[r"^/agents/(?P<agent>[a-z_]+)-(?P<id>\d+)$", r"^/sandboxes/[^/]+$"]);
+        let r = rec(&[
+            r"^/agents/(?P<agent>[a-z_]+)-(?P<id>\d+)$",
+            r"^/sandboxes/[^/]+$",
+        ]);
         let got = r.recognize("/agents/nemo_claw-17").unwrap();
         assert_eq!(got.id, "17");
         assert_eq!(got.runtime, "custom");
@@ -200,7 +214,11 @@ mod tests {
     #[test]
     fn bad_user_pattern_is_a_clear_error() {
         let err = Recognizer::new(&["(".to_string()], None).err().unwrap();
-        assert!(err.to_string().starts_with("invalid --container-cgroup-pattern \"(\""), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("invalid --container-cgroup-pattern \"(\""),
+            "{err}"
+        );
     }
 
     #[test]

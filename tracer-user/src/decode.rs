@@ -226,7 +226,11 @@ mod tests {
         let mut kinds: Vec<u32> = samples.iter().map(|r| r.header().kind).collect();
         kinds.sort();
         kinds.dedup();
-        assert_eq!(kinds, (1..=7).collect::<Vec<_>>(), "a record kind lacks a sample");
+        assert_eq!(
+            kinds,
+            (1..=7).collect::<Vec<_>>(),
+            "a record kind lacks a sample"
+        );
         for record in samples {
             let bytes = record.to_bytes();
             let back = Record::decode(&bytes).expect("decode");
@@ -237,7 +241,10 @@ mod tests {
 
     #[test]
     fn decodes_fields_not_just_bytes() {
-        let exit = samples().into_iter().find(|r| matches!(r, Record::Exit(_))).unwrap();
+        let exit = samples()
+            .into_iter()
+            .find(|r| matches!(r, Record::Exit(_)))
+            .unwrap();
         let Record::Exit(e) = Record::decode(&exit.to_bytes()).unwrap() else {
             panic!("not an exit")
         };
@@ -263,7 +270,10 @@ mod tests {
         }
         let mut unknown = samples()[0].to_bytes();
         unknown[..4].copy_from_slice(&77u32.to_ne_bytes());
-        assert_eq!(Record::decode(&unknown).unwrap_err(), DecodeError::UnknownKind(77));
+        assert_eq!(
+            Record::decode(&unknown).unwrap_err(),
+            DecodeError::UnknownKind(77)
+        );
     }
 
     #[test]

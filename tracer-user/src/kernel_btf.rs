@@ -65,7 +65,8 @@ fn find_member(btf: &Btf, strukt: &btf_rs::Struct, field: &str, base: u32) -> Op
             return Some(base + member.bit_offset());
         }
         if name.is_empty() {
-            if let Some(Type::Struct(inner) | Type::Union(inner)) = resolve_through_modifiers(btf, member)
+            if let Some(Type::Struct(inner) | Type::Union(inner)) =
+                resolve_through_modifiers(btf, member)
             {
                 if let Some(found) = find_member(btf, &inner, field, base + member.bit_offset()) {
                     return Some(found);
@@ -82,7 +83,9 @@ fn resolve_through_modifiers(btf: &Btf, member: &dyn BtfType) -> Option<Type> {
     for _ in 0..8 {
         match &ty {
             Type::Const(_) | Type::Volatile(_) | Type::Typedef(_) | Type::Restrict(_) => {
-                let next = ty.as_btf_type().and_then(|t| btf.resolve_chained_type(t).ok())?;
+                let next = ty
+                    .as_btf_type()
+                    .and_then(|t| btf.resolve_chained_type(t).ok())?;
                 ty = next;
             }
             _ => return Some(ty),

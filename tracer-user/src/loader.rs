@@ -79,12 +79,12 @@ impl Tracer {
                 .with_context(|| format!("program {} missing from the eBPF object", hook.program))?
                 .try_into()
                 .with_context(|| format!("program {} is not a tracepoint program", hook.program))?;
-            program
-                .load()
-                .with_context(|| format!("the kernel's verifier refused program {}", hook.program))?;
-            program
-                .attach(hook.category, hook.name)
-                .with_context(|| format!("attaching to tracepoint {}:{}", hook.category, hook.name))?;
+            program.load().with_context(|| {
+                format!("the kernel's verifier refused program {}", hook.program)
+            })?;
+            program.attach(hook.category, hook.name).with_context(|| {
+                format!("attaching to tracepoint {}:{}", hook.category, hook.name)
+            })?;
         }
 
         let ring = RingBuf::try_from(take(&mut ebpf, "EVENTS")?)?;

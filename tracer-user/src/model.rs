@@ -390,7 +390,10 @@ impl<R: Recognize> Model<R> {
     }
 
     fn on_attach(&mut self, r: &AttachRecord) {
-        let Some(c) = self.owner.get(&r.dst_cgroup_id).and_then(|id| self.containers.get_mut(id))
+        let Some(c) = self
+            .owner
+            .get(&r.dst_cgroup_id)
+            .and_then(|id| self.containers.get_mut(id))
         else {
             return;
         };
@@ -400,7 +403,10 @@ impl<R: Recognize> Model<R> {
     }
 
     fn on_exec(&mut self, r: &ExecRecord, out: &mut Output) {
-        let Some(c) = self.owner.get(&r.header.cgroup_id).and_then(|id| self.containers.get_mut(id))
+        let Some(c) = self
+            .owner
+            .get(&r.header.cgroup_id)
+            .and_then(|id| self.containers.get_mut(id))
         else {
             return;
         };
@@ -434,7 +440,9 @@ impl<R: Recognize> Model<R> {
             tid: pid,
             comm: c_str(comm),
             cgroup_id,
-            container_id: self.container_of_cgroup(cgroup_id).map(|c| c.ident.id.clone()),
+            container_id: self
+                .container_of_cgroup(cgroup_id)
+                .map(|c| c.ident.id.clone()),
         }
     }
 
@@ -483,7 +491,12 @@ impl<R: Recognize> Model<R> {
         };
         let verdict = attribute(r, |cg| self.owner.get(&cg) == Some(&owner));
         let sender = verdict.killer.map(|k| {
-            self.sender(k.sender_pid, k.sender_tgid, &k.sender_comm, k.sender_cgroup_id)
+            self.sender(
+                k.sender_pid,
+                k.sender_tgid,
+                &k.sender_comm,
+                k.sender_cgroup_id,
+            )
         });
         let Some(c) = self.containers.get_mut(&owner) else {
             return;

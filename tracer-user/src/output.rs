@@ -21,7 +21,10 @@ pub enum Format {
 pub fn rfc3339(unix_ns: i128) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(unix_ns)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| unix_ns.to_string())
 }
 
@@ -97,7 +100,11 @@ fn exit_text(e: &ProcessExit) -> String {
         Some(sender) if e.cause != ExitCause::OomKill => format!(" from {}", who(sender)),
         _ => String::new(),
     };
-    format!("exited {}: {signal}{from} ({})", e.exit_code, notes.join(", "))
+    format!(
+        "exited {}: {signal}{from} ({})",
+        e.exit_code,
+        notes.join(", ")
+    )
 }
 
 /// The readable line for one event.

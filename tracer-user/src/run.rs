@@ -80,6 +80,11 @@ pub fn run(options: &RunOptions, stop: &Arc<AtomicBool>, out: impl Write) -> Res
         log::warn!("no cgroup v2 mount found: containers already running are not followed");
     }
 
+    log::info!(
+        "tracing: {} programs attached, {} running container(s) found",
+        crate::tracepoints::HOOKS.len(),
+        model.containers().count()
+    );
     let mut records = Vec::new();
     let mut last_housekeeping = Instant::now();
     loop {

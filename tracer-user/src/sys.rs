@@ -181,7 +181,10 @@ mod tests {
             cgroup2_mount_in(info),
             Some(PathBuf::from("/sys/fs/cgroup/unified"))
         );
-        assert_eq!(cgroup2_mount_in("30 25 0:26 / /sys rw - sysfs sysfs rw\n"), None);
+        assert_eq!(
+            cgroup2_mount_in("30 25 0:26 / /sys rw - sysfs sysfs rw\n"),
+            None
+        );
     }
 
     #[test]

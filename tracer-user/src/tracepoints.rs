@@ -35,19 +35,34 @@ pub const HOOKS: &[Hook] = &[
         category: "cgroup",
         name: "cgroup_mkdir",
         program: "cgroup_mkdir",
-        fields: &[f("root", 8, 4), f("level", 12, 4), f("id", 16, 8), f("path", 24, 4)],
+        fields: &[
+            f("root", 8, 4),
+            f("level", 12, 4),
+            f("id", 16, 8),
+            f("path", 24, 4),
+        ],
     },
     Hook {
         category: "cgroup",
         name: "cgroup_rmdir",
         program: "cgroup_rmdir",
-        fields: &[f("root", 8, 4), f("level", 12, 4), f("id", 16, 8), f("path", 24, 4)],
+        fields: &[
+            f("root", 8, 4),
+            f("level", 12, 4),
+            f("id", 16, 8),
+            f("path", 24, 4),
+        ],
     },
     Hook {
         category: "cgroup",
         name: "cgroup_attach_task",
         program: "cgroup_attach_task",
-        fields: &[f("dst_root", 8, 4), f("dst_id", 16, 8), f("pid", 24, 4), f("comm", 32, 4)],
+        fields: &[
+            f("dst_root", 8, 4),
+            f("dst_id", 16, 8),
+            f("pid", 24, 4),
+            f("comm", 32, 4),
+        ],
     },
     Hook {
         category: "task",
@@ -203,7 +218,10 @@ print fmt: \"comm=%s pid=%d prio=%d group_dead=%s\"
 ";
 
     fn exit_hook() -> &'static Hook {
-        HOOKS.iter().find(|h| h.name == "sched_process_exit").unwrap()
+        HOOKS
+            .iter()
+            .find(|h| h.name == "sched_process_exit")
+            .unwrap()
     }
 
     #[test]
@@ -216,7 +234,10 @@ print fmt: \"comm=%s pid=%d prio=%d group_dead=%s\"
 
     #[test]
     fn accepts_matching_layout() {
-        assert_eq!(check_fields(exit_hook(), &parse_format(EXIT_FORMAT)), Ok(()));
+        assert_eq!(
+            check_fields(exit_hook(), &parse_format(EXIT_FORMAT)),
+            Ok(())
+        );
     }
 
     #[test]
@@ -224,12 +245,19 @@ print fmt: \"comm=%s pid=%d prio=%d group_dead=%s\"
         let moved = EXIT_FORMAT.replace("offset:32;\tsize:1", "offset:36;\tsize:1");
         assert!(matches!(
             check_fields(exit_hook(), &parse_format(&moved)),
-            Err(LayoutError::Moved { field: "group_dead", offset: 36, .. })
+            Err(LayoutError::Moved {
+                field: "group_dead",
+                offset: 36,
+                ..
+            })
         ));
         let old_kernel = EXIT_FORMAT.replace("bool group_dead", "bool other");
         assert!(matches!(
             check_fields(exit_hook(), &parse_format(&old_kernel)),
-            Err(LayoutError::NoField { field: "group_dead", .. })
+            Err(LayoutError::NoField {
+                field: "group_dead",
+                ..
+            })
         ));
     }
 }

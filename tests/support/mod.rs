@@ -1,0 +1,344 @@
+//! Shared helpers of the privileged end-to-end tests: the privilege gate, real cgroup v2
+//! sub-cgroups standing in for containers, processes started inside them, and a running
+//! `clawtrace run --output json` whose events a test waits for.
+#![allow(dead_code)] // Each test file uses a different part.
+
+use std::{
+    ffi::CString,
+    io::{BufRead, BufReader},
+    os::unix::{fs::MetadataExt, process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        mpsc, Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// Environment variable that turns a privileged test that would skip into a failure.
+pub const REQUIRE_PRIVILEGED: &str = "CLAWTRACE_REQUIRE_PRIVILEGED";
+
+/// Prefix of every cgroup the tests make; `clawtrace` is told it marks a container.
+pub const CGROUP_PREFIX: &str = "clawtrace-test-";
+
+/// The pattern that makes the tests' cgroups containers, with the part after the prefix as id.
+pub fn test_pattern() -> String {
+    format!("^/{CGROUP_PREFIX}(?P<id>[^/]+)$")
+}
+
+/// True when the test may run. Without root it says why and skips, unless
+/// CLAWTRACE_REQUIRE_PRIVILEGED=1, which makes the skip a failure.
+pub fn privileged(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    let reason = "needs root (loads eBPF programs, makes cgroups)";
+    if std::env::var(REQUIRE_PRIVILEGED).as_deref() == Ok("1") {
+        panic!("{test}: privileged test cannot run: {reason}, and {REQUIRE_PRIVILEGED}=1");
+    }
+    eprintln!("skipping {test}: {reason}; run `cargo xtask test` as root");
+    false
+}
+
+/// Returns from the test when it cannot run (see [`privileged`]).
+#[macro_export]
+macro_rules! require_privileged {
+    () => {
+        if !$crate::support::privileged(module_path!()) {
+            return;
+        }
+    };
+}
+
+pub fn cgroup2_root() -> PathBuf {
+    clawtrace::sys::cgroup2_mount().expect("no cgroup v2 mount")
+}
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+/// A real cgroup v2 sub-cgroup: a container stand-in. Removed (after killing what is left in
+/// it) on drop unless removed by the test.
+pub struct TestCgroup {
+    pub dir: PathBuf,
+    pub name: String,
+    id: u64,
+    removed: bool,
+}
+
+impl TestCgroup {
+    pub fn new(tag: &str) -> TestCgroup {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{CGROUP_PREFIX}{}-{tag}-{n}", std::process::id());
+        let dir = cgroup2_root().join(&name);
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        let id = std::fs::metadata(&dir).expect("stat cgroup").ino();
+        TestCgroup {
+            dir,
+            name,
+            id,
+            removed: false,
+        }
+    }
+
+    /// The container id clawtrace gives it under [`test_pattern`].
+    pub fn container_id(&self) -> String {
+        self.name[CGROUP_PREFIX.len()..].to_string()
+    }
+
+    /// The cgroup id: the directory's inode number (read when it was made).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Kills every process left in the cgroup (cgroup.kill) and waits until it is empty.
+    pub fn kill_all(&self) {
+        let _ = std::fs::write(self.dir.join("cgroup.kill"), "1");
+        wait_until("an empty cgroup", Duration::from_secs(5), || {
+            self.procs().is_empty()
+        });
+    }
+
+    pub fn procs(&self) -> Vec<u32> {
+        std::fs::read_to_string(self.dir.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.parse().ok())
+            .collect()
+    }
+
+    /// Starts `cmd` inside this cgroup: the child moves itself in before it execs, so
+    /// everything it runs happens in the container.
+    pub fn spawn(&self, cmd: &mut Command) -> Child {
+        let procs = CString::new(self.dir.join("cgroup.procs").to_string_lossy().as_bytes())
+            .expect("path without NUL");
+        // SAFETY: the closure runs in the forked child before exec and only makes
+        // async-signal-safe system calls (open, write, close) on memory prepared before fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // Writing 0 moves the writing process itself.
+                let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+                let err = std::io::Error::last_os_error();
+                libc::close(fd);
+                if n != 1 {
+                    return Err(err);
+                }
+                Ok(())
+            });
+        }
+        cmd.spawn().expect("spawn in cgroup")
+    }
+
+    /// Removes the cgroup; it must be empty.
+    pub fn remove(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match std::fs::remove_dir(&self.dir) {
+                Ok(()) => break,
+                // Tasks that just exited may not have left the cgroup yet.
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("rmdir {}: {e}", self.dir.display()),
+            }
+        }
+        self.removed = true;
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        if self.removed {
+            return;
+        }
+        let _ = std::fs::write(self.dir.join("cgroup.kill"), "1");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::fs::remove_dir(&self.dir).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// `waitpid` on a child: the raw status the parent sees.
+pub fn wait_status(child: &mut Child) -> i32 {
+    let mut status = 0;
+    // SAFETY: waits for our own child; `status` is valid for the call.
+    let rc = unsafe { libc::waitpid(child.id() as i32, &mut status, 0) };
+    assert_eq!(
+        rc,
+        child.id() as i32,
+        "waitpid: {}",
+        std::io::Error::last_os_error()
+    );
+    status
+}
+
+/// Sends `signal` to `pid` from this process.
+pub fn kill(pid: u32, signal: i32) {
+    // SAFETY: kill has no memory-safety preconditions.
+    let rc = unsafe { libc::kill(pid as i32, signal) };
+    assert_eq!(
+        rc,
+        0,
+        "kill({pid}, {signal}): {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Waits until `cond` holds, polling; panics with `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A running `clawtrace run --output json`, its events collected as they come.
+pub struct Clawtrace {
+    child: Child,
+    events: Arc<Mutex<Vec<Value>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+pub const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Clawtrace {
+    /// Starts clawtrace with the tests' cgroup pattern plus `extra` arguments, and waits until
+    /// its programs are attached.
+    pub fn start(extra: &[&str]) -> Clawtrace {
+        let pattern = test_pattern();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_clawtrace"));
+        cmd.args([
+            "run",
+            "--output",
+            "json",
+            "--container-cgroup-pattern",
+            &pattern,
+        ])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start clawtrace");
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let stdout = child.stdout.take().expect("stdout");
+        let sink = Arc::clone(&events);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let value: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
+                    panic!("clawtrace printed a line that is not JSON ({e}): {line}")
+                });
+                sink.lock().unwrap().push(value);
+            }
+        });
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let err_pipe = child.stderr.take().expect("stderr");
+        let err_sink = Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            for line in BufReader::new(err_pipe).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("tracing:") {
+                    let _ = ready_tx.send(());
+                }
+                err_sink.lock().unwrap().push(line);
+            }
+        });
+        if ready_rx.recv_timeout(Duration::from_secs(30)).is_err() {
+            let _ = child.kill();
+            panic!("clawtrace did not start: {:?}", stderr.lock().unwrap());
+        }
+        Clawtrace {
+            child,
+            events,
+            stderr,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Events seen so far that match `pred`.
+    pub fn matching(&self, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|v| pred(v))
+            .cloned()
+            .collect()
+    }
+
+    /// Waits for the first event matching `pred`.
+    pub fn wait_for(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        loop {
+            if let Some(v) = self.events.lock().unwrap().iter().find(|v| pred(v)) {
+                return v.clone();
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for {what}; events: {:#?}; stderr: {:?}",
+                    self.events.lock().unwrap(),
+                    self.stderr.lock().unwrap()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits for `event` (e.g. "process_exit") of container `id` that also matches `pred`.
+    pub fn wait_event(&self, event: &str, id: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        self.wait_for(&format!("{event} of {id}"), |v| {
+            v["event"] == event && v["container_id"] == id && pred(v)
+        })
+    }
+
+    /// Stops clawtrace with SIGINT; it must exit 0 within 5 s. Returns its stderr lines.
+    pub fn stop(mut self) -> Vec<String> {
+        kill(self.child.id(), libc::SIGINT);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                assert!(
+                    status.success(),
+                    "clawtrace exited with {status}: {:?}",
+                    self.stderr.lock().unwrap()
+                );
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "clawtrace did not exit within 5 s of SIGINT"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Give the reader threads a moment to take the last lines.
+        std::thread::sleep(Duration::from_millis(50));
+        self.stderr.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Clawtrace {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether `path` exists (for tests that need a Debian package).
+pub fn have(path: &str) -> bool {
+    Path::new(path).exists()
+}
