@@ -1,1 +1,234 @@
-//! placeholder
+//! The `clawtrace` binary as a user meets it: the preflight check with and without privilege,
+//! one-line errors for bad input, the readable output, and a clean stop on SIGTERM.
+
+mod support;
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use support::*;
+
+fn clawtrace() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_clawtrace"))
+}
+
+/// The same command run as user `nobody` with no capabilities.
+fn as_nobody(args: &[&str]) -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "--",
+    ])
+    .arg(env!("CARGO_BIN_EXE_clawtrace"))
+    .args(args);
+    cmd
+}
+
+#[test]
+fn bad_flags_and_values_fail_with_one_line() {
+    for args in [
+        &["run", "--no-such-flag"][..],
+        &["run", "--ring-buffer-size", "1000"],
+        &["run", "--output", "yaml"],
+        &["run", "--linger-after", "whenever"],
+        &["fly"],
+    ] {
+        let out = clawtrace().args(args).output().expect("run clawtrace");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.starts_with("clawtrace: "), "{stderr}");
+    }
+}
+
+#[test]
+fn bad_pattern_fails_with_one_line() {
+    require_privileged!();
+    let out = clawtrace()
+        .args(["run", "--container-cgroup-pattern", "(unclosed"])
+        .output()
+        .expect("run clawtrace");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("invalid --container-cgroup-pattern"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_passes_as_root() {
+    require_privileged!();
+    let out = clawtrace()
+        .arg("check")
+        .output()
+        .expect("run clawtrace check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    for required in [
+        "privileges",
+        "kernel BTF",
+        "tracefs",
+        "tracepoint cgroup:cgroup_mkdir",
+        "tracepoint cgroup:cgroup_rmdir",
+        "tracepoint sched:sched_process_exit",
+        "tracepoint signal:signal_generate",
+        "tracepoint oom:mark_victim",
+        "cgroup v2",
+        "ring buffer",
+        "programs load and attach",
+    ] {
+        let line = stdout
+            .lines()
+            .find(|l| l.contains(&format!(" {required}")))
+            .unwrap_or_else(|| panic!("no line for {required}: {stdout}"));
+        assert!(line.starts_with("ok "), "{line}");
+    }
+}
+
+#[test]
+fn check_and_run_name_the_missing_privilege() {
+    require_privileged!(); // setpriv needs root to become nobody
+    let out = as_nobody(&["check"])
+        .output()
+        .expect("setpriv clawtrace check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("privileges"))
+        .expect("privileges line");
+    assert!(line.starts_with("missing "), "{line}");
+    assert!(
+        line.contains("CAP_BPF") && line.contains("CAP_PERFMON") && line.contains("root"),
+        "{line}"
+    );
+
+    let out = as_nobody(&["run"]).output().expect("setpriv clawtrace run");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("missing privilege: CAP_BPF, CAP_PERFMON"),
+        "{stderr}"
+    );
+}
+
+/// Ids of the BPF programs process `pid` holds, from its file descriptors' fdinfo (a program
+/// may be held by more than one descriptor).
+fn programs_of(pid: u32) -> std::collections::BTreeSet<u32> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return Default::default();
+    };
+    fds.flatten()
+        .filter_map(|fd| std::fs::read_to_string(fd.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("prog_id:"))
+                .and_then(|id| id.trim().parse().ok())
+        })
+        .collect()
+}
+
+/// Whether the kernel still has program `id` loaded.
+fn program_loaded(id: u32) -> bool {
+    Command::new("bpftool")
+        .args(["prog", "show", "id", &id.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("bpftool (installed by cargo xtask setup)")
+        .success()
+}
+
+#[test]
+fn text_output_and_clean_stop_on_sigterm() {
+    require_privileged!();
+    let pattern = test_pattern();
+    let mut child = clawtrace()
+        .args(["run", "--container-cgroup-pattern", &pattern])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start clawtrace");
+    let pid = child.id();
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    while !line.contains("tracing:") {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).expect("stderr") > 0,
+            "clawtrace exited early"
+        );
+    }
+    let programs = programs_of(pid);
+    assert_eq!(programs.len(), clawtrace::tracepoints::HOOKS.len());
+    assert!(programs.iter().all(|&id| program_loaded(id)));
+
+    let mut cgroup = TestCgroup::new("text");
+    let mut victim = cgroup.spawn(Command::new("sleep").arg("1000"));
+    kill(victim.id(), libc::SIGKILL);
+    wait_status(&mut victim);
+    cgroup.remove();
+    // Give the events time to be printed, then stop.
+    std::thread::sleep(Duration::from_millis(500));
+
+    kill(pid, libc::SIGTERM);
+    let stopped = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(5),
+            "no exit within 5 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+    wait_until("the programs unloaded", Duration::from_secs(5), || {
+        programs.iter().all(|&id| !program_loaded(id))
+    });
+
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut stdout)
+        .expect("stdout");
+    // The sender is this thread: its comm is the test thread's name.
+    let me = std::fs::read_to_string("/proc/thread-self/comm").expect("comm");
+    let id = cgroup.container_id();
+    let expected = [
+        format!("container {id} created (custom, cgroup /{})", cgroup.name),
+        format!(
+            "container {id} exec sleep[{}] /usr/bin/sleep (init)",
+            victim.id()
+        ),
+        format!(
+            "container {id} exited 137: SIGKILL from {}[{}] (outside the container)",
+            me.trim(),
+            std::process::id()
+        ),
+    ];
+    for want in expected {
+        assert!(
+            stdout.lines().any(|l| l == want),
+            "missing line {want:?} in:\n{stdout}"
+        );
+    }
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with(&format!("container {id} deleted after "))),
+        "{stdout}"
+    );
+}

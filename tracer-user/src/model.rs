@@ -533,3 +533,382 @@ impl<R: Recognize> Model<R> {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::containers::Recognizer;
+    use tracer_common::{
+        exit_flags, kind, Header, SignalOrigin, SignalTrack, CGROUP_PATH_LEN, COMM_LEN,
+        FILENAME_LEN,
+    };
+
+    const HOST_CG: u64 = 1;
+    const RUNTIME: u32 = 4000;
+    const SECOND: u64 = 1_000_000_000;
+
+    fn id64(c: char) -> String {
+        std::iter::repeat_n(c, 64).collect()
+    }
+
+    fn head(kind: u32, ts: u64, pid: u32, cgroup_id: u64) -> Header {
+        Header {
+            kind,
+            _reserved: 0,
+            ts_ns: ts,
+            pid,
+            tgid: pid,
+            cgroup_id,
+        }
+    }
+
+    fn comm(s: &str) -> [u8; COMM_LEN] {
+        let mut c = [0u8; COMM_LEN];
+        c[..s.len()].copy_from_slice(s.as_bytes());
+        c
+    }
+
+    fn cgroup(k: u32, ts: u64, id: u64, path: &str) -> Record {
+        let mut p = [0u8; CGROUP_PATH_LEN];
+        p[..path.len()].copy_from_slice(path.as_bytes());
+        let r = CgroupRecord {
+            header: head(k, ts, RUNTIME, HOST_CG),
+            id,
+            level: path.matches('/').count() as u32,
+            path_len: path.len() as u32,
+            path: p,
+        };
+        if k == kind::CGROUP_MKDIR {
+            Record::CgroupMkdir(r)
+        } else {
+            Record::CgroupRmdir(r)
+        }
+    }
+
+    fn attach(ts: u64, cg: u64, pid: u32) -> Record {
+        Record::Attach(AttachRecord {
+            header: head(kind::CGROUP_ATTACH, ts, RUNTIME, HOST_CG),
+            dst_cgroup_id: cg,
+            target_pid: pid,
+            _reserved: 0,
+            target_comm: comm("runc:[2:INIT]"),
+        })
+    }
+
+    fn exec(ts: u64, cg: u64, pid: u32, name: &str) -> Record {
+        let mut filename = [0u8; FILENAME_LEN];
+        filename[..name.len()].copy_from_slice(name.as_bytes());
+        Record::Exec(ExecRecord {
+            header: head(kind::PROCESS_EXEC, ts, pid, cg),
+            old_pid: pid,
+            filename_len: name.len() as u32,
+            comm: comm(name.rsplit('/').next().unwrap_or(name)),
+            filename,
+        })
+    }
+
+    fn signal(
+        ts: u64,
+        from: u32,
+        from_cg: u64,
+        to: u32,
+        to_cg: u64,
+        sig: u32,
+        code: i32,
+    ) -> Record {
+        Record::Signal(SignalRecord {
+            header: head(kind::SIGNAL, ts, from, from_cg),
+            target_pid: to,
+            target_tgid: to,
+            target_cgroup_id: to_cg,
+            signal: sig,
+            code,
+            result: 0,
+            group: 1,
+            sender_comm: comm("runc"),
+            target_comm: comm("agent"),
+        })
+    }
+
+    fn origin(ts: u64, from: u32, from_cg: u64, sig: u32, code: i32) -> SignalOrigin {
+        SignalOrigin {
+            first_ns: ts,
+            last_ns: ts,
+            sender_cgroup_id: from_cg,
+            sender_pid: from,
+            sender_tgid: from,
+            signal: sig,
+            code,
+            count: 1,
+            result: 0,
+            sender_comm: comm("runc"),
+        }
+    }
+
+    fn exit(ts: u64, cg: u64, pid: u32, status: u32, slots: &[SignalOrigin]) -> Record {
+        let mut track = SignalTrack::default();
+        track.slots[..slots.len()].copy_from_slice(slots);
+        Record::Exit(ExitRecord {
+            header: head(kind::PROCESS_EXIT, ts, pid, cg),
+            exit_status: status,
+            flags: if slots.is_empty() {
+                0
+            } else {
+                exit_flags::HAS_TRACK
+            },
+            comm: comm("agent"),
+            track,
+        })
+    }
+
+    fn model() -> Model<Recognizer> {
+        Model::new(
+            Recognizer::new(&[], None).unwrap(),
+            ModelConfig {
+                linger_after_ns: 30 * SECOND,
+            },
+        )
+    }
+
+    fn replay(model: &mut Model<Recognizer>, records: &[Record]) -> Output {
+        let mut out = Output::default();
+        for r in records {
+            model.handle(r, &mut out);
+        }
+        out
+    }
+
+    fn events(out: &Output) -> Vec<&Event> {
+        out.events.iter().map(|t| &t.event).collect()
+    }
+
+    #[test]
+    fn docker_container_killed_after_sigterm() {
+        let id = id64('a');
+        let path = format!("/docker/{id}");
+        let mut m = model();
+        let out = replay(
+            &mut m,
+            &[
+                cgroup(kind::CGROUP_MKDIR, SECOND, 100, &path),
+                attach(SECOND + 1000, 100, 500),
+                exec(SECOND + 250_000_000, 100, 500, "/usr/bin/agent"),
+                signal(5 * SECOND, RUNTIME, HOST_CG, 500, 100, 15, 0),
+                signal(15 * SECOND, RUNTIME, HOST_CG, 500, 100, 9, 0),
+                exit(
+                    15 * SECOND + 1000,
+                    100,
+                    500,
+                    9,
+                    &[
+                        origin(5 * SECOND, RUNTIME, HOST_CG, 15, 0),
+                        origin(15 * SECOND, RUNTIME, HOST_CG, 9, 0),
+                    ],
+                ),
+                cgroup(kind::CGROUP_RMDIR, 16 * SECOND, 100, &path),
+            ],
+        );
+        let ev = events(&out);
+        assert_eq!(ev.len(), 6, "{ev:#?}");
+        let Event::ContainerCreate(create) = ev[0] else {
+            panic!("{:?}", ev[0])
+        };
+        assert_eq!(
+            (
+                create.container.container_id.as_str(),
+                create.container.runtime
+            ),
+            (id.as_str(), "docker")
+        );
+        let Event::ProcessExec(x) = ev[1] else {
+            panic!("{:?}", ev[1])
+        };
+        assert!(x.is_container_init);
+        assert_eq!(x.start_seconds, Some(0.25));
+        let Event::Signal(s) = ev[2] else {
+            panic!("{:?}", ev[2])
+        };
+        assert_eq!(
+            (s.signal.as_str(), s.sender_kind),
+            ("SIGTERM", SenderKind::Outside)
+        );
+        let Event::ProcessExit(e) = ev[4] else {
+            panic!("{:?}", ev[4])
+        };
+        assert!(e.is_container_init);
+        assert_eq!((e.exit_code, e.cause), (137, ExitCause::OrchestratorKill));
+        assert_eq!(e.sender.as_ref().map(|s| s.pid), Some(RUNTIME));
+        assert_eq!(e.escalated_from.as_deref(), Some("SIGTERM"));
+        assert_eq!(e.grace_seconds, Some(10.0));
+        let Event::ContainerDelete(d) = ev[5] else {
+            panic!("{:?}", ev[5])
+        };
+        assert_eq!(
+            (d.exit_code, d.cause),
+            (Some(137), Some(ExitCause::OrchestratorKill))
+        );
+        assert_eq!(d.lifetime_seconds, 15.0);
+        assert_eq!(m.containers().count(), 0);
+    }
+
+    #[test]
+    fn other_cgroups_are_untracked_and_ignored() {
+        let mut m = model();
+        let out = replay(
+            &mut m,
+            &[
+                cgroup(kind::CGROUP_MKDIR, SECOND, 7, "/system.slice/cron.service"),
+                exec(2 * SECOND, 7, 70, "/usr/sbin/cron"),
+                exit(3 * SECOND, 7, 70, 0, &[]),
+                cgroup(
+                    kind::CGROUP_RMDIR,
+                    4 * SECOND,
+                    7,
+                    "/system.slice/cron.service",
+                ),
+            ],
+        );
+        assert!(out.events.is_empty(), "{:#?}", out.events);
+        assert_eq!(out.untrack, vec![7]);
+    }
+
+    #[test]
+    fn sub_cgroups_belong_to_their_container_and_peers_are_recognised() {
+        let id = id64('b');
+        let path = format!("/docker/{id}");
+        let mut m = model();
+        let out = replay(
+            &mut m,
+            &[
+                cgroup(kind::CGROUP_MKDIR, SECOND, 200, &path),
+                cgroup(kind::CGROUP_MKDIR, SECOND, 201, &format!("{path}/workers")),
+                exec(2 * SECOND, 200, 600, "/sbin/init"),
+                exec(3 * SECOND, 201, 601, "/usr/bin/worker"),
+                // The init kills the worker in the sub-cgroup.
+                exit(
+                    4 * SECOND,
+                    201,
+                    601,
+                    9,
+                    &[origin(4 * SECOND, 600, 200, 9, 0)],
+                ),
+                cgroup(
+                    kind::CGROUP_RMDIR,
+                    5 * SECOND,
+                    201,
+                    &format!("{path}/workers"),
+                ),
+            ],
+        );
+        assert!(out.untrack.is_empty());
+        let ev = events(&out);
+        assert_eq!(ev.len(), 4, "{ev:#?}");
+        let Event::ProcessExit(e) = ev[3] else {
+            panic!("{:?}", ev[3])
+        };
+        assert_eq!(e.container.container_id, id);
+        assert!(!e.is_container_init);
+        assert_eq!(e.cause, ExitCause::PeerKill);
+        assert_eq!(
+            e.sender.as_ref().and_then(|s| s.container_id.clone()),
+            Some(id.clone())
+        );
+        // Removing the sub-cgroup does not delete the container.
+        assert_eq!(m.containers().count(), 1);
+    }
+
+    #[test]
+    fn duplicate_creation_is_reported_once() {
+        let mut m = model();
+        let path = format!("/docker/{}", id64('c'));
+        let mkdir = cgroup(kind::CGROUP_MKDIR, SECOND, 300, &path);
+        let out = replay(&mut m, &[mkdir, mkdir]);
+        assert_eq!(out.events.len(), 1);
+    }
+
+    #[test]
+    fn lingering_after_init_exit_then_deleted() {
+        let path = format!("/docker/{}", id64('d'));
+        let mut m = model();
+        let mut out = replay(
+            &mut m,
+            &[
+                cgroup(kind::CGROUP_MKDIR, SECOND, 400, &path),
+                exec(2 * SECOND, 400, 700, "/bin/sh"),
+                exec(3 * SECOND, 400, 701, "/bin/sleep"),
+                exit(4 * SECOND, 400, 700, 0, &[]),
+            ],
+        );
+        m.tick(33 * SECOND, &mut out);
+        assert!(!events(&out)
+            .iter()
+            .any(|e| matches!(e, Event::ContainerLingering(_))));
+        m.tick(34 * SECOND, &mut out);
+        m.tick(40 * SECOND, &mut out);
+        let lingering: Vec<_> = events(&out)
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::ContainerLingering(l) => Some(l.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(lingering.len(), 1, "reported once");
+        assert_eq!(lingering[0].processes_left, 1);
+        assert_eq!(lingering[0].init_exited_seconds_ago, 30.0);
+        let out = replay(
+            &mut m,
+            &[cgroup(kind::CGROUP_RMDIR, 50 * SECOND, 400, &path)],
+        );
+        let Event::ContainerDelete(d) = &out.events[0].event else {
+            panic!()
+        };
+        assert!(d.was_lingering);
+        assert_eq!(d.exit_code, Some(0));
+    }
+
+    #[test]
+    fn adopted_containers_are_followed_to_deletion() {
+        let id = id64('e');
+        let path = format!("/docker/{id}");
+        let mut m = model();
+        let mut out = Output::default();
+        m.adopt(
+            ExistingContainer {
+                cgroup_id: 500,
+                cgroup_path: path.clone(),
+                ident: m.recognizer().recognize(&path).unwrap(),
+                sub_cgroups: vec![501],
+                processes: vec![800, 801],
+                init: Some(800),
+            },
+            SECOND,
+            &mut out,
+        );
+        let more = replay(
+            &mut m,
+            &[
+                exit(2 * SECOND, 501, 801, 3 << 8, &[]),
+                exit(3 * SECOND, 500, 800, 0, &[]),
+                cgroup(kind::CGROUP_RMDIR, 4 * SECOND, 500, &path),
+            ],
+        );
+        let Event::ContainerCreate(c) = &out.events[0].event else {
+            panic!()
+        };
+        assert!(c.preexisting);
+        let ev = events(&more);
+        assert_eq!(ev.len(), 3, "{ev:#?}");
+        let Event::ProcessExit(child) = ev[0] else {
+            panic!()
+        };
+        assert_eq!(
+            (child.is_container_init, child.cause),
+            (false, ExitCause::Failed)
+        );
+        let Event::ProcessExit(init) = ev[1] else {
+            panic!()
+        };
+        assert!(init.is_container_init);
+        assert!(matches!(ev[2], Event::ContainerDelete(_)));
+    }
+}

@@ -196,3 +196,98 @@ impl<W: Write> Printer<W> {
         self.out.flush()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ContainerCreate, ContainerRef};
+
+    fn container() -> ContainerRef {
+        ContainerRef {
+            container_id: "3f2a9c0e1b7d4a6f8e2c5b9d0a1f3e7c".to_string(),
+            cgroup_id: 1234,
+            cgroup_path: "/docker/3f2a9c0e1b7d4a6f8e2c5b9d0a1f3e7c".to_string(),
+            runtime: "docker",
+        }
+    }
+
+    fn killed() -> Timed {
+        Timed {
+            ts_ns: 2_000_000_000,
+            event: Event::ProcessExit(ProcessExit {
+                container: container(),
+                pid: 4200,
+                comm: "agent".to_string(),
+                is_container_init: true,
+                exit_code: 137,
+                signal: Some("SIGKILL".to_string()),
+                core_dumped: false,
+                cause: ExitCause::OrchestratorKill,
+                sender: Some(Sender {
+                    pid: 4121,
+                    tid: 4121,
+                    comm: "runc".to_string(),
+                    cgroup_id: 1,
+                    container_id: None,
+                }),
+                escalated_from: Some("SIGTERM".to_string()),
+                grace_seconds: Some(10.0),
+                wait_status: 9,
+            }),
+        }
+    }
+
+    #[test]
+    fn text_line_says_who_killed_what() {
+        assert_eq!(
+            text(&killed()),
+            "container 3f2a9c0e1b7d… exited 137: SIGKILL from runc[4121] \
+             (outside the container, after SIGTERM 10.0 s earlier)"
+        );
+    }
+
+    #[test]
+    fn json_line_has_the_documented_fields() {
+        // Monotonic 2 s lands at 2026-11-29T00:00:02Z with this offset.
+        let clock = WallClock::with_offset(1_795_910_400_000_000_000);
+        let value: serde_json::Value = serde_json::from_str(&json(&killed(), &clock)).unwrap();
+        assert_eq!(value["event"], "process_exit");
+        assert_eq!(value["time"], "2026-11-29T00:00:02Z");
+        for (key, want) in [
+            (
+                "container_id",
+                serde_json::json!("3f2a9c0e1b7d4a6f8e2c5b9d0a1f3e7c"),
+            ),
+            ("cgroup_id", serde_json::json!(1234)),
+            ("pid", serde_json::json!(4200)),
+            ("comm", serde_json::json!("agent")),
+            ("is_container_init", serde_json::json!(true)),
+            ("exit_code", serde_json::json!(137)),
+            ("signal", serde_json::json!("SIGKILL")),
+            ("core_dumped", serde_json::json!(false)),
+            ("cause", serde_json::json!("orchestrator_kill")),
+            (
+                "sender",
+                serde_json::json!({"pid": 4121, "tid": 4121, "comm": "runc", "cgroup_id": 1, "container_id": null}),
+            ),
+            ("escalated_from", serde_json::json!("SIGTERM")),
+            ("grace_seconds", serde_json::json!(10.0)),
+        ] {
+            assert_eq!(value[key], want, "{key}");
+        }
+        let create = Timed {
+            ts_ns: 0,
+            event: Event::ContainerCreate(ContainerCreate {
+                container: container(),
+                preexisting: false,
+                agent: None,
+            }),
+        };
+        let value: serde_json::Value = serde_json::from_str(&json(&create, &clock)).unwrap();
+        assert_eq!(value["event"], "container_create");
+        assert_eq!(
+            value["cgroup_path"],
+            "/docker/3f2a9c0e1b7d4a6f8e2c5b9d0a1f3e7c"
+        );
+    }
+}
