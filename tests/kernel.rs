@@ -96,6 +96,7 @@ fn records_mkdir_signal_exit_rmdir_of_a_real_cgroup() {
     // The wait status exactly as waitpid() gave it to this test.
     assert_eq!(exit.exit_status, status as u32);
     assert_eq!(c_str(&exit.comm), "sleep");
+    assert_eq!(exit.parent_tgid, me, "the child's parent is this test");
     // The kernel joined the kill with the exit.
     let killer = exit
         .track
@@ -108,7 +109,7 @@ fn records_mkdir_signal_exit_rmdir_of_a_real_cgroup() {
     // Every record carries this cgroup only where it should: the exit ran inside it, the
     // signal was sent from outside it.
     assert_ne!(signal.header.cgroup_id, cgroup_id);
-    assert!(records.iter().any(|r| is_rmdir(r)));
+    assert!(records.iter().any(is_rmdir));
 }
 
 #[test]

@@ -179,6 +179,9 @@ pub struct ExitRecord {
     pub exit_status: u32,
     /// [`exit_flags`] bits.
     pub flags: u32,
+    /// The process's parent (`real_parent->tgid`) when it exited.
+    pub parent_tgid: u32,
+    pub _reserved: u32,
     pub comm: [u8; COMM_LEN],
     pub track: SignalTrack,
 }
@@ -234,6 +237,10 @@ pub struct TrackedTask {
 pub struct KernelOffsets {
     /// `offsetof(struct task_struct, exit_code)`.
     pub task_exit_code: u32,
+    /// `offsetof(struct task_struct, real_parent)`.
+    pub task_real_parent: u32,
+    /// `offsetof(struct task_struct, tgid)`.
+    pub task_tgid: u32,
     pub _reserved: u32,
 }
 
@@ -262,7 +269,7 @@ const _: () = {
     assert!(size_of::<ExecRecord>() == 32 + 8 + COMM_LEN + FILENAME_LEN);
     assert!(size_of::<SignalOrigin>() == 64);
     assert!(size_of::<SignalTrack>() == 8 + 64 * SIGNAL_SLOTS);
-    assert!(size_of::<ExitRecord>() == 32 + 8 + COMM_LEN + size_of::<SignalTrack>());
+    assert!(size_of::<ExitRecord>() == 32 + 16 + COMM_LEN + size_of::<SignalTrack>());
     assert!(size_of::<SignalRecord>() == 32 + 32 + 2 * COMM_LEN);
     assert!(size_of::<OomRecord>() == 32 + 32);
     assert!(size_of::<TrackedTask>() == 16);

@@ -100,56 +100,76 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
 
 fn try_sched_process_exit(ctx: &TracePointContext) -> Result<(), i32> {
     let head = header(kind::PROCESS_EXIT);
-    // SAFETY: the map value is only tested for presence.
-    let was_tracked = unsafe { TASKS.get(head.pid) }.is_some();
-    if was_tracked {
-        let _ = TASKS.remove(head.pid);
-    }
     // SAFETY: fixed offset of sched_process_exit's record, read through bpf_probe_read.
     let group_dead = unsafe { ctx.read_at::<u8>(EXIT_GROUP_DEAD)? } != 0;
-    // A thread that is not the last of its process: the process goes on, nothing to report.
-    if !group_dead || !(was_tracked || is_tracked_cgroup(head.cgroup_id)) {
+    // A leader that leaves before its threads stays the target of signals sent to its process
+    // (kill() aims at the leader), so it is forgotten only with the process.
+    if group_dead || head.pid != head.tgid {
+        let _ = TASKS.remove(head.pid);
+    }
+    if !group_dead {
+        // Not the last thread of its process: the process goes on, nothing to report.
         return Ok(());
     }
-
-    // The wait status: do_exit() stores it in task->exit_code before this tracepoint fires, and
-    // for a group exit every thread carries the group's code.
-    let offsets = OFFSETS.load();
-    // SAFETY: bpf_get_current_task returns the running task; the field offset comes from the
-    // running kernel's BTF and the read goes through bpf_probe_read_kernel, which faults safely.
-    let exit_status = unsafe {
-        let task = bpf_get_current_task() as *const u8;
-        bpf_probe_read_kernel(task.wrapping_add(offsets.task_exit_code as usize) as *const u32)
-            .unwrap_or(0)
-    };
-
+    if head.pid != head.tgid {
+        let _ = TASKS.remove(head.tgid);
+    }
     let track = SIGNALS.get_ptr(head.tgid);
-    if let Some(mut entry) = reserve::<ExitRecord>(probe::PROCESS_EXIT) {
-        let record = entry.as_mut_ptr();
-        // SAFETY: as in `try_sched_process_exec`; `track` points to a live map value.
-        unsafe {
-            (*record).header = head;
-            (*record).exit_status = exit_status;
-            (*record).comm = bpf_get_current_comm().unwrap_or_default();
-            match track {
-                Some(track) => {
-                    (*record).flags = exit_flags::HAS_TRACK;
-                    core::ptr::copy_nonoverlapping(
-                        track,
-                        core::ptr::addr_of_mut!((*record).track),
-                        1,
-                    );
-                }
-                None => {
-                    (*record).flags = 0;
-                    core::ptr::write_bytes(core::ptr::addr_of_mut!((*record).track), 0, 1);
-                }
-            }
-        }
-        entry.submit(0);
+    if is_tracked_cgroup(head.cgroup_id) {
+        report_exit(&head, track);
     }
     if track.is_some() {
         let _ = SIGNALS.remove(head.tgid);
     }
     Ok(())
+}
+
+fn report_exit(head: &tracer_common::Header, track: Option<*const tracer_common::SignalTrack>) {
+    let offsets = OFFSETS.load();
+    // SAFETY: bpf_get_current_task returns the running task; field offsets come from the running
+    // kernel's BTF and every read goes through bpf_probe_read_kernel, which faults safely.
+    let (exit_status, parent_tgid) = unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        // do_exit() stores the wait status in task->exit_code before this tracepoint fires, and
+        // for a group exit every thread carries the group's code.
+        let status =
+            bpf_probe_read_kernel(task.wrapping_add(offsets.task_exit_code as usize) as *const u32)
+                .unwrap_or(0);
+        let parent = bpf_probe_read_kernel(
+            task.wrapping_add(offsets.task_real_parent as usize) as *const *const u8
+        )
+        .unwrap_or(core::ptr::null());
+        let ppid = if parent.is_null() {
+            0
+        } else {
+            bpf_probe_read_kernel(parent.wrapping_add(offsets.task_tgid as usize) as *const u32)
+                .unwrap_or(0)
+        };
+        (status, ppid)
+    };
+
+    let Some(mut entry) = reserve::<ExitRecord>(probe::PROCESS_EXIT) else {
+        return;
+    };
+    let record = entry.as_mut_ptr();
+    // SAFETY: `record` points to reserved ring-buffer space of the record's size and every field
+    // is written before submit; `track` points to a live map value.
+    unsafe {
+        (*record).header = *head;
+        (*record).exit_status = exit_status;
+        (*record).parent_tgid = parent_tgid;
+        (*record)._reserved = 0;
+        (*record).comm = bpf_get_current_comm().unwrap_or_default();
+        match track {
+            Some(track) => {
+                (*record).flags = exit_flags::HAS_TRACK;
+                core::ptr::copy_nonoverlapping(track, core::ptr::addr_of_mut!((*record).track), 1);
+            }
+            None => {
+                (*record).flags = 0;
+                core::ptr::write_bytes(core::ptr::addr_of_mut!((*record).track), 0, 1);
+            }
+        }
+    }
+    entry.submit(0);
 }

@@ -51,6 +51,8 @@ pub static SCRATCH: PerCpuArray<SignalTrack> = PerCpuArray::with_max_entries(1, 
 #[unsafe(no_mangle)]
 pub static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     task_exit_code: 0,
+    task_real_parent: 0,
+    task_tgid: 0,
     _reserved: 0,
 });
 

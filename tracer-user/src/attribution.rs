@@ -339,6 +339,8 @@ mod tests {
             } else {
                 exit_flags::HAS_TRACK
             },
+            parent_tgid: 1,
+            _reserved: 0,
             comm: [0; 16],
             track,
         }

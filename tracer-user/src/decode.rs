@@ -194,6 +194,8 @@ mod tests {
                 header: head(kind::PROCESS_EXIT),
                 exit_status: 9,
                 flags: 1,
+                parent_tgid: 40,
+                _reserved: 0,
                 comm: comm("sleep"),
                 track,
             }),
@@ -248,7 +250,10 @@ mod tests {
         let Record::Exit(e) = Record::decode(&exit.to_bytes()).unwrap() else {
             panic!("not an exit")
         };
-        assert_eq!((e.header.pid, e.header.tgid, e.exit_status), (42, 41, 9));
+        assert_eq!(
+            (e.header.pid, e.header.tgid, e.exit_status, e.parent_tgid),
+            (42, 41, 9, 40)
+        );
         assert_eq!(c_str(&e.comm), "sleep");
         assert_eq!(c_str(&e.track.slots[0].sender_comm), "runc");
     }

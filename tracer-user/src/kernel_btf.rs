@@ -33,6 +33,8 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
     })?;
     Ok(KernelOffsets {
         task_exit_code: field_offset(&btf, "task_struct", "exit_code")?,
+        task_real_parent: field_offset(&btf, "task_struct", "real_parent")?,
+        task_tgid: field_offset(&btf, "task_struct", "tgid")?,
         _reserved: 0,
     })
 }

@@ -198,7 +198,7 @@ fn take(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
 /// Logs the first few decode errors and then one in a thousand, so a stream of bad records
 /// cannot flood the log; the total is reported by the caller.
 fn log_decode_error(err: &DecodeError, nth: u64) {
-    if nth <= 5 || nth % 1000 == 0 {
+    if nth <= 5 || nth.is_multiple_of(1000) {
         log::warn!("undecodable record ({nth} so far): {err}");
     }
 }

@@ -38,14 +38,18 @@ pub struct Container {
     pub created_ns: u64,
     /// Found by the start-up scan rather than seen being created.
     pub preexisting: bool,
-    /// The container's first process.
+    /// The container's init: the first process to exec inside it (a runtime's own helpers are
+    /// moved in before that and never exec there).
     pub init: Option<u32>,
     /// When the first process of the payload exec'd inside the container.
     pub first_exec_ns: Option<u64>,
     /// The init's exit: when, and the verdict.
     pub init_exit: Option<(u64, WaitStatus, ExitCause)>,
-    /// Processes known to be alive in the container.
+    /// Processes of the container's payload known to be alive.
     pub processes: HashSet<u32>,
+    /// Processes moved into the container that have not exec'd in it: the runtime's helpers
+    /// (runc's bootstrap stages), until they exec the payload.
+    pub bootstrap: HashSet<u32>,
     /// Lingering has been reported.
     pub lingering: bool,
 }
@@ -259,6 +263,7 @@ impl<R: Recognize> Model<R> {
             first_exec_ns: None,
             init_exit: None,
             processes: found.processes.into_iter().collect(),
+            bootstrap: HashSet::new(),
             lingering: false,
         };
         out.events.push(Timed {
@@ -350,6 +355,7 @@ impl<R: Recognize> Model<R> {
             first_exec_ns: None,
             init_exit: None,
             processes: HashSet::new(),
+            bootstrap: HashSet::new(),
             lingering: false,
         };
         out.events.push(Timed {
@@ -397,9 +403,9 @@ impl<R: Recognize> Model<R> {
         else {
             return;
         };
-        // Runtimes move the container's init in before anything else.
-        c.init.get_or_insert(r.target_pid);
-        c.processes.insert(r.target_pid);
+        if !c.processes.contains(&r.target_pid) {
+            c.bootstrap.insert(r.target_pid);
+        }
     }
 
     fn on_exec(&mut self, r: &ExecRecord, out: &mut Output) {
@@ -411,7 +417,7 @@ impl<R: Recognize> Model<R> {
             return;
         };
         let tgid = r.header.tgid;
-        // A process placed in the cgroup at clone time is announced by no attach record.
+        c.bootstrap.remove(&tgid);
         let init = *c.init.get_or_insert(tgid);
         c.processes.insert(tgid);
         let start_seconds = match c.first_exec_ns {
@@ -502,6 +508,13 @@ impl<R: Recognize> Model<R> {
             return;
         };
         let tgid = r.header.tgid;
+        // A runtime's helper that never ran the payload, or its child that did not either
+        // (runc's bootstrap stages): not a process of the container.
+        if c.bootstrap.remove(&tgid)
+            || (c.bootstrap.contains(&r.parent_tgid) && !c.processes.contains(&tgid))
+        {
+            return;
+        }
         let is_init = c.init == Some(tgid);
         c.processes.remove(&tgid);
         if is_init {
@@ -646,6 +659,17 @@ mod tests {
     }
 
     fn exit(ts: u64, cg: u64, pid: u32, status: u32, slots: &[SignalOrigin]) -> Record {
+        exit_of_child(ts, cg, pid, 1, status, slots)
+    }
+
+    fn exit_of_child(
+        ts: u64,
+        cg: u64,
+        pid: u32,
+        parent: u32,
+        status: u32,
+        slots: &[SignalOrigin],
+    ) -> Record {
         let mut track = SignalTrack::default();
         track.slots[..slots.len()].copy_from_slice(slots);
         Record::Exit(ExitRecord {
@@ -656,6 +680,8 @@ mod tests {
             } else {
                 exit_flags::HAS_TRACK
             },
+            parent_tgid: parent,
+            _reserved: 0,
             comm: comm("agent"),
             track,
         })
@@ -749,6 +775,49 @@ mod tests {
         );
         assert_eq!(d.lifetime_seconds, 15.0);
         assert_eq!(m.containers().count(), 0);
+    }
+
+    /// runc moves its bootstrap process in, which forks a child, which forks the container's
+    /// init; only the init execs the payload. The bootstrap stages are not the container's.
+    #[test]
+    fn runc_bootstrap_stages_are_not_the_container() {
+        let path = "/job-1";
+        let mut m = Model::new(
+            Recognizer::new(&["^/job-(?P<id>\\d+)$".to_string()], None).unwrap(),
+            ModelConfig::default(),
+        );
+        let out = replay(
+            &mut m,
+            &[
+                cgroup(kind::CGROUP_MKDIR, SECOND, 900, path),
+                attach(SECOND, 900, 910),
+                exit_of_child(2 * SECOND, 900, 911, 910, 0, &[]),
+                exec(2 * SECOND, 900, 912, "/bin/sleep"),
+                exit_of_child(2 * SECOND, 900, 910, RUNTIME, 0, &[]),
+                exit_of_child(
+                    3 * SECOND,
+                    900,
+                    912,
+                    911,
+                    9,
+                    &[origin(3 * SECOND, RUNTIME, HOST_CG, 9, 0)],
+                ),
+                cgroup(kind::CGROUP_RMDIR, 4 * SECOND, 900, path),
+            ],
+        );
+        let ev = events(&out);
+        assert_eq!(ev.len(), 4, "{ev:#?}");
+        let Event::ProcessExit(e) = ev[2] else {
+            panic!("{:?}", ev[2])
+        };
+        assert_eq!((e.pid, e.is_container_init, e.exit_code), (912, true, 137));
+        let Event::ContainerDelete(d) = ev[3] else {
+            panic!("{:?}", ev[3])
+        };
+        assert_eq!(
+            (d.exit_code, d.cause),
+            (Some(137), Some(ExitCause::OrchestratorKill))
+        );
     }
 
     #[test]
