@@ -16,6 +16,7 @@ pub mod check;
 pub mod cli;
 pub mod containers;
 pub mod decode;
+pub mod export;
 pub mod kernel_btf;
 pub mod loader;
 pub mod model;

@@ -1,0 +1,1 @@
+//! Placeholder: the deploy/ checks arrive with deploy/.

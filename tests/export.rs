@@ -1,0 +1,1 @@
+//! Placeholder: the export tests arrive with the exporters.
