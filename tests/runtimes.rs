@@ -1,0 +1,383 @@
+//! Privileged end-to-end tests against real runtimes: bare runc and a private dockerd +
+//! containerd run real containers, the tests kill them or let them fail, and compare what
+//! `clawtrace run --output json` reports with what the tests know (pids, cgroups, exit codes,
+//! who sent the signal).
+//!
+//! Needs root and the Debian packages runc, busybox-static, docker.io and containerd; without
+//! them the tests skip, unless CLAWTRACE_REQUIRE_PRIVILEGED=1.
+//!
+//! What the runtimes themselves do is asserted at once (a test that cannot set up its ground
+//! truth stops there); what clawtrace reports is gathered in [`Findings`], so one failing run
+//! lists every field clawtrace got wrong, with the containers' event timelines.
+
+mod support;
+
+#[path = "support/runtimes.rs"]
+mod runtimes;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use runtimes::{
+    cgroup_id, cgroup_of, runtime_tools, DockerDaemon, Findings, Runc, RuncContainer, TempDir,
+};
+use support::Clawtrace;
+
+/// A container id that the tests' own cgroup pattern (`clawtrace-test-…`) does not claim, so
+/// the built-in runtime recognition has to.
+fn test_name(tag: &str) -> String {
+    format!("ctrt-{}-{tag}", std::process::id())
+}
+
+/// `runc kill ID KILL` is an orchestrator kill whose sender is that runc process.
+#[test]
+fn runc_kill_is_an_orchestrator_kill() {
+    require_privileged!();
+    let Some(tools) = runtime_tools(module_path!(), &["runc", "busybox"]) else {
+        return;
+    };
+    let started = Instant::now();
+    let dir = TempDir::new("runc");
+    let runc = Runc::new(tools.get("runc"), dir.path().join("state"));
+    let id = test_name("kill");
+    let bundle_dir = dir.path().join("bundle");
+    let bundle = runc.bundle(&bundle_dir, tools.get("busybox"), &id, &["sleep", "1000"]);
+    let root = runc.root.to_str().expect("utf-8 runc root").to_string();
+    let trace = Clawtrace::start(&["--runc-root", &root]);
+    let mut found = Findings::default();
+
+    let mut ctr = RuncContainer::start(&runc, &bundle, &id, &dir.path().join("runc-run.log"));
+    let init = ctr.pid;
+    let path = cgroup_of(init);
+    assert_eq!(
+        path,
+        format!("/{id}"),
+        "runc put the container's init elsewhere"
+    );
+    let cgid = cgroup_id(&path);
+
+    let create = trace.wait_event("container_create", &id, |_| true);
+    found.check_event(
+        "container_create of the runc container",
+        &create,
+        &[
+            ("/runtime", json!("runc")),
+            ("/cgroup_path", json!(path)),
+            ("/cgroup_id", json!(cgid)),
+            ("/preexisting", json!(false)),
+        ],
+    );
+    let exec = trace.wait_event("process_exec", &id, |v| v["pid"] == init);
+    found.check_event(
+        &format!("process_exec of the runc container's init (pid {init}, runc's --pid-file)"),
+        &exec,
+        &[
+            ("/is_container_init", json!(true)),
+            ("/comm", json!("sleep")),
+            ("/filename", json!("/bin/sleep")),
+        ],
+    );
+
+    let mut killer = runc
+        .cmd()
+        .args(["kill", &id, "KILL"])
+        .spawn()
+        .expect("spawn runc kill");
+    let killer_pid = killer.id();
+    let status = killer.wait().expect("wait runc kill");
+    assert!(status.success(), "runc kill failed: {status}");
+    // Ground truth: SIGKILL cannot be caught, so the init died of it (shell style 137).
+    ctr.wait_status("stopped", Duration::from_secs(10));
+
+    let exit = trace.wait_event("process_exit", &id, |v| v["pid"] == init);
+    found.check_event(
+        &format!("process_exit of the runc container's init (pid {init}) after `runc kill KILL`"),
+        &exit,
+        &[
+            ("/runtime", json!("runc")),
+            ("/cgroup_id", json!(cgid)),
+            ("/is_container_init", json!(true)),
+            ("/comm", json!("sleep")),
+            ("/cause", json!("orchestrator_kill")),
+            ("/signal", json!("SIGKILL")),
+            ("/exit_code", json!(137)),
+            ("/core_dumped", json!(false)),
+            ("/escalated_from", Value::Null),
+            ("/sender/pid", json!(killer_pid)),
+            ("/sender/comm", json!("runc")),
+            ("/sender/container_id", Value::Null),
+        ],
+    );
+    let signal = trace.wait_event("signal", &id, |v| {
+        v["target_pid"] == init && v["signal"] == "SIGKILL"
+    });
+    found.check_event(
+        &format!("signal event of `runc kill KILL` (runc kill was pid {killer_pid})"),
+        &signal,
+        &[
+            ("/sender/pid", json!(killer_pid)),
+            ("/sender/comm", json!("runc")),
+            ("/sender/container_id", Value::Null),
+            ("/sender_kind", json!("outside")),
+            ("/si_code", json!(0)),
+        ],
+    );
+
+    ctr.delete();
+    let delete = trace.wait_event("container_delete", &id, |_| true);
+    found.check_event(
+        "container_delete after `runc delete` (init was SIGKILLed: 137)",
+        &delete,
+        &[
+            ("/runtime", json!("runc")),
+            ("/cgroup_path", json!(path)),
+            ("/cgroup_id", json!(cgid)),
+            ("/exit_code", json!(137)),
+            ("/was_lingering", json!(false)),
+        ],
+    );
+    found.check(
+        delete["cause"].is_null() || delete["cause"] == "orchestrator_kill",
+        || {
+            format!(
+                "container_delete cause is {}, expected orchestrator_kill or null",
+                delete["cause"]
+            )
+        },
+    );
+    found.finish(&trace, &[&id]);
+    trace.stop();
+    eprintln!("runc test took {:.1?}", started.elapsed());
+}
+
+/// One private dockerd + containerd for both scenarios: `docker kill` is an orchestrator kill
+/// sent by the runtime from outside the container, and `exit 3` is a failure with the same exit
+/// code that `docker inspect` gives.
+#[test]
+fn docker_kill_and_failed_exit() {
+    require_privileged!();
+    let tools = [
+        "containerd",
+        "containerd-shim-runc-v2",
+        "dockerd",
+        "docker",
+        "runc",
+        "busybox",
+        "tar",
+    ];
+    let Some(tools) = runtime_tools(module_path!(), &tools) else {
+        return;
+    };
+    let started = Instant::now();
+    let daemon = DockerDaemon::start(&tools);
+    let rootfs = daemon.dir().join("rootfs");
+    runtimes::busybox_rootfs(&rootfs, tools.get("busybox"));
+    let image = "clawtrace-busybox:test";
+    daemon.import(&rootfs, tools.get("tar"), image);
+    let trace = Clawtrace::start(&[]);
+    let mut found = Findings::default();
+
+    // (a) docker kill: SIGKILL from the runtime, outside the container.
+    let name = test_name("kill");
+    let killed = daemon.run_detached(&[
+        "--name",
+        &name,
+        "--network",
+        "none",
+        "--label",
+        "agent_name=nemo_claw",
+        image,
+        "sleep",
+        "1000",
+    ]);
+    let id = killed.as_str();
+    let init: u32 = daemon
+        .inspect(id, "{{.State.Pid}}")
+        .parse()
+        .expect("State.Pid");
+    let path = cgroup_of(init);
+    assert_eq!(
+        path,
+        format!("/docker/{id}"),
+        "dockerd put the container's init elsewhere"
+    );
+    let cgid = cgroup_id(&path);
+    let create = trace.wait_event("container_create", id, |_| true);
+    found.check_event(
+        "container_create of the docker container",
+        &create,
+        &[
+            ("/runtime", json!("docker")),
+            ("/cgroup_path", json!(path)),
+            ("/cgroup_id", json!(cgid)),
+            ("/preexisting", json!(false)),
+        ],
+    );
+    eprintln!(
+        "container_create of a container labelled agent_name=nemo_claw: agent {}",
+        create["agent"]
+    );
+    let exec = trace.wait_event("process_exec", id, |v| v["pid"] == init);
+    found.check_event(
+        &format!("process_exec of the docker container's init (pid {init}, State.Pid)"),
+        &exec,
+        &[
+            ("/is_container_init", json!(true)),
+            ("/comm", json!("sleep")),
+            ("/filename", json!("/bin/sleep")),
+        ],
+    );
+
+    daemon.docker(&["kill", id]);
+    assert_eq!(
+        daemon.docker(&["wait", id]),
+        "137",
+        "docker wait after docker kill"
+    );
+    assert_eq!(daemon.inspect(id, "{{.State.ExitCode}}"), "137");
+    let exit = trace.wait_event("process_exit", id, |v| v["pid"] == init);
+    found.check_event(
+        &format!("process_exit of the docker container's init (pid {init}) after `docker kill`"),
+        &exit,
+        &[
+            ("/runtime", json!("docker")),
+            ("/cgroup_id", json!(cgid)),
+            ("/is_container_init", json!(true)),
+            ("/comm", json!("sleep")),
+            ("/cause", json!("orchestrator_kill")),
+            ("/signal", json!("SIGKILL")),
+            ("/exit_code", json!(137)),
+            ("/core_dumped", json!(false)),
+            ("/escalated_from", Value::Null),
+            ("/sender/container_id", Value::Null),
+        ],
+    );
+    // Docker 20.10 asks containerd, whose shim runs `runc kill`: that runc process sends it.
+    let sender = &exit["sender"];
+    let sender_comm = sender["comm"].as_str().unwrap_or_default();
+    eprintln!("docker kill: SIGKILL sent by {sender}");
+    found.check(
+        sender_comm == "runc" || sender_comm.starts_with("containerd-shim"),
+        || format!("docker kill's SIGKILL should come from runc or the shim, not {sender}"),
+    );
+    found.check(sender["pid"] != init, || {
+        format!("docker kill's sender is the container's init itself: {sender}")
+    });
+    found.check(sender["cgroup_id"] != cgid, || {
+        format!("docker kill's sender is inside the container: {sender}")
+    });
+    let signal = trace.wait_event("signal", id, |v| {
+        v["target_pid"] == init && v["signal"] == "SIGKILL"
+    });
+    found.check_event(
+        "signal event of `docker kill`",
+        &signal,
+        &[
+            ("/sender/pid", sender["pid"].clone()),
+            ("/sender/comm", sender["comm"].clone()),
+            ("/sender/container_id", Value::Null),
+            ("/sender_kind", json!("outside")),
+        ],
+    );
+    daemon.docker(&["rm", id]);
+    let delete = trace.wait_event("container_delete", id, |_| true);
+    found.check_event(
+        "container_delete after `docker rm` of the killed container (137)",
+        &delete,
+        &[
+            ("/runtime", json!("docker")),
+            ("/cgroup_path", json!(path)),
+            ("/cgroup_id", json!(cgid)),
+            ("/exit_code", json!(137)),
+            ("/was_lingering", json!(false)),
+        ],
+    );
+    found.check(
+        delete["cause"].is_null() || delete["cause"] == "orchestrator_kill",
+        || {
+            format!(
+                "container_delete cause is {}, expected orchestrator_kill or null",
+                delete["cause"]
+            )
+        },
+    );
+
+    // (b) sh -c 'exit 3': a failure, exit code 3 as docker tells it.
+    let name = test_name("exit3");
+    let failed = daemon.run_detached(&[
+        "--name",
+        &name,
+        "--network",
+        "none",
+        image,
+        "sh",
+        "-c",
+        "exit 3",
+    ]);
+    let id = failed.as_str();
+    assert_eq!(
+        daemon.docker(&["wait", id]),
+        "3",
+        "docker wait of sh -c 'exit 3'"
+    );
+    assert_eq!(daemon.inspect(id, "{{.State.ExitCode}}"), "3");
+    let path = format!("/docker/{id}");
+    let create = trace.wait_event("container_create", id, |_| true);
+    found.check_event(
+        "container_create of the failing container",
+        &create,
+        &[
+            ("/runtime", json!("docker")),
+            ("/cgroup_path", json!(path)),
+            ("/preexisting", json!(false)),
+        ],
+    );
+    // Its init is the only `sh` (busybox sh runs the builtin `exit` itself); its host pid is
+    // gone from docker inspect once it has exited.
+    let exit = trace.wait_event("process_exit", id, |v| v["comm"] == "sh");
+    found.check_event(
+        "process_exit of the init of sh -c 'exit 3'",
+        &exit,
+        &[
+            ("/runtime", json!("docker")),
+            ("/cgroup_id", create["cgroup_id"].clone()),
+            ("/is_container_init", json!(true)),
+            ("/cause", json!("failed")),
+            ("/exit_code", json!(3)),
+            ("/signal", Value::Null),
+            ("/core_dumped", json!(false)),
+            ("/sender", Value::Null),
+        ],
+    );
+    daemon.docker(&["rm", id]);
+    let delete = trace.wait_event("container_delete", id, |_| true);
+    found.check_event(
+        "container_delete after `docker rm` of the failed container (3)",
+        &delete,
+        &[
+            ("/runtime", json!("docker")),
+            ("/cgroup_path", json!(path)),
+            ("/cgroup_id", create["cgroup_id"].clone()),
+            ("/exit_code", json!(3)),
+            ("/was_lingering", json!(false)),
+        ],
+    );
+    found.check(
+        delete["cause"].is_null() || delete["cause"] == "failed",
+        || {
+            format!(
+                "container_delete cause is {}, expected failed or null",
+                delete["cause"]
+            )
+        },
+    );
+
+    found.finish(&trace, &[&killed, &failed]);
+    trace.stop();
+    drop(daemon);
+    eprintln!(
+        "docker test took {:.1?} (daemons stopped and cleaned up)",
+        started.elapsed()
+    );
+}
