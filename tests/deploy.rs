@@ -1,1 +1,1655 @@
-//! Placeholder: the deploy/ checks arrive with deploy/.
+//! The deployment files in `deploy/`: the Prometheus rules pass `promtool` (syntax and their unit
+//! tests), the Grafana dashboard is well formed and every one of its expressions returns data
+//! from a real Prometheus (scraping a sample exposition here, a real `clawtrace` after a scripted
+//! workload in the privileged test), the YAML files parse and hold what a deployment needs, and
+//! the systemd unit passes `systemd-analyze verify`.
+//!
+//! Tools come from Debian's packages (`prometheus` brings `prometheus` and `promtool`,
+//! `python3-yaml` the YAML parser, `systemd` systemd-analyze). A check whose tool is missing is
+//! skipped with a message, unless CLAWTRACE_REQUIRE_PRIVILEGED=1 (as `cargo xtask test` sets),
+//! which makes the skip a failure.
+
+mod support;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Write as _,
+    fs,
+    io::{BufRead, BufReader, Read, Write},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        mpsc, Arc, Mutex,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use support::*;
+
+// ----- paths, tools, skipping -----
+
+/// The workspace root (deploy/ lives there).
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tracer-user has a parent folder")
+        .to_path_buf()
+}
+
+fn deploy_file(rel: &str) -> PathBuf {
+    workspace().join("deploy").join(rel)
+}
+
+fn read_deploy(rel: &str) -> String {
+    let path = deploy_file(rel);
+    fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+/// True under CLAWTRACE_REQUIRE_PRIVILEGED=1: every check must run.
+fn required() -> bool {
+    std::env::var(REQUIRE_PRIVILEGED).as_deref() == Ok("1")
+}
+
+/// Says why `test` cannot run its check and skips it, or fails when every check is required.
+fn skip(test: &str, reason: &str) {
+    if required() {
+        panic!("{test}: cannot run: {reason}, and {REQUIRE_PRIVILEGED}=1");
+    }
+    eprintln!("skipping {test}: {reason}");
+}
+
+/// `name` from the distribution's folders first, then PATH.
+fn find_tool(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    ["/usr/bin", "/usr/sbin", "/bin", "/sbin"]
+        .iter()
+        .map(PathBuf::from)
+        .chain(std::env::split_paths(&path))
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+/// A tool from a Debian package, or a skip (see [`skip`]) naming the package.
+fn tool(test: &str, name: &str, package: &str) -> Option<PathBuf> {
+    let found = find_tool(name);
+    if found.is_none() {
+        skip(
+            test,
+            &format!("no `{name}` (Debian package `{package}`; `cargo xtask setup` installs it)"),
+        );
+    }
+    found
+}
+
+/// A folder under the system's temporary folder, removed with everything in it on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("clawtrace-deploy-{}-{tag}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        TempDir(dir)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A port free on 127.0.0.1 right now.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+// ----- a minimal HTTP/1.0 client -----
+
+/// `GET path` over HTTP/1.0 (the server closes the connection after the response): the status
+/// code and the body.
+fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: */*\r\nUser-Agent: clawtrace-deploy-test\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| bad("no end of headers"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("no status code"))?;
+    Ok((status, body.to_string()))
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+// ----- the Grafana dashboard -----
+
+/// The dashboard, parsed.
+fn dashboard() -> Value {
+    let text = read_deploy("grafana/clawtrace-dashboard.json");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("dashboard is not valid JSON: {e}"))
+}
+
+/// Every panel, rows' nested panels included.
+fn all_panels(dash: &Value) -> Vec<&Value> {
+    fn walk<'a>(panels: &'a Value, out: &mut Vec<&'a Value>) {
+        for p in panels.as_array().into_iter().flatten() {
+            out.push(p);
+            walk(&p["panels"], out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(&dash["panels"], &mut out);
+    out
+}
+
+/// (panel title, expression) for every target of every panel.
+fn dashboard_exprs(dash: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for p in all_panels(dash) {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            let expr = t["expr"]
+                .as_str()
+                .unwrap_or_else(|| panic!("panel {:?}: a target without expr", p["title"]));
+            out.push((p["title"].as_str().unwrap_or("").to_string(), expr.into()));
+        }
+    }
+    out
+}
+
+/// A dashboard expression as Grafana would send it, with every selected agent and a 1m rate
+/// interval, for a query covering the last 5 minutes.
+fn grafana_to_promql(expr: &str) -> String {
+    let out = expr
+        .replace("${agent_name:regex}", ".*")
+        .replace("${agent_name}", ".*")
+        .replace("$agent_name", ".*")
+        .replace("${__rate_interval}", "1m")
+        .replace("$__rate_interval", "1m")
+        .replace("${__interval}", "15s")
+        .replace("$__interval", "15s")
+        .replace("${__range}", "5m")
+        .replace("$__range", "5m");
+    assert!(
+        !out.contains('$'),
+        "a Grafana variable is left unreplaced in {out}"
+    );
+    out
+}
+
+/// The metric families clawtrace exposes (on its /metrics and after the collector's
+/// translation): (name, type).
+const FAMILIES: &[(&str, &str)] = &[
+    ("container_changes_total", "counter"),
+    ("container_exits_total", "counter"),
+    ("container_signals_total", "counter"),
+    ("containers_live", "gauge"),
+    ("containers_lingering", "gauge"),
+    ("container_start_duration_seconds", "histogram"),
+    ("container_lifetime_seconds", "histogram"),
+    ("clawtrace_events_total", "counter"),
+    ("clawtrace_events_lost_total", "counter"),
+    ("clawtrace_label_overflow_total", "counter"),
+    ("clawtrace_export_errors_total", "counter"),
+];
+
+/// Names of the series these families give Prometheus (histograms as _bucket/_sum/_count).
+fn series_names() -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for (name, kind) in FAMILIES {
+        if *kind == "histogram" {
+            for suffix in ["_bucket", "_sum", "_count"] {
+                names.insert(format!("{name}{suffix}"));
+            }
+        } else {
+            names.insert(name.to_string());
+        }
+    }
+    names
+}
+
+/// The identifiers in `expr` that name clawtrace series (they start with `container` or
+/// `clawtrace_`; a recording rule's `clawtrace:` names are not ones).
+fn referenced_series(expr: &str) -> BTreeSet<String> {
+    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+        .filter(|w| (w.starts_with("container") || w.starts_with("clawtrace_")) && !w.contains(':'))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn dashboard_is_well_formed() {
+    let dash = dashboard();
+    let schema = dash["schemaVersion"].as_u64().expect("schemaVersion");
+    assert!((36..=41).contains(&schema), "schemaVersion {schema}");
+    assert!(dash["title"].as_str().is_some_and(|t| !t.is_empty()));
+    assert!(dash["uid"].as_str().is_some_and(|u| !u.is_empty()));
+
+    // Template variables: the data source, and agent_name from the changes counter.
+    let vars = dash["templating"]["list"].as_array().expect("templating");
+    let var = |name: &str| {
+        vars.iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("no template variable {name}"))
+    };
+    let ds = var("datasource");
+    assert_eq!(ds["type"], "datasource");
+    assert_eq!(ds["query"], "prometheus");
+    let agent = var("agent_name");
+    assert_eq!(agent["type"], "query");
+    assert_eq!(agent["multi"], true);
+    assert_eq!(agent["includeAll"], true);
+    assert_eq!(agent["allValue"], ".*");
+    assert_eq!(
+        agent["definition"],
+        "label_values(container_changes_total, agent_name)"
+    );
+    assert_eq!(agent["query"]["query"], agent["definition"]);
+    assert_eq!(agent["datasource"]["uid"], "${datasource}");
+
+    let panels = all_panels(&dash);
+    let mut ids = BTreeSet::new();
+    for p in &panels {
+        let title = p["title"].as_str().unwrap_or("");
+        assert!(!title.is_empty(), "a panel without title: {p}");
+        let id = p["id"].as_u64().unwrap_or_else(|| panic!("{title}: no id"));
+        assert!(ids.insert(id), "{title}: panel id {id} used twice");
+        let g = &p["gridPos"];
+        let (x, w) = (g["x"].as_u64(), g["w"].as_u64());
+        assert!(
+            matches!((x, w), (Some(x), Some(w)) if w > 0 && x + w <= 24)
+                && g["h"].as_u64().is_some()
+                && g["y"].as_u64().is_some(),
+            "{title}: gridPos {g}"
+        );
+        if p["type"] == "row" {
+            continue;
+        }
+        assert_eq!(p["datasource"]["uid"], "${datasource}", "{title}");
+        let targets = p["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "{title}: no targets");
+        let mut refs = BTreeSet::new();
+        for t in targets {
+            assert_eq!(t["datasource"]["uid"], "${datasource}", "{title}");
+            let r = t["refId"].as_str().expect("refId");
+            assert!(refs.insert(r), "{title}: refId {r} twice");
+        }
+    }
+    let rows: Vec<&str> = panels
+        .iter()
+        .filter(|p| p["type"] == "row")
+        .filter_map(|p| p["title"].as_str())
+        .collect();
+    assert!(
+        rows.iter().any(|r| r.contains("health")),
+        "no clawtrace health row: {rows:?}"
+    );
+
+    // Every expression names only clawtrace's series, every family is shown, and every
+    // per-container series is filtered by the agent variable.
+    let exprs = dashboard_exprs(&dash);
+    let known = series_names();
+    let mut used = BTreeSet::new();
+    for (title, expr) in &exprs {
+        let refs = referenced_series(expr);
+        assert!(
+            !refs.is_empty(),
+            "{title}: {expr} names no clawtrace series"
+        );
+        for r in &refs {
+            assert!(known.contains(r), "{title}: unknown series {r} in {expr}");
+            if r.starts_with("container") {
+                assert!(
+                    expr.contains("agent_name=~\"$agent_name\""),
+                    "{title}: {expr} ignores the agent_name variable"
+                );
+            }
+        }
+        used.extend(refs);
+        let mut depth = 0i32;
+        for c in expr.chars() {
+            depth += match c {
+                '(' | '{' | '[' => 1,
+                ')' | '}' | ']' => -1,
+                _ => 0,
+            };
+            assert!(depth >= 0, "{title}: unbalanced {expr}");
+        }
+        assert_eq!(depth, 0, "{title}: unbalanced {expr}");
+    }
+    for (name, kind) in FAMILIES {
+        let series = if *kind == "histogram" {
+            format!("{name}_bucket")
+        } else {
+            name.to_string()
+        };
+        assert!(used.contains(&series), "no panel shows {series}");
+    }
+    // The panels the deployment guide promises.
+    let all = exprs
+        .iter()
+        .map(|(_, e)| e.as_str())
+        .collect::<Vec<_>>()
+        .join("\n");
+    for needle in [
+        "[1m]",
+        "[5m]",
+        "operation=\"create\"",
+        "operation=\"delete\"",
+        "exit_code!=\"0\"",
+        "histogram_quantile(0.5, sum by (le, agent_name) (rate(container_start_duration_seconds_bucket",
+        "histogram_quantile(0.99, sum by (le, agent_name) (rate(container_start_duration_seconds_bucket",
+        "sum by (sender)",
+        "sum by (cause)",
+    ] {
+        assert!(all.contains(needle), "no dashboard expression has {needle}");
+    }
+    eprintln!(
+        "dashboard: {} panels, {} expressions",
+        panels.len(),
+        exprs.len()
+    );
+}
+
+// ----- Prometheus rules -----
+
+/// The `record:` names of the rules file.
+fn recorded_names() -> Vec<String> {
+    read_deploy("prometheus/clawtrace-rules.yml")
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- record:"))
+        .map(|n| n.trim().to_string())
+        .collect()
+}
+
+#[test]
+fn prometheus_rules_pass_promtool() {
+    let test = "prometheus_rules_pass_promtool";
+    let Some(promtool) = tool(test, "promtool", "prometheus") else {
+        return;
+    };
+    let dir = deploy_file("prometheus");
+    for args in [
+        ["check", "rules", "clawtrace-rules.yml"],
+        ["test", "rules", "clawtrace-rules.test.yml"],
+    ] {
+        let out = Command::new(&promtool)
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("run promtool");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "promtool {args:?} failed:\n{text}");
+        assert!(text.contains("SUCCESS"), "promtool {args:?}:\n{text}");
+    }
+    let names = recorded_names();
+    assert!(names.len() >= 5, "recording rules: {names:?}");
+    for n in &names {
+        assert!(n.starts_with("clawtrace:"), "recording rule {n}");
+    }
+}
+
+// ----- a real Prometheus -----
+
+/// A Prometheus scraping one target every second and evaluating deploy/'s rules every second,
+/// with its storage in a temporary folder. Stopped and removed on drop.
+struct Prometheus {
+    child: Child,
+    addr: SocketAddr,
+    dir: TempDir,
+}
+
+impl Prometheus {
+    /// Starts `binary` scraping `target` (host:port) and waits until it is ready.
+    fn start(binary: &Path, target: &str) -> Prometheus {
+        let rules = deploy_file("prometheus/clawtrace-rules.yml");
+        for attempt in 1..=3 {
+            let dir = TempDir::new("prometheus");
+            let config = dir.path().join("prometheus.yml");
+            fs::write(
+                &config,
+                format!(
+                    "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+                     rule_files:\n  - {rules:?}\n\
+                     scrape_configs:\n  - job_name: clawtrace\n    static_configs:\n      - targets: [{target:?}]\n",
+                    rules = rules.display().to_string()
+                ),
+            )
+            .expect("write prometheus.yml");
+            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let log = fs::File::create(dir.path().join("prometheus.log")).expect("log file");
+            let child = Command::new(binary)
+                .arg(format!("--config.file={}", config.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.path().join("data").display()
+                ))
+                .arg(format!("--web.listen-address={addr}"))
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("log file"))
+                .stderr(log)
+                .spawn()
+                .expect("start prometheus");
+            let mut prom = Prometheus { child, addr, dir };
+            match prom.wait_ready() {
+                Ok(()) => return prom,
+                Err(why) => {
+                    let log = prom.log();
+                    // Somebody else took the port between the probe and the bind: try another.
+                    if attempt < 3 && log.contains("address already in use") {
+                        continue;
+                    }
+                    panic!("prometheus did not become ready: {why}\n{log}");
+                }
+            }
+        }
+        unreachable!()
+    }
+
+    fn wait_ready(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Err(format!("exited with {status}"));
+            }
+            if let Ok((200, _)) = http_get(self.addr, "/-/ready") {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err("not ready within 30 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Prometheus's own log so far.
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
+    }
+
+    /// GET an API path; the JSON answer, whatever its status.
+    fn api(&self, path: &str) -> Value {
+        let (code, body) = http_get(self.addr, path)
+            .unwrap_or_else(|e| panic!("GET {path} from prometheus: {e}\n{}", self.log()));
+        serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("GET {path}: HTTP {code}, not JSON ({e}): {body}"))
+    }
+
+    /// An instant query: `data` of a successful answer, or the error Prometheus gave.
+    fn try_query(&self, promql: &str) -> Result<Value, String> {
+        let answer = self.api(&format!("/api/v1/query?query={}", percent_encode(promql)));
+        if answer["status"] == "success" {
+            Ok(answer["data"].clone())
+        } else {
+            Err(format!("{}: {}", answer["errorType"], answer["error"]))
+        }
+    }
+
+    /// The result vector of an instant query (it must succeed).
+    fn vector(&self, promql: &str) -> Vec<Value> {
+        let data = self
+            .try_query(promql)
+            .unwrap_or_else(|e| panic!("query {promql} failed: {e}"));
+        data["result"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// The single value of a query that aggregates to one sample (None when empty).
+    fn scalar(&self, promql: &str) -> Option<f64> {
+        let v = self.vector(promql);
+        v.first().map(sample_value)
+    }
+
+    /// Waits until the target is up and has been scraped `scrapes` times.
+    fn wait_scrapes(&self, scrapes: u32) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let n = self
+                .scalar("sum(count_over_time(up{job=\"clawtrace\"}[1h]))")
+                .unwrap_or(0.0);
+            let up = self.scalar("up{job=\"clawtrace\"}").unwrap_or(0.0);
+            if up == 1.0 && n >= f64::from(scrapes) {
+                return;
+            }
+            if Instant::now() > deadline {
+                let targets = self.api("/api/v1/targets");
+                panic!("target not up with {scrapes} scrapes (up={up}, scrapes={n}): {targets}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until every clawtrace series has at least `samples` samples: every rate() has two.
+    fn wait_samples(&self, samples: u32) {
+        let q = "min(count_over_time({job=\"clawtrace\", __name__=~\"container_.+|containers_.+|clawtrace_.+\"}[1h]))";
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if self.scalar(q).is_some_and(|n| n >= f64::from(samples)) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "clawtrace series with fewer than {samples} samples: {:?}",
+                self.vector(q)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Runs every dashboard expression, the agent variable's query and every recording rule;
+    /// each must succeed with a non-empty result holding at least one number. Returns how many
+    /// queries ran.
+    fn check_dashboard_and_rules(&self) -> usize {
+        let mut failures = Vec::new();
+        let mut ran = 0;
+
+        // The agent_name variable: label_values(METRIC, LABEL) is the label values API.
+        let dash = dashboard();
+        let var = dash["templating"]["list"]
+            .as_array()
+            .and_then(|l| l.iter().find(|v| v["name"] == "agent_name"))
+            .expect("agent_name variable");
+        let def = var["definition"].as_str().expect("definition");
+        let (metric, label) = def
+            .strip_prefix("label_values(")
+            .and_then(|s| s.strip_suffix(')'))
+            .and_then(|s| s.rsplit_once(','))
+            .unwrap_or_else(|| panic!("agent_name variable: unexpected {def}"));
+        let answer = self.api(&format!(
+            "/api/v1/label/{}/values?match[]={}",
+            label.trim(),
+            percent_encode(metric.trim())
+        ));
+        ran += 1;
+        let values = answer["data"].as_array().cloned().unwrap_or_default();
+        if answer["status"] != "success" || values.is_empty() {
+            failures.push(format!("variable agent_name ({def}): {answer}"));
+        } else {
+            eprintln!("  variable agent_name: {values:?}");
+        }
+
+        // Every panel expression. A query must hold data as soon as the series have their
+        // samples; a short retry only covers rule evaluation and scrape timing.
+        let mut queries: Vec<(String, String)> = dashboard_exprs(&dash)
+            .into_iter()
+            .map(|(title, expr)| (format!("panel {title:?}"), grafana_to_promql(&expr)))
+            .collect();
+        queries.extend(
+            recorded_names()
+                .into_iter()
+                .map(|n| (format!("recording rule {n}"), n)),
+        );
+        for (what, promql) in &queries {
+            ran += 1;
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let outcome = loop {
+                let outcome = match self.try_query(promql) {
+                    Err(e) => Err(format!("{what}: {promql}: {e}")),
+                    Ok(data) => {
+                        let result = data["result"].as_array().cloned().unwrap_or_default();
+                        if result.is_empty() {
+                            Err(format!("{what}: {promql}: empty result"))
+                        } else if !result.iter().any(|s| sample_value(s).is_finite()) {
+                            Err(format!("{what}: {promql}: no finite value in {result:?}"))
+                        } else {
+                            Ok(result)
+                        }
+                    }
+                };
+                // A query Prometheus refuses will not get better.
+                if outcome.is_ok()
+                    || Instant::now() > deadline
+                    || outcome
+                        .as_ref()
+                        .is_err_and(|e| !e.ends_with("empty result"))
+                {
+                    break outcome;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            };
+            match outcome {
+                Ok(result) => eprintln!("  ok ({} series): {what}", result.len()),
+                Err(e) => failures.push(e),
+            }
+        }
+
+        // Every rule group evaluates without error.
+        let rules = self.api("/api/v1/rules");
+        for group in rules["data"]["groups"].as_array().into_iter().flatten() {
+            for rule in group["rules"].as_array().into_iter().flatten() {
+                if rule["health"] == "err" {
+                    failures.push(format!(
+                        "rule {} in {}: {}",
+                        rule["name"], group["name"], rule["lastError"]
+                    ));
+                }
+            }
+        }
+        assert!(
+            failures.is_empty(),
+            "{} of {ran} queries failed:\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
+        ran
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // The temporary folder goes with `self.dir`.
+    }
+}
+
+/// The value of one sample of a query result (`[time, "value"]`), NaN when unreadable.
+fn sample_value(sample: &Value) -> f64 {
+    sample["value"][1]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// Starts Prometheus on `target`, waits until the target is up, has been scraped a few times
+/// and every series has samples enough for rate(), then checks every dashboard expression and
+/// recording rule (see [`Prometheus::check_dashboard_and_rules`]).
+fn check_dashboard_against(prometheus: &Path, target: &str) {
+    let started = Instant::now();
+    let prom = Prometheus::start(prometheus, target);
+    eprintln!("prometheus ready in {:.1?}", started.elapsed());
+    prom.wait_scrapes(3);
+    prom.wait_samples(3);
+    let ran = prom.check_dashboard_and_rules();
+    eprintln!(
+        "{ran} queries returned data from {target} ({:.1?} with prometheus)",
+        started.elapsed()
+    );
+}
+
+// ----- a sample exporter -----
+
+/// Serves a hand-written exposition of every clawtrace metric on 127.0.0.1; its counters grow
+/// with each scrape, so rates are positive. Stopped on drop.
+struct SampleExporter {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Writes the HELP and TYPE lines of a family.
+fn family(s: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// The exposition for the `n`th scrape.
+fn sample_exposition(n: u64) -> String {
+    let mut s = String::new();
+    family(
+        &mut s,
+        "container_changes_total",
+        "counter",
+        "Container cgroups created and removed.",
+    );
+    for (agent, op, per) in [
+        ("nemo", "create", 3),
+        ("nemo", "delete", 2),
+        ("openclaw", "create", 1),
+        ("openclaw", "delete", 1),
+    ] {
+        let _ = writeln!(
+            s,
+            "container_changes_total{{operation=\"{op}\",agent_name=\"{agent}\"}} {}",
+            per * n
+        );
+    }
+    family(&mut s, "container_exits_total", "counter", "Container exits.");
+    for (agent, cause, signal, code) in [
+        ("nemo", "exited", "none", "0"),
+        ("nemo", "failed", "none", "3"),
+        ("nemo", "oom_kill", "SIGKILL", "137"),
+        ("openclaw", "orchestrator_kill", "SIGKILL", "137"),
+        ("openclaw", "crash", "SIGSEGV", "139"),
+    ] {
+        let _ = writeln!(
+            s,
+            "container_exits_total{{agent_name=\"{agent}\",cause=\"{cause}\",signal=\"{signal}\",exit_code=\"{code}\"}} {n}"
+        );
+    }
+    family(
+        &mut s,
+        "container_signals_total",
+        "counter",
+        "Signals to container processes.",
+    );
+    for (agent, signal, sender) in [
+        ("nemo", "SIGTERM", "outside"),
+        ("nemo", "SIGKILL", "kernel"),
+        ("openclaw", "SIGKILL", "peer"),
+        ("openclaw", "SIGSEGV", "self"),
+    ] {
+        let _ = writeln!(
+            s,
+            "container_signals_total{{agent_name=\"{agent}\",signal=\"{signal}\",sender=\"{sender}\"}} {n}"
+        );
+    }
+    for (name, help, values) in [
+        ("containers_live", "Live containers.", [4, 1]),
+        ("containers_lingering", "Lingering containers.", [1, 0]),
+    ] {
+        family(&mut s, name, "gauge", help);
+        for (agent, v) in ["nemo", "openclaw"].iter().zip(values) {
+            let _ = writeln!(s, "{name}{{agent_name=\"{agent}\"}} {v}");
+        }
+    }
+    // Histograms: per scrape, 10 observations spread over the buckets.
+    let les = ["0.01", "0.05", "0.1", "0.5", "1", "5", "+Inf"];
+    let cumulative = [1u64, 3, 5, 8, 9, 10, 10];
+    for (name, help, label_sets) in [
+        (
+            "container_start_duration_seconds",
+            "From cgroup creation to the payload's first exec.",
+            ["agent_name=\"nemo\"", "agent_name=\"openclaw\""],
+        ),
+        (
+            "container_lifetime_seconds",
+            "From cgroup creation to the container's end.",
+            [
+                "agent_name=\"nemo\",cause=\"exited\"",
+                "agent_name=\"openclaw\",cause=\"orchestrator_kill\"",
+            ],
+        ),
+    ] {
+        family(&mut s, name, "histogram", help);
+        for labels in label_sets {
+            for (le, c) in les.iter().zip(cumulative) {
+                let _ = writeln!(s, "{name}_bucket{{{labels},le=\"{le}\"}} {}", c * n);
+            }
+            let _ = writeln!(s, "{name}_sum{{{labels}}} {}", 2 * n);
+            let _ = writeln!(s, "{name}_count{{{labels}}} {}", 10 * n);
+        }
+    }
+    family(
+        &mut s,
+        "clawtrace_events_total",
+        "counter",
+        "Kernel records decoded.",
+    );
+    for (kind, per) in [("cgroup_mkdir", 3), ("process_exec", 7), ("signal", 5)] {
+        let _ = writeln!(s, "clawtrace_events_total{{kind=\"{kind}\"}} {}", per * n);
+    }
+    family(
+        &mut s,
+        "clawtrace_events_lost_total",
+        "counter",
+        "Records lost: ring buffer full.",
+    );
+    for probe in ["cgroup_mkdir", "signal_generate"] {
+        let _ = writeln!(s, "clawtrace_events_lost_total{{probe=\"{probe}\"}} 0");
+    }
+    family(
+        &mut s,
+        "clawtrace_label_overflow_total",
+        "counter",
+        "Label values not kept.",
+    );
+    let _ = writeln!(s, "clawtrace_label_overflow_total 0");
+    family(
+        &mut s,
+        "clawtrace_export_errors_total",
+        "counter",
+        "Failed exports.",
+    );
+    for sink in ["otlp", "audit"] {
+        let _ = writeln!(s, "clawtrace_export_errors_total{{sink=\"{sink}\"}} 0");
+    }
+    s
+}
+
+impl SampleExporter {
+    fn start() -> SampleExporter {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind sample exporter");
+        let addr = listener.local_addr().expect("local addr");
+        let stop = Arc::new(AtomicBool::new(false));
+        let scrapes = AtomicU64::new(0);
+        let stopping = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stopping.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(mut conn) = conn else { continue };
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+                // Read the request head; every path gets the exposition.
+                let mut reader = BufReader::new(match conn.try_clone() {
+                    Ok(c) => c,
+                    Err(_) => continue,
+                });
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                    if line == "\r\n" || line == "\n" {
+                        break;
+                    }
+                    line.clear();
+                }
+                let n = scrapes.fetch_add(1, Ordering::Relaxed) + 1;
+                let body = sample_exposition(n);
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.shutdown(Shutdown::Both);
+            }
+        });
+        SampleExporter {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for SampleExporter {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the accept loop so that it sees the flag.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn sample_exposition_has_every_family() {
+    let text = sample_exposition(1);
+    for (name, kind) in FAMILIES {
+        assert!(
+            text.contains(&format!("# TYPE {name} {kind}\n")),
+            "sample exposition lacks {name}"
+        );
+    }
+}
+
+/// The harness itself, without privilege: Prometheus scraping the sample exposition must return
+/// data for every dashboard expression and recording rule.
+#[test]
+fn dashboard_queries_are_valid_against_sample_metrics() {
+    let test = "dashboard_queries_are_valid_against_sample_metrics";
+    let Some(prometheus) = tool(test, "prometheus", "prometheus") else {
+        return;
+    };
+    let exporter = SampleExporter::start();
+    check_dashboard_against(&prometheus, &exporter.addr.to_string());
+}
+
+// ----- a real clawtrace -----
+
+/// `clawtrace run` with a Prometheus endpoint, its stderr collected. Stopped on drop.
+struct ClawtraceExporter {
+    child: Child,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl ClawtraceExporter {
+    /// Starts clawtrace serving /metrics on `listen` and treating the cgroups matching
+    /// `pattern` as containers; waits until its probes are attached and /metrics answers.
+    fn start(listen: SocketAddr, pattern: &str) -> ClawtraceExporter {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_clawtrace"))
+            .args(["run", "--prometheus-listen", &listen.to_string()])
+            .args(["--container-cgroup-pattern", pattern])
+            .args(["--linger-after", "1s"])
+            .env("RUST_LOG", "info")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start clawtrace");
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let pipe = child.stderr.take().expect("stderr");
+        let sink = Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("tracing:") {
+                    let _ = ready_tx.send(());
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let mut me = ClawtraceExporter { child, stderr };
+        if ready_rx.recv_timeout(Duration::from_secs(30)).is_err() {
+            panic!("clawtrace did not start: {:?}", me.stderr());
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok((200, _)) = http_get(listen, "/metrics") {
+                break;
+            }
+            if let Some(status) = me.child.try_wait().expect("try_wait") {
+                panic!("clawtrace exited with {status}: {:?}", me.stderr());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "clawtrace's /metrics on {listen} does not answer: {:?}",
+                me.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        me
+    }
+
+    fn stderr(&self) -> Vec<String> {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// SIGINT; clawtrace must exit 0 within 5 s.
+    fn stop(mut self) {
+        kill(self.child.id(), libc::SIGINT);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                assert!(
+                    status.success(),
+                    "clawtrace exited with {status}: {:?}",
+                    self.stderr()
+                );
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "clawtrace did not exit within 5 s of SIGINT"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ClawtraceExporter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether `clawtrace run --help` lists `flag`.
+fn clawtrace_has_flag(flag: &str) -> bool {
+    let out = Command::new(env!("CARGO_BIN_EXE_clawtrace"))
+        .args(["run", "--help"])
+        .output()
+        .expect("run clawtrace run --help");
+    String::from_utf8_lossy(&out.stdout).contains(flag)
+}
+
+/// Waits until /proc/<pid>/comm is `comm` (the process has exec'd it).
+fn wait_comm(pid: u32, comm: &str) {
+    wait_until(
+        &format!("{pid} to exec {comm}"),
+        Duration::from_secs(5),
+        || fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm),
+    );
+}
+
+fn sh(script: &str) -> Command {
+    let mut cmd = Command::new("/bin/sh");
+    cmd.args(["-c", script]).stdin(Stdio::null());
+    cmd
+}
+
+/// What the workload leaves in Prometheus, summed over its two agents: the names and the
+/// queries (agents alpha and beta of this test only).
+const WORKLOAD_EXPECTED: &[(&str, &str, f64)] = &[
+    (
+        "creates",
+        "sum(container_changes_total{operation=\"create\", agent_name=~\"alpha|beta\"})",
+        11.0,
+    ),
+    (
+        "deletes",
+        "sum(container_changes_total{operation=\"delete\", agent_name=~\"alpha|beta\"})",
+        9.0,
+    ),
+    (
+        "exits",
+        "sum(container_exits_total{agent_name=~\"alpha|beta\"})",
+        10.0,
+    ),
+    (
+        "non-zero exits",
+        "sum(container_exits_total{agent_name=\"beta\", exit_code!=\"0\"})",
+        4.0,
+    ),
+    (
+        "SIGTERMs from outside",
+        "sum(container_signals_total{agent_name=\"beta\", signal=\"SIGTERM\", sender=\"outside\"})",
+        2.0,
+    ),
+    (
+        "lingering",
+        "sum(containers_lingering{agent_name=\"alpha\"})",
+        1.0,
+    ),
+    ("live", "sum(containers_live{agent_name=\"alpha\"})", 1.0),
+    (
+        "start durations",
+        "sum(container_start_duration_seconds_count{agent_name=~\"alpha|beta\"})",
+        11.0,
+    ),
+];
+
+/// Prometheus scraping a real clawtrace while containers (cgroups) are created and end in every
+/// way the dashboard shows; then every dashboard expression and recording rule must return data.
+#[test]
+fn dashboard_queries_return_data_from_clawtrace() {
+    require_privileged!();
+    let test = "dashboard_queries_return_data_from_clawtrace";
+    let Some(prometheus) = tool(test, "prometheus", "prometheus") else {
+        return;
+    };
+    if !clawtrace_has_flag("--prometheus-listen") {
+        skip(test, "`clawtrace run` has no --prometheus-listen yet");
+        return;
+    }
+    let started = Instant::now();
+
+    // The cgroups of this test, named clawtrace-test-<pid>-<agent>-<n>: the agent capture
+    // becomes the agent_name label.
+    let pattern = format!(
+        "^/{CGROUP_PREFIX}(?P<id>{}-(?P<agent>[a-z]+)-[0-9]+)$",
+        std::process::id()
+    );
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let clawtrace = ClawtraceExporter::start(listen, &pattern);
+    eprintln!("clawtrace ready in {:.1?}", started.elapsed());
+    let prom = Prometheus::start(&prometheus, &listen.to_string());
+    prom.wait_scrapes(2);
+    eprintln!("prometheus scraping after {:.1?}", started.elapsed());
+
+    // alpha: 5 containers exit 0.
+    for _ in 0..5 {
+        let mut cg = TestCgroup::new("alpha");
+        let mut child = cg.spawn(&mut sh("exit 0"));
+        let status = wait_status(&mut child);
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+        cg.remove();
+    }
+    // beta: 2 fail with exit 3.
+    for _ in 0..2 {
+        let mut cg = TestCgroup::new("beta");
+        let mut child = cg.spawn(&mut sh("exit 3"));
+        let status = wait_status(&mut child);
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 3);
+        cg.remove();
+    }
+    // beta: 2 ignore SIGTERM and are killed with SIGKILL.
+    for _ in 0..2 {
+        let mut cg = TestCgroup::new("beta");
+        let mut child = cg.spawn(&mut sh("trap '' TERM; exec sleep 30"));
+        wait_comm(child.id(), "sleep");
+        kill(child.id(), libc::SIGTERM);
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            child.try_wait().expect("try_wait").is_none(),
+            "SIGTERM was not ignored"
+        );
+        kill(child.id(), libc::SIGKILL);
+        let status = wait_status(&mut child);
+        assert!(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL);
+        cg.remove();
+    }
+    // alpha: one whose init exits but whose cgroup stays (lingering after 1 s), and one that
+    // stays live while Prometheus is queried.
+    let lingering = TestCgroup::new("alpha");
+    let mut child = lingering.spawn(&mut sh("exit 0"));
+    wait_status(&mut child);
+    let live = TestCgroup::new("alpha");
+    let mut live_child = live.spawn(sh("exec sleep 60").stdout(Stdio::null()));
+    wait_comm(live_child.id(), "sleep");
+    eprintln!("workload done after {:.1?}", started.elapsed());
+
+    // Prometheus must see the whole workload.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let seen: Vec<(&str, Option<f64>, f64)> = WORKLOAD_EXPECTED
+            .iter()
+            .map(|(what, q, want)| (*what, prom.scalar(q), *want))
+            .collect();
+        if seen.iter().all(|(_, got, want)| *got == Some(*want)) {
+            break;
+        }
+        if Instant::now() > deadline {
+            let metrics = http_get(listen, "/metrics")
+                .map(|(_, b)| b)
+                .unwrap_or_default();
+            panic!(
+                "Prometheus did not see the workload (what, seen, expected): {seen:?}\n\
+                 clawtrace's /metrics:\n{metrics}\nclawtrace's stderr: {:?}",
+                clawtrace.stderr()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    eprintln!("workload visible after {:.1?}", started.elapsed());
+
+    // Families no workload guarantees (nothing lost, no export configured) may be absent; say so.
+    for (name, kind) in FAMILIES {
+        let series = if *kind == "histogram" {
+            format!("{name}_count")
+        } else {
+            name.to_string()
+        };
+        if prom.vector(&format!("count({series})")).is_empty() {
+            eprintln!("note: clawtrace exposes no {series} series yet");
+        }
+    }
+
+    prom.wait_samples(3);
+    let ran = prom.check_dashboard_and_rules();
+    eprintln!(
+        "{ran} queries returned data from clawtrace after {:.1?}",
+        started.elapsed()
+    );
+
+    kill(live_child.id(), libc::SIGKILL);
+    wait_status(&mut live_child);
+    let (mut live, mut lingering) = (live, lingering);
+    live.remove();
+    lingering.remove();
+    drop(prom);
+    clawtrace.stop();
+    eprintln!("{test}: {:.1?} in all", started.elapsed());
+}
+
+// ----- YAML files -----
+
+const YAML_FILES: &[&str] = &[
+    "otel-collector/config.yaml",
+    "kubernetes/daemonset.yaml",
+    "prometheus/clawtrace-rules.yml",
+    "prometheus/clawtrace-rules.test.yml",
+];
+
+/// A python3 with the yaml module (Debian's `python3-yaml` first).
+fn python_with_yaml() -> Option<PathBuf> {
+    ["/usr/bin/python3"]
+        .iter()
+        .map(PathBuf::from)
+        .chain(find_tool("python3"))
+        .find(|py| {
+            Command::new(py)
+                .args(["-c", "import yaml"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+}
+
+/// Every YAML file, parsed by python3's yaml.safe_load_all and handed over as JSON: file ->
+/// documents.
+fn parse_yaml(python: &Path) -> BTreeMap<String, Vec<Value>> {
+    const SCRIPT: &str = "import json, sys, yaml\n\
+        out = {}\n\
+        for rel in sys.argv[2:]:\n    \
+            with open(sys.argv[1] + '/' + rel) as f:\n        \
+                out[rel] = list(yaml.safe_load_all(f))\n\
+        json.dump(out, sys.stdout)\n";
+    let out = Command::new(python)
+        .arg("-c")
+        .arg(SCRIPT)
+        .arg(workspace().join("deploy"))
+        .args(YAML_FILES)
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "a YAML file does not parse:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("python printed JSON")
+}
+
+/// Without a YAML parser: the indentation is spaces and the files hold the settings that
+/// matter.
+fn check_yaml_text() {
+    for rel in YAML_FILES {
+        let text = read_deploy(rel);
+        for (i, line) in text.lines().enumerate() {
+            assert!(
+                !line.starts_with('\t') && !line.starts_with(" \t"),
+                "{rel}:{}: tab indentation",
+                i + 1
+            );
+        }
+    }
+    let otel = read_deploy("otel-collector/config.yaml");
+    for needle in [
+        "otlp:",
+        ":4317",
+        ":4318",
+        "batch:",
+        "prometheus:",
+        "debug:",
+        "pipelines:",
+    ] {
+        assert!(otel.contains(needle), "otel config lacks {needle}");
+    }
+    let ds = read_deploy("kubernetes/daemonset.yaml");
+    for needle in [
+        "kind: DaemonSet",
+        "kind: ServiceAccount",
+        "hostPID: true",
+        "/sys/kernel/btf",
+        "/sys/kernel/tracing",
+        "/sys/fs/cgroup",
+        "/var/lib/clawtrace",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "--prometheus-listen",
+        "tolerations:",
+    ] {
+        assert!(ds.contains(needle), "daemonset lacks {needle}");
+    }
+}
+
+/// The component names a pipeline lists must be defined in their section.
+fn check_otel_config(config: &Value) {
+    let protocols = &config["receivers"]["otlp"]["protocols"];
+    assert!(
+        protocols["grpc"]["endpoint"]
+            .as_str()
+            .is_some_and(|e| e.ends_with(":4317")),
+        "OTLP gRPC on 4317: {protocols}"
+    );
+    assert!(
+        protocols["http"]["endpoint"]
+            .as_str()
+            .is_some_and(|e| e.ends_with(":4318")),
+        "OTLP HTTP on 4318: {protocols}"
+    );
+    let pipelines = config["service"]["pipelines"]
+        .as_object()
+        .expect("service.pipelines");
+    for (name, pipeline) in pipelines {
+        for (list, section) in [
+            ("receivers", "receivers"),
+            ("processors", "processors"),
+            ("exporters", "exporters"),
+        ] {
+            for component in pipeline[list].as_array().into_iter().flatten() {
+                let component = component.as_str().expect("component name");
+                assert!(
+                    config[section].get(component).is_some(),
+                    "pipeline {name} uses {section} {component}, which is not defined"
+                );
+            }
+        }
+        assert!(
+            !pipeline["exporters"]
+                .as_array()
+                .is_none_or(|e| e.is_empty()),
+            "pipeline {name} exports nowhere"
+        );
+        let procs: Vec<&str> = pipeline["processors"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        assert!(
+            procs
+                .iter()
+                .any(|p| *p == "batch" || p.starts_with("batch/")),
+            "pipeline {name} has no batch processor"
+        );
+        if let Some(i) = procs.iter().position(|p| *p == "memory_limiter") {
+            assert_eq!(i, 0, "memory_limiter must come first in {name}");
+        }
+    }
+    let metrics = pipelines.get("metrics").expect("a metrics pipeline");
+    assert!(
+        metrics["exporters"].as_array().is_some_and(|e| e
+            .iter()
+            .filter_map(Value::as_str)
+            .any(|e| e.starts_with("prometheus"))),
+        "metrics are exported to Prometheus: {metrics}"
+    );
+    assert!(pipelines.contains_key("traces"), "a traces pipeline");
+}
+
+fn check_daemonset(docs: &[Value]) {
+    let kind = |k: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == k)
+            .unwrap_or_else(|| panic!("daemonset.yaml has no {k}"))
+    };
+    let ds = kind("DaemonSet");
+    let sa = kind("ServiceAccount");
+    let namespace = &ds["metadata"]["namespace"];
+    for d in docs.iter().filter(|d| d["kind"] != "Namespace") {
+        assert_eq!(&d["metadata"]["namespace"], namespace, "{}", d["kind"]);
+    }
+    assert_eq!(ds["apiVersion"], "apps/v1");
+    let selector = ds["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .expect("selector");
+    let pod = &ds["spec"]["template"];
+    for (k, v) in selector {
+        assert_eq!(&pod["metadata"]["labels"][k], v, "selector label {k}");
+    }
+    let spec = &pod["spec"];
+    assert_eq!(spec["hostPID"], true);
+    assert_eq!(spec["serviceAccountName"], sa["metadata"]["name"]);
+    assert!(
+        spec["tolerations"].as_array().is_some_and(|t| t
+            .iter()
+            .any(|t| t["operator"] == "Exists" && t["key"].is_null())),
+        "tolerates every taint: {}",
+        spec["tolerations"]
+    );
+    let container = &spec["containers"][0];
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(
+        args,
+        [
+            "run",
+            "--prometheus-listen",
+            "0.0.0.0:9464",
+            "--audit-log",
+            "/var/lib/clawtrace/audit.jsonl"
+        ]
+    );
+    assert!(
+        container["ports"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|p| p["containerPort"] == 9464)),
+        "port 9464 declared"
+    );
+    let endpoint = container["env"]
+        .as_array()
+        .and_then(|e| {
+            e.iter()
+                .find(|e| e["name"] == "OTEL_EXPORTER_OTLP_ENDPOINT")
+        })
+        .and_then(|e| e["value"].as_str())
+        .expect("OTEL_EXPORTER_OTLP_ENDPOINT");
+    assert!(endpoint.ends_with(":4317"), "{endpoint}");
+    let sc = &container["securityContext"];
+    let caps: BTreeSet<&str> = sc["capabilities"]["add"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        sc["privileged"] == true
+            || ["BPF", "PERFMON", "SYS_ADMIN"]
+                .iter()
+                .all(|c| caps.contains(c)),
+        "privileged or CAP_BPF+PERFMON+SYS_ADMIN: {sc}"
+    );
+    let res = &container["resources"];
+    for key in ["requests", "limits"] {
+        assert!(res[key]["memory"].is_string(), "resources.{key}.memory");
+    }
+    // Mounts: each names a hostPath volume; the host paths clawtrace reads.
+    let volumes: BTreeMap<&str, &Value> = spec["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .map(|v| (v["name"].as_str().expect("volume name"), v))
+        .collect();
+    let mut mounts = BTreeMap::new();
+    for m in container["volumeMounts"].as_array().expect("volumeMounts") {
+        let name = m["name"].as_str().expect("mount name");
+        let volume = volumes
+            .get(name)
+            .unwrap_or_else(|| panic!("mount {name} has no volume"));
+        let host = volume["hostPath"]["path"].as_str().expect("hostPath");
+        let path = m["mountPath"].as_str().expect("mountPath");
+        mounts.insert(path, (host, m["readOnly"] == true));
+    }
+    for (path, read_only) in [
+        ("/sys/kernel/btf", true),
+        ("/sys/kernel/tracing", false),
+        ("/sys/fs/cgroup", true),
+        ("/run", true),
+        ("/var/lib/clawtrace", false),
+    ] {
+        let (host, ro) = mounts
+            .get(path)
+            .unwrap_or_else(|| panic!("{path} not mounted: {mounts:?}"));
+        assert_eq!(*host, path, "{path} comes from the host's {path}");
+        assert_eq!(*ro, read_only, "{path} read-only: {read_only}");
+    }
+}
+
+#[test]
+fn yaml_files_parse_and_hold_the_deployment() {
+    let test = "yaml_files_parse_and_hold_the_deployment";
+    check_yaml_text();
+    let Some(python) = python_with_yaml() else {
+        skip(
+            test,
+            "no python3 with the yaml module (Debian package `python3-yaml`): only text checks ran",
+        );
+        return;
+    };
+    let parsed = parse_yaml(&python);
+    let one = |rel: &str| -> &Value {
+        let docs = &parsed[rel];
+        assert_eq!(docs.len(), 1, "{rel}: one document");
+        &docs[0]
+    };
+    check_otel_config(one("otel-collector/config.yaml"));
+    check_daemonset(&parsed["kubernetes/daemonset.yaml"]);
+    let rules = one("prometheus/clawtrace-rules.yml");
+    let mut records = Vec::new();
+    for group in rules["groups"].as_array().expect("groups") {
+        for rule in group["rules"].as_array().expect("rules") {
+            assert!(rule["expr"].is_string(), "rule without expr: {rule}");
+            if let Some(r) = rule["record"].as_str() {
+                records.push(r.to_string());
+            }
+        }
+    }
+    // The line scan the Prometheus checks use finds the same recording rules.
+    assert_eq!(records, recorded_names());
+    // The collector's comment states the names its translation produces.
+    let otel = read_deploy("otel-collector/config.yaml");
+    for (name, _) in FAMILIES {
+        assert!(otel.contains(name), "otel config does not mention {name}");
+    }
+}
+
+// ----- flags used by the deployments -----
+
+#[test]
+fn deployments_use_existing_flags() {
+    let test = "deployments_use_existing_flags";
+    let mut flags = BTreeSet::new();
+    for rel in ["kubernetes/daemonset.yaml", "systemd/clawtrace.service"] {
+        for word in read_deploy(rel).split(|c: char| c.is_whitespace() || c == '"') {
+            let word = word.trim_start_matches("- ");
+            if word.starts_with("--") && word.len() > 2 && !read_comment_only(rel, word) {
+                flags.insert(word.to_string());
+            }
+        }
+    }
+    assert!(flags.contains("--prometheus-listen"), "{flags:?}");
+    let missing: Vec<&String> = flags.iter().filter(|f| !clawtrace_has_flag(f)).collect();
+    if !missing.is_empty() {
+        skip(
+            test,
+            &format!("`clawtrace run` does not have {missing:?} yet (used in deploy/)"),
+        );
+    }
+}
+
+/// Whether every occurrence of `word` in `rel` is on a comment line.
+fn read_comment_only(rel: &str, word: &str) -> bool {
+    read_deploy(rel)
+        .lines()
+        .filter(|l| l.contains(word))
+        .all(|l| l.trim_start().starts_with('#'))
+}
+
+// ----- systemd unit -----
+
+/// `[section] key=value` entries of a unit file, in order.
+fn unit_entries(text: &str) -> Vec<(String, String, String)> {
+    let mut section = String::new();
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.to_string();
+            continue;
+        }
+        let (k, v) = line
+            .split_once('=')
+            .unwrap_or_else(|| panic!("unit line {}: not key=value: {line}", i + 1));
+        assert!(
+            !section.is_empty(),
+            "unit line {}: outside a section",
+            i + 1
+        );
+        out.push((section.clone(), k.trim().to_string(), v.trim().to_string()));
+    }
+    out
+}
+
+#[test]
+fn systemd_unit_is_valid() {
+    let test = "systemd_unit_is_valid";
+    let text = read_deploy("systemd/clawtrace.service");
+    let entries = unit_entries(&text);
+    let get = |section: &str, key: &str| -> Vec<&str> {
+        entries
+            .iter()
+            .filter(|(s, k, _)| s == section && k == key)
+            .map(|(_, _, v)| v.as_str())
+            .collect()
+    };
+    let one = |key: &str| {
+        let v = get("Service", key);
+        assert_eq!(v.len(), 1, "[Service] {key}: {v:?}");
+        v[0]
+    };
+    assert_eq!(one("Type"), "simple");
+    assert_eq!(
+        one("ExecStart"),
+        "/usr/local/bin/clawtrace run --prometheus-listen 127.0.0.1:9464 --audit-log /var/lib/clawtrace/audit.jsonl"
+    );
+    assert_eq!(one("Restart"), "always");
+    assert_eq!(one("StateDirectory"), "clawtrace");
+    for key in ["CapabilityBoundingSet", "AmbientCapabilities"] {
+        let caps: BTreeSet<&str> = one(key).split_whitespace().collect();
+        for cap in [
+            "CAP_BPF",
+            "CAP_PERFMON",
+            "CAP_SYS_ADMIN",
+            "CAP_DAC_READ_SEARCH",
+            "CAP_SYS_PTRACE",
+        ] {
+            assert!(caps.contains(cap), "{key} lacks {cap}");
+        }
+    }
+    assert_eq!(one("NoNewPrivileges"), "yes");
+    assert_eq!(one("ProtectSystem"), "strict");
+    assert_eq!(one("ProtectHome"), "yes");
+    assert!(one("ReadWritePaths")
+        .split_whitespace()
+        .any(|p| p == "/var/lib/clawtrace"));
+    // Settings that would break clawtrace: hiding other processes' /proc, or W^X enforcement
+    // that is not verified with every sink.
+    for key in ["ProtectProc", "ProcSubset", "MemoryDenyWriteExecute"] {
+        assert!(get("Service", key).is_empty(), "[Service] {key} is set");
+    }
+    assert!(!get("Install", "WantedBy").is_empty(), "[Install] WantedBy");
+
+    // systemd's own check, with ExecStart pointing at the binary just built (verify wants an
+    // executable). Warnings about the unit (unknown keys, bad values) count as failures.
+    let Some(analyze) = find_tool("systemd-analyze") else {
+        eprintln!("{test}: no systemd-analyze (Debian package `systemd`): structural checks only");
+        return;
+    };
+    let dir = TempDir::new("systemd");
+    let unit = dir.path().join("clawtrace.service");
+    fs::write(
+        &unit,
+        text.replace("/usr/local/bin/clawtrace", env!("CARGO_BIN_EXE_clawtrace")),
+    )
+    .expect("write unit");
+    let out = Command::new(analyze)
+        .args(["verify", "--man=no"])
+        .arg(&unit)
+        .output()
+        .expect("run systemd-analyze");
+    let output = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let about_unit: Vec<&str> = output
+        .lines()
+        .filter(|l| l.contains("clawtrace.service"))
+        .collect();
+    assert!(
+        out.status.success() && about_unit.is_empty(),
+        "systemd-analyze verify ({}):\n{output}",
+        out.status
+    );
+}

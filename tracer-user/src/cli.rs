@@ -4,7 +4,10 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand};
 
-use crate::output::Format;
+use crate::{
+    export::{agent::AgentSource, labels::LabelMode},
+    output::Format,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -20,9 +23,23 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Trace containers and print one line per event until SIGINT or SIGTERM.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Check that this host has what clawtrace needs; exits 0 only if everything holds.
     Check,
+    /// Work with hashed agent_name label values.
+    #[command(subcommand)]
+    Labels(LabelsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LabelsCommand {
+    /// Print the agent name a hashed label value (`h_…`) stands for.
+    Lookup {
+        hash: String,
+        /// Where the label key and lookup table are kept.
+        #[arg(long, value_name = "DIR", default_value = "/var/lib/clawtrace")]
+        state_dir: PathBuf,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -45,6 +62,60 @@ pub struct RunArgs {
     /// Size of the kernel ring buffer in bytes (a power of two, at least 4096).
     #[arg(long, value_name = "BYTES", default_value_t = 8 << 20, value_parser = parse_ring_size)]
     pub ring_buffer_size: u32,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDR")]
+    pub prometheus_listen: Option<std::net::SocketAddr>,
+    /// Export metrics and container spans over OTLP. Also on when an OTEL_EXPORTER_OTLP_*ENDPOINT
+    /// variable is set; endpoint, protocol, headers and resource come from the OTEL_* variables.
+    #[arg(long)]
+    pub otlp: bool,
+    /// How often metrics are pushed over OTLP (OTEL_METRIC_EXPORT_INTERVAL wins when set).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub otlp_interval: Duration,
+    /// Container spans waiting for the collector at most; past that they are dropped.
+    #[arg(long, value_name = "N", default_value_t = 4096)]
+    pub otlp_max_queued_spans: usize,
+
+    /// Append one JSON line per process exit in a container to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub audit_log: Option<PathBuf>,
+    /// Rotate the audit log before it passes this size.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
+    pub audit_log_max_bytes: u64,
+    /// Rotated audit logs kept (FILE.1 … FILE.N).
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub audit_log_keep: usize,
+
+    /// Where a container's agent_name comes from, in order.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "docker,oci,env,pattern"
+    )]
+    pub agent_sources: Vec<AgentSource>,
+    /// The Docker label / OCI annotation that holds the agent name.
+    #[arg(long, value_name = "KEY", default_value = "agent_name")]
+    pub agent_label_key: String,
+    /// The environment variable of a container's init that holds the agent name.
+    #[arg(long, value_name = "NAME", default_value = "AGENT_NAME")]
+    pub agent_env_var: String,
+    /// The Docker Engine API socket (only read).
+    #[arg(long, value_name = "PATH", default_value = "/var/run/docker.sock")]
+    pub docker_socket: PathBuf,
+    /// `plain` exports sanitized agent names; `hash` exports keyed hashes (see `labels lookup`).
+    #[arg(long, value_enum, default_value = "plain")]
+    pub label_mode: LabelMode,
+    /// Distinct agent_name values exported at most; the rest become `_overflow`.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub label_max_values: usize,
+    /// An agent_name with no container for this long is forgotten and its series dropped.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub label_ttl: Duration,
+    /// Where the label key and lookup table are kept (hash mode).
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/clawtrace")]
+    pub state_dir: PathBuf,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -8,8 +8,13 @@ use std::{
 use clap::Parser;
 use clawtrace::{
     check,
-    cli::{Cli, Command},
-    run::{self, RunOptions},
+    cli::{Cli, Command, LabelsCommand, RunArgs},
+    export::{
+        agent::AgentConfig,
+        labels::{self, LabelPolicy},
+        otlp::{self, OtlpConfig, Protocol},
+    },
+    run::{self, AuditSettings, RunOptions},
 };
 
 fn main() -> ExitCode {
@@ -35,6 +40,25 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
+        Command::Labels(LabelsCommand::Lookup { hash, state_dir }) => {
+            match labels::lookup(&state_dir, &hash) {
+                Ok(Some(plain)) => {
+                    println!("{plain}");
+                    ExitCode::SUCCESS
+                }
+                Ok(None) => {
+                    eprintln!(
+                        "clawtrace: {hash} is not in {}",
+                        state_dir.join(labels::LOOKUP_FILE).display()
+                    );
+                    ExitCode::FAILURE
+                }
+                Err(err) => {
+                    eprintln!("clawtrace: {err:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Check => {
             let requirements = check::run_checks();
             match check::report(&requirements, &mut std::io::stdout()) {
@@ -50,12 +74,12 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             }
-            let options = RunOptions {
-                format: args.output,
-                patterns: args.container_cgroup_pattern,
-                runc_root: Some(args.runc_root),
-                linger_after: args.linger_after,
-                ring_buffer_bytes: args.ring_buffer_size,
+            let options = match run_options(*args) {
+                Ok(options) => options,
+                Err(err) => {
+                    eprintln!("clawtrace: {err:#}");
+                    return ExitCode::FAILURE;
+                }
             };
             match run::run(&options, &stop, std::io::stdout().lock()) {
                 Ok(summary) => {
@@ -74,4 +98,47 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Turns `clawtrace run`'s flags and the OTEL_* environment into run options.
+fn run_options(args: RunArgs) -> anyhow::Result<RunOptions> {
+    let otlp = if args.otlp || otlp::wanted_by_env() {
+        Some(OtlpConfig {
+            metrics_protocol: Protocol::from_env("METRICS")?,
+            traces_protocol: Protocol::from_env("TRACES")?,
+            metric_interval: args.otlp_interval,
+            max_queued_spans: args.otlp_max_queued_spans,
+        })
+    } else {
+        None
+    };
+    Ok(RunOptions {
+        format: args.output,
+        patterns: args.container_cgroup_pattern,
+        runc_root: Some(args.runc_root.clone()),
+        linger_after: args.linger_after,
+        ring_buffer_bytes: args.ring_buffer_size,
+        prometheus_listen: args.prometheus_listen,
+        otlp,
+        audit: args.audit_log.map(|path| AuditSettings {
+            path,
+            max_bytes: args.audit_log_max_bytes,
+            keep: args.audit_log_keep,
+        }),
+        agent: AgentConfig {
+            sources: args.agent_sources,
+            label_key: args.agent_label_key,
+            env_var: args.agent_env_var,
+            docker_socket: args.docker_socket,
+            runc_root: args.runc_root,
+            ..AgentConfig::default()
+        },
+        labels: LabelPolicy {
+            mode: args.label_mode,
+            max_values: args.label_max_values,
+            state_dir: args.state_dir,
+            idle_ttl: args.label_ttl,
+            ..LabelPolicy::default()
+        },
+    })
 }

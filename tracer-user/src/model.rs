@@ -94,6 +94,8 @@ pub struct ContainerCreate {
     pub preexisting: bool,
     /// The `agent` capture of a user pattern, when there was one.
     pub agent: Option<String>,
+    /// The init's pid, when already known (a container found at start).
+    pub init_pid: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -272,6 +274,7 @@ impl<R: Recognize> Model<R> {
                 container: ContainerRef::of(&container),
                 preexisting: true,
                 agent,
+                init_pid: container.init,
             }),
         });
         self.owner.insert(found.cgroup_id, found.cgroup_id);
@@ -364,6 +367,7 @@ impl<R: Recognize> Model<R> {
                 container: ContainerRef::of(&container),
                 preexisting: false,
                 agent,
+                init_pid: None,
             }),
         });
         self.owner.insert(r.id, r.id);

@@ -281,6 +281,7 @@ mod tests {
                 container: container(),
                 preexisting: false,
                 agent: None,
+                init_pid: None,
             }),
         };
         let value: serde_json::Value = serde_json::from_str(&json(&create, &clock)).unwrap();

@@ -11,14 +11,21 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use tracer_common::probe;
 
 use crate::{
     containers::Recognizer,
+    export::{
+        agent::AgentConfig,
+        audit::AuditLog,
+        labels::LabelPolicy,
+        otlp::OtlpConfig,
+        pipeline::{ExportConfig, Exporter},
+    },
     loader::{Tracer, TracerConfig},
-    model::{Model, ModelConfig, Output},
-    output::{Format, Printer},
+    model::{Event, Model, ModelConfig, Output},
+    output::{self, Format, Printer},
     scan, sys,
 };
 
@@ -30,6 +37,37 @@ pub struct RunOptions {
     pub runc_root: Option<PathBuf>,
     pub linger_after: Duration,
     pub ring_buffer_bytes: u32,
+    pub prometheus_listen: Option<std::net::SocketAddr>,
+    pub otlp: Option<OtlpConfig>,
+    pub audit: Option<AuditSettings>,
+    pub agent: AgentConfig,
+    pub labels: LabelPolicy,
+}
+
+/// Where and how the audit log is written.
+#[derive(Debug, Clone)]
+pub struct AuditSettings {
+    pub path: PathBuf,
+    pub max_bytes: u64,
+    pub keep: usize,
+}
+
+impl RunOptions {
+    /// Options with every sink off, for a terminal-only run.
+    pub fn terminal(format: Format, patterns: Vec<String>) -> RunOptions {
+        RunOptions {
+            format,
+            patterns,
+            runc_root: None,
+            linger_after: Duration::from_secs(30),
+            ring_buffer_bytes: 8 << 20,
+            prometheus_listen: None,
+            otlp: None,
+            audit: None,
+            agent: AgentConfig::default(),
+            labels: LabelPolicy::default(),
+        }
+    }
 }
 
 /// How a run ended.
@@ -39,6 +77,7 @@ pub struct RunSummary {
     pub lost: [u64; probe::COUNT as usize],
     pub decode_errors: u64,
     pub untracked_cgroups: u64,
+    pub audit_errors: u64,
 }
 
 const POLL: Duration = Duration::from_millis(100);
@@ -47,10 +86,40 @@ const HOUSEKEEPING: Duration = Duration::from_secs(1);
 /// Runs until `stop` is set; writes events to `out`.
 pub fn run(options: &RunOptions, stop: &Arc<AtomicBool>, out: impl Write) -> Result<RunSummary> {
     let recognizer = Recognizer::new(&options.patterns, options.runc_root.clone())?;
+    // Everything that can fail on bad settings fails before anything is loaded.
+    let listener = match options.prometheus_listen {
+        Some(addr) => Some(
+            std::net::TcpListener::bind(addr)
+                .with_context(|| format!("--prometheus-listen {addr}: cannot listen"))?,
+        ),
+        None => None,
+    };
+    let mut audit = match &options.audit {
+        Some(a) => Some(
+            AuditLog::open(&a.path, a.max_bytes, a.keep)
+                .with_context(|| format!("--audit-log {}", a.path.display()))?,
+        ),
+        None => None,
+    };
     let mut tracer = Tracer::start(&TracerConfig {
         ring_buffer_bytes: options.ring_buffer_bytes,
     })?;
     let clock = sys::WallClock::now();
+    let exporter = if listener.is_some() || options.otlp.is_some() {
+        Some(Exporter::start(
+            ExportConfig {
+                prometheus: listener,
+                otlp: options.otlp.clone(),
+                agent: options.agent.clone(),
+                labels: options.labels.clone(),
+                queue: 65536,
+                settle_after: Duration::from_secs(2),
+            },
+            clock,
+        )?)
+    } else {
+        None
+    };
     let mut printer = Printer::new(out, options.format, clock);
     let mut model = Model::new(
         recognizer,
@@ -94,16 +163,36 @@ pub fn run(options: &RunOptions, stop: &Arc<AtomicBool>, out: impl Write) -> Res
         for record in &records {
             model.handle(record, &mut step);
         }
+        if let Some(exporter) = &exporter {
+            count_records(&records, exporter);
+        }
         if stopping || last_housekeeping.elapsed() >= HOUSEKEEPING {
             last_housekeeping = Instant::now();
             model.tick(sys::monotonic_ns(), &mut step);
-            report_losses(&tracer, &mut summary);
+            report_losses(&tracer, &mut summary, exporter.as_ref());
         }
         for id in step.untrack.drain(..) {
             tracer.untrack_cgroup(id);
         }
         for event in step.events.drain(..) {
             printer.print(&event)?;
+            if let (Some(log), Event::ProcessExit(_)) = (&mut audit, &event.event) {
+                if let Err(err) = log.append(&output::json(&event, &clock)) {
+                    summary.audit_errors += 1;
+                    if let Some(exporter) = &exporter {
+                        exporter.metrics().export_error("audit_log");
+                    }
+                    if summary.audit_errors == 1 || summary.audit_errors.is_power_of_two() {
+                        log::warn!(
+                            "audit log write failed ({} so far): {err}",
+                            summary.audit_errors
+                        );
+                    }
+                }
+            }
+            if let Some(exporter) = &exporter {
+                exporter.event(&event);
+            }
             summary.events += 1;
         }
         printer.flush()?;
@@ -112,11 +201,31 @@ pub fn run(options: &RunOptions, stop: &Arc<AtomicBool>, out: impl Write) -> Res
         }
     }
     summary.decode_errors = tracer.decode_errors();
+    // Detach first, then flush the sinks.
+    drop(tracer);
+    if let Some(exporter) = exporter {
+        exporter.shutdown();
+    }
     Ok(summary)
 }
 
+/// Counts the records of one poll by kind for `clawtrace_events_total`.
+fn count_records(records: &[crate::decode::Record], exporter: &Exporter) {
+    let mut counts: Vec<(&'static str, u64)> = Vec::new();
+    for record in records {
+        let kind = record.kind_name();
+        match counts.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((kind, 1)),
+        }
+    }
+    for (kind, n) in counts {
+        exporter.records(kind, n);
+    }
+}
+
 /// Logs each probe's losses since the last report; never silent.
-fn report_losses(tracer: &Tracer, summary: &mut RunSummary) {
+fn report_losses(tracer: &Tracer, summary: &mut RunSummary, exporter: Option<&Exporter>) {
     let Ok(lost) = tracer.lost_records() else {
         return;
     };
@@ -128,6 +237,9 @@ fn report_losses(tracer: &Tracer, summary: &mut RunSummary) {
                 probe::NAMES[i],
                 now
             );
+            if let Some(exporter) = exporter {
+                exporter.lost(probe::NAMES[i], now - *before);
+            }
             *before = now;
         }
     }

@@ -1,0 +1,372 @@
+//! Where a container's `agent_name` comes from, tried in the configured order: Docker labels
+//! (Docker Engine API on its unix socket, read-only calls), OCI bundle annotations (runc state,
+//! containerd and CRI-O bundles), an environment variable of the container's init, or the
+//! `agent` capture of a `--container-cgroup-pattern`. The value found is raw and untrusted;
+//! [`super::labels`] makes it safe.
+
+use std::{
+    io::Read,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use bollard::Docker;
+use serde_json::Value;
+
+/// One place an agent name can come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AgentSource {
+    /// The Docker container's labels.
+    Docker,
+    /// The OCI bundle's annotations (runc, containerd, CRI-O).
+    Oci,
+    /// An environment variable of the container's init process.
+    Env,
+    /// The `agent` named group of the matching `--container-cgroup-pattern`.
+    Pattern,
+}
+
+/// Settings of the resolver.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub sources: Vec<AgentSource>,
+    /// Label / annotation key read from runtime metadata.
+    pub label_key: String,
+    /// Environment variable read from the init process.
+    pub env_var: String,
+    pub docker_socket: PathBuf,
+    pub runc_root: PathBuf,
+    /// containerd's v2 task directory: `<root>/<namespace>/<id>/config.json`.
+    pub containerd_root: PathBuf,
+    /// CRI-O's container storage: `<root>/<id>/userdata/config.json`.
+    pub crio_root: PathBuf,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            sources: vec![
+                AgentSource::Docker,
+                AgentSource::Oci,
+                AgentSource::Env,
+                AgentSource::Pattern,
+            ],
+            label_key: "agent_name".to_string(),
+            env_var: "AGENT_NAME".to_string(),
+            docker_socket: PathBuf::from("/var/run/docker.sock"),
+            runc_root: PathBuf::from("/run/runc"),
+            containerd_root: PathBuf::from("/run/containerd/io.containerd.runtime.v2.task"),
+            crio_root: PathBuf::from("/run/containers/storage/overlay-containers"),
+        }
+    }
+}
+
+/// What is known about a container when its agent name is resolved.
+#[derive(Debug, Clone)]
+pub struct ContainerFacts<'a> {
+    pub id: &'a str,
+    pub runtime: &'a str,
+    pub init_pid: Option<u32>,
+    pub pattern_agent: Option<&'a str>,
+}
+
+/// Files read here are runtime metadata of bounded size; anything larger is not trusted.
+const MAX_METADATA_BYTES: u64 = 4 << 20;
+const DOCKER_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub struct AgentResolver {
+    config: AgentConfig,
+    docker: Option<Docker>,
+}
+
+impl AgentResolver {
+    /// Connects lazily: a missing Docker socket only disables that source.
+    pub fn new(config: AgentConfig) -> AgentResolver {
+        let docker = if config.sources.contains(&AgentSource::Docker)
+            && config.docker_socket.exists()
+        {
+            match Docker::connect_with_unix(
+                &config.docker_socket.to_string_lossy(),
+                DOCKER_TIMEOUT.as_secs(),
+                bollard::API_DEFAULT_VERSION,
+            ) {
+                Ok(docker) => Some(docker),
+                Err(err) => {
+                    log::warn!(
+                        "Docker labels unavailable ({}: {err}); other agent_name sources still apply",
+                        config.docker_socket.display()
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        AgentResolver { config, docker }
+    }
+
+    /// The first value any source gives, raw. `rt` runs the Docker API calls.
+    pub fn resolve(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        facts: &ContainerFacts<'_>,
+    ) -> Option<Vec<u8>> {
+        for source in &self.config.sources {
+            let found = match source {
+                AgentSource::Docker => self.docker_label(rt, facts),
+                AgentSource::Oci => self.oci_annotation(facts),
+                AgentSource::Env => facts.init_pid.and_then(|pid| self.init_env(pid)),
+                AgentSource::Pattern => facts.pattern_agent.map(|a| a.as_bytes().to_vec()),
+            };
+            if let Some(value) = found.filter(|v| !v.is_empty()) {
+                return Some(value);
+            }
+        }
+        None
+    }
+
+    fn docker_label(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        facts: &ContainerFacts<'_>,
+    ) -> Option<Vec<u8>> {
+        let docker = self.docker.as_ref()?;
+        if facts.runtime != "docker" {
+            return None;
+        }
+        let inspect = rt.block_on(async {
+            tokio::time::timeout(
+                DOCKER_TIMEOUT,
+                docker.inspect_container(
+                    facts.id,
+                    None::<bollard::query_parameters::InspectContainerOptions>,
+                ),
+            )
+            .await
+        });
+        match inspect {
+            Ok(Ok(info)) => info
+                .config
+                .and_then(|c| c.labels)
+                .and_then(|labels| labels.get(&self.config.label_key).cloned())
+                .map(String::into_bytes),
+            Ok(Err(err)) => {
+                log::debug!("docker inspect {}: {err}", facts.id);
+                None
+            }
+            Err(_) => {
+                log::debug!("docker inspect {} timed out", facts.id);
+                None
+            }
+        }
+    }
+
+    fn oci_annotation(&self, facts: &ContainerFacts<'_>) -> Option<Vec<u8>> {
+        self.bundle_configs(facts.id)
+            .into_iter()
+            .find_map(|config| annotation(&config, &self.config.label_key))
+    }
+
+    /// Candidate `config.json` files of the container's OCI bundle.
+    fn bundle_configs(&self, id: &str) -> Vec<PathBuf> {
+        // An id is a single path element; anything else is not looked up.
+        if id.is_empty() || id.contains('/') || id == "." || id == ".." {
+            return Vec::new();
+        }
+        let mut configs = Vec::new();
+        if let Some(bundle) = read_json(&self.config.runc_root.join(id).join("state.json"))
+            .as_ref()
+            .and_then(runc_bundle)
+        {
+            configs.push(bundle.join("config.json"));
+        }
+        if let Ok(namespaces) = std::fs::read_dir(&self.config.containerd_root) {
+            for ns in namespaces.flatten() {
+                configs.push(ns.path().join(id).join("config.json"));
+            }
+        }
+        configs.push(
+            self.config
+                .crio_root
+                .join(id)
+                .join("userdata")
+                .join("config.json"),
+        );
+        configs.retain(|p| p.is_file());
+        configs
+    }
+
+    fn init_env(&self, pid: u32) -> Option<Vec<u8>> {
+        let environ = read_bounded(Path::new(&format!("/proc/{pid}/environ")))?;
+        let prefix = format!("{}=", self.config.env_var);
+        environ
+            .split(|&b| b == 0)
+            .find_map(|entry| entry.strip_prefix(prefix.as_bytes()))
+            .map(<[u8]>::to_vec)
+    }
+}
+
+fn read_bounded(path: &Path) -> Option<Vec<u8>> {
+    let file = std::fs::File::open(path).ok()?;
+    let mut bytes = Vec::new();
+    file.take(MAX_METADATA_BYTES).read_to_end(&mut bytes).ok()?;
+    Some(bytes)
+}
+
+fn read_json(path: &Path) -> Option<Value> {
+    serde_json::from_slice(&read_bounded(path)?).ok()
+}
+
+/// runc's state.json keeps the bundle path as a `bundle=<path>` entry of `config.labels`.
+fn runc_bundle(state: &Value) -> Option<PathBuf> {
+    state["config"]["labels"]
+        .as_array()?
+        .iter()
+        .filter_map(Value::as_str)
+        .find_map(|l| l.strip_prefix("bundle="))
+        .map(PathBuf::from)
+}
+
+fn annotation(config: &Path, key: &str) -> Option<Vec<u8>> {
+    read_json(config)?["annotations"][key]
+        .as_str()
+        .map(|s| s.as_bytes().to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("clawtrace-agent-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn oci_annotations_of_runc_containerd_and_crio_bundles() {
+        let dir = scratch("oci");
+        let bundle = dir.join("bundle");
+        std::fs::create_dir_all(&bundle).unwrap();
+        std::fs::write(
+            bundle.join("config.json"),
+            r#"{"ociVersion":"1.0.2","annotations":{"agent_name":"ironclaw"}}"#,
+        )
+        .unwrap();
+        std::fs::create_dir_all(dir.join("runc/job-1")).unwrap();
+        std::fs::write(
+            dir.join("runc/job-1/state.json"),
+            format!(
+                r#"{{"config":{{"labels":["bundle={}"]}}}}"#,
+                bundle.display()
+            ),
+        )
+        .unwrap();
+        std::fs::create_dir_all(dir.join("containerd/k8s.io/abc")).unwrap();
+        std::fs::write(
+            dir.join("containerd/k8s.io/abc/config.json"),
+            r#"{"annotations":{"agent_name":"openclaw"}}"#,
+        )
+        .unwrap();
+        std::fs::create_dir_all(dir.join("crio/def/userdata")).unwrap();
+        std::fs::write(
+            dir.join("crio/def/userdata/config.json"),
+            r#"{"annotations":{"other":"x","agent_name":"nanoclaw"}}"#,
+        )
+        .unwrap();
+        let resolver = AgentResolver::new(AgentConfig {
+            sources: vec![AgentSource::Oci],
+            runc_root: dir.join("runc"),
+            containerd_root: dir.join("containerd"),
+            crio_root: dir.join("crio"),
+            ..AgentConfig::default()
+        });
+        let rt = runtime();
+        let facts = |id| ContainerFacts {
+            id,
+            runtime: "custom",
+            init_pid: None,
+            pattern_agent: None,
+        };
+        assert_eq!(
+            resolver.resolve(&rt, &facts("job-1")).as_deref(),
+            Some(&b"ironclaw"[..])
+        );
+        assert_eq!(
+            resolver.resolve(&rt, &facts("abc")).as_deref(),
+            Some(&b"openclaw"[..])
+        );
+        assert_eq!(
+            resolver.resolve(&rt, &facts("def")).as_deref(),
+            Some(&b"nanoclaw"[..])
+        );
+        assert_eq!(resolver.resolve(&rt, &facts("nope")), None);
+        assert_eq!(resolver.resolve(&rt, &facts("../runc")), None);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn init_environment_and_pattern_in_order() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .env("AGENT_NAME", "nemo_claw")
+            .spawn()
+            .unwrap();
+        // spawn() returns once exec has begun; the new environment is in place a moment later.
+        let environ = format!("/proc/{}/environ", child.id());
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let has_var = || {
+            std::fs::read(&environ)
+                .unwrap_or_default()
+                .split(|&b| b == 0)
+                .any(|entry| entry.starts_with(b"AGENT_NAME="))
+        };
+        while !has_var() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "child environment never appeared"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let rt = runtime();
+        let facts = ContainerFacts {
+            id: "x",
+            runtime: "custom",
+            init_pid: Some(child.id()),
+            pattern_agent: Some("from_pattern"),
+        };
+        let env_first = AgentResolver::new(AgentConfig {
+            sources: vec![AgentSource::Env, AgentSource::Pattern],
+            ..AgentConfig::default()
+        });
+        assert_eq!(
+            env_first.resolve(&rt, &facts).as_deref(),
+            Some(&b"nemo_claw"[..])
+        );
+        let pattern_first = AgentResolver::new(AgentConfig {
+            sources: vec![AgentSource::Pattern, AgentSource::Env],
+            ..AgentConfig::default()
+        });
+        assert_eq!(
+            pattern_first.resolve(&rt, &facts).as_deref(),
+            Some(&b"from_pattern"[..])
+        );
+        let other_var = AgentResolver::new(AgentConfig {
+            sources: vec![AgentSource::Env],
+            env_var: "NOT_SET_HERE".to_string(),
+            ..AgentConfig::default()
+        });
+        assert_eq!(other_var.resolve(&rt, &facts), None);
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}

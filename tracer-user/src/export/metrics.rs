@@ -1,0 +1,579 @@
+//! The metrics operators chart, kept in two backends at once: a prometheus-client registry for
+//! clawtrace's own `/metrics` endpoint, and OpenTelemetry instruments exported over OTLP. Names
+//! are chosen so that both show the same names in Prometheus: the OTLP names carry no `_total`
+//! or unit suffix, which the Collector's standard translation adds.
+//!
+//! All handles are thread-safe (prometheus-client metrics are atomics behind an `Arc`, OTel
+//! instruments are `Send + Sync`), so one `Metrics` is shared by the event pipeline, the HTTP
+//! endpoint and the OTLP exporters' error accounting.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+};
+
+use opentelemetry::{
+    metrics::{Counter as OtelCounter, Histogram as OtelHistogram, Meter, UpDownCounter},
+    KeyValue,
+};
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{exponential_buckets, Histogram},
+    },
+    registry::{Registry, Unit},
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ChangeLabels {
+    operation: String,
+    agent_name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ExitLabels {
+    agent_name: String,
+    cause: String,
+    signal: String,
+    exit_code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SignalLabels {
+    agent_name: String,
+    signal: String,
+    sender: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AgentLabel {
+    agent_name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LifetimeLabels {
+    agent_name: String,
+    cause: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProbeLabel {
+    probe: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SinkLabel {
+    sink: String,
+}
+
+/// 1 ms .. ~65 s: container starts range from a fork to a slow image mount.
+fn start_boundaries() -> Vec<f64> {
+    exponential_buckets(0.001, 2.0, 17).collect()
+}
+
+/// 10 ms .. ~11 days in factors of 4.
+fn lifetime_boundaries() -> Vec<f64> {
+    exponential_buckets(0.01, 4.0, 14).collect()
+}
+
+fn start_buckets() -> Histogram {
+    Histogram::new(start_boundaries())
+}
+
+fn lifetime_buckets() -> Histogram {
+    Histogram::new(lifetime_boundaries())
+}
+
+/// The OpenTelemetry side of every metric.
+struct Otel {
+    changes: OtelCounter<u64>,
+    exits: OtelCounter<u64>,
+    signals: OtelCounter<u64>,
+    live: UpDownCounter<i64>,
+    lingering: UpDownCounter<i64>,
+    start: OtelHistogram<f64>,
+    lifetime: OtelHistogram<f64>,
+    events: OtelCounter<u64>,
+    lost: OtelCounter<u64>,
+    overflow: OtelCounter<u64>,
+    export_errors: OtelCounter<u64>,
+}
+
+impl Otel {
+    fn new(meter: &Meter) -> Otel {
+        Otel {
+            changes: meter
+                .u64_counter("container_changes")
+                .with_description("Containers created and deleted")
+                .build(),
+            exits: meter
+                .u64_counter("container_exits")
+                .with_description("Processes that ended in containers, by cause")
+                .build(),
+            signals: meter
+                .u64_counter("container_signals")
+                .with_description("Signals sent to processes in containers, by sender")
+                .build(),
+            live: meter
+                .i64_up_down_counter("containers_live")
+                .with_description("Containers that exist now")
+                .build(),
+            lingering: meter
+                .i64_up_down_counter("containers_lingering")
+                .with_description("Containers whose init exited but whose cgroup remains")
+                .build(),
+            start: meter
+                .f64_histogram("container_start_duration")
+                .with_unit("s")
+                .with_description("From cgroup creation to the first exec of the payload")
+                .with_boundaries(start_boundaries())
+                .build(),
+            lifetime: meter
+                .f64_histogram("container_lifetime")
+                .with_unit("s")
+                .with_description("From cgroup creation to deletion")
+                .with_boundaries(lifetime_boundaries())
+                .build(),
+            events: meter
+                .u64_counter("clawtrace_events")
+                .with_description("Kernel records received, by kind")
+                .build(),
+            lost: meter
+                .u64_counter("clawtrace_events_lost")
+                .with_description("Kernel records lost because the ring buffer was full, by probe")
+                .build(),
+            overflow: meter
+                .u64_counter("clawtrace_label_overflow")
+                .with_description(
+                    "Containers labelled _overflow because the agent_name cap was reached",
+                )
+                .build(),
+            export_errors: meter
+                .u64_counter("clawtrace_export_errors")
+                .with_description("Failed exports, by sink")
+                .build(),
+        }
+    }
+}
+
+struct Prom {
+    changes: Family<ChangeLabels, Counter>,
+    exits: Family<ExitLabels, Counter>,
+    signals: Family<SignalLabels, Counter>,
+    live: Family<AgentLabel, Gauge>,
+    lingering: Family<AgentLabel, Gauge>,
+    start: Family<AgentLabel, Histogram, fn() -> Histogram>,
+    lifetime: Family<LifetimeLabels, Histogram, fn() -> Histogram>,
+    events: Family<KindLabel, Counter>,
+    lost: Family<ProbeLabel, Counter>,
+    overflow: Counter,
+    export_errors: Family<SinkLabel, Counter>,
+}
+
+/// Which label sets each agent_name has, so its series can be dropped when it is forgotten.
+#[derive(Default)]
+struct SeriesIndex {
+    exits: HashMap<String, HashSet<ExitLabels>>,
+    signals: HashMap<String, HashSet<SignalLabels>>,
+    lifetime: HashMap<String, HashSet<LifetimeLabels>>,
+}
+
+/// Every metric clawtrace exports.
+#[derive(Clone)]
+pub struct Metrics {
+    prom: Arc<Prom>,
+    registry: Arc<Registry>,
+    otel: Option<Arc<Otel>>,
+    index: Arc<Mutex<SeriesIndex>>,
+}
+
+fn kv(key: &'static str, value: &str) -> KeyValue {
+    KeyValue::new(key, value.to_string())
+}
+
+impl Metrics {
+    /// `meter`: where to mirror the metrics over OTLP, if anywhere.
+    pub fn new(meter: Option<&Meter>) -> Metrics {
+        let prom = Prom {
+            changes: Family::default(),
+            exits: Family::default(),
+            signals: Family::default(),
+            live: Family::default(),
+            lingering: Family::default(),
+            start: Family::new_with_constructor(start_buckets),
+            lifetime: Family::new_with_constructor(lifetime_buckets),
+            events: Family::default(),
+            lost: Family::default(),
+            overflow: Counter::default(),
+            export_errors: Family::default(),
+        };
+        let mut registry = Registry::default();
+        registry.register(
+            "container_changes",
+            "Containers created and deleted",
+            prom.changes.clone(),
+        );
+        registry.register(
+            "container_exits",
+            "Processes that ended in containers, by cause",
+            prom.exits.clone(),
+        );
+        registry.register(
+            "container_signals",
+            "Signals sent to processes in containers, by sender",
+            prom.signals.clone(),
+        );
+        registry.register(
+            "containers_live",
+            "Containers that exist now",
+            prom.live.clone(),
+        );
+        registry.register(
+            "containers_lingering",
+            "Containers whose init exited but whose cgroup remains",
+            prom.lingering.clone(),
+        );
+        registry.register_with_unit(
+            "container_start_duration",
+            "From cgroup creation to the first exec of the payload",
+            Unit::Seconds,
+            prom.start.clone(),
+        );
+        registry.register_with_unit(
+            "container_lifetime",
+            "From cgroup creation to deletion",
+            Unit::Seconds,
+            prom.lifetime.clone(),
+        );
+        registry.register(
+            "clawtrace_events",
+            "Kernel records received, by kind",
+            prom.events.clone(),
+        );
+        registry.register(
+            "clawtrace_events_lost",
+            "Kernel records lost because the ring buffer was full, by probe",
+            prom.lost.clone(),
+        );
+        registry.register(
+            "clawtrace_label_overflow",
+            "Containers labelled _overflow because the agent_name cap was reached",
+            prom.overflow.clone(),
+        );
+        registry.register(
+            "clawtrace_export_errors",
+            "Failed exports, by sink",
+            prom.export_errors.clone(),
+        );
+        Metrics {
+            prom: Arc::new(prom),
+            registry: Arc::new(registry),
+            otel: meter.map(|m| Arc::new(Otel::new(m))),
+            index: Arc::new(Mutex::new(SeriesIndex::default())),
+        }
+    }
+
+    fn index(&self) -> std::sync::MutexGuard<'_, SeriesIndex> {
+        self.index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn container_created(&self, agent: &str) {
+        self.change("create", agent);
+        self.prom
+            .live
+            .get_or_create(&AgentLabel {
+                agent_name: agent.into(),
+            })
+            .inc();
+        if let Some(o) = &self.otel {
+            o.live.add(1, &[kv("agent_name", agent)]);
+        }
+    }
+
+    pub fn container_deleted(
+        &self,
+        agent: &str,
+        lifetime_seconds: f64,
+        cause: &str,
+        was_lingering: bool,
+    ) {
+        self.change("delete", agent);
+        let label = AgentLabel {
+            agent_name: agent.into(),
+        };
+        self.prom.live.get_or_create(&label).dec();
+        if was_lingering {
+            self.prom.lingering.get_or_create(&label).dec();
+        }
+        let lifetime = LifetimeLabels {
+            agent_name: agent.into(),
+            cause: cause.into(),
+        };
+        self.prom
+            .lifetime
+            .get_or_create(&lifetime)
+            .observe(lifetime_seconds);
+        self.index()
+            .lifetime
+            .entry(agent.into())
+            .or_default()
+            .insert(lifetime);
+        if let Some(o) = &self.otel {
+            o.live.add(-1, &[kv("agent_name", agent)]);
+            if was_lingering {
+                o.lingering.add(-1, &[kv("agent_name", agent)]);
+            }
+            o.lifetime.record(
+                lifetime_seconds,
+                &[kv("agent_name", agent), kv("cause", cause)],
+            );
+        }
+    }
+
+    fn change(&self, operation: &str, agent: &str) {
+        self.prom
+            .changes
+            .get_or_create(&ChangeLabels {
+                operation: operation.into(),
+                agent_name: agent.into(),
+            })
+            .inc();
+        if let Some(o) = &self.otel {
+            o.changes
+                .add(1, &[kv("operation", operation), kv("agent_name", agent)]);
+        }
+    }
+
+    pub fn container_lingering(&self, agent: &str) {
+        self.prom
+            .lingering
+            .get_or_create(&AgentLabel {
+                agent_name: agent.into(),
+            })
+            .inc();
+        if let Some(o) = &self.otel {
+            o.lingering.add(1, &[kv("agent_name", agent)]);
+        }
+    }
+
+    pub fn process_exit(&self, agent: &str, cause: &str, signal: &str, exit_code: u32) {
+        let labels = ExitLabels {
+            agent_name: agent.into(),
+            cause: cause.into(),
+            signal: signal.into(),
+            exit_code: exit_code.to_string(),
+        };
+        self.prom.exits.get_or_create(&labels).inc();
+        self.index()
+            .exits
+            .entry(agent.into())
+            .or_default()
+            .insert(labels);
+        if let Some(o) = &self.otel {
+            o.exits.add(
+                1,
+                &[
+                    kv("agent_name", agent),
+                    kv("cause", cause),
+                    kv("signal", signal),
+                    kv("exit_code", &exit_code.to_string()),
+                ],
+            );
+        }
+    }
+
+    pub fn signal(&self, agent: &str, signal: &str, sender: &str) {
+        let labels = SignalLabels {
+            agent_name: agent.into(),
+            signal: signal.into(),
+            sender: sender.into(),
+        };
+        self.prom.signals.get_or_create(&labels).inc();
+        self.index()
+            .signals
+            .entry(agent.into())
+            .or_default()
+            .insert(labels);
+        if let Some(o) = &self.otel {
+            o.signals.add(
+                1,
+                &[
+                    kv("agent_name", agent),
+                    kv("signal", signal),
+                    kv("sender", sender),
+                ],
+            );
+        }
+    }
+
+    pub fn start_duration(&self, agent: &str, seconds: f64) {
+        self.prom
+            .start
+            .get_or_create(&AgentLabel {
+                agent_name: agent.into(),
+            })
+            .observe(seconds);
+        if let Some(o) = &self.otel {
+            o.start.record(seconds, &[kv("agent_name", agent)]);
+        }
+    }
+
+    /// `n` more kernel records of `kind` received.
+    pub fn events(&self, kind: &str, n: u64) {
+        self.prom
+            .events
+            .get_or_create(&KindLabel { kind: kind.into() })
+            .inc_by(n);
+        if let Some(o) = &self.otel {
+            o.events.add(n, &[kv("kind", kind)]);
+        }
+    }
+
+    /// `n` more records lost in `probe`.
+    pub fn lost(&self, probe: &str, n: u64) {
+        self.prom
+            .lost
+            .get_or_create(&ProbeLabel {
+                probe: probe.into(),
+            })
+            .inc_by(n);
+        if let Some(o) = &self.otel {
+            o.lost.add(n, &[kv("probe", probe)]);
+        }
+    }
+
+    /// `n` more containers labelled `_overflow`.
+    pub fn label_overflow(&self, n: u64) {
+        self.prom.overflow.inc_by(n);
+        if let Some(o) = &self.otel {
+            o.overflow.add(n, &[]);
+        }
+    }
+
+    /// One failed export to `sink` (`otlp_metrics`, `otlp_traces`, `audit_log`, `queue`, …).
+    pub fn export_error(&self, sink: &str) {
+        self.prom
+            .export_errors
+            .get_or_create(&SinkLabel { sink: sink.into() })
+            .inc();
+        if let Some(o) = &self.otel {
+            o.export_errors.add(1, &[kv("sink", sink)]);
+        }
+    }
+
+    /// Makes sure a series exists for every probe and sink, so dashboards show 0 rather than
+    /// nothing before the first loss or error.
+    pub fn declare(&self, probes: &[&str], sinks: &[&str]) {
+        for probe in probes {
+            let _ = self.prom.lost.get_or_create(&ProbeLabel {
+                probe: (*probe).into(),
+            });
+        }
+        for sink in sinks {
+            let _ = self.prom.export_errors.get_or_create(&SinkLabel {
+                sink: (*sink).into(),
+            });
+        }
+    }
+
+    /// Drops every series of an agent_name that has no container any more. (The OTLP side keeps
+    /// cumulative series until restart; the label cap bounds them.)
+    pub fn forget_agent(&self, agent: &str) {
+        let label = AgentLabel {
+            agent_name: agent.into(),
+        };
+        self.prom.live.remove(&label);
+        self.prom.lingering.remove(&label);
+        self.prom.start.remove(&label);
+        for operation in ["create", "delete"] {
+            self.prom.changes.remove(&ChangeLabels {
+                operation: operation.into(),
+                agent_name: agent.into(),
+            });
+        }
+        let mut index = self.index();
+        for labels in index.exits.remove(agent).unwrap_or_default() {
+            self.prom.exits.remove(&labels);
+        }
+        for labels in index.signals.remove(agent).unwrap_or_default() {
+            self.prom.signals.remove(&labels);
+        }
+        for labels in index.lifetime.remove(agent).unwrap_or_default() {
+            self.prom.lifetime.remove(&labels);
+        }
+    }
+
+    /// The Prometheus/OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// Content type of [`Metrics::encode`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_the_dashboard_names() {
+        let m = Metrics::new(None);
+        m.container_created("nemo_claw");
+        m.container_lingering("nemo_claw");
+        m.start_duration("nemo_claw", 0.25);
+        m.process_exit("nemo_claw", "orchestrator_kill", "SIGKILL", 137);
+        m.signal("nemo_claw", "SIGTERM", "outside");
+        m.container_deleted("nemo_claw", 12.0, "orchestrator_kill", true);
+        m.events("exit", 3);
+        m.lost("signal_generate", 2);
+        m.label_overflow(1);
+        m.export_error("otlp_traces");
+        let text = m.encode();
+        for line in [
+            r#"container_changes_total{operation="create",agent_name="nemo_claw"} 1"#,
+            r#"container_changes_total{operation="delete",agent_name="nemo_claw"} 1"#,
+            r#"container_exits_total{agent_name="nemo_claw",cause="orchestrator_kill",signal="SIGKILL",exit_code="137"} 1"#,
+            r#"container_signals_total{agent_name="nemo_claw",signal="SIGTERM",sender="outside"} 1"#,
+            r#"containers_live{agent_name="nemo_claw"} 0"#,
+            r#"containers_lingering{agent_name="nemo_claw"} 0"#,
+            r#"container_start_duration_seconds_count{agent_name="nemo_claw"} 1"#,
+            r#"container_lifetime_seconds_count{agent_name="nemo_claw",cause="orchestrator_kill"} 1"#,
+            r#"clawtrace_events_total{kind="exit"} 3"#,
+            r#"clawtrace_events_lost_total{probe="signal_generate"} 2"#,
+            r#"clawtrace_label_overflow_total 1"#,
+            r#"clawtrace_export_errors_total{sink="otlp_traces"} 1"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn forgetting_an_agent_drops_its_series() {
+        let m = Metrics::new(None);
+        m.container_created("gone");
+        m.process_exit("gone", "exited", "none", 0);
+        m.container_deleted("gone", 1.0, "exited", false);
+        m.container_created("kept");
+        m.forget_agent("gone");
+        let text = m.encode();
+        assert!(!text.contains("\"gone\""), "{text}");
+        assert!(
+            text.contains(r#"containers_live{agent_name="kept"} 1"#),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,384 @@
+//! The export pipeline: events from the tracing loop go through a bounded queue to one worker
+//! thread that resolves each container's agent_name, keeps the metrics, assembles container
+//! spans, and serves `/metrics`. Nothing here can stall tracing: the queue never blocks the
+//! sender (a full queue is counted as an export error), and slow metadata lookups, HTTP scrapes
+//! and OTLP exports all happen on the worker's side.
+
+use std::{
+    collections::HashMap,
+    net::TcpListener,
+    sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError},
+    thread::JoinHandle,
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{Context as _, Result};
+use opentelemetry::metrics::MeterProvider as _;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::SdkTracer;
+
+use super::{
+    agent::{AgentConfig, AgentResolver, ContainerFacts},
+    labels::{AgentLabels, LabelPolicy},
+    metrics::{Metrics, CONTENT_TYPE},
+    otlp::{OtlpConfig, Protocol, Providers},
+    spans::{system_time, ContainerSpan},
+};
+use crate::{
+    model::{ContainerRef, Event, Timed},
+    sys::WallClock,
+};
+
+/// Settings of the export pipeline.
+pub struct ExportConfig {
+    /// Where `/metrics` is served, already bound (so a bad address fails at start).
+    pub prometheus: Option<TcpListener>,
+    pub otlp: Option<OtlpConfig>,
+    pub agent: AgentConfig,
+    pub labels: LabelPolicy,
+    /// Events waiting for the worker at most.
+    pub queue: usize,
+    /// How long a new container waits for its init's exec before its agent_name is settled.
+    pub settle_after: Duration,
+}
+
+enum Message {
+    Event(Box<Timed>),
+    Records(&'static str, u64),
+    Lost(&'static str, u64),
+    Stop,
+}
+
+/// The sending side, used by the tracing loop.
+pub struct Exporter {
+    tx: SyncSender<Message>,
+    worker: Option<JoinHandle<()>>,
+    metrics: Metrics,
+}
+
+impl Exporter {
+    pub fn start(config: ExportConfig, clock: WallClock) -> Result<Exporter> {
+        let (tx, rx) = mpsc::sync_channel(config.queue);
+        let labels = AgentLabels::open(config.labels.clone()).context("agent labels")?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("clawtrace-export")
+            .enable_all()
+            .build()
+            .context("starting the export runtime")?;
+        let metrics_only = Metrics::new(None);
+        let (metrics, providers) = match &config.otlp {
+            Some(otlp) => {
+                let providers = {
+                    // gRPC channels need a runtime context; the HTTP client must not be built
+                    // inside one.
+                    let _guard = (otlp.metrics_protocol == Protocol::Grpc
+                        || otlp.traces_protocol == Protocol::Grpc)
+                        .then(|| rt.enter());
+                    Providers::build(otlp, &metrics_only)?
+                };
+                let meter = providers.meter.meter("clawtrace");
+                (Metrics::new(Some(&meter)), Some(providers))
+            }
+            None => (metrics_only, None),
+        };
+        metrics.declare(
+            &tracer_common::probe::NAMES,
+            &["otlp_metrics", "otlp_traces", "audit_log", "queue"],
+        );
+        if let Some(listener) = config.prometheus {
+            listener
+                .set_nonblocking(true)
+                .context("prometheus listener")?;
+            let _guard = rt.enter();
+            let listener =
+                tokio::net::TcpListener::from_std(listener).context("prometheus listener")?;
+            let served = metrics.clone();
+            rt.spawn(async move {
+                let app = axum::Router::new().route(
+                    "/metrics",
+                    axum::routing::get(move || {
+                        let m = served.clone();
+                        async move {
+                            (
+                                [(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)],
+                                m.encode(),
+                            )
+                        }
+                    }),
+                );
+                if let Err(err) = axum::serve(listener, app).await {
+                    log::error!("the /metrics endpoint stopped: {err}");
+                }
+            });
+        }
+        let tracer = providers.as_ref().map(|p| p.tracer.tracer("clawtrace"));
+        let worker = Worker {
+            resolver: AgentResolver::new(config.agent),
+            labels,
+            metrics: metrics.clone(),
+            tracer,
+            containers: HashMap::new(),
+            clock,
+            settle_after: config.settle_after,
+            overflow_seen: 0,
+        };
+        let handle = std::thread::Builder::new()
+            .name("clawtrace-export".into())
+            .spawn(move || {
+                worker.run(&rt, rx);
+                if let Some(providers) = providers {
+                    providers.shutdown();
+                }
+                rt.shutdown_timeout(Duration::from_secs(1));
+            })
+            .context("starting the export thread")?;
+        Ok(Exporter {
+            tx,
+            worker: Some(handle),
+            metrics,
+        })
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    fn send(&self, message: Message) {
+        match self.tx.try_send(message) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => self.metrics.export_error("queue"),
+            Err(TrySendError::Disconnected(_)) => self.metrics.export_error("queue"),
+        }
+    }
+
+    pub fn event(&self, event: &Timed) {
+        self.send(Message::Event(Box::new(event.clone())));
+    }
+
+    /// `n` more kernel records of `kind` received.
+    pub fn records(&self, kind: &'static str, n: u64) {
+        self.send(Message::Records(kind, n));
+    }
+
+    /// `n` more records lost in `probe`.
+    pub fn lost(&self, probe: &'static str, n: u64) {
+        self.send(Message::Lost(probe, n));
+    }
+
+    /// Ends the open container spans, flushes every sink and stops the worker.
+    pub fn shutdown(mut self) {
+        // Blocking send: the stop must not be dropped because the queue is full.
+        let _ = self.tx.send(Message::Stop);
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
+    }
+}
+
+struct Tracked {
+    container: ContainerRef,
+    created_ns: u64,
+    pattern_agent: Option<String>,
+    init_pid: Option<u32>,
+    agent: Option<String>,
+    /// Events that came before the agent_name was settled.
+    pending: Vec<Timed>,
+    deadline: Instant,
+    span: Option<ContainerSpan>,
+}
+
+struct Worker {
+    resolver: AgentResolver,
+    labels: AgentLabels,
+    metrics: Metrics,
+    tracer: Option<SdkTracer>,
+    containers: HashMap<u64, Tracked>,
+    clock: WallClock,
+    settle_after: Duration,
+    overflow_seen: u64,
+}
+
+const TICK: Duration = Duration::from_millis(250);
+
+impl Worker {
+    fn run(mut self, rt: &tokio::runtime::Runtime, rx: Receiver<Message>) {
+        loop {
+            match rx.recv_timeout(TICK) {
+                Ok(Message::Event(event)) => self.on_event(rt, *event),
+                Ok(Message::Records(kind, n)) => self.metrics.events(kind, n),
+                Ok(Message::Lost(probe, n)) => self.metrics.lost(probe, n),
+                Ok(Message::Stop) | Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            self.housekeeping(rt);
+        }
+        // Containers still there: settle them and end their spans as they stand.
+        let now = SystemTime::now();
+        let ids: Vec<u64> = self.containers.keys().copied().collect();
+        for id in ids {
+            self.settle(rt, id);
+            if let Some(t) = self.containers.remove(&id) {
+                if let (Some(span), Some(tracer)) = (t.span, &self.tracer) {
+                    span.finish(tracer, now, true);
+                }
+            }
+        }
+    }
+
+    fn housekeeping(&mut self, rt: &tokio::runtime::Runtime) {
+        let now = Instant::now();
+        let due: Vec<u64> = self
+            .containers
+            .iter()
+            .filter(|(_, t)| t.agent.is_none() && t.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            self.settle(rt, id);
+        }
+        for gone in self.labels.expire(now) {
+            self.metrics.forget_agent(&gone);
+        }
+    }
+
+    fn on_event(&mut self, rt: &tokio::runtime::Runtime, event: Timed) {
+        if let Event::ContainerCreate(create) = &event.event {
+            let id = create.container.cgroup_id;
+            self.containers.insert(
+                id,
+                Tracked {
+                    container: create.container.clone(),
+                    created_ns: event.ts_ns,
+                    pattern_agent: create.agent.clone(),
+                    init_pid: create.init_pid,
+                    agent: None,
+                    pending: Vec::new(),
+                    deadline: Instant::now() + self.settle_after,
+                    span: None,
+                },
+            );
+            // A container found at start already runs its payload: everything is known now.
+            if create.preexisting {
+                self.settle(rt, id);
+            }
+            return;
+        }
+        let Some(id) = container_of(&event.event) else {
+            return;
+        };
+        let Some(tracked) = self.containers.get_mut(&id) else {
+            return;
+        };
+        if tracked.agent.is_none() {
+            // The init's exec is when every source can answer (its environment exists, the
+            // runtime has written its metadata); a deletion ends the wait too.
+            let settles = match &event.event {
+                Event::ProcessExec(e) if e.is_container_init => {
+                    tracked.init_pid = Some(e.pid);
+                    true
+                }
+                Event::ContainerDelete(_) => true,
+                _ => false,
+            };
+            tracked.pending.push(event);
+            if settles {
+                self.settle(rt, id);
+            }
+            return;
+        }
+        self.apply(id, &event);
+    }
+
+    /// Resolves the container's agent_name, counts its creation, and replays what waited.
+    fn settle(&mut self, rt: &tokio::runtime::Runtime, id: u64) {
+        let Some(tracked) = self.containers.get_mut(&id) else {
+            return;
+        };
+        if tracked.agent.is_some() {
+            return;
+        }
+        let raw = self.resolver.resolve(
+            rt,
+            &ContainerFacts {
+                id: &tracked.container.container_id,
+                runtime: tracked.container.runtime,
+                init_pid: tracked.init_pid,
+                pattern_agent: tracked.pattern_agent.as_deref(),
+            },
+        );
+        let agent = self.labels.acquire(raw.as_deref(), Instant::now());
+        let overflow = self.labels.overflow_total();
+        if overflow > self.overflow_seen {
+            self.metrics.label_overflow(overflow - self.overflow_seen);
+            self.overflow_seen = overflow;
+        }
+        self.metrics.container_created(&agent);
+        let start = system_time(&self.clock, tracked.created_ns);
+        tracked.span = self
+            .tracer
+            .as_ref()
+            .map(|_| ContainerSpan::new(tracked.container.clone(), agent.clone(), start));
+        tracked.agent = Some(agent);
+        let pending = std::mem::take(&mut tracked.pending);
+        for event in pending {
+            self.apply(id, &event);
+        }
+    }
+
+    /// Metrics and span for one event of a settled container.
+    fn apply(&mut self, id: u64, event: &Timed) {
+        let Some(tracked) = self.containers.get_mut(&id) else {
+            return;
+        };
+        let Some(agent) = tracked.agent.clone() else {
+            return;
+        };
+        let at = system_time(&self.clock, event.ts_ns);
+        if let Some(span) = &mut tracked.span {
+            span.record(&event.event, at);
+        }
+        match &event.event {
+            Event::ProcessExec(e) => {
+                if let Some(seconds) = e.start_seconds {
+                    self.metrics.start_duration(&agent, seconds);
+                }
+            }
+            Event::Signal(s) => self
+                .metrics
+                .signal(&agent, &s.signal, s.sender_kind.as_str()),
+            Event::ProcessExit(e) => self.metrics.process_exit(
+                &agent,
+                e.cause.as_str(),
+                e.signal.as_deref().unwrap_or("none"),
+                e.exit_code,
+            ),
+            Event::ContainerLingering(_) => self.metrics.container_lingering(&agent),
+            Event::ContainerDelete(d) => {
+                let cause = d.cause.map(|c| c.as_str()).unwrap_or("none");
+                self.metrics
+                    .container_deleted(&agent, d.lifetime_seconds, cause, d.was_lingering);
+                self.labels.release(&agent, Instant::now());
+                if let Some(t) = self.containers.remove(&id) {
+                    if let (Some(span), Some(tracer)) = (t.span, &self.tracer) {
+                        span.finish(tracer, at, false);
+                    }
+                }
+            }
+            Event::OomMark(_) | Event::ContainerCreate(_) => {}
+        }
+    }
+}
+
+/// The container (cgroup id) an event belongs to.
+fn container_of(event: &Event) -> Option<u64> {
+    Some(match event {
+        Event::ContainerCreate(e) => e.container.cgroup_id,
+        Event::ContainerDelete(e) => e.container.cgroup_id,
+        Event::ProcessExec(e) => e.container.cgroup_id,
+        Event::Signal(e) => e.container.cgroup_id,
+        Event::OomMark(e) => e.container.cgroup_id,
+        Event::ProcessExit(e) => e.container.cgroup_id,
+        Event::ContainerLingering(e) => e.container.cgroup_id,
+    })
+}
