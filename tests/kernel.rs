@@ -43,6 +43,7 @@ fn records_mkdir_signal_exit_rmdir_of_a_real_cgroup() {
     let _turn = EXCLUSIVE.lock().unwrap_or_else(|e| e.into_inner());
     let mut tracer = Tracer::start(&TracerConfig {
         ring_buffer_bytes: 1 << 20,
+        ..TracerConfig::default()
     })
     .expect("load and attach");
 
@@ -119,6 +120,7 @@ fn a_full_ring_buffer_loses_records_and_counts_each_one() {
     // The smallest ring buffer, not read while the workload runs: most records cannot fit.
     let mut tracer = Tracer::start(&TracerConfig {
         ring_buffer_bytes: 4096,
+        ..TracerConfig::default()
     })
     .expect("load and attach");
     let lost_before = tracer.lost_records().expect("lost counters");
@@ -172,4 +174,57 @@ fn a_full_ring_buffer_loses_records_and_counts_each_one() {
         PROCESSES as u64,
         "exits {exits} + lost {lost_exits}"
     );
+}
+
+#[test]
+fn reads_the_agent_variable_of_the_first_exec_even_if_it_exits_at_once() {
+    require_privileged!();
+    let _turn = EXCLUSIVE.lock().unwrap_or_else(|e| e.into_inner());
+    let mut tracer = Tracer::start(&TracerConfig {
+        ring_buffer_bytes: 1 << 20,
+        init_env_var: Some("AGENT_NAME".to_string()),
+    })
+    .expect("load and attach");
+    let mut cgroup = TestCgroup::new("env");
+    let cgroup_id = cgroup.id();
+    // A long variable sorts before it: longer than one read of the scan, and with a decoy that
+    // starts exactly where the second read of that string begins (the scan reads 320 bytes,
+    // NUL included), which must not be taken for the variable.
+    let filler = format!(
+        "{}AGENT_NAME=decoy{}",
+        "f".repeat(319 - "AAAA_FILLER=".len()),
+        "f".repeat(5000)
+    );
+    let mut first = cgroup.spawn(
+        Command::new("true")
+            .env_clear()
+            .env("AAAA_FILLER", &filler)
+            .env("AGENT_NAME", "nemo_claw \"quoted\"")
+            .env("PATH", "/usr/bin:/bin"),
+    );
+    assert_eq!(wait_status(&mut first), 0);
+    let mut second = cgroup.spawn(Command::new("true").env("AGENT_NAME", "second"));
+    assert_eq!(wait_status(&mut second), 0);
+    cgroup.remove();
+
+    let is_env = |r: &Record| matches!(r, Record::InitEnv(e) if e.header.cgroup_id == cgroup_id);
+    let second_pid = second.id();
+    let records = collect(&mut tracer, |rs| {
+        rs.iter()
+            .any(|r| matches!(r, Record::Exit(e) if e.header.tgid == second_pid))
+    });
+    let envs: Vec<_> = records.iter().filter(|r| is_env(r)).collect();
+    assert_eq!(envs.len(), 1, "only the first exec in the cgroup is read");
+    let Record::InitEnv(env) = envs[0] else {
+        unreachable!()
+    };
+    assert_eq!(env.header.tgid, first.id());
+    assert_eq!(sized_str(&env.value, env.value_len), "nemo_claw \"quoted\"");
+    // It comes before that process's exec record.
+    let env_at = records.iter().position(is_env).unwrap();
+    let exec_at = records
+        .iter()
+        .position(|r| matches!(r, Record::Exec(e) if e.header.tgid == first.id()))
+        .expect("exec record");
+    assert!(env_at < exec_at);
 }

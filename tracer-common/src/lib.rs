@@ -17,6 +17,12 @@ pub const CGROUP_PATH_LEN: usize = 256;
 pub const FILENAME_LEN: usize = 128;
 /// How many distinct signals are remembered per tracked process (see [`SignalTrack`]).
 pub const SIGNAL_SLOTS: usize = 4;
+/// Bytes of an environment variable's value carried in an [`InitEnvRecord`].
+pub const ENV_VALUE_LEN: usize = 256;
+/// Bytes of the `NAME=` prefix of the environment variable the kernel looks for.
+pub const ENV_KEY_LEN: usize = 64;
+/// Bytes read at once while scanning an environment: the longest prefix plus the longest value.
+pub const ENV_SCAN_LEN: usize = ENV_KEY_LEN + ENV_VALUE_LEN;
 
 /// Hierarchy id of the cgroup v2 (default) hierarchy in the `cgroup:*` tracepoints.
 pub const CGROUP_V2_HIERARCHY: i32 = 0;
@@ -30,6 +36,15 @@ pub mod kind {
     pub const PROCESS_EXIT: u32 = 5;
     pub const SIGNAL: u32 = 6;
     pub const OOM_MARK: u32 = 7;
+    pub const INIT_ENV: u32 = 8;
+}
+
+/// Values of the `CGROUPS` map: whether a followed cgroup has seen its first exec.
+pub mod cgroup_state {
+    /// Followed, no process has exec'd in it yet: the next exec is the container's init.
+    pub const NEW: u32 = 1;
+    /// Its first exec has happened.
+    pub const STARTED: u32 = 2;
 }
 
 /// Probes, as indices into the kernel's per-CPU lost-record counters (`LOST` map).
@@ -221,6 +236,29 @@ pub struct OomRecord {
     pub total_vm_kb: u64,
 }
 
+/// The value of one environment variable (the agent name, `AGENT_NAME` by default) of the first
+/// process to exec in a followed cgroup, read from its new image's environment by the kernel
+/// side before the exec record, so it is known even when the process exits at once.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct InitEnvRecord {
+    pub header: Header,
+    /// Bytes of `value` in use; `ENV_VALUE_LEN` means truncated.
+    pub value_len: u32,
+    pub _reserved: u32,
+    pub value: [u8; ENV_VALUE_LEN],
+}
+
+/// The `NAME=` prefix of the environment variable to look for, set by the loader.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EnvKey {
+    /// Bytes of `prefix` in use; 0 turns the lookup off.
+    pub len: u32,
+    pub _reserved: u32,
+    pub prefix: [u8; ENV_KEY_LEN],
+}
+
 /// Value of the `TASKS` map: a task the tracer follows, keyed by thread id.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -241,7 +279,12 @@ pub struct KernelOffsets {
     pub task_real_parent: u32,
     /// `offsetof(struct task_struct, tgid)`.
     pub task_tgid: u32,
-    pub _reserved: u32,
+    /// `offsetof(struct task_struct, mm)`.
+    pub task_mm: u32,
+    /// `offsetof(struct mm_struct, env_start)`.
+    pub mm_env_start: u32,
+    /// `offsetof(struct mm_struct, env_end)`.
+    pub mm_env_end: u32,
 }
 
 #[cfg(feature = "user")]
@@ -258,6 +301,8 @@ mod pod {
     unsafe impl aya::Pod for TrackedTask {}
     // SAFETY: as above.
     unsafe impl aya::Pod for KernelOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for EnvKey {}
 }
 
 /// Layout checks: the kernel and user views cannot drift without failing the build.
@@ -273,6 +318,9 @@ const _: () = {
     assert!(size_of::<SignalRecord>() == 32 + 32 + 2 * COMM_LEN);
     assert!(size_of::<OomRecord>() == 32 + 32);
     assert!(size_of::<TrackedTask>() == 16);
+    assert!(size_of::<InitEnvRecord>() == 32 + 8 + ENV_VALUE_LEN);
+    assert!(size_of::<EnvKey>() == 8 + ENV_KEY_LEN);
+    assert!(size_of::<KernelOffsets>() == 24);
     // The ring buffer hands out 8-aligned space; records must not need more.
     assert!(align_of::<ExitRecord>() <= 8);
 };

@@ -3,7 +3,8 @@
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use tracer_common::{
-    kind, probe, AttachRecord, CgroupRecord, CGROUP_PATH_LEN, CGROUP_V2_HIERARCHY, COMM_LEN,
+    cgroup_state, kind, probe, AttachRecord, CgroupRecord, CGROUP_PATH_LEN, CGROUP_V2_HIERARCHY,
+    COMM_LEN,
 };
 
 use crate::state::{
@@ -45,7 +46,7 @@ fn try_cgroup_dir(ctx: &TracePointContext, kind: u32, probe: u32) -> Result<(), 
         return Ok(());
     }
     if kind == kind::CGROUP_MKDIR {
-        if CGROUPS.insert(id, 1, 0).is_err() {
+        if CGROUPS.insert(id, cgroup_state::NEW, 0).is_err() {
             count_untracked();
         }
     } else {

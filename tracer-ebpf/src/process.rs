@@ -3,16 +3,20 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_probe_read_kernel, bpf_probe_read_kernel_buf, generated::bpf_probe_read_user_str,
     },
     macros::tracepoint,
     programs::TracePointContext,
 };
-use tracer_common::{exit_flags, kind, probe, ExecRecord, ExitRecord, FILENAME_LEN};
+use tracer_common::{
+    cgroup_state, exit_flags, kind, probe, ExecRecord, ExitRecord, InitEnvRecord, ENV_KEY_LEN,
+    ENV_SCAN_LEN, ENV_VALUE_LEN, FILENAME_LEN,
+};
 
 use crate::state::{
-    current_cgroup_id, header, is_tracked_cgroup, read_data_loc_str, reserve, track_task, OFFSETS,
-    SIGNALS, TASKS,
+    current_cgroup_id, header, is_tracked_cgroup, read_data_loc_str, reserve, track_task, CGROUPS,
+    ENV_KEY, ENV_SCRATCH, OFFSETS, SIGNALS, TASKS,
 };
 
 const NEWTASK_PID: usize = 8;
@@ -74,6 +78,21 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i32> {
     // attach record announces.
     track_task(head.pid, head.tgid, head.cgroup_id);
 
+    // The first exec in a cgroup is its container's init: read the agent-name variable from the
+    // new image's environment now, while the process surely exists.
+    if let Some(state) = CGROUPS.get_ptr_mut(head.cgroup_id) {
+        // SAFETY: a live map value of this program's map; a racing exec on another CPU could at
+        // worst scan a second environment, which user space ignores.
+        let first = unsafe {
+            let first = *state == cgroup_state::NEW;
+            *state = cgroup_state::STARTED;
+            first
+        };
+        if first {
+            report_init_env(&head);
+        }
+    }
+
     let Some(mut entry) = reserve::<ExecRecord>(probe::PROCESS_EXEC) else {
         return Ok(());
     };
@@ -90,6 +109,106 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i32> {
     }
     entry.submit(0);
     Ok(())
+}
+
+/// Environment strings looked at, at most.
+const MAX_ENV_STRINGS: u32 = 128;
+
+#[inline(never)]
+fn report_init_env(head: &tracer_common::Header) {
+    let Some(key) = ENV_KEY.get(0) else {
+        return;
+    };
+    let key_len = key.len as usize;
+    if key_len == 0 || key_len > ENV_KEY_LEN {
+        return;
+    }
+    let offsets = OFFSETS.load();
+    // SAFETY: the running task and its mm, read through bpf_probe_read_kernel with offsets from
+    // the running kernel's BTF; a fault reads as 0 and ends the scan.
+    let (mut at, end) = unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        let mm =
+            bpf_probe_read_kernel(task.wrapping_add(offsets.task_mm as usize) as *const *const u8)
+                .unwrap_or(core::ptr::null());
+        if mm.is_null() {
+            return;
+        }
+        (
+            bpf_probe_read_kernel(mm.wrapping_add(offsets.mm_env_start as usize) as *const u64)
+                .unwrap_or(0),
+            bpf_probe_read_kernel(mm.wrapping_add(offsets.mm_env_end as usize) as *const u64)
+                .unwrap_or(0),
+        )
+    };
+    let Some(buf) = ENV_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // A string longer than the buffer is read in pieces; only a piece that starts a string can
+    // be the variable.
+    let mut continuing = false;
+    for _ in 0..MAX_ENV_STRINGS {
+        if at == 0 || at >= end {
+            return;
+        }
+        // SAFETY: `buf` is this CPU's scratch slot of ENV_SCAN_LEN bytes; the helper bounds the
+        // copy by that size and reads user memory of the current (just exec'd) image safely.
+        let n = unsafe {
+            bpf_probe_read_user_str(
+                buf.cast(),
+                ENV_SCAN_LEN as u32,
+                at as *const core::ffi::c_void,
+            )
+        };
+        if n <= 0 {
+            return;
+        }
+        let n = n as usize;
+        // SAFETY: as above; the helper wrote `n` bytes (with the NUL) into `buf`.
+        let bytes = unsafe { &*buf };
+        if !continuing && n > key_len && starts_with(bytes, &key.prefix, key_len) {
+            emit_env(head, bytes, key_len, n - 1);
+            return;
+        }
+        // `n` counts the NUL; a full buffer means the string goes on past it.
+        continuing = n == ENV_SCAN_LEN;
+        at += if continuing { (n - 1) as u64 } else { n as u64 };
+    }
+}
+
+#[inline(always)]
+fn starts_with(bytes: &[u8; ENV_SCAN_LEN], prefix: &[u8; ENV_KEY_LEN], len: usize) -> bool {
+    for i in 0..ENV_KEY_LEN {
+        if i >= len {
+            return true;
+        }
+        if bytes[i] != prefix[i] {
+            return false;
+        }
+    }
+    true
+}
+
+/// Writes the variable's value: `bytes[key_len..len]`.
+fn emit_env(head: &tracer_common::Header, bytes: &[u8; ENV_SCAN_LEN], key_len: usize, len: usize) {
+    let Some(mut entry) = reserve::<InitEnvRecord>(probe::PROCESS_EXEC) else {
+        return;
+    };
+    let value_len = len.saturating_sub(key_len).min(ENV_VALUE_LEN);
+    let record = entry.as_mut_ptr();
+    // SAFETY: `record` points to reserved ring-buffer space of the record's size; the copy is
+    // bounded by ENV_VALUE_LEN on both sides (key_len <= ENV_KEY_LEN, and the scratch holds
+    // ENV_KEY_LEN + ENV_VALUE_LEN bytes).
+    unsafe {
+        (*record).header = *head;
+        (*record).header.kind = kind::INIT_ENV;
+        (*record).value_len = value_len as u32;
+        (*record)._reserved = 0;
+        let dst = core::ptr::addr_of_mut!((*record).value).cast::<u8>();
+        let src = bytes.as_ptr().wrapping_add(key_len);
+        let _ = bpf_probe_read_kernel_buf(src, core::slice::from_raw_parts_mut(dst, ENV_VALUE_LEN));
+    }
+    entry.submit(0);
 }
 
 #[tracepoint]

@@ -7,11 +7,11 @@ use aya_ebpf::{
         generated::bpf_probe_read_kernel_str,
     },
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
     EbpfContext, Global,
 };
-use tracer_common::{probe, Header, KernelOffsets, SignalTrack, TrackedTask};
+use tracer_common::{probe, EnvKey, Header, KernelOffsets, SignalTrack, TrackedTask, ENV_SCAN_LEN};
 
 /// Records for user space. The loader sets the real size (`--ring-buffer-size`).
 #[map]
@@ -53,8 +53,20 @@ pub static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     task_exit_code: 0,
     task_real_parent: 0,
     task_tgid: 0,
-    _reserved: 0,
+    task_mm: 0,
+    mm_env_start: 0,
+    mm_env_end: 0,
 });
+
+/// The `NAME=` prefix of the environment variable read from a container's init (one entry,
+/// written by the loader; a map rather than a global so it is read in place, not copied onto
+/// the small BPF stack).
+#[map]
+pub static ENV_KEY: Array<EnvKey> = Array::with_max_entries(1, 0);
+
+/// Scratch space for one environment string while scanning.
+#[map]
+pub static ENV_SCRATCH: PerCpuArray<[u8; ENV_SCAN_LEN]> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
 pub fn header(kind: u32) -> Header {

@@ -144,6 +144,7 @@ pub fn run_checks() -> Vec<Requirement> {
         if all_ok {
             Tracer::start(&TracerConfig {
                 ring_buffer_bytes: 1 << 16,
+                ..TracerConfig::default()
             })
             .map(|_| format!("{} programs loaded, attached and detached", HOOKS.len()))
             .map_err(|e| format!("{e:#}"))

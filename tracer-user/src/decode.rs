@@ -4,7 +4,8 @@
 use std::mem::size_of;
 
 use tracer_common::{
-    kind, AttachRecord, CgroupRecord, ExecRecord, ExitRecord, Header, OomRecord, SignalRecord,
+    kind, AttachRecord, CgroupRecord, ExecRecord, ExitRecord, Header, InitEnvRecord, OomRecord,
+    SignalRecord,
 };
 
 /// One decoded record.
@@ -17,6 +18,7 @@ pub enum Record {
     Exit(ExitRecord),
     Signal(SignalRecord),
     Oom(OomRecord),
+    InitEnv(InitEnvRecord),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -63,6 +65,7 @@ impl Record {
             kind::PROCESS_EXIT => Record::Exit(read(bytes, k)?),
             kind::SIGNAL => Record::Signal(read(bytes, k)?),
             kind::OOM_MARK => Record::Oom(read(bytes, k)?),
+            kind::INIT_ENV => Record::InitEnv(read(bytes, k)?),
             other => return Err(DecodeError::UnknownKind(other)),
         })
     }
@@ -75,6 +78,7 @@ impl Record {
             Record::Exit(r) => &r.header,
             Record::Signal(r) => &r.header,
             Record::Oom(r) => &r.header,
+            Record::InitEnv(r) => &r.header,
         }
     }
 
@@ -88,6 +92,7 @@ impl Record {
             Record::Exit(_) => "exit",
             Record::Signal(_) => "signal",
             Record::Oom(_) => "oom_mark",
+            Record::InitEnv(_) => "init_env",
         }
     }
 
@@ -107,6 +112,7 @@ impl Record {
             Record::Exit(r) => bytes_of(r),
             Record::Signal(r) => bytes_of(r),
             Record::Oom(r) => bytes_of(r),
+            Record::InitEnv(r) => bytes_of(r),
         }
     }
 }
@@ -126,7 +132,9 @@ pub fn sized_str(bytes: &[u8], len: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tracer_common::{SignalOrigin, SignalTrack, CGROUP_PATH_LEN, COMM_LEN, FILENAME_LEN};
+    use tracer_common::{
+        SignalOrigin, SignalTrack, CGROUP_PATH_LEN, COMM_LEN, ENV_VALUE_LEN, FILENAME_LEN,
+    };
 
     fn head(kind: u32) -> Header {
         Header {
@@ -219,6 +227,16 @@ mod tests {
                 anon_rss_kb: 1024,
                 total_vm_kb: 4096,
             }),
+            Record::InitEnv(InitEnvRecord {
+                header: head(kind::INIT_ENV),
+                value_len: 9,
+                _reserved: 0,
+                value: {
+                    let mut v = [0u8; ENV_VALUE_LEN];
+                    v[..9].copy_from_slice(b"nemo_claw");
+                    v
+                },
+            }),
         ]
     }
 
@@ -230,7 +248,7 @@ mod tests {
         kinds.dedup();
         assert_eq!(
             kinds,
-            (1..=7).collect::<Vec<_>>(),
+            (1..=8).collect::<Vec<_>>(),
             "a record kind lacks a sample"
         );
         for record in samples {

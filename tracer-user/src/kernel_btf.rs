@@ -35,7 +35,9 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
         task_exit_code: field_offset(&btf, "task_struct", "exit_code")?,
         task_real_parent: field_offset(&btf, "task_struct", "real_parent")?,
         task_tgid: field_offset(&btf, "task_struct", "tgid")?,
-        _reserved: 0,
+        task_mm: field_offset(&btf, "task_struct", "mm")?,
+        mm_env_start: field_offset(&btf, "mm_struct", "env_start")?,
+        mm_env_end: field_offset(&btf, "mm_struct", "env_end")?,
     })
 }
 
@@ -117,6 +119,7 @@ mod tests {
             field_offset(&btf, "task_struct", "no_such_field"),
             Err(BtfError::NoField(..))
         ));
+        assert_eq!(offsets.mm_env_end, offsets.mm_env_start + 8, "{offsets:?}");
         // `pid` and `tgid` are adjacent ints.
         let pid = field_offset(&btf, "task_struct", "pid").unwrap();
         let tgid = field_offset(&btf, "task_struct", "tgid").unwrap();

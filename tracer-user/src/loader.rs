@@ -10,11 +10,11 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::TracePoint,
     Ebpf, EbpfLoader,
 };
-use tracer_common::{probe, TrackedTask};
+use tracer_common::{cgroup_state, probe, EnvKey, TrackedTask, ENV_KEY_LEN};
 
 use crate::{
     decode::{DecodeError, Record},
@@ -30,14 +30,36 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 pub struct TracerConfig {
     /// Size of the ring buffer in bytes: a power of two, at least one page.
     pub ring_buffer_bytes: u32,
+    /// Environment variable the kernel reads from each container's init as it execs (the agent
+    /// name); None turns that off.
+    pub init_env_var: Option<String>,
 }
 
 impl Default for TracerConfig {
     fn default() -> Self {
         TracerConfig {
             ring_buffer_bytes: 8 << 20,
+            init_env_var: Some("AGENT_NAME".to_string()),
         }
     }
+}
+
+/// The map value telling the kernel which variable to read, or why `name` cannot be one.
+pub fn env_key(name: &str) -> Result<EnvKey> {
+    let prefix = format!("{name}=");
+    if name.is_empty() || name.contains(['=', '\0']) || prefix.len() > ENV_KEY_LEN {
+        bail!(
+            "invalid environment variable name {name:?}: non-empty, no '=', at most {} bytes",
+            ENV_KEY_LEN - 1
+        );
+    }
+    let mut key = EnvKey {
+        len: prefix.len() as u32,
+        _reserved: 0,
+        prefix: [0; ENV_KEY_LEN],
+    };
+    key.prefix[..prefix.len()].copy_from_slice(prefix.as_bytes());
+    Ok(key)
 }
 
 /// The loaded and attached programs with the maps user space talks to. Dropping it detaches
@@ -66,6 +88,7 @@ impl Tracer {
             tracepoints::check_hook(&tracefs, hook)?;
         }
         let offsets = kernel_btf::kernel_offsets(Path::new(kernel_btf::VMLINUX_BTF))?;
+        let env_key = config.init_env_var.as_deref().map(env_key).transpose()?;
         sys::raise_memlock_limit();
 
         let mut ebpf = EbpfLoader::new()
@@ -73,6 +96,14 @@ impl Tracer {
             .map_max_entries("EVENTS", size)
             .load(EBPF_OBJECT)
             .context("loading the eBPF programs into the kernel")?;
+        if let Some(key) = env_key {
+            let mut map: Array<_, EnvKey> = Array::try_from(
+                ebpf.map_mut("ENV_KEY")
+                    .context("map ENV_KEY missing from the eBPF object")?,
+            )?;
+            map.set(0, key, 0)
+                .context("setting the environment variable to read")?;
+        }
         for hook in HOOKS {
             let program: &mut TracePoint = ebpf
                 .program_mut(hook.program)
@@ -164,10 +195,10 @@ impl Tracer {
     }
 
     /// Follows the processes of cgroup `id` (a container found by scanning, or one of its
-    /// sub-cgroups).
+    /// sub-cgroups), which already runs its payload.
     pub fn track_cgroup(&mut self, id: u64) -> Result<()> {
         self.cgroups
-            .insert(id, 1, 0)
+            .insert(id, cgroup_state::STARTED, 0)
             .with_context(|| format!("tracking cgroup {id}"))
     }
 

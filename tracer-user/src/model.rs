@@ -6,7 +6,9 @@
 use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
-use tracer_common::{AttachRecord, CgroupRecord, ExecRecord, ExitRecord, OomRecord, SignalRecord};
+use tracer_common::{
+    AttachRecord, CgroupRecord, ExecRecord, ExitRecord, InitEnvRecord, OomRecord, SignalRecord,
+};
 
 use crate::{
     attribution::{attribute, signal_name, ExitCause, SenderKind, WaitStatus},
@@ -50,6 +52,8 @@ pub struct Container {
     /// Processes moved into the container that have not exec'd in it: the runtime's helpers
     /// (runc's bootstrap stages), until they exec the payload.
     pub bootstrap: HashSet<u32>,
+    /// The agent-name variable the kernel read from the first exec's environment, and whose.
+    pub init_env: Option<(u32, Vec<u8>)>,
     /// Lingering has been reported.
     pub lingering: bool,
 }
@@ -119,6 +123,10 @@ pub struct ProcessExec {
     pub is_container_init: bool,
     /// For the container's first exec: seconds since the cgroup was created.
     pub start_seconds: Option<f64>,
+    /// For the init's exec: the agent-name variable of its environment, as the kernel read it
+    /// (raw, untrusted; not part of the JSON output).
+    #[serde(skip)]
+    pub agent_env: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -266,6 +274,7 @@ impl<R: Recognize> Model<R> {
             init_exit: None,
             processes: found.processes.into_iter().collect(),
             bootstrap: HashSet::new(),
+            init_env: None,
             lingering: false,
         };
         out.events.push(Timed {
@@ -295,6 +304,7 @@ impl<R: Recognize> Model<R> {
             Record::Signal(r) => self.on_signal(r, out),
             Record::Oom(r) => self.on_oom(r, out),
             Record::Exit(r) => self.on_exit(r, out),
+            Record::InitEnv(r) => self.on_init_env(r),
         }
     }
 
@@ -359,6 +369,7 @@ impl<R: Recognize> Model<R> {
             init_exit: None,
             processes: HashSet::new(),
             bootstrap: HashSet::new(),
+            init_env: None,
             lingering: false,
         };
         out.events.push(Timed {
@@ -412,6 +423,19 @@ impl<R: Recognize> Model<R> {
         }
     }
 
+    fn on_init_env(&mut self, r: &InitEnvRecord) {
+        let Some(c) = self
+            .owner
+            .get(&r.header.cgroup_id)
+            .and_then(|id| self.containers.get_mut(id))
+        else {
+            return;
+        };
+        let len = (r.value_len as usize).min(r.value.len());
+        c.init_env
+            .get_or_insert((r.header.tgid, r.value[..len].to_vec()));
+    }
+
     fn on_exec(&mut self, r: &ExecRecord, out: &mut Output) {
         let Some(c) = self
             .owner
@@ -440,6 +464,10 @@ impl<R: Recognize> Model<R> {
                 filename: sized_str(&r.filename, r.filename_len),
                 is_container_init: init == tgid,
                 start_seconds,
+                agent_env: match &c.init_env {
+                    Some((pid, value)) if init == tgid && *pid == tgid => Some(value.clone()),
+                    _ => None,
+                },
             }),
         });
     }

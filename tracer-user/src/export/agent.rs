@@ -67,6 +67,8 @@ pub struct ContainerFacts<'a> {
     pub id: &'a str,
     pub runtime: &'a str,
     pub init_pid: Option<u32>,
+    /// The variable's value as the kernel read it when the init exec'd, if it did.
+    pub init_env: Option<&'a [u8]>,
     pub pattern_agent: Option<&'a str>,
 }
 
@@ -115,7 +117,12 @@ impl AgentResolver {
             let found = match source {
                 AgentSource::Docker => self.docker_label(rt, facts),
                 AgentSource::Oci => self.oci_annotation(facts),
-                AgentSource::Env => facts.init_pid.and_then(|pid| self.init_env(pid)),
+                // What the kernel read at exec time holds even if the init is already gone;
+                // /proc serves containers found at start.
+                AgentSource::Env => facts
+                    .init_env
+                    .map(<[u8]>::to_vec)
+                    .or_else(|| facts.init_pid.and_then(|pid| self.init_env(pid))),
                 AgentSource::Pattern => facts.pattern_agent.map(|a| a.as_bytes().to_vec()),
             };
             if let Some(value) = found.filter(|v| !v.is_empty()) {
@@ -295,6 +302,7 @@ mod tests {
             id,
             runtime: "custom",
             init_pid: None,
+            init_env: None,
             pattern_agent: None,
         };
         assert_eq!(
@@ -342,6 +350,7 @@ mod tests {
             id: "x",
             runtime: "custom",
             init_pid: Some(child.id()),
+            init_env: None,
             pattern_agent: Some("from_pattern"),
         };
         let env_first = AgentResolver::new(AgentConfig {
