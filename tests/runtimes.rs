@@ -18,6 +18,7 @@ mod runtimes;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use support::{free_port, http_get, sample};
 
 use runtimes::{
     cgroup_id, cgroup_of, runtime_tools, DockerDaemon, Findings, Runc, RuncContainer, TempDir,
@@ -175,7 +176,9 @@ fn docker_kill_and_failed_exit() {
     runtimes::busybox_rootfs(&rootfs, tools.get("busybox"));
     let image = "clawtrace-busybox:test";
     daemon.import(&rootfs, tools.get("tar"), image);
-    let trace = Clawtrace::start(&[]);
+    let socket = daemon.socket().to_string_lossy().to_string();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let trace = Clawtrace::start(&["--docker-socket", &socket, "--prometheus-listen", &listen]);
     let mut found = Findings::default();
 
     // (a) docker kill: SIGKILL from the runtime, outside the container.
@@ -374,6 +377,33 @@ fn docker_kill_and_failed_exit() {
     );
 
     found.finish(&trace, &[&killed, &failed]);
+    // The container labelled agent_name=nemo_claw is counted under that label, read from
+    // dockerd's API; the unlabelled one under `unknown`.
+    let metrics = http_get(&listen, "/metrics").expect("scrape /metrics");
+    for (series, want) in [
+        (
+            r#"container_changes_total{operation="create",agent_name="nemo_claw"}"#,
+            1.0,
+        ),
+        (
+            r#"container_changes_total{operation="delete",agent_name="nemo_claw"}"#,
+            1.0,
+        ),
+        (
+            r#"container_exits_total{agent_name="nemo_claw",cause="orchestrator_kill",signal="SIGKILL",exit_code="137"}"#,
+            1.0,
+        ),
+        (
+            r#"container_exits_total{agent_name="unknown",cause="failed",signal="none",exit_code="3"}"#,
+            1.0,
+        ),
+    ] {
+        assert_eq!(
+            sample(&metrics, series),
+            Some(want),
+            "{series} in\n{metrics}"
+        );
+    }
     trace.stop();
     drop(daemon);
     eprintln!(

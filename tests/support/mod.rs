@@ -3,6 +3,8 @@
 //! `clawtrace run --output json` whose events a test waits for.
 #![allow(dead_code)] // Each test file uses a different part.
 
+pub mod otlp;
+
 use std::{
     ffi::CString,
     io::{BufRead, BufReader},
@@ -215,16 +217,32 @@ impl Clawtrace {
     /// Starts clawtrace with the tests' cgroup pattern plus `extra` arguments, and waits until
     /// its programs are attached.
     pub fn start(extra: &[&str]) -> Clawtrace {
-        let pattern = test_pattern();
+        Clawtrace::start_with_env(extra, &[])
+    }
+
+    /// As [`Clawtrace::start`], with extra environment variables (e.g. `OTEL_*`).
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Clawtrace {
+        Clawtrace::start_matching(&test_pattern(), extra, env)
+    }
+
+    /// Follows only the test cgroups whose tag starts with `scope`, for tests that count what
+    /// clawtrace exports while other tests make containers too.
+    pub fn start_scoped(scope: &str, extra: &[&str], env: &[(&str, &str)]) -> Clawtrace {
+        let pattern = format!("^/{CGROUP_PREFIX}(?P<id>[0-9]+-{scope}[^/]*)$");
+        Clawtrace::start_matching(&pattern, extra, env)
+    }
+
+    fn start_matching(pattern: &str, extra: &[&str], env: &[(&str, &str)]) -> Clawtrace {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_clawtrace"));
         cmd.args([
             "run",
             "--output",
             "json",
             "--container-cgroup-pattern",
-            &pattern,
+            pattern,
         ])
         .args(extra)
+        .envs(env.iter().copied())
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -268,6 +286,21 @@ impl Clawtrace {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// clawtrace's resident memory in KiB, from /proc.
+    pub fn rss_kb(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Lines clawtrace wrote to stderr so far.
+    pub fn stderr(&self) -> Vec<String> {
+        self.stderr.lock().unwrap().clone()
     }
 
     /// Events seen so far that match `pred`.
@@ -341,4 +374,33 @@ impl Drop for Clawtrace {
 /// Whether `path` exists (for tests that need a Debian package).
 pub fn have(path: &str) -> bool {
     Path::new(path).exists()
+}
+
+/// A free TCP port on the loopback interface.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// `GET path` over HTTP/1.0; returns the body of a 200 response.
+pub fn http_get(addr: &str, path: &str) -> Option<String> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200")
+        .then(|| body.to_string())
+        .or_else(|| head.starts_with("HTTP/1.0 200").then(|| body.to_string()))
+}
+
+/// The value of the exposition sample `series` (the exact text before the value), if present.
+pub fn sample(exposition: &str, series: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }

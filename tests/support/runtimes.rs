@@ -772,6 +772,11 @@ impl DockerDaemon {
         cmd
     }
 
+    /// The Docker Engine API socket of this daemon.
+    pub fn socket(&self) -> &Path {
+        &self.sock
+    }
+
     /// `docker ARGS`, which must succeed; its standard output, trimmed.
     pub fn docker(&self, args: &[&str]) -> String {
         run_ok(self.cmd().args(args))

@@ -17,7 +17,7 @@ use tracer_common::probe;
 use crate::{
     containers::Recognizer,
     export::{
-        agent::AgentConfig,
+        agent::{AgentConfig, AgentSource},
         audit::AuditLog,
         labels::LabelPolicy,
         otlp::OtlpConfig,
@@ -101,8 +101,10 @@ pub fn run(options: &RunOptions, stop: &Arc<AtomicBool>, out: impl Write) -> Res
         ),
         None => None,
     };
+    let env_source = options.agent.sources.contains(&AgentSource::Env);
     let mut tracer = Tracer::start(&TracerConfig {
         ring_buffer_bytes: options.ring_buffer_bytes,
+        init_env_var: env_source.then(|| options.agent.env_var.clone()),
     })?;
     let clock = sys::WallClock::now();
     let exporter = if listener.is_some() || options.otlp.is_some() {

@@ -9,7 +9,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
 };
 
 use opentelemetry::{
@@ -105,6 +105,7 @@ struct Otel {
     lost: OtelCounter<u64>,
     overflow: OtelCounter<u64>,
     export_errors: OtelCounter<u64>,
+    spans_dropped: OtelCounter<u64>,
 }
 
 impl Otel {
@@ -160,6 +161,10 @@ impl Otel {
                 .u64_counter("clawtrace_export_errors")
                 .with_description("Failed exports, by sink")
                 .build(),
+            spans_dropped: meter
+                .u64_counter("clawtrace_spans_dropped")
+                .with_description("Container spans dropped while the collector was unreachable")
+                .build(),
         }
     }
 }
@@ -176,6 +181,7 @@ struct Prom {
     lost: Family<ProbeLabel, Counter>,
     overflow: Counter,
     export_errors: Family<SinkLabel, Counter>,
+    spans_dropped: Counter,
 }
 
 /// Which label sets each agent_name has, so its series can be dropped when it is forgotten.
@@ -191,7 +197,9 @@ struct SeriesIndex {
 pub struct Metrics {
     prom: Arc<Prom>,
     registry: Arc<Registry>,
-    otel: Option<Arc<Otel>>,
+    /// Set once the OTLP meter exists: the exporters that feed it count their failures here
+    /// too, so the meter cannot exist before this.
+    otel: Arc<OnceLock<Otel>>,
     index: Arc<Mutex<SeriesIndex>>,
 }
 
@@ -200,7 +208,7 @@ fn kv(key: &'static str, value: &str) -> KeyValue {
 }
 
 impl Metrics {
-    /// `meter`: where to mirror the metrics over OTLP, if anywhere.
+    /// `meter`: where to mirror the metrics over OTLP, if anywhere (see also [`Metrics::mirror_to`]).
     pub fn new(meter: Option<&Meter>) -> Metrics {
         let prom = Prom {
             changes: Family::default(),
@@ -214,6 +222,7 @@ impl Metrics {
             lost: Family::default(),
             overflow: Counter::default(),
             export_errors: Family::default(),
+            spans_dropped: Counter::default(),
         };
         let mut registry = Registry::default();
         registry.register(
@@ -273,12 +282,26 @@ impl Metrics {
             "Failed exports, by sink",
             prom.export_errors.clone(),
         );
-        Metrics {
+        registry.register(
+            "clawtrace_spans_dropped",
+            "Container spans dropped while the collector was unreachable",
+            prom.spans_dropped.clone(),
+        );
+        let metrics = Metrics {
             prom: Arc::new(prom),
             registry: Arc::new(registry),
-            otel: meter.map(|m| Arc::new(Otel::new(m))),
+            otel: Arc::new(OnceLock::new()),
             index: Arc::new(Mutex::new(SeriesIndex::default())),
+        };
+        if let Some(meter) = meter {
+            metrics.mirror_to(meter);
         }
+        metrics
+    }
+
+    /// Mirrors every metric to `meter` from now on (once; later calls are ignored).
+    pub fn mirror_to(&self, meter: &Meter) {
+        let _ = self.otel.set(Otel::new(meter));
     }
 
     fn index(&self) -> std::sync::MutexGuard<'_, SeriesIndex> {
@@ -287,14 +310,15 @@ impl Metrics {
 
     pub fn container_created(&self, agent: &str) {
         self.change("create", agent);
-        self.prom
-            .live
-            .get_or_create(&AgentLabel {
-                agent_name: agent.into(),
-            })
-            .inc();
-        if let Some(o) = &self.otel {
+        let label = AgentLabel {
+            agent_name: agent.into(),
+        };
+        self.prom.live.get_or_create(&label).inc();
+        // The lingering series starts at 0, so panels show 0 rather than nothing.
+        let _ = self.prom.lingering.get_or_create(&label);
+        if let Some(o) = self.otel.get() {
             o.live.add(1, &[kv("agent_name", agent)]);
+            o.lingering.add(0, &[kv("agent_name", agent)]);
         }
     }
 
@@ -326,7 +350,7 @@ impl Metrics {
             .entry(agent.into())
             .or_default()
             .insert(lifetime);
-        if let Some(o) = &self.otel {
+        if let Some(o) = self.otel.get() {
             o.live.add(-1, &[kv("agent_name", agent)]);
             if was_lingering {
                 o.lingering.add(-1, &[kv("agent_name", agent)]);
@@ -346,7 +370,7 @@ impl Metrics {
                 agent_name: agent.into(),
             })
             .inc();
-        if let Some(o) = &self.otel {
+        if let Some(o) = self.otel.get() {
             o.changes
                 .add(1, &[kv("operation", operation), kv("agent_name", agent)]);
         }
@@ -359,7 +383,7 @@ impl Metrics {
                 agent_name: agent.into(),
             })
             .inc();
-        if let Some(o) = &self.otel {
+        if let Some(o) = self.otel.get() {
             o.lingering.add(1, &[kv("agent_name", agent)]);
         }
     }
@@ -377,7 +401,7 @@ impl Metrics {
             .entry(agent.into())
             .or_default()
             .insert(labels);
-        if let Some(o) = &self.otel {
+        if let Some(o) = self.otel.get() {
             o.exits.add(
                 1,
                 &[
@@ -402,7 +426,7 @@ impl Metrics {
             .entry(agent.into())
             .or_default()
             .insert(labels);
-        if let Some(o) = &self.otel {
+        if let Some(o) = self.otel.get() {
             o.signals.add(
                 1,
                 &[
@@ -421,7 +445,7 @@ impl Metrics {
                 agent_name: agent.into(),
             })
             .observe(seconds);
-        if let Some(o) = &self.otel {
+        if let Some(o) = self.otel.get() {
             o.start.record(seconds, &[kv("agent_name", agent)]);
         }
     }
@@ -432,7 +456,7 @@ impl Metrics {
             .events
             .get_or_create(&KindLabel { kind: kind.into() })
             .inc_by(n);
-        if let Some(o) = &self.otel {
+        if let Some(o) = self.otel.get() {
             o.events.add(n, &[kv("kind", kind)]);
         }
     }
@@ -445,7 +469,7 @@ impl Metrics {
                 probe: probe.into(),
             })
             .inc_by(n);
-        if let Some(o) = &self.otel {
+        if let Some(o) = self.otel.get() {
             o.lost.add(n, &[kv("probe", probe)]);
         }
     }
@@ -453,7 +477,7 @@ impl Metrics {
     /// `n` more containers labelled `_overflow`.
     pub fn label_overflow(&self, n: u64) {
         self.prom.overflow.inc_by(n);
-        if let Some(o) = &self.otel {
+        if let Some(o) = self.otel.get() {
             o.overflow.add(n, &[]);
         }
     }
@@ -464,8 +488,16 @@ impl Metrics {
             .export_errors
             .get_or_create(&SinkLabel { sink: sink.into() })
             .inc();
-        if let Some(o) = &self.otel {
+        if let Some(o) = self.otel.get() {
             o.export_errors.add(1, &[kv("sink", sink)]);
+        }
+    }
+
+    /// `n` container spans given up on.
+    pub fn spans_dropped(&self, n: u64) {
+        self.prom.spans_dropped.inc_by(n);
+        if let Some(o) = self.otel.get() {
+            o.spans_dropped.add(n, &[]);
         }
     }
 

@@ -164,9 +164,20 @@ impl PushMetricExporter for CountingMetricExporter {
 }
 
 /// A span exporter that counts its failures.
+/// A span exporter that counts its failures and keeps the spans of failed exports, up to a
+/// bound, to send them with the next batch once the collector is back. Past the bound the oldest
+/// are dropped and counted (`clawtrace_spans_dropped_total`).
 struct CountingSpanExporter {
     inner: OtlpSpanExporter,
     failures: FailureLog,
+    held: std::sync::Mutex<std::collections::VecDeque<SpanData>>,
+    max_held: usize,
+}
+
+impl CountingSpanExporter {
+    fn held(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<SpanData>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl fmt::Debug for CountingSpanExporter {
@@ -178,12 +189,29 @@ impl fmt::Debug for CountingSpanExporter {
 
 impl SpanExporter for CountingSpanExporter {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let result = self.inner.export(batch).await;
+        // Spans held from failed exports go first, in order.
+        let mut all: Vec<SpanData> = self.held().drain(..).collect();
+        all.extend(batch);
+        let result = self.inner.export(all.clone()).await;
         self.failures.record(&result);
+        if result.is_err() {
+            let mut held = self.held();
+            held.extend(all);
+            let excess = held.len().saturating_sub(self.max_held);
+            if excess > 0 {
+                held.drain(..excess);
+                self.failures.metrics.spans_dropped(excess as u64);
+            }
+        }
         result
     }
 
     fn shutdown_with_timeout(&mut self, timeout: Duration) -> OTelSdkResult {
+        let held = self.held().len();
+        if held > 0 {
+            self.failures.metrics.spans_dropped(held as u64);
+            log::warn!("{held} span(s) not delivered at exit: the collector was unreachable");
+        }
         self.inner.shutdown_with_timeout(timeout)
     }
 
@@ -247,6 +275,8 @@ impl Providers {
         let processor = BatchSpanProcessor::builder(CountingSpanExporter {
             inner: span_exporter,
             failures: FailureLog::new("otlp_traces", metrics.clone()),
+            held: Default::default(),
+            max_held: config.max_queued_spans,
         })
         .with_batch_config(
             BatchConfigBuilder::default()

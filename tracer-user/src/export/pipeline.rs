@@ -66,8 +66,8 @@ impl Exporter {
             .enable_all()
             .build()
             .context("starting the export runtime")?;
-        let metrics_only = Metrics::new(None);
-        let (metrics, providers) = match &config.otlp {
+        let metrics = Metrics::new(None);
+        let providers = match &config.otlp {
             Some(otlp) => {
                 let providers = {
                     // gRPC channels need a runtime context; the HTTP client must not be built
@@ -75,12 +75,12 @@ impl Exporter {
                     let _guard = (otlp.metrics_protocol == Protocol::Grpc
                         || otlp.traces_protocol == Protocol::Grpc)
                         .then(|| rt.enter());
-                    Providers::build(otlp, &metrics_only)?
+                    Providers::build(otlp, &metrics)?
                 };
-                let meter = providers.meter.meter("clawtrace");
-                (Metrics::new(Some(&meter)), Some(providers))
+                metrics.mirror_to(&providers.meter.meter("clawtrace"));
+                Some(providers)
             }
-            None => (metrics_only, None),
+            None => None,
         };
         metrics.declare(
             &tracer_common::probe::NAMES,
@@ -181,6 +181,7 @@ struct Tracked {
     created_ns: u64,
     pattern_agent: Option<String>,
     init_pid: Option<u32>,
+    init_env: Option<Vec<u8>>,
     agent: Option<String>,
     /// Events that came before the agent_name was settled.
     pending: Vec<Timed>,
@@ -252,6 +253,7 @@ impl Worker {
                     created_ns: event.ts_ns,
                     pattern_agent: create.agent.clone(),
                     init_pid: create.init_pid,
+                    init_env: None,
                     agent: None,
                     pending: Vec::new(),
                     deadline: Instant::now() + self.settle_after,
@@ -276,6 +278,7 @@ impl Worker {
             let settles = match &event.event {
                 Event::ProcessExec(e) if e.is_container_init => {
                     tracked.init_pid = Some(e.pid);
+                    tracked.init_env = e.agent_env.clone();
                     true
                 }
                 Event::ContainerDelete(_) => true,
@@ -304,6 +307,7 @@ impl Worker {
                 id: &tracked.container.container_id,
                 runtime: tracked.container.runtime,
                 init_pid: tracked.init_pid,
+                init_env: tracked.init_env.as_deref(),
                 pattern_agent: tracked.pattern_agent.as_deref(),
             },
         );
