@@ -41,7 +41,8 @@ const PACKAGES: &[(&str, bool, &str)] = &[
     ("python3", false, "test helpers"),
     ("util-linux", false, "setpriv"),
     ("iproute2", false, "network namespaces"),
-    ("prometheus", false, "scraping /metrics"),
+    ("prometheus", false, "scraping /metrics, promtool"),
+    ("python3-yaml", false, "parsing deploy/'s YAML files"),
     ("linux-perf", true, "perf measurements"),
 ];
 
@@ -460,6 +461,7 @@ impl Ctx {
     /// Runs the built `clawtrace run ARGS` as root and returns its exit code (128 + signal when
     /// a signal ended it).
     fn run_clawtrace(&self, release: bool, args: &[OsString]) -> Result<ExitCode> {
+        const DEFAULT_PROMETHEUS_LISTEN: &str = "127.0.0.1:9464";
         let target_dir = match env::var_os("CARGO_TARGET_DIR") {
             Some(dir) => self.root.join(dir),
             None => self.root.join("target"),
@@ -478,6 +480,10 @@ impl Ctx {
             cmd
         };
         cmd.arg("run").args(args);
+        // The ad hoc run serves metrics on loopback unless told where.
+        if !args.iter().any(|a| a.to_string_lossy().starts_with("--prometheus-listen")) {
+            cmd.args(["--prometheus-listen", DEFAULT_PROMETHEUS_LISTEN]);
+        }
         // Ctrl-C reaches the whole foreground process group: let clawtrace handle it and shut
         // down, and stay alive to report its exit code. A handler (unlike SIG_IGN) is reset by
         // exec, so the child still gets the default disposition.
