@@ -481,7 +481,10 @@ impl Ctx {
         };
         cmd.arg("run").args(args);
         // The ad hoc run serves metrics on loopback unless told where.
-        if !args.iter().any(|a| a.to_string_lossy().starts_with("--prometheus-listen")) {
+        if !args
+            .iter()
+            .any(|a| a.to_string_lossy().starts_with("--prometheus-listen"))
+        {
             cmd.args(["--prometheus-listen", DEFAULT_PROMETHEUS_LISTEN]);
         }
         // Ctrl-C reaches the whole foreground process group: let clawtrace handle it and shut
