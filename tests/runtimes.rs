@@ -21,7 +21,8 @@ use serde_json::{json, Value};
 use support::{free_port, http_get, sample};
 
 use runtimes::{
-    cgroup_id, cgroup_of, runtime_tools, DockerDaemon, Findings, Runc, RuncContainer, TempDir,
+    cgroup_id, cgroup_of, run_ok, runtime_tools, DockerDaemon, Findings, Runc, RuncContainer,
+    TempDir,
 };
 use support::Clawtrace;
 
@@ -150,6 +151,82 @@ fn runc_kill_is_an_orchestrator_kill() {
     found.finish(&trace, &[&id]);
     trace.stop();
     eprintln!("runc test took {:.1?}", started.elapsed());
+}
+
+/// A runc container whose config.json binds one host folder `ro` and another `rw`: runc makes
+/// the read-only one with a bind and a read-only remount (through /proc/self/fd paths), and
+/// clawtrace reports each bind's effective state as runc really leaves it.
+#[test]
+fn runc_read_only_and_writable_binds() {
+    require_privileged!();
+    let Some(tools) = runtime_tools(module_path!(), &["runc", "busybox"]) else {
+        return;
+    };
+    let dir = TempDir::new("runc-binds");
+    let runc = Runc::new(tools.get("runc"), dir.path().join("state"));
+    let id = test_name("binds");
+    let host_ro = dir.path().join("host-ro");
+    let host_rw = dir.path().join("host-rw");
+    std::fs::create_dir_all(&host_ro).expect("mkdir host-ro");
+    std::fs::create_dir_all(&host_rw).expect("mkdir host-rw");
+    let bundle = runc.bundle(
+        &dir.path().join("bundle"),
+        tools.get("busybox"),
+        &id,
+        &["sleep", "1000"],
+    );
+    let config_path = bundle.join("config.json");
+    let mut config: Value =
+        serde_json::from_slice(&std::fs::read(&config_path).expect("config.json")).expect("json");
+    let mounts = config["mounts"].as_array_mut().expect("mounts");
+    mounts.push(json!({"destination": "/data-ro", "type": "bind", "source": host_ro, "options": ["rbind", "ro"]}));
+    mounts.push(json!({"destination": "/data-rw", "type": "bind", "source": host_rw, "options": ["rbind", "rw"]}));
+    std::fs::write(
+        &config_path,
+        serde_json::to_vec_pretty(&config).expect("json"),
+    )
+    .expect("write config.json");
+    let root = runc.root.to_str().expect("utf-8 runc root").to_string();
+    let trace = Clawtrace::start(&["--runc-root", &root]);
+
+    let mut ctr = RuncContainer::start(&runc, &bundle, &id, &dir.path().join("runc-run.log"));
+    // Ground truth from inside: the kernel's view of the two mounts in the container.
+    let mountinfo =
+        std::fs::read_to_string(format!("/proc/{}/mountinfo", ctr.pid)).expect("mountinfo");
+    let options_of = |target: &str| {
+        mountinfo
+            .lines()
+            .find(|l| l.split(' ').nth(4) == Some(target))
+            .and_then(|l| l.split(' ').nth(5))
+            .unwrap_or_else(|| panic!("{target} not mounted:\n{mountinfo}"))
+            .to_string()
+    };
+    assert!(options_of("/data-ro").split(',').any(|o| o == "ro"));
+    assert!(options_of("/data-rw").split(',').any(|o| o == "rw"));
+
+    let ro = trace.wait_event("volume_mount", &id, |v| {
+        v["source"] == host_ro.to_string_lossy().as_ref()
+    });
+    assert_eq!(ro["read_only"], "yes", "{ro}");
+    let rw = trace.wait_event("volume_mount", &id, |v| {
+        v["source"] == host_rw.to_string_lossy().as_ref()
+    });
+    assert_eq!(rw["read_only"], "no", "{rw}");
+    // The calls runc made, as it made them.
+    let calls = trace.matching(|v| {
+        v["event"] == "mount"
+            && v["container_id"] == id.as_str()
+            && v["source"] == host_ro.to_string_lossy().as_ref()
+    });
+    assert!(calls.len() >= 2, "{calls:#?}");
+    assert!(calls
+        .iter()
+        .any(|c| c["bind"]["read_only"] == "yes" && c["flags"].as_u64().unwrap() & 32 != 0));
+    run_ok(runc.cmd().args(["kill", &id, "KILL"]));
+    ctr.wait_status("stopped", Duration::from_secs(10));
+    ctr.delete();
+    trace.wait_event("container_delete", &id, |_| true);
+    trace.stop();
 }
 
 /// One private dockerd + containerd for both scenarios: `docker kill` is an orchestrator kill

@@ -17,6 +17,10 @@ pub const CGROUP_PATH_LEN: usize = 256;
 pub const FILENAME_LEN: usize = 128;
 /// How many distinct signals are remembered per tracked process (see [`SignalTrack`]).
 pub const SIGNAL_SLOTS: usize = 4;
+/// Bytes of a path argument of a mount system call carried in a [`MountRecord`].
+pub const MOUNT_PATH_LEN: usize = 160;
+/// Bytes of a filesystem type (or `fsconfig` key) carried in a [`MountRecord`].
+pub const MOUNT_TYPE_LEN: usize = 32;
 /// Bytes of an environment variable's value carried in an [`InitEnvRecord`].
 pub const ENV_VALUE_LEN: usize = 256;
 /// Bytes of the `NAME=` prefix of the environment variable the kernel looks for.
@@ -37,6 +41,18 @@ pub mod kind {
     pub const SIGNAL: u32 = 6;
     pub const OOM_MARK: u32 = 7;
     pub const INIT_ENV: u32 = 8;
+    pub const MOUNT: u32 = 9;
+}
+
+/// Which mount system call a [`MountRecord`] describes.
+pub mod mount_call {
+    pub const MOUNT: u32 = 1;
+    pub const UMOUNT: u32 = 2;
+    pub const MOUNT_SETATTR: u32 = 3;
+    pub const OPEN_TREE: u32 = 4;
+    pub const MOVE_MOUNT: u32 = 5;
+    pub const FSMOUNT: u32 = 6;
+    pub const FSCONFIG: u32 = 7;
 }
 
 /// Values of the `CGROUPS` map: whether a followed cgroup has seen its first exec.
@@ -57,8 +73,9 @@ pub mod probe {
     pub const SIGNAL_GENERATE: u32 = 5;
     pub const OOM_MARK_VICTIM: u32 = 6;
     pub const TASK_NEWTASK: u32 = 7;
+    pub const MOUNT_SYSCALLS: u32 = 8;
     /// Number of probes; the size of the `LOST` map.
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 9;
     /// Probe names, indexed by the constants above, as the user side reports them.
     pub const NAMES: [&str; COUNT as usize] = [
         "cgroup_mkdir",
@@ -69,6 +86,7 @@ pub mod probe {
         "signal_generate",
         "mark_victim",
         "task_newtask",
+        "mount_syscalls",
     ];
 }
 
@@ -236,6 +254,42 @@ pub struct OomRecord {
     pub total_vm_kb: u64,
 }
 
+/// One mount-related system call made in a followed cgroup, from its entry to its exit. The
+/// header is the caller at exit. Which fields are used depends on `call`:
+///
+/// | call | source | target | fstype | flags | attr_set / attr_clr | fd_from / fd_to |
+/// |---|---|---|---|---|---|---|
+/// | mount | dev_name | dir_name | type | flags | | |
+/// | umount | | name | | flags | | |
+/// | mount_setattr | | path | | flags | attr_set / attr_clr | dfd |
+/// | open_tree | filename | | | flags | | dfd |
+/// | move_mount | from_pathname | to_pathname | | flags | | from_dfd / to_dfd |
+/// | fsmount | | | | flags | attr_flags | fs_fd |
+/// | fsconfig | value (strings) | | key | cmd | aux | fd |
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct MountRecord {
+    pub header: Header,
+    /// One of [`mount_call`].
+    pub call: u32,
+    pub _reserved: u32,
+    /// The system call's return value (negative errno on failure; a file descriptor for
+    /// open_tree and fsmount).
+    pub ret: i64,
+    /// Time of the system call's entry.
+    pub start_ns: u64,
+    pub flags: u64,
+    pub attr_set: u64,
+    pub attr_clr: u64,
+    pub fd_from: i32,
+    pub fd_to: i32,
+    /// The caller's command name.
+    pub comm: [u8; COMM_LEN],
+    pub source: [u8; MOUNT_PATH_LEN],
+    pub target: [u8; MOUNT_PATH_LEN],
+    pub fstype: [u8; MOUNT_TYPE_LEN],
+}
+
 /// The value of one environment variable (the agent name, `AGENT_NAME` by default) of the first
 /// process to exec in a followed cgroup, read from its new image's environment by the kernel
 /// side before the exec record, so it is known even when the process exits at once.
@@ -321,6 +375,7 @@ const _: () = {
     assert!(size_of::<InitEnvRecord>() == 32 + 8 + ENV_VALUE_LEN);
     assert!(size_of::<EnvKey>() == 8 + ENV_KEY_LEN);
     assert!(size_of::<KernelOffsets>() == 24);
+    assert!(size_of::<MountRecord>() == 32 + 56 + COMM_LEN + 2 * MOUNT_PATH_LEN + MOUNT_TYPE_LEN);
     // The ring buffer hands out 8-aligned space; records must not need more.
     assert!(align_of::<ExitRecord>() <= 8);
 };

@@ -63,6 +63,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "BYTES", default_value_t = 8 << 20, value_parser = parse_ring_size)]
     pub ring_buffer_size: u32,
 
+    /// A host path that must only be bind-mounted read-only into containers; a writable bind of
+    /// it (or of anything under it) is reported as a violation. Repeatable.
+    #[arg(long = "read-only-volume", value_name = "PATH")]
+    pub read_only_volume: Vec<String>,
+
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
     #[arg(long, value_name = "ADDR")]
     pub prometheus_listen: Option<std::net::SocketAddr>,

@@ -4,8 +4,8 @@
 use std::mem::size_of;
 
 use tracer_common::{
-    kind, AttachRecord, CgroupRecord, ExecRecord, ExitRecord, Header, InitEnvRecord, OomRecord,
-    SignalRecord,
+    kind, AttachRecord, CgroupRecord, ExecRecord, ExitRecord, Header, InitEnvRecord, MountRecord,
+    OomRecord, SignalRecord,
 };
 
 /// One decoded record.
@@ -19,6 +19,7 @@ pub enum Record {
     Signal(SignalRecord),
     Oom(OomRecord),
     InitEnv(InitEnvRecord),
+    Mount(MountRecord),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -66,6 +67,7 @@ impl Record {
             kind::SIGNAL => Record::Signal(read(bytes, k)?),
             kind::OOM_MARK => Record::Oom(read(bytes, k)?),
             kind::INIT_ENV => Record::InitEnv(read(bytes, k)?),
+            kind::MOUNT => Record::Mount(read(bytes, k)?),
             other => return Err(DecodeError::UnknownKind(other)),
         })
     }
@@ -79,6 +81,7 @@ impl Record {
             Record::Signal(r) => &r.header,
             Record::Oom(r) => &r.header,
             Record::InitEnv(r) => &r.header,
+            Record::Mount(r) => &r.header,
         }
     }
 
@@ -93,6 +96,7 @@ impl Record {
             Record::Signal(_) => "signal",
             Record::Oom(_) => "oom_mark",
             Record::InitEnv(_) => "init_env",
+            Record::Mount(_) => "mount",
         }
     }
 
@@ -113,6 +117,7 @@ impl Record {
             Record::Signal(r) => bytes_of(r),
             Record::Oom(r) => bytes_of(r),
             Record::InitEnv(r) => bytes_of(r),
+            Record::Mount(r) => bytes_of(r),
         }
     }
 }
@@ -133,7 +138,8 @@ pub fn sized_str(bytes: &[u8], len: u32) -> String {
 mod tests {
     use super::*;
     use tracer_common::{
-        SignalOrigin, SignalTrack, CGROUP_PATH_LEN, COMM_LEN, ENV_VALUE_LEN, FILENAME_LEN,
+        mount_call, SignalOrigin, SignalTrack, CGROUP_PATH_LEN, COMM_LEN, ENV_VALUE_LEN,
+        FILENAME_LEN, MOUNT_PATH_LEN, MOUNT_TYPE_LEN,
     };
 
     fn head(kind: u32) -> Header {
@@ -227,6 +233,22 @@ mod tests {
                 anon_rss_kb: 1024,
                 total_vm_kb: 4096,
             }),
+            Record::Mount(MountRecord {
+                header: head(kind::MOUNT),
+                call: mount_call::MOUNT,
+                _reserved: 0,
+                ret: 0,
+                start_ns: 123_000_000,
+                flags: 4096,
+                attr_set: 0,
+                attr_clr: 0,
+                fd_from: -100,
+                fd_to: 0,
+                comm: comm("mount"),
+                source: [b's'; MOUNT_PATH_LEN],
+                target: [b't'; MOUNT_PATH_LEN],
+                fstype: [0; MOUNT_TYPE_LEN],
+            }),
             Record::InitEnv(InitEnvRecord {
                 header: head(kind::INIT_ENV),
                 value_len: 9,
@@ -248,7 +270,7 @@ mod tests {
         kinds.dedup();
         assert_eq!(
             kinds,
-            (1..=8).collect::<Vec<_>>(),
+            (1..=9).collect::<Vec<_>>(),
             "a record kind lacks a sample"
         );
         for record in samples {

@@ -25,3 +25,4 @@ pub mod run;
 pub mod scan;
 pub mod sys;
 pub mod tracepoints;
+pub mod volumes;

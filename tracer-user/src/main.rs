@@ -118,6 +118,7 @@ fn run_options(args: RunArgs) -> anyhow::Result<RunOptions> {
         runc_root: Some(args.runc_root.clone()),
         linger_after: args.linger_after,
         ring_buffer_bytes: args.ring_buffer_size,
+        read_only_volumes: args.read_only_volume,
         prometheus_listen: args.prometheus_listen,
         otlp,
         audit: args.audit_log.map(|path| AuditSettings {

@@ -7,26 +7,46 @@ use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 use tracer_common::{
-    AttachRecord, CgroupRecord, ExecRecord, ExitRecord, InitEnvRecord, OomRecord, SignalRecord,
+    mount_call, AttachRecord, CgroupRecord, ExecRecord, ExitRecord, InitEnvRecord, MountRecord,
+    OomRecord, SignalRecord,
 };
 
 use crate::{
     attribution::{attribute, signal_name, ExitCause, SenderKind, WaitStatus},
     containers::{ContainerIdent, Recognize},
     decode::{c_str, sized_str, Record},
+    volumes::{
+        self, ms, Call, ContainerMounts, ReadOnly, Violation, ViolationKind, MOUNT_ATTR_RDONLY,
+    },
 };
+
+fn call_name(call: u32) -> &'static str {
+    match call {
+        mount_call::MOUNT => "mount",
+        mount_call::UMOUNT => "umount2",
+        mount_call::MOUNT_SETATTR => "mount_setattr",
+        mount_call::OPEN_TREE => "open_tree",
+        mount_call::MOVE_MOUNT => "move_mount",
+        mount_call::FSMOUNT => "fsmount",
+        mount_call::FSCONFIG => "fsconfig",
+        _ => "unknown",
+    }
+}
 
 /// Settings of the model.
 #[derive(Debug, Clone)]
 pub struct ModelConfig {
     /// A container whose init exited this long ago while its cgroup remains is lingering.
     pub linger_after_ns: u64,
+    /// Host paths that must only ever be bind-mounted read-only (`--read-only-volume`).
+    pub read_only_volumes: Vec<String>,
 }
 
 impl Default for ModelConfig {
     fn default() -> Self {
         ModelConfig {
             linger_after_ns: 30_000_000_000,
+            read_only_volumes: Vec::new(),
         }
     }
 }
@@ -54,6 +74,10 @@ pub struct Container {
     pub bootstrap: HashSet<u32>,
     /// The agent-name variable the kernel read from the first exec's environment, and whose.
     pub init_env: Option<(u32, Vec<u8>)>,
+    /// The bind mounts it made and their read-only state.
+    pub mounts: ContainerMounts,
+    /// Time its mount calls took before its first exec.
+    pub mount_ns_before_start: u64,
     /// Lingering has been reported.
     pub lingering: bool,
 }
@@ -123,10 +147,65 @@ pub struct ProcessExec {
     pub is_container_init: bool,
     /// For the container's first exec: seconds since the cgroup was created.
     pub start_seconds: Option<f64>,
+    /// For the container's first exec: seconds of that start spent in mount system calls.
+    pub mount_seconds: Option<f64>,
     /// For the init's exec: the agent-name variable of its environment, as the kernel read it
     /// (raw, untrusted; not part of the JSON output).
     #[serde(skip)]
     pub agent_env: Option<Vec<u8>>,
+}
+
+/// One mount system call made in a container.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MountCall {
+    #[serde(flatten)]
+    pub container: ContainerRef,
+    pub pid: u32,
+    pub comm: String,
+    /// `mount`, `umount2`, `mount_setattr`, `open_tree`, `move_mount`, `fsmount`, `fsconfig`.
+    pub call: &'static str,
+    pub source: String,
+    pub target: String,
+    pub fstype: String,
+    /// The call's flags (mount flags, AT_* flags, or the fsconfig command), as passed.
+    pub flags: u64,
+    pub attr_set: u64,
+    pub attr_clr: u64,
+    /// 0 on success (or the new file descriptor), a negative errno on failure.
+    pub result: i64,
+    pub duration_seconds: f64,
+    /// The bind mount this call made or changed, with its effective read-only state after it.
+    pub bind: Option<BindState>,
+    /// Whether what the call mounted can be written.
+    pub writable: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BindState {
+    pub source: String,
+    pub target: String,
+    pub read_only: ReadOnly,
+}
+
+/// A container's bind mount as it stands when the container starts (its first exec).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VolumeMount {
+    #[serde(flatten)]
+    pub container: ContainerRef,
+    #[serde(flatten)]
+    pub bind: BindState,
+}
+
+/// A bind mount that breaks the volume policy, or stopped breaking it (`active` false).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VolumeViolation {
+    #[serde(flatten)]
+    pub container: ContainerRef,
+    pub kind: ViolationKind,
+    pub source: String,
+    pub active: bool,
+    /// Every live container that binds the source.
+    pub containers: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -189,6 +268,9 @@ pub enum Event {
     OomMark(OomMark),
     ProcessExit(ProcessExit),
     ContainerLingering(ContainerLingering),
+    Mount(MountCall),
+    VolumeMount(VolumeMount),
+    VolumeViolation(VolumeViolation),
 }
 
 /// An event and when it happened (CLOCK_MONOTONIC ns, the records' time base).
@@ -228,6 +310,10 @@ pub struct Model<R> {
     owner: HashMap<u64, u64>,
     /// Container cgroup paths to ids, to place sub-cgroups.
     by_path: HashMap<String, u64>,
+    /// Volume-policy violations in force.
+    violations: HashSet<Violation>,
+    /// Containers just deleted, so the violations they end can still name them.
+    gone: HashMap<u64, ContainerRef>,
 }
 
 fn seconds(ns: u64) -> f64 {
@@ -242,6 +328,8 @@ impl<R: Recognize> Model<R> {
             containers: HashMap::new(),
             owner: HashMap::new(),
             by_path: HashMap::new(),
+            violations: HashSet::new(),
+            gone: HashMap::new(),
         }
     }
 
@@ -275,6 +363,8 @@ impl<R: Recognize> Model<R> {
             processes: found.processes.into_iter().collect(),
             bootstrap: HashSet::new(),
             init_env: None,
+            mounts: ContainerMounts::default(),
+            mount_ns_before_start: 0,
             lingering: false,
         };
         out.events.push(Timed {
@@ -305,6 +395,7 @@ impl<R: Recognize> Model<R> {
             Record::Oom(r) => self.on_oom(r, out),
             Record::Exit(r) => self.on_exit(r, out),
             Record::InitEnv(r) => self.on_init_env(r),
+            Record::Mount(r) => self.on_mount(r, out),
         }
     }
 
@@ -370,6 +461,8 @@ impl<R: Recognize> Model<R> {
             processes: HashSet::new(),
             bootstrap: HashSet::new(),
             init_env: None,
+            mounts: ContainerMounts::default(),
+            mount_ns_before_start: 0,
             lingering: false,
         };
         out.events.push(Timed {
@@ -394,6 +487,11 @@ impl<R: Recognize> Model<R> {
         };
         self.owner.retain(|_, owner| *owner != r.id);
         self.by_path.remove(&c.cgroup_path);
+        if self.violations.iter().any(|v| v.container == r.id) || c.mounts.binds().next().is_some()
+        {
+            self.gone.insert(r.id, ContainerRef::of(&c));
+            self.check_volumes(r.header.ts_ns, out);
+        }
         let (exit_code, cause) = match c.init_exit {
             Some((_, status, cause)) => (Some(status.shell_code()), Some(cause)),
             None => (None, None),
@@ -448,13 +546,14 @@ impl<R: Recognize> Model<R> {
         c.bootstrap.remove(&tgid);
         let init = *c.init.get_or_insert(tgid);
         c.processes.insert(tgid);
-        let start_seconds = match c.first_exec_ns {
-            None if !c.preexisting => {
-                c.first_exec_ns = Some(r.header.ts_ns);
-                Some(seconds(r.header.ts_ns.saturating_sub(c.created_ns)))
-            }
-            _ => None,
+        let first = c.first_exec_ns.is_none() && !c.preexisting;
+        let start_seconds = if first {
+            c.first_exec_ns = Some(r.header.ts_ns);
+            Some(seconds(r.header.ts_ns.saturating_sub(c.created_ns)))
+        } else {
+            None
         };
+        let mount_seconds = first.then(|| seconds(c.mount_ns_before_start));
         out.events.push(Timed {
             ts_ns: r.header.ts_ns,
             event: Event::ProcessExec(ProcessExec {
@@ -464,12 +563,149 @@ impl<R: Recognize> Model<R> {
                 filename: sized_str(&r.filename, r.filename_len),
                 is_container_init: init == tgid,
                 start_seconds,
+                mount_seconds,
                 agent_env: match &c.init_env {
                     Some((pid, value)) if init == tgid && *pid == tgid => Some(value.clone()),
                     _ => None,
                 },
             }),
         });
+        if first {
+            // The runtime's set-up is over: its binds are as the payload will see them.
+            let container = ContainerRef::of(c);
+            let mut binds: Vec<_> = c.mounts.binds().cloned().collect();
+            binds.sort_by(|a, b| a.target.cmp(&b.target));
+            for bind in binds {
+                out.events.push(Timed {
+                    ts_ns: r.header.ts_ns,
+                    event: Event::VolumeMount(VolumeMount {
+                        container: container.clone(),
+                        bind: BindState {
+                            source: bind.source,
+                            target: bind.target,
+                            read_only: bind.read_only,
+                        },
+                    }),
+                });
+            }
+            self.check_volumes(r.header.ts_ns, out);
+        }
+    }
+
+    fn on_mount(&mut self, r: &MountRecord, out: &mut Output) {
+        let Some(&owner) = self.owner.get(&r.header.cgroup_id) else {
+            return;
+        };
+        let Some(c) = self.containers.get_mut(&owner) else {
+            return;
+        };
+        let source = c_str(&r.source);
+        let target = c_str(&r.target);
+        let call = Call {
+            call: r.call,
+            tgid: r.header.tgid,
+            ret: r.ret,
+            source: &source,
+            target: &target,
+            flags: r.flags,
+            attr_set: r.attr_set,
+            attr_clr: r.attr_clr,
+            fd_from: r.fd_from,
+        };
+        let changed = c.mounts.apply(&call);
+        let duration = r.header.ts_ns.saturating_sub(r.start_ns);
+        let started = c.first_exec_ns.is_some() || c.preexisting;
+        if !started {
+            c.mount_ns_before_start += duration;
+        }
+        let writable = match &changed {
+            Some(bind) => bind.read_only.writable(),
+            None => match r.call {
+                mount_call::MOUNT => r.flags & ms::RDONLY == 0,
+                mount_call::FSMOUNT => r.attr_set & MOUNT_ATTR_RDONLY == 0,
+                mount_call::MOUNT_SETATTR => r.attr_set & MOUNT_ATTR_RDONLY == 0,
+                _ => true,
+            },
+        };
+        out.events.push(Timed {
+            ts_ns: r.header.ts_ns,
+            event: Event::Mount(MountCall {
+                container: ContainerRef::of(c),
+                pid: r.header.tgid,
+                comm: c_str(&r.comm),
+                call: call_name(r.call),
+                source,
+                target,
+                fstype: c_str(&r.fstype),
+                flags: r.flags,
+                attr_set: r.attr_set,
+                attr_clr: r.attr_clr,
+                result: r.ret,
+                duration_seconds: seconds(duration),
+                bind: changed.map(|b| BindState {
+                    source: b.source,
+                    target: b.target,
+                    read_only: b.read_only,
+                }),
+                writable,
+            }),
+        });
+        if started {
+            self.check_volumes(r.header.ts_ns, out);
+        }
+    }
+
+    /// Re-evaluates the volume policy over started, live containers and reports what began or
+    /// ended.
+    fn check_volumes(&mut self, ts_ns: u64, out: &mut Output) {
+        let started = self
+            .containers
+            .iter()
+            .filter(|(_, c)| c.first_exec_ns.is_some() || c.preexisting)
+            .map(|(id, c)| (*id, &c.mounts));
+        let (now, sharing) = volumes::violations(started, &self.config.read_only_volumes);
+        let now: HashSet<Violation> = now.into_iter().collect();
+        let ids_of = |source: &str, containers: &HashMap<u64, Container>| -> Vec<String> {
+            sharing
+                .get(source)
+                .map(|ids| {
+                    ids.iter()
+                        .filter_map(|id| containers.get(id).map(|c| c.ident.id.clone()))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let mut changes: Vec<(Violation, bool)> = now
+            .difference(&self.violations)
+            .map(|v| (v.clone(), true))
+            .chain(self.violations.difference(&now).map(|v| (v.clone(), false)))
+            .collect();
+        changes.sort_by(|a, b| (a.0.container, &a.0.source).cmp(&(b.0.container, &b.0.source)));
+        for (v, active) in changes {
+            let container = match self.containers.get(&v.container) {
+                Some(c) => ContainerRef::of(c),
+                None => match self.gone.get(&v.container) {
+                    Some(c) => c.clone(),
+                    None => continue,
+                },
+            };
+            let mut containers = ids_of(&v.source, &self.containers);
+            if containers.is_empty() {
+                containers.push(container.container_id.clone());
+            }
+            out.events.push(Timed {
+                ts_ns,
+                event: Event::VolumeViolation(VolumeViolation {
+                    container,
+                    kind: v.kind,
+                    source: v.source,
+                    active,
+                    containers,
+                }),
+            });
+        }
+        self.violations = now;
+        self.gone.clear();
     }
 
     fn sender(&self, pid: u32, tgid: u32, comm: &[u8], cgroup_id: u64) -> Sender {
@@ -724,6 +960,7 @@ mod tests {
             Recognizer::new(&[], None).unwrap(),
             ModelConfig {
                 linger_after_ns: 30 * SECOND,
+                ..ModelConfig::default()
             },
         )
     }

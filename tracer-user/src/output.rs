@@ -163,6 +163,41 @@ pub fn text(event: &Timed) -> String {
             e.pid,
             exit_text(e)
         ),
+        Event::Mount(m) => {
+            let result = if m.result < 0 {
+                format!("failed: {}", std::io::Error::from_raw_os_error((-m.result) as i32))
+            } else {
+                "ok".to_string()
+            };
+            let state = match &m.bind {
+                Some(b) => format!(", bind of {} read-only: {}", b.source, b.read_only.as_str()),
+                None => String::new(),
+            };
+            format!(
+                "container {} {} {} -> {} ({}{state}) {:.3} ms",
+                short_id(&m.container.container_id),
+                m.call,
+                if m.source.is_empty() { "-" } else { &m.source },
+                if m.target.is_empty() { "-" } else { &m.target },
+                result,
+                m.duration_seconds * 1e3
+            )
+        }
+        Event::VolumeMount(v) => format!(
+            "container {} volume {} at {}: read-only {}",
+            short_id(&v.container.container_id),
+            v.bind.source,
+            v.bind.target,
+            v.bind.read_only.as_str()
+        ),
+        Event::VolumeViolation(v) => format!(
+            "container {} volume violation {}: {} {} (bound by {})",
+            short_id(&v.container.container_id),
+            v.kind.as_str(),
+            v.source,
+            if v.active { "is writable here" } else { "no longer" },
+            v.containers.iter().map(|c| short_id(c)).collect::<Vec<_>>().join(", ")
+        ),
         Event::ContainerLingering(e) => format!(
             "container {} lingering: init exited {:.1} s ago, cgroup still present, {} process(es) left",
             short_id(&e.container.container_id),

@@ -37,6 +37,7 @@ pub struct RunOptions {
     pub runc_root: Option<PathBuf>,
     pub linger_after: Duration,
     pub ring_buffer_bytes: u32,
+    pub read_only_volumes: Vec<String>,
     pub prometheus_listen: Option<std::net::SocketAddr>,
     pub otlp: Option<OtlpConfig>,
     pub audit: Option<AuditSettings>,
@@ -61,6 +62,7 @@ impl RunOptions {
             runc_root: None,
             linger_after: Duration::from_secs(30),
             ring_buffer_bytes: 8 << 20,
+            read_only_volumes: Vec::new(),
             prometheus_listen: None,
             otlp: None,
             audit: None,
@@ -127,6 +129,11 @@ pub fn run(options: &RunOptions, stop: &Arc<AtomicBool>, out: impl Write) -> Res
         recognizer,
         ModelConfig {
             linger_after_ns: options.linger_after.as_nanos() as u64,
+            read_only_volumes: options
+                .read_only_volumes
+                .iter()
+                .map(|p| crate::volumes::normalize(p))
+                .collect(),
         },
     );
     let mut summary = RunSummary::default();
@@ -178,7 +185,11 @@ pub fn run(options: &RunOptions, stop: &Arc<AtomicBool>, out: impl Write) -> Res
         }
         for event in step.events.drain(..) {
             printer.print(&event)?;
-            if let (Some(log), Event::ProcessExit(_)) = (&mut audit, &event.event) {
+            let audited = matches!(
+                event.event,
+                Event::ProcessExit(_) | Event::VolumeViolation(_)
+            );
+            if let (Some(log), true) = (&mut audit, audited) {
                 if let Err(err) = log.append(&output::json(&event, &clock)) {
                     summary.audit_errors += 1;
                     if let Some(exporter) = &exporter {

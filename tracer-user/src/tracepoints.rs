@@ -101,7 +101,73 @@ pub const HOOKS: &[Hook] = &[
         program: "mark_victim",
         fields: &[f("pid", 8, 4), f("total_vm", 16, 8), f("anon_rss", 24, 8)],
     },
+    syscall(
+        "sys_enter_mount",
+        &[
+            f("dev_name", 16, 8),
+            f("dir_name", 24, 8),
+            f("type", 32, 8),
+            f("flags", 40, 8),
+        ],
+    ),
+    syscall("sys_exit_mount", EXIT),
+    syscall("sys_enter_umount", &[f("name", 16, 8), f("flags", 24, 8)]),
+    syscall("sys_exit_umount", EXIT),
+    syscall(
+        "sys_enter_mount_setattr",
+        &[
+            f("dfd", 16, 8),
+            f("path", 24, 8),
+            f("flags", 32, 8),
+            f("uattr", 40, 8),
+        ],
+    ),
+    syscall("sys_exit_mount_setattr", EXIT),
+    syscall(
+        "sys_enter_open_tree",
+        &[f("dfd", 16, 8), f("filename", 24, 8), f("flags", 32, 8)],
+    ),
+    syscall("sys_exit_open_tree", EXIT),
+    syscall(
+        "sys_enter_move_mount",
+        &[
+            f("from_dfd", 16, 8),
+            f("from_pathname", 24, 8),
+            f("to_dfd", 32, 8),
+            f("to_pathname", 40, 8),
+            f("flags", 48, 8),
+        ],
+    ),
+    syscall("sys_exit_move_mount", EXIT),
+    syscall(
+        "sys_enter_fsmount",
+        &[f("fs_fd", 16, 8), f("flags", 24, 8), f("attr_flags", 32, 8)],
+    ),
+    syscall("sys_exit_fsmount", EXIT),
+    syscall(
+        "sys_enter_fsconfig",
+        &[
+            f("fd", 16, 8),
+            f("cmd", 24, 8),
+            f("_key", 32, 8),
+            f("_value", 40, 8),
+            f("aux", 48, 8),
+        ],
+    ),
+    syscall("sys_exit_fsconfig", EXIT),
 ];
+
+/// The return value every `sys_exit_*` record has.
+const EXIT: &[Field] = &[f("ret", 16, 8)];
+
+const fn syscall(name: &'static str, fields: &'static [Field]) -> Hook {
+    Hook {
+        category: "syscalls",
+        name,
+        program: name,
+        fields,
+    }
+}
 
 /// Why a tracepoint cannot be used as the programs expect.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -60,6 +60,18 @@ struct LifetimeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MountLabels {
+    agent_name: String,
+    writable: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ViolationLabels {
+    agent_name: String,
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
     kind: String,
 }
@@ -84,6 +96,15 @@ fn lifetime_boundaries() -> Vec<f64> {
     exponential_buckets(0.01, 4.0, 14).collect()
 }
 
+/// 10 µs .. ~10 s: a mount is fast unless a lock is contended.
+fn mount_boundaries() -> Vec<f64> {
+    exponential_buckets(0.00001, 2.0, 21).collect()
+}
+
+fn mount_buckets() -> Histogram {
+    Histogram::new(mount_boundaries())
+}
+
 fn start_buckets() -> Histogram {
     Histogram::new(start_boundaries())
 }
@@ -106,6 +127,9 @@ struct Otel {
     overflow: OtelCounter<u64>,
     export_errors: OtelCounter<u64>,
     spans_dropped: OtelCounter<u64>,
+    mount: OtelHistogram<f64>,
+    violations: OtelCounter<u64>,
+    violations_now: UpDownCounter<i64>,
 }
 
 impl Otel {
@@ -165,6 +189,20 @@ impl Otel {
                 .u64_counter("clawtrace_spans_dropped")
                 .with_description("Container spans dropped while the collector was unreachable")
                 .build(),
+            mount: meter
+                .f64_histogram("container_mount_duration")
+                .with_unit("s")
+                .with_description("Mount system calls made in containers")
+                .with_boundaries(mount_boundaries())
+                .build(),
+            violations: meter
+                .u64_counter("container_volume_violations")
+                .with_description("Writable binds that break the volume policy")
+                .build(),
+            violations_now: meter
+                .i64_up_down_counter("container_volume_violations_current")
+                .with_description("Writable binds that break the volume policy now")
+                .build(),
         }
     }
 }
@@ -182,6 +220,9 @@ struct Prom {
     overflow: Counter,
     export_errors: Family<SinkLabel, Counter>,
     spans_dropped: Counter,
+    mount: Family<MountLabels, Histogram, fn() -> Histogram>,
+    violations: Family<ViolationLabels, Counter>,
+    violations_now: Family<ViolationLabels, Gauge>,
 }
 
 /// Which label sets each agent_name has, so its series can be dropped when it is forgotten.
@@ -223,6 +264,9 @@ impl Metrics {
             overflow: Counter::default(),
             export_errors: Family::default(),
             spans_dropped: Counter::default(),
+            mount: Family::new_with_constructor(mount_buckets),
+            violations: Family::default(),
+            violations_now: Family::default(),
         };
         let mut registry = Registry::default();
         registry.register(
@@ -286,6 +330,22 @@ impl Metrics {
             "clawtrace_spans_dropped",
             "Container spans dropped while the collector was unreachable",
             prom.spans_dropped.clone(),
+        );
+        registry.register_with_unit(
+            "container_mount_duration",
+            "Mount system calls made in containers",
+            Unit::Seconds,
+            prom.mount.clone(),
+        );
+        registry.register(
+            "container_volume_violations",
+            "Writable binds that break the volume policy",
+            prom.violations.clone(),
+        );
+        registry.register(
+            "container_volume_violations_current",
+            "Writable binds that break the volume policy now",
+            prom.violations_now.clone(),
         );
         let metrics = Metrics {
             prom: Arc::new(prom),
@@ -493,6 +553,45 @@ impl Metrics {
         }
     }
 
+    /// One mount system call of `seconds` in a container of `agent`.
+    pub fn mount(&self, agent: &str, writable: bool, seconds: f64) {
+        let writable = if writable { "true" } else { "false" };
+        self.prom
+            .mount
+            .get_or_create(&MountLabels {
+                agent_name: agent.into(),
+                writable: writable.into(),
+            })
+            .observe(seconds);
+        if let Some(o) = self.otel.get() {
+            o.mount.record(
+                seconds,
+                &[kv("agent_name", agent), kv("writable", writable)],
+            );
+        }
+    }
+
+    /// A volume-policy violation began (`active`) or ended.
+    pub fn volume_violation(&self, agent: &str, kind: &str, active: bool) {
+        let labels = ViolationLabels {
+            agent_name: agent.into(),
+            kind: kind.into(),
+        };
+        let attrs = [kv("agent_name", agent), kv("kind", kind)];
+        if active {
+            self.prom.violations.get_or_create(&labels).inc();
+            self.prom.violations_now.get_or_create(&labels).inc();
+        } else {
+            self.prom.violations_now.get_or_create(&labels).dec();
+        }
+        if let Some(o) = self.otel.get() {
+            if active {
+                o.violations.add(1, &attrs);
+            }
+            o.violations_now.add(if active { 1 } else { -1 }, &attrs);
+        }
+    }
+
     /// `n` container spans given up on.
     pub fn spans_dropped(&self, n: u64) {
         self.prom.spans_dropped.inc_by(n);
@@ -525,6 +624,20 @@ impl Metrics {
         self.prom.live.remove(&label);
         self.prom.lingering.remove(&label);
         self.prom.start.remove(&label);
+        for writable in ["true", "false"] {
+            self.prom.mount.remove(&MountLabels {
+                agent_name: agent.into(),
+                writable: writable.into(),
+            });
+        }
+        for kind in ["shared_writable", "read_only_volume_writable"] {
+            let labels = ViolationLabels {
+                agent_name: agent.into(),
+                kind: kind.into(),
+            };
+            self.prom.violations.remove(&labels);
+            self.prom.violations_now.remove(&labels);
+        }
         for operation in ["create", "delete"] {
             self.prom.changes.remove(&ChangeLabels {
                 operation: operation.into(),

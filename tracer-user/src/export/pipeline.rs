@@ -369,7 +369,12 @@ impl Worker {
                     }
                 }
             }
-            Event::OomMark(_) | Event::ContainerCreate(_) => {}
+            Event::Mount(m) => self.metrics.mount(&agent, m.writable, m.duration_seconds),
+            Event::VolumeViolation(v) => {
+                self.metrics
+                    .volume_violation(&agent, v.kind.as_str(), v.active)
+            }
+            Event::OomMark(_) | Event::ContainerCreate(_) | Event::VolumeMount(_) => {}
         }
     }
 }
@@ -384,5 +389,8 @@ fn container_of(event: &Event) -> Option<u64> {
         Event::OomMark(e) => e.container.cgroup_id,
         Event::ProcessExit(e) => e.container.cgroup_id,
         Event::ContainerLingering(e) => e.container.cgroup_id,
+        Event::Mount(e) => e.container.cgroup_id,
+        Event::VolumeMount(e) => e.container.cgroup_id,
+        Event::VolumeViolation(e) => e.container.cgroup_id,
     })
 }

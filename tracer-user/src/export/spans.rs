@@ -40,6 +40,8 @@ pub struct ContainerSpan {
     init_exit: Option<Vec<KeyValue>>,
     init_cause: Option<ExitCause>,
     start_seconds: Option<f64>,
+    /// Of that start, the seconds spent in mount system calls.
+    mount_seconds: Option<f64>,
 }
 
 pub fn system_time(clock: &WallClock, mono_ns: u64) -> SystemTime {
@@ -75,6 +77,7 @@ impl ContainerSpan {
             init_exit: None,
             init_cause: None,
             start_seconds: None,
+            mount_seconds: None,
         }
     }
 
@@ -100,6 +103,7 @@ impl ContainerSpan {
                 }
                 if e.start_seconds.is_some() {
                     self.start_seconds = e.start_seconds;
+                    self.mount_seconds = e.mount_seconds;
                 }
                 self.push(
                     "exec",
@@ -163,6 +167,46 @@ impl ContainerSpan {
                     l.processes_left as i64,
                 )],
             ),
+            Event::Mount(m) => {
+                let mut attributes = vec![
+                    KeyValue::new("process.pid", i64::from(m.pid)),
+                    KeyValue::new("clawtrace.mount.call", m.call),
+                    KeyValue::new("clawtrace.mount.source", m.source.clone()),
+                    KeyValue::new("clawtrace.mount.target", m.target.clone()),
+                    KeyValue::new("clawtrace.mount.result", m.result),
+                    KeyValue::new("clawtrace.mount.duration_seconds", m.duration_seconds),
+                    KeyValue::new("clawtrace.mount.writable", m.writable),
+                ];
+                if let Some(bind) = &m.bind {
+                    attributes.push(KeyValue::new(
+                        "clawtrace.mount.read_only",
+                        bind.read_only.as_str(),
+                    ));
+                }
+                self.push("mount", at, attributes);
+            }
+            Event::VolumeMount(v) => self.push(
+                "volume",
+                at,
+                vec![
+                    KeyValue::new("clawtrace.volume.source", v.bind.source.clone()),
+                    KeyValue::new("clawtrace.volume.target", v.bind.target.clone()),
+                    KeyValue::new("clawtrace.volume.read_only", v.bind.read_only.as_str()),
+                ],
+            ),
+            Event::VolumeViolation(v) => self.push(
+                if v.active {
+                    "volume_violation"
+                } else {
+                    "volume_violation_end"
+                },
+                at,
+                vec![
+                    KeyValue::new("clawtrace.violation.kind", v.kind.as_str()),
+                    KeyValue::new("clawtrace.volume.source", v.source.clone()),
+                    KeyValue::new("clawtrace.violation.containers", v.containers.join(",")),
+                ],
+            ),
             Event::ContainerCreate(_) | Event::ContainerDelete(_) => {}
         }
     }
@@ -186,6 +230,9 @@ impl ContainerSpan {
         }
         if let Some(start) = self.start_seconds {
             attributes.push(KeyValue::new("clawtrace.start_seconds", start));
+        }
+        if let Some(mounts) = self.mount_seconds {
+            attributes.push(KeyValue::new("clawtrace.start.mount_seconds", mounts));
         }
         if let Some(exit) = &self.init_exit {
             // The container's outcome is its init's: lift its exit attributes to the span.
