@@ -183,6 +183,7 @@ fn reads_the_agent_variable_of_the_first_exec_even_if_it_exits_at_once() {
     let mut tracer = Tracer::start(&TracerConfig {
         ring_buffer_bytes: 1 << 20,
         init_env_var: Some("AGENT_NAME".to_string()),
+        ..TracerConfig::default()
     })
     .expect("load and attach");
     let mut cgroup = TestCgroup::new("env");

@@ -21,6 +21,12 @@ pub const SIGNAL_SLOTS: usize = 4;
 pub const MOUNT_PATH_LEN: usize = 160;
 /// Bytes of a filesystem type (or `fsconfig` key) carried in a [`MountRecord`].
 pub const MOUNT_TYPE_LEN: usize = 32;
+/// Bytes of a device path carried in a [`DeviceOpenRecord`].
+pub const DEVICE_PATH_LEN: usize = 64;
+/// Device path prefixes the kernel side matches at most (`--gpu-device-prefix`).
+pub const DEVICE_PREFIXES: u32 = 4;
+/// Bytes of one device path prefix.
+pub const DEVICE_PREFIX_LEN: usize = 48;
 /// Bytes of an environment variable's value carried in an [`InitEnvRecord`].
 pub const ENV_VALUE_LEN: usize = 256;
 /// Bytes of the `NAME=` prefix of the environment variable the kernel looks for.
@@ -42,6 +48,7 @@ pub mod kind {
     pub const OOM_MARK: u32 = 7;
     pub const INIT_ENV: u32 = 8;
     pub const MOUNT: u32 = 9;
+    pub const DEVICE_OPEN: u32 = 10;
 }
 
 /// Which mount system call a [`MountRecord`] describes.
@@ -74,8 +81,9 @@ pub mod probe {
     pub const OOM_MARK_VICTIM: u32 = 6;
     pub const TASK_NEWTASK: u32 = 7;
     pub const MOUNT_SYSCALLS: u32 = 8;
+    pub const DEVICE_OPEN: u32 = 9;
     /// Number of probes; the size of the `LOST` map.
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 10;
     /// Probe names, indexed by the constants above, as the user side reports them.
     pub const NAMES: [&str; COUNT as usize] = [
         "cgroup_mkdir",
@@ -87,6 +95,7 @@ pub mod probe {
         "mark_victim",
         "task_newtask",
         "mount_syscalls",
+        "device_open",
     ];
 }
 
@@ -290,6 +299,27 @@ pub struct MountRecord {
     pub fstype: [u8; MOUNT_TYPE_LEN],
 }
 
+/// An `openat` of a path under a device prefix (a GPU device node) in a followed cgroup,
+/// successful or not. The header is the caller at the call's exit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceOpenRecord {
+    pub header: Header,
+    /// The file descriptor, or a negative errno.
+    pub ret: i64,
+    pub comm: [u8; COMM_LEN],
+    pub path: [u8; DEVICE_PATH_LEN],
+}
+
+/// One device path prefix the kernel side matches (`len` 0: unused slot).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DevicePrefix {
+    pub len: u32,
+    pub _reserved: u32,
+    pub prefix: [u8; DEVICE_PREFIX_LEN],
+}
+
 /// The value of one environment variable (the agent name, `AGENT_NAME` by default) of the first
 /// process to exec in a followed cgroup, read from its new image's environment by the kernel
 /// side before the exec record, so it is known even when the process exits at once.
@@ -357,6 +387,8 @@ mod pod {
     unsafe impl aya::Pod for KernelOffsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for EnvKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for DevicePrefix {}
 }
 
 /// Layout checks: the kernel and user views cannot drift without failing the build.
@@ -375,6 +407,8 @@ const _: () = {
     assert!(size_of::<InitEnvRecord>() == 32 + 8 + ENV_VALUE_LEN);
     assert!(size_of::<EnvKey>() == 8 + ENV_KEY_LEN);
     assert!(size_of::<KernelOffsets>() == 24);
+    assert!(size_of::<DeviceOpenRecord>() == 32 + 8 + COMM_LEN + DEVICE_PATH_LEN);
+    assert!(size_of::<DevicePrefix>() == 8 + DEVICE_PREFIX_LEN);
     assert!(size_of::<MountRecord>() == 32 + 56 + COMM_LEN + 2 * MOUNT_PATH_LEN + MOUNT_TYPE_LEN);
     // The ring buffer hands out 8-aligned space; records must not need more.
     assert!(align_of::<ExitRecord>() <= 8);

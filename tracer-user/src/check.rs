@@ -17,6 +17,8 @@ use crate::{
 pub struct Requirement {
     pub name: String,
     pub ok: bool,
+    /// An optional feature: its absence is reported, not a failure.
+    pub optional: bool,
     /// What was found, or what is wrong and how to fix it.
     pub detail: String,
 }
@@ -26,11 +28,13 @@ fn req(name: impl Into<String>, result: Result<String, String>) -> Requirement {
         Ok(detail) => Requirement {
             name: name.into(),
             ok: true,
+            optional: false,
             detail,
         },
         Err(detail) => Requirement {
             name: name.into(),
             ok: false,
+            optional: false,
             detail,
         },
     }
@@ -138,7 +142,9 @@ pub fn run_checks() -> Vec<Requirement> {
         },
     ));
 
-    let all_ok = out.iter().all(|r| r.ok);
+    let all_ok = out.iter().all(|r| r.ok || r.optional);
+    // NVML is optional: its absence is reported, not a failure.
+    let nvml = crate::export::gpu::NvmlSource::init();
     out.push(req(
         "programs load and attach",
         if all_ok {
@@ -152,14 +158,27 @@ pub fn run_checks() -> Vec<Requirement> {
             Err("not tried: a requirement above is missing".to_string())
         },
     ));
+    out.push(Requirement {
+        name: "NVML".to_string(),
+        ok: nvml.is_ok(),
+        optional: true,
+        detail: match nvml {
+            Ok(nvml) => nvml.describe(),
+            Err(reason) => format!("not available ({reason})"),
+        },
+    });
     out
 }
 
 /// Writes the report; returns whether every requirement holds.
 pub fn report(requirements: &[Requirement], out: &mut impl Write) -> std::io::Result<bool> {
     for r in requirements {
-        let status = if r.ok { "ok" } else { "missing" };
+        let status = match (r.ok, r.optional) {
+            (true, _) => "ok",
+            (false, true) => "absent",
+            (false, false) => "missing",
+        };
         writeln!(out, "{status:<8} {}: {}", r.name, r.detail)?;
     }
-    Ok(requirements.iter().all(|r| r.ok))
+    Ok(requirements.iter().all(|r| r.ok || r.optional))
 }

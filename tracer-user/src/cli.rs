@@ -68,6 +68,14 @@ pub struct RunArgs {
     #[arg(long = "read-only-volume", value_name = "PATH")]
     pub read_only_volume: Vec<String>,
 
+    /// Path prefix of GPU device nodes whose opens are followed (up to 4; default
+    /// /dev/nvidia and /dev/dri/renderD). Repeatable.
+    #[arg(long = "gpu-device-prefix", value_name = "PREFIX", default_values_t = crate::loader::DEFAULT_GPU_PREFIXES.map(String::from))]
+    pub gpu_device_prefix: Vec<String>,
+    /// How often GPU processes are read through NVML (when libnvidia-ml.so.1 is present).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub gpu_poll_interval: Duration,
+
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
     #[arg(long, value_name = "ADDR")]
     pub prometheus_listen: Option<std::net::SocketAddr>,

@@ -4,8 +4,8 @@
 use std::mem::size_of;
 
 use tracer_common::{
-    kind, AttachRecord, CgroupRecord, ExecRecord, ExitRecord, Header, InitEnvRecord, MountRecord,
-    OomRecord, SignalRecord,
+    kind, AttachRecord, CgroupRecord, DeviceOpenRecord, ExecRecord, ExitRecord, Header,
+    InitEnvRecord, MountRecord, OomRecord, SignalRecord,
 };
 
 /// One decoded record.
@@ -20,6 +20,7 @@ pub enum Record {
     Oom(OomRecord),
     InitEnv(InitEnvRecord),
     Mount(MountRecord),
+    DeviceOpen(DeviceOpenRecord),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -68,6 +69,7 @@ impl Record {
             kind::OOM_MARK => Record::Oom(read(bytes, k)?),
             kind::INIT_ENV => Record::InitEnv(read(bytes, k)?),
             kind::MOUNT => Record::Mount(read(bytes, k)?),
+            kind::DEVICE_OPEN => Record::DeviceOpen(read(bytes, k)?),
             other => return Err(DecodeError::UnknownKind(other)),
         })
     }
@@ -82,6 +84,7 @@ impl Record {
             Record::Oom(r) => &r.header,
             Record::InitEnv(r) => &r.header,
             Record::Mount(r) => &r.header,
+            Record::DeviceOpen(r) => &r.header,
         }
     }
 
@@ -97,6 +100,7 @@ impl Record {
             Record::Oom(_) => "oom_mark",
             Record::InitEnv(_) => "init_env",
             Record::Mount(_) => "mount",
+            Record::DeviceOpen(_) => "device_open",
         }
     }
 
@@ -118,6 +122,7 @@ impl Record {
             Record::Oom(r) => bytes_of(r),
             Record::InitEnv(r) => bytes_of(r),
             Record::Mount(r) => bytes_of(r),
+            Record::DeviceOpen(r) => bytes_of(r),
         }
     }
 }
@@ -138,8 +143,8 @@ pub fn sized_str(bytes: &[u8], len: u32) -> String {
 mod tests {
     use super::*;
     use tracer_common::{
-        mount_call, SignalOrigin, SignalTrack, CGROUP_PATH_LEN, COMM_LEN, ENV_VALUE_LEN,
-        FILENAME_LEN, MOUNT_PATH_LEN, MOUNT_TYPE_LEN,
+        mount_call, SignalOrigin, SignalTrack, CGROUP_PATH_LEN, COMM_LEN, DEVICE_PATH_LEN,
+        ENV_VALUE_LEN, FILENAME_LEN, MOUNT_PATH_LEN, MOUNT_TYPE_LEN,
     };
 
     fn head(kind: u32) -> Header {
@@ -249,6 +254,16 @@ mod tests {
                 target: [b't'; MOUNT_PATH_LEN],
                 fstype: [0; MOUNT_TYPE_LEN],
             }),
+            Record::DeviceOpen(DeviceOpenRecord {
+                header: head(kind::DEVICE_OPEN),
+                ret: 3,
+                comm: comm("python3"),
+                path: {
+                    let mut p = [0u8; DEVICE_PATH_LEN];
+                    p[..12].copy_from_slice(b"/dev/nvidia0");
+                    p
+                },
+            }),
             Record::InitEnv(InitEnvRecord {
                 header: head(kind::INIT_ENV),
                 value_len: 9,
@@ -270,7 +285,7 @@ mod tests {
         kinds.dedup();
         assert_eq!(
             kinds,
-            (1..=9).collect::<Vec<_>>(),
+            (1..=10).collect::<Vec<_>>(),
             "a record kind lacks a sample"
         );
         for record in samples {

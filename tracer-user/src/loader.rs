@@ -14,7 +14,10 @@ use aya::{
     programs::TracePoint,
     Ebpf, EbpfLoader,
 };
-use tracer_common::{cgroup_state, probe, EnvKey, TrackedTask, ENV_KEY_LEN};
+use tracer_common::{
+    cgroup_state, probe, DevicePrefix, EnvKey, TrackedTask, DEVICE_PREFIXES, DEVICE_PREFIX_LEN,
+    ENV_KEY_LEN,
+};
 
 use crate::{
     decode::{DecodeError, Record},
@@ -33,6 +36,8 @@ pub struct TracerConfig {
     /// Environment variable the kernel reads from each container's init as it execs (the agent
     /// name); None turns that off.
     pub init_env_var: Option<String>,
+    /// Path prefixes of the device nodes whose opens are reported (GPU devices).
+    pub device_prefixes: Vec<String>,
 }
 
 impl Default for TracerConfig {
@@ -40,8 +45,37 @@ impl Default for TracerConfig {
         TracerConfig {
             ring_buffer_bytes: 8 << 20,
             init_env_var: Some("AGENT_NAME".to_string()),
+            device_prefixes: DEFAULT_GPU_PREFIXES.iter().map(|p| p.to_string()).collect(),
         }
     }
+}
+
+/// GPU device nodes: NVIDIA's and DRM render nodes.
+pub const DEFAULT_GPU_PREFIXES: [&str; 2] = ["/dev/nvidia", "/dev/dri/renderD"];
+
+/// The map values telling the kernel which device paths to report, or why they cannot be.
+pub fn device_prefixes(prefixes: &[String]) -> Result<Vec<DevicePrefix>> {
+    if prefixes.len() > DEVICE_PREFIXES as usize {
+        bail!(
+            "at most {DEVICE_PREFIXES} --gpu-device-prefix values, got {}",
+            prefixes.len()
+        );
+    }
+    prefixes
+        .iter()
+        .map(|p| {
+            if p.is_empty() || p.len() > DEVICE_PREFIX_LEN || p.contains('\0') {
+                bail!("invalid --gpu-device-prefix {p:?}: 1 to {DEVICE_PREFIX_LEN} bytes");
+            }
+            let mut prefix = DevicePrefix {
+                len: p.len() as u32,
+                _reserved: 0,
+                prefix: [0; DEVICE_PREFIX_LEN],
+            };
+            prefix.prefix[..p.len()].copy_from_slice(p.as_bytes());
+            Ok(prefix)
+        })
+        .collect()
 }
 
 /// The map value telling the kernel which variable to read, or why `name` cannot be one.
@@ -89,6 +123,7 @@ impl Tracer {
         }
         let offsets = kernel_btf::kernel_offsets(Path::new(kernel_btf::VMLINUX_BTF))?;
         let env_key = config.init_env_var.as_deref().map(env_key).transpose()?;
+        let prefixes = device_prefixes(&config.device_prefixes)?;
         sys::raise_memlock_limit();
 
         let mut ebpf = EbpfLoader::new()
@@ -103,6 +138,16 @@ impl Tracer {
             )?;
             map.set(0, key, 0)
                 .context("setting the environment variable to read")?;
+        }
+        {
+            let mut map: Array<_, DevicePrefix> = Array::try_from(
+                ebpf.map_mut("DEVICE_PREFIX")
+                    .context("map DEVICE_PREFIX missing from the eBPF object")?,
+            )?;
+            for (i, prefix) in prefixes.into_iter().enumerate() {
+                map.set(i as u32, prefix, 0)
+                    .context("setting the device prefixes")?;
+            }
         }
         for hook in HOOKS {
             let program: &mut TracePoint = ebpf

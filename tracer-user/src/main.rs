@@ -119,6 +119,8 @@ fn run_options(args: RunArgs) -> anyhow::Result<RunOptions> {
         linger_after: args.linger_after,
         ring_buffer_bytes: args.ring_buffer_size,
         read_only_volumes: args.read_only_volume,
+        gpu_device_prefixes: args.gpu_device_prefix,
+        gpu_poll: args.gpu_poll_interval,
         prometheus_listen: args.prometheus_listen,
         otlp,
         audit: args.audit_log.map(|path| AuditSettings {

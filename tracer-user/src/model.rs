@@ -7,8 +7,8 @@ use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 use tracer_common::{
-    mount_call, AttachRecord, CgroupRecord, ExecRecord, ExitRecord, InitEnvRecord, MountRecord,
-    OomRecord, SignalRecord,
+    mount_call, AttachRecord, CgroupRecord, DeviceOpenRecord, ExecRecord, ExitRecord,
+    InitEnvRecord, MountRecord, OomRecord, SignalRecord,
 };
 
 use crate::{
@@ -187,6 +187,36 @@ pub struct BindState {
     pub read_only: ReadOnly,
 }
 
+/// One open of a device node (a path under a `--gpu-device-prefix`) in a container.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeviceOpen {
+    #[serde(flatten)]
+    pub container: ContainerRef,
+    pub pid: u32,
+    pub comm: String,
+    pub device: String,
+    /// The device's name (`nvidia0`, `renderD128`): the `gpu` label of the metrics.
+    pub gpu: String,
+    /// The file descriptor, or a negative errno.
+    pub result: i64,
+    /// The container's first successful open of this device.
+    pub first_use: bool,
+    /// A numbered device node (a GPU), as opposed to a control node such as `nvidiactl`;
+    /// only these count for sharing.
+    pub is_gpu: bool,
+}
+
+/// A container began using a GPU device that other live containers use.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GpuSharing {
+    #[serde(flatten)]
+    pub container: ContainerRef,
+    pub device: String,
+    pub gpu: String,
+    /// Every live container using the device, this one included.
+    pub containers: Vec<String>,
+}
+
 /// A container's bind mount as it stands when the container starts (its first exec).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct VolumeMount {
@@ -271,6 +301,8 @@ pub enum Event {
     Mount(MountCall),
     VolumeMount(VolumeMount),
     VolumeViolation(VolumeViolation),
+    DeviceOpen(DeviceOpen),
+    GpuSharing(GpuSharing),
 }
 
 /// An event and when it happened (CLOCK_MONOTONIC ns, the records' time base).
@@ -314,6 +346,8 @@ pub struct Model<R> {
     violations: HashSet<Violation>,
     /// Containers just deleted, so the violations they end can still name them.
     gone: HashMap<u64, ContainerRef>,
+    /// Live containers that opened each GPU device.
+    device_users: HashMap<String, HashSet<u64>>,
 }
 
 fn seconds(ns: u64) -> f64 {
@@ -330,6 +364,7 @@ impl<R: Recognize> Model<R> {
             by_path: HashMap::new(),
             violations: HashSet::new(),
             gone: HashMap::new(),
+            device_users: HashMap::new(),
         }
     }
 
@@ -396,6 +431,7 @@ impl<R: Recognize> Model<R> {
             Record::Exit(r) => self.on_exit(r, out),
             Record::InitEnv(r) => self.on_init_env(r),
             Record::Mount(r) => self.on_mount(r, out),
+            Record::DeviceOpen(r) => self.on_device_open(r, out),
         }
     }
 
@@ -487,6 +523,10 @@ impl<R: Recognize> Model<R> {
         };
         self.owner.retain(|_, owner| *owner != r.id);
         self.by_path.remove(&c.cgroup_path);
+        self.device_users.retain(|_, users| {
+            users.remove(&r.id);
+            !users.is_empty()
+        });
         if self.violations.iter().any(|v| v.container == r.id) || c.mounts.binds().next().is_some()
         {
             self.gone.insert(r.id, ContainerRef::of(&c));
@@ -589,6 +629,50 @@ impl<R: Recognize> Model<R> {
                 });
             }
             self.check_volumes(r.header.ts_ns, out);
+        }
+    }
+
+    fn on_device_open(&mut self, r: &DeviceOpenRecord, out: &mut Output) {
+        let Some(&owner) = self.owner.get(&r.header.cgroup_id) else {
+            return;
+        };
+        let Some(c) = self.containers.get(&owner) else {
+            return;
+        };
+        let device = c_str(&r.path);
+        let gpu = device.rsplit('/').next().unwrap_or(&device).to_string();
+        let is_gpu = gpu.ends_with(|ch: char| ch.is_ascii_digit());
+        let users = self.device_users.entry(device.clone()).or_default();
+        let first_use = r.ret >= 0 && users.insert(owner);
+        let container = ContainerRef::of(c);
+        out.events.push(Timed {
+            ts_ns: r.header.ts_ns,
+            event: Event::DeviceOpen(DeviceOpen {
+                container: container.clone(),
+                pid: r.header.tgid,
+                comm: c_str(&r.comm),
+                device: device.clone(),
+                gpu: gpu.clone(),
+                result: r.ret,
+                first_use,
+                is_gpu,
+            }),
+        });
+        if first_use && is_gpu && users.len() > 1 {
+            let mut containers: Vec<String> = users
+                .iter()
+                .filter_map(|id| self.containers.get(id).map(|c| c.ident.id.clone()))
+                .collect();
+            containers.sort();
+            out.events.push(Timed {
+                ts_ns: r.header.ts_ns,
+                event: Event::GpuSharing(GpuSharing {
+                    container,
+                    device,
+                    gpu,
+                    containers,
+                }),
+            });
         }
     }
 

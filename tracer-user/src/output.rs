@@ -198,6 +198,29 @@ pub fn text(event: &Timed) -> String {
             if v.active { "is writable here" } else { "no longer" },
             v.containers.iter().map(|c| short_id(c)).collect::<Vec<_>>().join(", ")
         ),
+        Event::DeviceOpen(d) => format!(
+            "container {} {}[{}] opened {}{}",
+            short_id(&d.container.container_id),
+            d.comm,
+            d.pid,
+            d.device,
+            if d.result < 0 {
+                format!(" (failed: {})", std::io::Error::from_raw_os_error((-d.result) as i32))
+            } else {
+                String::new()
+            }
+        ),
+        Event::GpuSharing(g) => format!(
+            "container {} shares GPU {} with {}",
+            short_id(&g.container.container_id),
+            g.device,
+            g.containers
+                .iter()
+                .filter(|c| **c != g.container.container_id)
+                .map(|c| short_id(c))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
         Event::ContainerLingering(e) => format!(
             "container {} lingering: init exited {:.1} s ago, cgroup still present, {} process(es) left",
             short_id(&e.container.container_id),

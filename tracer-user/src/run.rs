@@ -38,6 +38,8 @@ pub struct RunOptions {
     pub linger_after: Duration,
     pub ring_buffer_bytes: u32,
     pub read_only_volumes: Vec<String>,
+    pub gpu_device_prefixes: Vec<String>,
+    pub gpu_poll: Duration,
     pub prometheus_listen: Option<std::net::SocketAddr>,
     pub otlp: Option<OtlpConfig>,
     pub audit: Option<AuditSettings>,
@@ -63,6 +65,11 @@ impl RunOptions {
             linger_after: Duration::from_secs(30),
             ring_buffer_bytes: 8 << 20,
             read_only_volumes: Vec::new(),
+            gpu_device_prefixes: crate::loader::DEFAULT_GPU_PREFIXES
+                .iter()
+                .map(|p| p.to_string())
+                .collect(),
+            gpu_poll: Duration::from_secs(5),
             prometheus_listen: None,
             otlp: None,
             audit: None,
@@ -107,6 +114,7 @@ pub fn run(options: &RunOptions, stop: &Arc<AtomicBool>, out: impl Write) -> Res
     let mut tracer = Tracer::start(&TracerConfig {
         ring_buffer_bytes: options.ring_buffer_bytes,
         init_env_var: env_source.then(|| options.agent.env_var.clone()),
+        device_prefixes: options.gpu_device_prefixes.clone(),
     })?;
     let clock = sys::WallClock::now();
     let exporter = if listener.is_some() || options.otlp.is_some() {
@@ -118,6 +126,7 @@ pub fn run(options: &RunOptions, stop: &Arc<AtomicBool>, out: impl Write) -> Res
                 labels: options.labels.clone(),
                 queue: 65536,
                 settle_after: Duration::from_secs(2),
+                gpu_poll: options.gpu_poll,
             },
             clock,
         )?)

@@ -155,6 +155,8 @@ pub const HOOKS: &[Hook] = &[
         ],
     ),
     syscall("sys_exit_fsconfig", EXIT),
+    syscall("sys_enter_openat", &[f("dfd", 16, 8), f("filename", 24, 8)]),
+    syscall("sys_exit_openat", EXIT),
 ];
 
 /// The return value every `sys_exit_*` record has.

@@ -72,6 +72,18 @@ struct ViolationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GpuLabel {
+    gpu: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GpuMemoryLabels {
+    agent_name: String,
+    gpu: String,
+    gpu_uuid: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
     kind: String,
 }
@@ -130,6 +142,10 @@ struct Otel {
     mount: OtelHistogram<f64>,
     violations: OtelCounter<u64>,
     violations_now: UpDownCounter<i64>,
+    gpu_containers: opentelemetry::metrics::Gauge<i64>,
+    gpu_shared: opentelemetry::metrics::Gauge<i64>,
+    gpu_sharing: OtelCounter<u64>,
+    gpu_memory: opentelemetry::metrics::Gauge<u64>,
 }
 
 impl Otel {
@@ -203,6 +219,25 @@ impl Otel {
                 .i64_up_down_counter("container_volume_violations_current")
                 .with_description("Writable binds that break the volume policy now")
                 .build(),
+            gpu_containers: meter
+                .i64_gauge("gpu_containers")
+                .with_description("Live containers that opened each GPU device")
+                .build(),
+            gpu_shared: meter
+                .i64_gauge("gpu_shared_devices")
+                .with_description("GPU devices used by more than one live container")
+                .build(),
+            gpu_sharing: meter
+                .u64_counter("gpu_sharing")
+                .with_description(
+                    "Containers that began using a GPU device another live container was using",
+                )
+                .build(),
+            gpu_memory: meter
+                .u64_gauge("container_gpu_memory")
+                .with_unit("By")
+                .with_description("GPU memory held by a container's processes (NVML)")
+                .build(),
         }
     }
 }
@@ -223,6 +258,10 @@ struct Prom {
     mount: Family<MountLabels, Histogram, fn() -> Histogram>,
     violations: Family<ViolationLabels, Counter>,
     violations_now: Family<ViolationLabels, Gauge>,
+    gpu_containers: Family<GpuLabel, Gauge>,
+    gpu_shared: Gauge,
+    gpu_sharing: Family<AgentLabel, Counter>,
+    gpu_memory: Family<GpuMemoryLabels, Gauge>,
 }
 
 /// Which label sets each agent_name has, so its series can be dropped when it is forgotten.
@@ -267,6 +306,10 @@ impl Metrics {
             mount: Family::new_with_constructor(mount_buckets),
             violations: Family::default(),
             violations_now: Family::default(),
+            gpu_containers: Family::default(),
+            gpu_shared: Gauge::default(),
+            gpu_sharing: Family::default(),
+            gpu_memory: Family::default(),
         };
         let mut registry = Registry::default();
         registry.register(
@@ -346,6 +389,27 @@ impl Metrics {
             "container_volume_violations_current",
             "Writable binds that break the volume policy now",
             prom.violations_now.clone(),
+        );
+        registry.register(
+            "gpu_containers",
+            "Live containers that opened each GPU device",
+            prom.gpu_containers.clone(),
+        );
+        registry.register(
+            "gpu_shared_devices",
+            "GPU devices used by more than one live container",
+            prom.gpu_shared.clone(),
+        );
+        registry.register(
+            "gpu_sharing",
+            "Containers that began using a GPU device another live container was using",
+            prom.gpu_sharing.clone(),
+        );
+        registry.register_with_unit(
+            "container_gpu_memory",
+            "GPU memory held by a container's processes (NVML)",
+            Unit::Bytes,
+            prom.gpu_memory.clone(),
         );
         let metrics = Metrics {
             prom: Arc::new(prom),
@@ -589,6 +653,66 @@ impl Metrics {
                 o.violations.add(1, &attrs);
             }
             o.violations_now.add(if active { 1 } else { -1 }, &attrs);
+        }
+    }
+
+    /// `containers` live containers use GPU device `gpu` now; `shared` devices are used by more
+    /// than one.
+    pub fn gpu_users(&self, gpu: &str, containers: usize, shared: usize) {
+        let label = GpuLabel { gpu: gpu.into() };
+        if containers == 0 {
+            self.prom.gpu_containers.remove(&label);
+        } else {
+            self.prom
+                .gpu_containers
+                .get_or_create(&label)
+                .set(containers as i64);
+        }
+        self.prom.gpu_shared.set(shared as i64);
+        if let Some(o) = self.otel.get() {
+            o.gpu_containers
+                .record(containers as i64, &[kv("gpu", gpu)]);
+            o.gpu_shared.record(shared as i64, &[]);
+        }
+    }
+
+    /// A container of `agent` began using a GPU another live container was using.
+    pub fn gpu_sharing(&self, agent: &str) {
+        self.prom
+            .gpu_sharing
+            .get_or_create(&AgentLabel {
+                agent_name: agent.into(),
+            })
+            .inc();
+        if let Some(o) = self.otel.get() {
+            o.gpu_sharing.add(1, &[kv("agent_name", agent)]);
+        }
+    }
+
+    /// GPU memory of every container now, replacing the previous reading: `(agent, gpu index,
+    /// gpu uuid) → bytes`.
+    pub fn gpu_memory(&self, readings: &HashMap<(String, u32, String), u64>) {
+        self.prom.gpu_memory.clear();
+        for ((agent, gpu, uuid), bytes) in readings {
+            let labels = GpuMemoryLabels {
+                agent_name: agent.clone(),
+                gpu: gpu.to_string(),
+                gpu_uuid: uuid.clone(),
+            };
+            self.prom
+                .gpu_memory
+                .get_or_create(&labels)
+                .set(*bytes as i64);
+            if let Some(o) = self.otel.get() {
+                o.gpu_memory.record(
+                    *bytes,
+                    &[
+                        kv("agent_name", agent),
+                        kv("gpu", &gpu.to_string()),
+                        kv("gpu_uuid", uuid),
+                    ],
+                );
+            }
         }
     }
 

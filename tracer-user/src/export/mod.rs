@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod audit;
+pub mod gpu;
 pub mod labels;
 pub mod metrics;
 pub mod otlp;

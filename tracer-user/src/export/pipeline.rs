@@ -19,6 +19,7 @@ use opentelemetry_sdk::trace::SdkTracer;
 
 use super::{
     agent::{AgentConfig, AgentResolver, ContainerFacts},
+    gpu::{cgroup_path_of, memory_by_container, DeviceUsers, GpuSource, NvmlSource},
     labels::{AgentLabels, LabelPolicy},
     metrics::{Metrics, CONTENT_TYPE},
     otlp::{OtlpConfig, Protocol, Providers},
@@ -40,6 +41,8 @@ pub struct ExportConfig {
     pub queue: usize,
     /// How long a new container waits for its init's exec before its agent_name is settled.
     pub settle_after: Duration,
+    /// How often NVML is read, when it is there.
+    pub gpu_poll: Duration,
 }
 
 enum Message {
@@ -113,6 +116,18 @@ impl Exporter {
             });
         }
         let tracer = providers.as_ref().map(|p| p.tracer.tracer("clawtrace"));
+        // NVML is optional: without it, device-open tracking still works and nothing complains
+        // (`clawtrace check` says it is not available).
+        let gpu: Option<Box<dyn GpuSource>> = match NvmlSource::init() {
+            Ok(nvml) => {
+                log::info!("NVML: {}", nvml.describe());
+                Some(Box::new(nvml))
+            }
+            Err(reason) => {
+                log::debug!("NVML: not available ({reason})");
+                None
+            }
+        };
         let worker = Worker {
             resolver: AgentResolver::new(config.agent),
             labels,
@@ -122,6 +137,10 @@ impl Exporter {
             clock,
             settle_after: config.settle_after,
             overflow_seen: 0,
+            gpu,
+            gpu_poll: config.gpu_poll,
+            gpu_polled: Instant::now(),
+            device_users: DeviceUsers::default(),
         };
         let handle = std::thread::Builder::new()
             .name("clawtrace-export".into())
@@ -198,6 +217,10 @@ struct Worker {
     clock: WallClock,
     settle_after: Duration,
     overflow_seen: u64,
+    gpu: Option<Box<dyn GpuSource>>,
+    gpu_poll: Duration,
+    gpu_polled: Instant,
+    device_users: DeviceUsers,
 }
 
 const TICK: Duration = Duration::from_millis(250);
@@ -241,6 +264,47 @@ impl Worker {
         for gone in self.labels.expire(now) {
             self.metrics.forget_agent(&gone);
         }
+        if self.gpu.is_some() && self.gpu_polled.elapsed() >= self.gpu_poll {
+            self.gpu_polled = now;
+            self.poll_gpus();
+        }
+    }
+
+    /// Reads GPU processes through NVML and sets each container's GPU memory.
+    fn poll_gpus(&mut self) {
+        let Some(source) = &mut self.gpu else {
+            return;
+        };
+        let processes = match source.processes() {
+            Ok(p) => p,
+            Err(err) => {
+                log::debug!("NVML: {err}");
+                return;
+            }
+        };
+        let containers: Vec<(u64, String, String)> = self
+            .containers
+            .iter()
+            .filter_map(|(id, t)| Some((*id, t.container.cgroup_path.clone(), t.agent.clone()?)))
+            .collect();
+        let by_container = memory_by_container(&processes, |pid| {
+            let path = cgroup_path_of(pid)?;
+            containers
+                .iter()
+                .find(|(_, root, _)| path == *root || path.starts_with(&format!("{root}/")))
+                .map(|(id, _, _)| *id)
+        });
+        let readings = by_container
+            .into_iter()
+            .filter_map(|((id, gpu, uuid), bytes)| {
+                let agent = containers.iter().find(|(c, _, _)| *c == id)?.2.clone();
+                Some(((agent, gpu, uuid), bytes))
+            })
+            .fold(HashMap::new(), |mut acc, (key, bytes)| {
+                *acc.entry(key).or_insert(0) += bytes;
+                acc
+            });
+        self.metrics.gpu_memory(&readings);
     }
 
     fn on_event(&mut self, rt: &tokio::runtime::Runtime, event: Timed) {
@@ -363,6 +427,10 @@ impl Worker {
                 self.metrics
                     .container_deleted(&agent, d.lifetime_seconds, cause, d.was_lingering);
                 self.labels.release(&agent, Instant::now());
+                for (gpu, users) in self.device_users.remove(id) {
+                    self.metrics
+                        .gpu_users(&gpu, users, self.device_users.shared());
+                }
                 if let Some(t) = self.containers.remove(&id) {
                     if let (Some(span), Some(tracer)) = (t.span, &self.tracer) {
                         span.finish(tracer, at, false);
@@ -370,6 +438,14 @@ impl Worker {
                 }
             }
             Event::Mount(m) => self.metrics.mount(&agent, m.writable, m.duration_seconds),
+            Event::DeviceOpen(d) => {
+                if d.first_use && d.is_gpu {
+                    let users = self.device_users.add(&d.gpu, id);
+                    self.metrics
+                        .gpu_users(&d.gpu, users, self.device_users.shared());
+                }
+            }
+            Event::GpuSharing(_) => self.metrics.gpu_sharing(&agent),
             Event::VolumeViolation(v) => {
                 self.metrics
                     .volume_violation(&agent, v.kind.as_str(), v.active)
@@ -392,5 +468,7 @@ fn container_of(event: &Event) -> Option<u64> {
         Event::Mount(e) => e.container.cgroup_id,
         Event::VolumeMount(e) => e.container.cgroup_id,
         Event::VolumeViolation(e) => e.container.cgroup_id,
+        Event::DeviceOpen(e) => e.container.cgroup_id,
+        Event::GpuSharing(e) => e.container.cgroup_id,
     })
 }

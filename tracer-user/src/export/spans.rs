@@ -42,6 +42,8 @@ pub struct ContainerSpan {
     start_seconds: Option<f64>,
     /// Of that start, the seconds spent in mount system calls.
     mount_seconds: Option<f64>,
+    /// Device nodes it opened.
+    devices: Vec<String>,
 }
 
 pub fn system_time(clock: &WallClock, mono_ns: u64) -> SystemTime {
@@ -78,6 +80,7 @@ impl ContainerSpan {
             init_cause: None,
             start_seconds: None,
             mount_seconds: None,
+            devices: Vec::new(),
         }
     }
 
@@ -207,6 +210,30 @@ impl ContainerSpan {
                     KeyValue::new("clawtrace.violation.containers", v.containers.join(",")),
                 ],
             ),
+            Event::DeviceOpen(d) => {
+                if d.first_use || d.result < 0 {
+                    if d.first_use && !self.devices.contains(&d.device) {
+                        self.devices.push(d.device.clone());
+                    }
+                    self.push(
+                        "device_open",
+                        at,
+                        vec![
+                            KeyValue::new("process.pid", i64::from(d.pid)),
+                            KeyValue::new("clawtrace.device", d.device.clone()),
+                            KeyValue::new("clawtrace.device.result", d.result),
+                        ],
+                    );
+                }
+            }
+            Event::GpuSharing(g) => self.push(
+                "gpu_sharing",
+                at,
+                vec![
+                    KeyValue::new("clawtrace.device", g.device.clone()),
+                    KeyValue::new("clawtrace.gpu.containers", g.containers.join(",")),
+                ],
+            ),
             Event::ContainerCreate(_) | Event::ContainerDelete(_) => {}
         }
     }
@@ -230,6 +257,12 @@ impl ContainerSpan {
         }
         if let Some(start) = self.start_seconds {
             attributes.push(KeyValue::new("clawtrace.start_seconds", start));
+        }
+        if !self.devices.is_empty() {
+            attributes.push(KeyValue::new(
+                "clawtrace.gpu.devices",
+                self.devices.join(","),
+            ));
         }
         if let Some(mounts) = self.mount_seconds {
             attributes.push(KeyValue::new("clawtrace.start.mount_seconds", mounts));
