@@ -117,22 +117,6 @@ pub fn run(options: &RunOptions, stop: &Arc<AtomicBool>, out: impl Write) -> Res
         device_prefixes: options.gpu_device_prefixes.clone(),
     })?;
     let clock = sys::WallClock::now();
-    let exporter = if listener.is_some() || options.otlp.is_some() {
-        Some(Exporter::start(
-            ExportConfig {
-                prometheus: listener,
-                otlp: options.otlp.clone(),
-                agent: options.agent.clone(),
-                labels: options.labels.clone(),
-                queue: 65536,
-                settle_after: Duration::from_secs(2),
-                gpu_poll: options.gpu_poll,
-            },
-            clock,
-        )?)
-    } else {
-        None
-    };
     let mut printer = Printer::new(out, options.format, clock);
     let mut model = Model::new(
         recognizer,
@@ -167,6 +151,25 @@ pub fn run(options: &RunOptions, stop: &Arc<AtomicBool>, out: impl Write) -> Res
         log::warn!("no cgroup v2 mount found: containers already running are not followed");
     }
 
+    // Attached and scanned: from here on only what the sinks need is kept. Capabilities are per
+    // thread, so this comes before the export threads start.
+    sys::drop_privileges()?;
+    let exporter = if listener.is_some() || options.otlp.is_some() {
+        Some(Exporter::start(
+            ExportConfig {
+                prometheus: listener,
+                otlp: options.otlp.clone(),
+                agent: options.agent.clone(),
+                labels: options.labels.clone(),
+                queue: 65536,
+                settle_after: Duration::from_secs(2),
+                gpu_poll: options.gpu_poll,
+            },
+            clock,
+        )?)
+    } else {
+        None
+    };
     log::info!(
         "tracing: {} programs attached, {} running container(s) found",
         crate::tracepoints::HOOKS.len(),

@@ -6,7 +6,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context as _, Result};
 use caps::{CapSet, Capability};
 
 pub const TRACEFS: &str = "/sys/kernel/tracing";
@@ -40,6 +40,47 @@ pub fn privilege_hint(missing: &[Capability]) -> String {
         "{} not held; run as root, or grant them: setcap cap_bpf,cap_perfmon,cap_sys_admin+ep $(which clawtrace)",
         names.join(", ")
     )
+}
+
+/// Capabilities kept once the programs are attached, and why:
+/// - CAP_BPF: the maps stay in use (containers found at start are added, cgroups that are not
+///   containers are removed from the kernel's table);
+/// - CAP_SYS_PTRACE: reading /proc/<pid>/environ of processes of other users (the agent-name
+///   variable of containers found at start);
+/// - CAP_DAC_READ_SEARCH: reading runtime metadata (runc state, OCI bundles) that is not
+///   readable by its owner bits alone.
+///
+/// Everything else (CAP_SYS_ADMIN, CAP_PERFMON, CAP_NET_*, CAP_SETUID, …) is dropped from the
+/// effective, permitted, inheritable, ambient and bounding sets, and no_new_privs is set.
+pub const KEPT_CAPS: [Capability; 3] = [
+    Capability::CAP_BPF,
+    Capability::CAP_SYS_PTRACE,
+    Capability::CAP_DAC_READ_SEARCH,
+];
+
+/// Drops every capability but [`KEPT_CAPS`] for this thread and those it starts later. Call it
+/// before starting any thread: capabilities are per thread.
+pub fn drop_privileges() -> Result<()> {
+    use std::collections::HashSet;
+    let keep: HashSet<Capability> = KEPT_CAPS.into_iter().collect();
+    let permitted = caps::read(None, CapSet::Permitted)?;
+    // The bounding set first: dropping from it needs CAP_SETPCAP, which goes next.
+    for cap in caps::all() {
+        if !keep.contains(&cap) && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
+            caps::drop(None, CapSet::Bounding, cap)
+                .with_context(|| format!("dropping {cap} from the bounding set"))?;
+        }
+    }
+    let kept: HashSet<Capability> = permitted.intersection(&keep).copied().collect();
+    caps::clear(None, CapSet::Ambient).context("clearing ambient capabilities")?;
+    caps::clear(None, CapSet::Inheritable).context("clearing inheritable capabilities")?;
+    caps::set(None, CapSet::Effective, &kept).context("setting effective capabilities")?;
+    caps::set(None, CapSet::Permitted, &kept).context("setting permitted capabilities")?;
+    // SAFETY: prctl with PR_SET_NO_NEW_PRIVS takes integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        bail!("setting no_new_privs: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Returns the tracefs mount, mounting it at /sys/kernel/tracing when no tracefs is mounted.
