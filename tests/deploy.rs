@@ -214,41 +214,113 @@ fn grafana_to_promql(expr: &str) -> String {
 }
 
 /// The metric families clawtrace exposes (on its /metrics and after the collector's
-/// translation): (name, type).
-const FAMILIES: &[(&str, &str)] = &[
-    ("container_changes_total", "counter"),
-    ("container_exits_total", "counter"),
-    ("container_signals_total", "counter"),
-    ("containers_live", "gauge"),
-    ("containers_lingering", "gauge"),
-    ("container_start_duration_seconds", "histogram"),
-    ("container_lifetime_seconds", "histogram"),
-    ("clawtrace_events_total", "counter"),
-    ("clawtrace_events_lost_total", "counter"),
-    ("clawtrace_label_overflow_total", "counter"),
-    ("clawtrace_export_errors_total", "counter"),
+/// translation): (name, type, labels).
+const FAMILIES: &[(&str, &str, &[&str])] = &[
+    (
+        "container_changes_total",
+        "counter",
+        &["operation", "agent_name"],
+    ),
+    (
+        "container_exits_total",
+        "counter",
+        &["agent_name", "cause", "signal", "exit_code"],
+    ),
+    (
+        "container_signals_total",
+        "counter",
+        &["agent_name", "signal", "sender"],
+    ),
+    ("containers_live", "gauge", &["agent_name"]),
+    ("containers_lingering", "gauge", &["agent_name"]),
+    (
+        "container_start_duration_seconds",
+        "histogram",
+        &["agent_name"],
+    ),
+    (
+        "container_lifetime_seconds",
+        "histogram",
+        &["agent_name", "cause"],
+    ),
+    ("clawtrace_events_total", "counter", &["kind"]),
+    ("clawtrace_events_lost_total", "counter", &["probe"]),
+    ("clawtrace_label_overflow_total", "counter", &[]),
+    ("clawtrace_export_errors_total", "counter", &["sink"]),
+    ("clawtrace_spans_dropped_total", "counter", &[]),
+    (
+        "container_mount_duration_seconds",
+        "histogram",
+        &["agent_name", "writable"],
+    ),
+    (
+        "container_volume_violations_total",
+        "counter",
+        &["agent_name", "kind"],
+    ),
+    (
+        "container_volume_violations_current",
+        "gauge",
+        &["agent_name", "kind"],
+    ),
+    ("gpu_containers", "gauge", &["gpu"]),
+    ("gpu_shared_devices", "gauge", &[]),
+    ("gpu_sharing_total", "counter", &["agent_name"]),
+    (
+        "container_gpu_memory_bytes",
+        "gauge",
+        &["agent_name", "gpu", "gpu_uuid"],
+    ),
 ];
 
-/// Names of the series these families give Prometheus (histograms as _bucket/_sum/_count).
-fn series_names() -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
-    for (name, kind) in FAMILIES {
-        if *kind == "histogram" {
-            for suffix in ["_bucket", "_sum", "_count"] {
-                names.insert(format!("{name}{suffix}"));
-            }
-        } else {
-            names.insert(name.to_string());
-        }
+/// The names of a family's series in Prometheus (a histogram's _bucket, _sum and _count).
+fn family_series(name: &str, kind: &str) -> Vec<String> {
+    if kind == "histogram" {
+        ["_bucket", "_sum", "_count"]
+            .iter()
+            .map(|suffix| format!("{name}{suffix}"))
+            .collect()
+    } else {
+        vec![name.to_string()]
     }
-    names
 }
 
-/// The identifiers in `expr` that name clawtrace series (they start with `container` or
-/// `clawtrace_`; a recording rule's `clawtrace:` names are not ones).
+/// Names of the series these families give Prometheus.
+fn series_names() -> BTreeSet<String> {
+    FAMILIES
+        .iter()
+        .flat_map(|(name, kind, _)| family_series(name, kind))
+        .collect()
+}
+
+/// The family a series belongs to: (name, type, labels).
+fn family_of(
+    series: &str,
+) -> Option<&'static (&'static str, &'static str, &'static [&'static str])> {
+    FAMILIES
+        .iter()
+        .find(|(name, kind, _)| family_series(name, kind).iter().any(|s| s == series))
+}
+
+/// True when `series` carries the agent_name label (dashboard queries must filter it).
+fn per_agent(series: &str) -> bool {
+    family_of(series).is_some_and(|(_, _, labels)| labels.contains(&"agent_name"))
+}
+
+/// The identifiers in `expr` that name clawtrace series: they start with `container`,
+/// `clawtrace_` or `gpu_` and are not one of the families' label names (a recording rule's
+/// `clawtrace:` names are not ones).
 fn referenced_series(expr: &str) -> BTreeSet<String> {
+    let labels: BTreeSet<&str> = FAMILIES
+        .iter()
+        .flat_map(|(_, _, labels)| labels.iter().copied())
+        .collect();
     expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
-        .filter(|w| (w.starts_with("container") || w.starts_with("clawtrace_")) && !w.contains(':'))
+        .filter(|w| {
+            (w.starts_with("container") || w.starts_with("clawtrace_") || w.starts_with("gpu_"))
+                && !w.contains(':')
+                && !labels.contains(w)
+        })
         .map(str::to_string)
         .collect()
 }
@@ -320,6 +392,9 @@ fn dashboard_is_well_formed() {
         rows.iter().any(|r| r.contains("health")),
         "no clawtrace health row: {rows:?}"
     );
+    for row in ["GPU", "Mounts and volumes"] {
+        assert!(rows.contains(&row), "no {row} row: {rows:?}");
+    }
 
     // Every expression names only clawtrace's series, every family is shown, and every
     // per-container series is filtered by the agent variable.
@@ -334,7 +409,7 @@ fn dashboard_is_well_formed() {
         );
         for r in &refs {
             assert!(known.contains(r), "{title}: unknown series {r} in {expr}");
-            if r.starts_with("container") {
+            if per_agent(r) {
                 assert!(
                     expr.contains("agent_name=~\"$agent_name\""),
                     "{title}: {expr} ignores the agent_name variable"
@@ -353,7 +428,7 @@ fn dashboard_is_well_formed() {
         }
         assert_eq!(depth, 0, "{title}: unbalanced {expr}");
     }
-    for (name, kind) in FAMILIES {
+    for (name, kind, _) in FAMILIES {
         let series = if *kind == "histogram" {
             format!("{name}_bucket")
         } else {
@@ -361,6 +436,56 @@ fn dashboard_is_well_formed() {
         };
         assert!(used.contains(&series), "no panel shows {series}");
     }
+    // The GPU and mount series are shown in their own rows; the GPU row puts the backlog beside
+    // the shared devices; GPU memory shows 0 without NVML.
+    let mut row_of = BTreeMap::new();
+    let mut row = "";
+    for p in dash["panels"].as_array().expect("panels") {
+        if p["type"] == "row" {
+            row = p["title"].as_str().unwrap_or("");
+        }
+        for nested in all_panels(&serde_json::json!({ "panels": [p] })) {
+            if let Some(title) = nested["title"].as_str() {
+                row_of.insert(title.to_string(), row.to_string());
+            }
+        }
+    }
+    for (title, expr) in &exprs {
+        let row = &row_of[title];
+        for r in referenced_series(expr) {
+            let want = if r.starts_with("gpu_") || r.starts_with("container_gpu_") {
+                "GPU"
+            } else if r.starts_with("container_mount_") || r.starts_with("container_volume_") {
+                "Mounts and volumes"
+            } else {
+                continue;
+            };
+            assert_eq!(row, want, "{title}: {r} outside the {want} row");
+        }
+        if expr.contains("container_gpu_memory_bytes") {
+            assert!(
+                expr.ends_with(" or vector(0)"),
+                "{title}: {expr} shows nothing without NVML"
+            );
+        }
+    }
+    assert!(
+        all_panels(&dash).iter().any(|p| {
+            let exprs: Vec<&str> = p["targets"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|t| t["expr"].as_str())
+                .collect();
+            row_of
+                .get(p["title"].as_str().unwrap_or(""))
+                .map(String::as_str)
+                == Some("GPU")
+                && exprs.iter().any(|e| e.contains("containers_live"))
+                && exprs.iter().any(|e| e.contains("gpu_shared_devices"))
+        }),
+        "no GPU panel shows the backlog (containers_live) beside gpu_shared_devices"
+    );
     // The panels the deployment guide promises.
     let all = exprs
         .iter()
@@ -377,6 +502,12 @@ fn dashboard_is_well_formed() {
         "histogram_quantile(0.99, sum by (le, agent_name) (rate(container_start_duration_seconds_bucket",
         "sum by (sender)",
         "sum by (cause)",
+        "histogram_quantile(0.5, sum by (le, agent_name, writable) (rate(container_mount_duration_seconds_bucket",
+        "histogram_quantile(0.99, sum by (le, agent_name, writable) (rate(container_mount_duration_seconds_bucket",
+        "sum by (kind) (container_volume_violations_current",
+        "rate(container_volume_violations_total",
+        "rate(gpu_sharing_total",
+        "(gpu_containers)",
     ] {
         assert!(all.contains(needle), "no dashboard expression has {needle}");
     }
@@ -570,9 +701,10 @@ impl Prometheus {
     }
 
     /// Runs every dashboard expression, the agent variable's query and every recording rule;
-    /// each must succeed with a non-empty result holding at least one number. Returns how many
-    /// queries ran.
-    fn check_dashboard_and_rules(&self) -> usize {
+    /// each must succeed with a non-empty result holding at least one number. An expression
+    /// with an `or vector(0)` fallback must hold data without it too, unless every series it
+    /// names belongs to one of the families `may_be_absent`. Returns how many queries ran.
+    fn check_dashboard_and_rules(&self, may_be_absent: &[&str]) -> usize {
         let mut failures = Vec::new();
         let mut ran = 0;
 
@@ -603,10 +735,22 @@ impl Prometheus {
 
         // Every panel expression. A query must hold data as soon as the series have their
         // samples; a short retry only covers rule evaluation and scrape timing.
-        let mut queries: Vec<(String, String)> = dashboard_exprs(&dash)
-            .into_iter()
-            .map(|(title, expr)| (format!("panel {title:?}"), grafana_to_promql(&expr)))
-            .collect();
+        let mut queries: Vec<(String, String)> = Vec::new();
+        for (title, expr) in dashboard_exprs(&dash) {
+            queries.push((format!("panel {title:?}"), grafana_to_promql(&expr)));
+            let Some(bare) = expr.strip_suffix(" or vector(0)") else {
+                continue;
+            };
+            let optional = referenced_series(bare)
+                .iter()
+                .all(|s| family_of(s).is_some_and(|(name, _, _)| may_be_absent.contains(name)));
+            if !optional {
+                queries.push((
+                    format!("panel {title:?} without its `or vector(0)`"),
+                    grafana_to_promql(bare),
+                ));
+            }
+        }
         queries.extend(
             recorded_names()
                 .into_iter()
@@ -693,7 +837,7 @@ fn check_dashboard_against(prometheus: &Path, target: &str) {
     let prom = Prometheus::start(prometheus, target);
     eprintln!("prometheus ready in {:.1?}", started.elapsed());
     prom.wait_scrapes(3);
-    let ran = prom.check_dashboard_and_rules();
+    let ran = prom.check_dashboard_and_rules(&[]);
     eprintln!(
         "{ran} queries returned data from {target} ({:.1?} with prometheus)",
         started.elapsed()
@@ -841,6 +985,99 @@ fn sample_exposition(n: u64) -> String {
     for sink in ["otlp", "audit"] {
         let _ = writeln!(s, "clawtrace_export_errors_total{{sink=\"{sink}\"}} 0");
     }
+    family(
+        &mut s,
+        "clawtrace_spans_dropped_total",
+        "counter",
+        "Container spans dropped.",
+    );
+    let _ = writeln!(s, "clawtrace_spans_dropped_total 0");
+    // Mount calls per scrape: nemo's 4 writable and 2 read-only ones, openclaw's 4 writable ones.
+    family(
+        &mut s,
+        "container_mount_duration_seconds",
+        "histogram",
+        "Mount system calls made in containers.",
+    );
+    let mount_les = ["0.00001", "0.0001", "0.001", "0.01", "+Inf"];
+    for (agent, writable, cumulative) in [
+        ("nemo", "true", [0u64, 2, 3, 4, 4]),
+        ("nemo", "false", [0, 1, 2, 2, 2]),
+        ("openclaw", "true", [1, 2, 4, 4, 4]),
+    ] {
+        let labels = format!("agent_name=\"{agent}\",writable=\"{writable}\"");
+        for (le, c) in mount_les.iter().zip(cumulative) {
+            let _ = writeln!(
+                s,
+                "container_mount_duration_seconds_bucket{{{labels},le=\"{le}\"}} {}",
+                c * n
+            );
+        }
+        let _ = writeln!(s, "container_mount_duration_seconds_sum{{{labels}}} {}", n);
+        let _ = writeln!(
+            s,
+            "container_mount_duration_seconds_count{{{labels}}} {}",
+            cumulative[4] * n
+        );
+    }
+    family(
+        &mut s,
+        "container_volume_violations_total",
+        "counter",
+        "Writable binds that break the volume policy.",
+    );
+    family(
+        &mut s,
+        "container_volume_violations_current",
+        "gauge",
+        "Writable binds that break the volume policy now.",
+    );
+    for (agent, kind, now) in [
+        ("nemo", "shared_writable", 1),
+        ("openclaw", "read_only_volume_writable", 0),
+    ] {
+        let labels = format!("agent_name=\"{agent}\",kind=\"{kind}\"");
+        let _ = writeln!(s, "container_volume_violations_total{{{labels}}} {n}");
+        let _ = writeln!(s, "container_volume_violations_current{{{labels}}} {now}");
+    }
+    family(
+        &mut s,
+        "gpu_containers",
+        "gauge",
+        "Live containers that opened each GPU device.",
+    );
+    for (gpu, v) in [("nvidia0", 2), ("nvidia1", 1)] {
+        let _ = writeln!(s, "gpu_containers{{gpu=\"{gpu}\"}} {v}");
+    }
+    family(
+        &mut s,
+        "gpu_shared_devices",
+        "gauge",
+        "GPU devices used by more than one live container.",
+    );
+    let _ = writeln!(s, "gpu_shared_devices 1");
+    family(
+        &mut s,
+        "gpu_sharing_total",
+        "counter",
+        "Containers that began using a GPU device another live container was using.",
+    );
+    let _ = writeln!(s, "gpu_sharing_total{{agent_name=\"nemo\"}} {n}");
+    family(
+        &mut s,
+        "container_gpu_memory_bytes",
+        "gauge",
+        "GPU memory held by a container's processes (NVML).",
+    );
+    for (agent, gpu, uuid, bytes) in [
+        ("nemo", "0", "GPU-0b1c", 2u64 << 30),
+        ("openclaw", "1", "GPU-7e2d", 512 << 20),
+    ] {
+        let _ = writeln!(
+            s,
+            "container_gpu_memory_bytes{{agent_name=\"{agent}\",gpu=\"{gpu}\",gpu_uuid=\"{uuid}\"}} {bytes}"
+        );
+    }
     s
 }
 
@@ -903,11 +1140,34 @@ impl Drop for SampleExporter {
 #[test]
 fn sample_exposition_has_every_family() {
     let text = sample_exposition(1);
-    for (name, kind) in FAMILIES {
+    for (name, kind, labels) in FAMILIES {
         assert!(
             text.contains(&format!("# TYPE {name} {kind}\n")),
             "sample exposition lacks {name}"
         );
+        // Its samples carry the family's labels.
+        let series = family_series(name, kind);
+        let samples: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                series.iter().any(|s| {
+                    l.strip_prefix(s.as_str())
+                        .is_some_and(|rest| rest.starts_with(['{', ' ']))
+                })
+            })
+            .collect();
+        assert!(
+            !samples.is_empty(),
+            "sample exposition has no {name} sample"
+        );
+        for sample in samples {
+            for label in *labels {
+                assert!(
+                    sample.contains(&format!("{label}=\"")),
+                    "{name} sample without {label}: {sample}"
+                );
+            }
+        }
     }
 }
 
@@ -932,13 +1192,15 @@ struct ClawtraceExporter {
 }
 
 impl ClawtraceExporter {
-    /// Starts clawtrace serving /metrics on `listen` and treating the cgroups matching
-    /// `pattern` as containers; waits until its probes are attached and /metrics answers.
-    fn start(listen: SocketAddr, pattern: &str) -> ClawtraceExporter {
+    /// Starts clawtrace serving /metrics on `listen`, treating the cgroups matching `pattern` as
+    /// containers, with `extra` arguments; waits until its probes are attached and /metrics
+    /// answers.
+    fn start(listen: SocketAddr, pattern: &str, extra: &[&str]) -> ClawtraceExporter {
         let mut child = Command::new(env!("CARGO_BIN_EXE_clawtrace"))
             .args(["run", "--prometheus-listen", &listen.to_string()])
             .args(["--container-cgroup-pattern", pattern])
             .args(["--linger-after", "1s"])
+            .args(extra)
             .env("RUST_LOG", "info")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .env_remove("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
@@ -1173,8 +1435,51 @@ fn wait_expected(
     }
 }
 
+/// A container of the workload that stays until the end of the test: its cgroup and its
+/// process.
+struct Resident {
+    cgroup: TestCgroup,
+    child: Child,
+}
+
+impl Resident {
+    /// Runs `script` (sh) in a new container of agent `agent` and waits until it has exec'd
+    /// `sleep`, its set-up (device opens, mounts) done.
+    fn start(agent: &str, script: &str) -> Resident {
+        let cgroup = TestCgroup::new(agent);
+        let child = cgroup.spawn(sh(script).stdout(Stdio::null()));
+        wait_comm(child.id(), "sleep");
+        Resident { cgroup, child }
+    }
+
+    /// Kills the process, reaps it and removes the cgroup.
+    fn end(mut self) {
+        kill(self.child.id(), libc::SIGKILL);
+        wait_status(&mut self.child);
+        self.cgroup.remove();
+    }
+}
+
+/// A script that opens `device` and keeps it open in `sleep`, as a GPU program keeps its device.
+fn holding_device(device: &Path) -> String {
+    format!("exec 3< '{}'; exec sleep 1000", device.display())
+}
+
+/// A script that binds `source` onto `target` (read-only or not) in a private mount namespace of
+/// its own, as a runtime makes a volume, then execs `sleep`. The namespace, and the bind, go
+/// with the process.
+fn binding(source: &Path, target: &Path, read_only: bool) -> String {
+    let ro = if read_only { " -o ro" } else { "" };
+    format!(
+        "exec unshare -m --propagation private sh -c 'mount --bind{ro} \"$1\" \"$2\" && exec sleep 1000' volume '{}' '{}'",
+        source.display(),
+        target.display()
+    )
+}
+
 /// Prometheus scraping a real clawtrace while containers (cgroups) are created and end in every
-/// way the dashboard shows; then every dashboard expression and recording rule must return data.
+/// way the dashboard shows, share a GPU device and bind volumes; then every dashboard expression
+/// and recording rule must return data.
 #[test]
 fn dashboard_queries_return_data_from_clawtrace() {
     require_privileged!();
@@ -1184,6 +1489,23 @@ fn dashboard_queries_return_data_from_clawtrace() {
     };
     let started = Instant::now();
 
+    // A "GPU device" (a plain file under a --gpu-device-prefix of the test's own) and folders to
+    // bind: "models" is a --read-only-volume.
+    let scratch = TempDir::new("workload");
+    let root = fs::canonicalize(scratch.path()).expect("canonical scratch folder");
+    let gpu_prefix = root.join("gpu").display().to_string();
+    assert!(
+        gpu_prefix.len() <= 48,
+        "--gpu-device-prefix {gpu_prefix} is longer than clawtrace takes (48 bytes): shorten TMPDIR"
+    );
+    let gpu0 = root.join("gpu0");
+    fs::write(&gpu0, b"").expect("write the GPU device stand-in");
+    let (models, ro, rw) = (root.join("models"), root.join("ro"), root.join("rw"));
+    for dir in [&models, &ro, &rw] {
+        fs::create_dir(dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+    }
+    let models_flag = models.display().to_string();
+
     // The cgroups of this test, named clawtrace-test-<pid>-<agent>-<n>: the pattern's agent
     // capture becomes the agent_name label.
     let pattern = format!(
@@ -1191,7 +1513,16 @@ fn dashboard_queries_return_data_from_clawtrace() {
         std::process::id()
     );
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let clawtrace = ClawtraceExporter::start(listen, &pattern);
+    let clawtrace = ClawtraceExporter::start(
+        listen,
+        &pattern,
+        &[
+            "--gpu-device-prefix",
+            &gpu_prefix,
+            "--read-only-volume",
+            &models_flag,
+        ],
+    );
     eprintln!("clawtrace ready after {:.1?}", started.elapsed());
     let prom = Prometheus::start(&prometheus, &listen.to_string());
     prom.wait_scrapes(2);
@@ -1199,10 +1530,39 @@ fn dashboard_queries_return_data_from_clawtrace() {
 
     // Two rounds, with Prometheus scraping the first before the second starts: every counter
     // and histogram bucket then grows between two scrapes, and rates are positive.
+    // Round 1 also starts two containers of agent "gpu" sharing gpu0, and one of agent "volume"
+    // binding "models" read-only.
     workload_round(2, 1, 1);
-    wait_expected(&prom, &totals(4.0, 4.0, 4.0), listen, &clawtrace);
+    let mut residents = vec![
+        Resident::start("gpu", &holding_device(&gpu0)),
+        Resident::start("gpu", &holding_device(&gpu0)),
+        Resident::start("volume", &binding(&models, &ro, true)),
+    ];
+    let mount_calls = "sum(container_mount_duration_seconds_count{agent_name=\"volume\"})";
+    let mut expected = totals(4.0, 4.0, 4.0);
+    expected.extend([
+        exactly(
+            "containers on gpu0",
+            "sum(gpu_containers{gpu=\"gpu0\"})",
+            2.0,
+        ),
+        exactly(
+            "GPU sharing",
+            "sum(gpu_sharing_total{agent_name=\"gpu\"})",
+            1.0,
+        ),
+        // unshare's propagation change, the bind and its read-only remount.
+        at_least("mount calls", mount_calls, 2.0),
+    ]);
+    wait_expected(&prom, &expected, listen, &clawtrace);
+    let round1_mounts = prom.scalar(mount_calls).unwrap_or(0.0);
     eprintln!("round 1 scraped after {:.1?}", started.elapsed());
+
+    // Round 2 adds a third container on gpu0, and one that binds "models" writable: shared with
+    // the read-only one, and a --read-only-volume, so both kinds of violation.
     workload_round(3, 1, 1);
+    residents.push(Resident::start("gpu", &holding_device(&gpu0)));
+    residents.push(Resident::start("volume", &binding(&models, &rw, false)));
     // Alpha: one container whose init exits while its cgroup stays (lingering after 1 s), and
     // one that stays live while Prometheus is queried.
     let mut lingering = TestCgroup::new("alpha");
@@ -1232,24 +1592,63 @@ fn dashboard_queries_return_data_from_clawtrace() {
         ),
         // Live counts every container that exists: the lingering one and the live one.
         exactly("live", "sum(containers_live{agent_name=\"alpha\"})", 2.0),
+        exactly(
+            "containers on gpu0",
+            "sum(gpu_containers{gpu=\"gpu0\"})",
+            3.0,
+        ),
+        exactly("shared GPU devices", "sum(gpu_shared_devices)", 1.0),
+        exactly(
+            "GPU sharing",
+            "sum(gpu_sharing_total{agent_name=\"gpu\"})",
+            2.0,
+        ),
+        exactly("live GPU and volume containers", "sum(containers_live{agent_name=~\"gpu|volume\"})", 5.0),
+        at_least("mount calls", mount_calls, round1_mounts + 2.0),
+        exactly(
+            "shared writable volumes now",
+            "sum(container_volume_violations_current{agent_name=\"volume\", kind=\"shared_writable\"})",
+            1.0,
+        ),
+        exactly(
+            "writable read-only volumes now",
+            "sum(container_volume_violations_current{agent_name=\"volume\", kind=\"read_only_volume_writable\"})",
+            1.0,
+        ),
+        // The writer's two, and possibly the reader's bind before its read-only remount.
+        at_least(
+            "violations",
+            "sum(container_volume_violations_total{agent_name=\"volume\"})",
+            2.0,
+        ),
     ]);
     wait_expected(&prom, &expected, listen, &clawtrace);
     eprintln!("workload scraped after {:.1?}", started.elapsed());
 
-    // Families no workload guarantees (nothing lost, no export configured) may be absent.
-    for (name, kind) in FAMILIES {
+    // Every family is there but those no workload here makes: nothing lost, no export
+    // configured, no NVML.
+    let may_be_absent = [
+        "clawtrace_events_lost_total",
+        "clawtrace_export_errors_total",
+        "container_gpu_memory_bytes",
+    ];
+    for (name, kind, _) in FAMILIES {
         let series = if *kind == "histogram" {
             format!("{name}_count")
         } else {
             name.to_string()
         };
         if prom.vector(&format!("count({series})")).is_empty() {
+            assert!(
+                may_be_absent.contains(name),
+                "clawtrace exposes no {series} series after the workload"
+            );
             eprintln!("note: clawtrace exposes no {series} series");
         }
     }
 
     prom.wait_more_scrapes(3);
-    let ran = prom.check_dashboard_and_rules();
+    let ran = prom.check_dashboard_and_rules(&may_be_absent);
     eprintln!(
         "{ran} queries returned data from clawtrace after {:.1?}",
         started.elapsed()
@@ -1259,8 +1658,12 @@ fn dashboard_queries_return_data_from_clawtrace() {
     wait_status(&mut live_child);
     live.remove();
     lingering.remove();
+    for resident in residents {
+        resident.end();
+    }
     drop(prom);
     clawtrace.stop();
+    drop(scratch);
     eprintln!("{test}: {:.1?} in all", started.elapsed());
 }
 
@@ -1565,7 +1968,7 @@ fn yaml_files_parse_and_hold_the_deployment() {
     assert_eq!(records, recorded_names());
     // The collector's comment states the names its translation produces.
     let otel = read_deploy("otel-collector/config.yaml");
-    for (name, _) in FAMILIES {
+    for (name, _, _) in FAMILIES {
         assert!(otel.contains(name), "otel config does not mention {name}");
     }
 }
