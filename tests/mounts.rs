@@ -29,6 +29,14 @@ const OPEN_TREE_CLONE: u64 = 1;
 const MOVE_MOUNT_F_EMPTY_PATH: u64 = 4;
 const MOUNT_ATTR_RDONLY: u64 = 1;
 
+/// The tests of this file take turns: the timing test compares durations with what its
+/// containers measured, which other tests' load on the CPUs would skew.
+static EXCLUSIVE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn turn() -> std::sync::MutexGuard<'static, ()> {
+    EXCLUSIVE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// One step of a container's set-up.
 #[derive(Clone)]
 enum Step {
@@ -192,7 +200,7 @@ fn start_with_mounts(
             if libc::unshare(libc::CLONE_NEWNS) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            let mut times = [0u64; 64];
+            let mut times = [0u64; 128];
             let mut n = 0usize;
             let mut timed = |f: &mut dyn FnMut() -> i64| -> std::io::Result<i64> {
                 let start = now_ns();
@@ -354,6 +362,7 @@ fn volume(ct: &Clawtrace, cgroup: &TestCgroup, source: &Path) -> Value {
 #[test]
 fn read_only_state_of_each_bind_as_runtimes_make_them() {
     require_privileged!();
+    let _turn = turn();
     let dirs = Dirs::new(
         "states",
         &[
@@ -430,6 +439,7 @@ fn read_only_state_of_each_bind_as_runtimes_make_them() {
 #[test]
 fn a_shared_source_writable_in_one_container_is_a_violation() {
     require_privileged!();
+    let _turn = turn();
     let dirs = Dirs::new("shared", &["shared", "a", "b"]);
     let listen = format!("127.0.0.1:{}", free_port());
     let ct = Clawtrace::start_scoped("shared", &["--prometheus-listen", &listen], &[]);
@@ -517,6 +527,7 @@ fn a_shared_source_writable_in_one_container_is_a_violation() {
 #[test]
 fn a_read_only_volume_bound_writable_is_a_violation() {
     require_privileged!();
+    let _turn = turn();
     let dirs = Dirs::new("rov", &["models/llama", "m1", "m2"]);
     let models = dirs.path("models").to_string_lossy().to_string();
     let ct = Clawtrace::start_scoped("rov", &["--read-only-volume", &models], &[]);
@@ -563,6 +574,7 @@ fn a_read_only_volume_bound_writable_is_a_violation() {
 #[test]
 fn concurrent_mount_durations_match_what_the_containers_measured() {
     require_privileged!();
+    let _turn = turn();
     // Many containers mount at once under one shared tree: each mounts 16 filesystems below it
     // in its own namespace, then binds the whole tree 20 times (each bind copies 17 mounts), all
     // contending for the kernel's mount locks.

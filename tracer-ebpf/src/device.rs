@@ -13,7 +13,7 @@ use tracer_common::{
     DEVICE_PREFIX_LEN,
 };
 
-use crate::state::{current_cgroup_id, header, is_tracked_cgroup, reserve};
+use crate::state::{current_cgroup_id, header, is_tracked_cgroup, reserve, wakeup};
 
 /// The prefixes, written by the loader.
 #[map]
@@ -97,7 +97,7 @@ pub fn sys_exit_openat(ctx: TracePointContext) -> u32 {
             (*record).comm = bpf_get_current_comm().unwrap_or_default();
             core::ptr::copy_nonoverlapping(path, core::ptr::addr_of_mut!((*record).path), 1);
         }
-        entry.submit(0);
+        entry.submit(wakeup());
     }
     let _ = DEVICE_PENDING.remove(tid);
     0

@@ -14,7 +14,7 @@ use aya_ebpf::{
 };
 use tracer_common::{kind, mount_call, probe, MountRecord, MOUNT_PATH_LEN, MOUNT_TYPE_LEN};
 
-use crate::state::{current_cgroup_id, header, is_tracked_cgroup, now_ns, reserve};
+use crate::state::{current_cgroup_id, header, is_tracked_cgroup, now_ns, reserve, wakeup};
 
 /// Calls between entry and exit, keyed by thread id (a thread makes one system call at a time).
 #[map]
@@ -52,6 +52,8 @@ fn user_str(dst: *mut u8, len: usize, src: u64) {
 /// A zeroed scratch entry for `call`, if the caller is in a followed cgroup.
 #[inline(always)]
 fn begin(call: u32) -> Option<*mut MountRecord> {
+    // The clock first: the duration should be the call's, not this program's.
+    let start = now_ns();
     if !is_tracked_cgroup(current_cgroup_id()) {
         return None;
     }
@@ -60,7 +62,7 @@ fn begin(call: u32) -> Option<*mut MountRecord> {
     unsafe {
         core::ptr::write_bytes(entry, 0, 1);
         (*entry).call = call;
-        (*entry).start_ns = now_ns();
+        (*entry).start_ns = start;
     }
     Some(entry)
 }
@@ -214,6 +216,7 @@ pub fn sys_enter_fsconfig(ctx: TracePointContext) -> u32 {
 /// The exit of any of the calls: result, duration, one record.
 #[inline(always)]
 fn finish(ctx: &TracePointContext) {
+    let end = now_ns();
     let tid = bpf_get_current_pid_tgid() as u32;
     let Some(pending) = MOUNT_PENDING.get_ptr(tid) else {
         return;
@@ -227,10 +230,11 @@ fn finish(ctx: &TracePointContext) {
         unsafe {
             core::ptr::copy_nonoverlapping(pending, record, 1);
             (*record).header = header(kind::MOUNT);
+            (*record).header.ts_ns = end;
             (*record).ret = ret;
             (*record).comm = bpf_get_current_comm().unwrap_or_default();
         }
-        entry.submit(0);
+        entry.submit(wakeup());
     }
     let _ = MOUNT_PENDING.remove(tid);
 }

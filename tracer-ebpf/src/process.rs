@@ -15,8 +15,8 @@ use tracer_common::{
 };
 
 use crate::state::{
-    current_cgroup_id, header, is_tracked_cgroup, read_data_loc_str, reserve, track_task, CGROUPS,
-    ENV_KEY, ENV_SCRATCH, OFFSETS, SIGNALS, TASKS,
+    current_cgroup_id, field, header, is_tracked_cgroup, read_data_loc_str, reserve, track_task,
+    wakeup, CGROUPS, ENV_KEY, ENV_SCRATCH, OFFSETS, SIGNALS, TASKS,
 };
 
 const NEWTASK_PID: usize = 8;
@@ -64,10 +64,10 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
 }
 
 fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i32> {
-    let head = header(kind::PROCESS_EXEC);
-    if !is_tracked_cgroup(head.cgroup_id) {
+    if !is_tracked_cgroup(current_cgroup_id()) {
         return Ok(());
     }
+    let head = header(kind::PROCESS_EXEC);
     // SAFETY: fixed offset of sched_process_exec's record, read through bpf_probe_read.
     let old_pid = unsafe { ctx.read_at::<i32>(EXEC_OLD_PID)? } as u32;
     if old_pid != head.pid {
@@ -107,7 +107,7 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i32> {
         (*record).filename_len =
             read_data_loc_str(ctx, EXEC_FILENAME, filename, FILENAME_LEN as u32);
     }
-    entry.submit(0);
+    entry.submit(wakeup());
     Ok(())
 }
 
@@ -208,7 +208,7 @@ fn emit_env(head: &tracer_common::Header, bytes: &[u8; ENV_SCAN_LEN], key_len: u
         let src = bytes.as_ptr().wrapping_add(key_len);
         let _ = bpf_probe_read_kernel_buf(src, core::slice::from_raw_parts_mut(dst, ENV_VALUE_LEN));
     }
-    entry.submit(0);
+    entry.submit(wakeup());
 }
 
 #[tracepoint]
@@ -218,27 +218,34 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
 }
 
 fn try_sched_process_exit(ctx: &TracePointContext) -> Result<(), i32> {
-    let head = header(kind::PROCESS_EXIT);
-    // SAFETY: fixed offset of sched_process_exit's record, read through bpf_probe_read.
-    let group_dead = unsafe { ctx.read_at::<u8>(EXIT_GROUP_DEAD)? } != 0;
+    // Every exit on the host passes here: what is not followed leaves after two lookups.
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (pid, tgid) = (pid_tgid as u32, (pid_tgid >> 32) as u32);
+    // SAFETY: `group_dead` is a bool at this offset of sched_process_exit's record.
+    let group_dead = unsafe { field::<u8>(ctx, EXIT_GROUP_DEAD) } != 0;
+    let followed = TASKS.get_ptr(pid).is_some();
     // A leader that leaves before its threads stays the target of signals sent to its process
     // (kill() aims at the leader), so it is forgotten only with the process.
-    if group_dead || head.pid != head.tgid {
-        let _ = TASKS.remove(head.pid);
+    if followed && (group_dead || pid != tgid) {
+        let _ = TASKS.remove(pid);
     }
     if !group_dead {
         // Not the last thread of its process: the process goes on, nothing to report.
         return Ok(());
     }
-    if head.pid != head.tgid {
-        let _ = TASKS.remove(head.tgid);
+    if pid != tgid && TASKS.get_ptr(tgid).is_some() {
+        let _ = TASKS.remove(tgid);
     }
-    let track = SIGNALS.get_ptr(head.tgid);
-    if is_tracked_cgroup(head.cgroup_id) {
-        report_exit(&head, track);
+    let in_container = is_tracked_cgroup(current_cgroup_id());
+    if !followed && !in_container {
+        return Ok(());
+    }
+    let track = SIGNALS.get_ptr(tgid);
+    if in_container {
+        report_exit(&header(kind::PROCESS_EXIT), track);
     }
     if track.is_some() {
-        let _ = SIGNALS.remove(head.tgid);
+        let _ = SIGNALS.remove(tgid);
     }
     Ok(())
 }
@@ -290,5 +297,5 @@ fn report_exit(head: &tracer_common::Header, track: Option<*const tracer_common:
             }
         }
     }
-    entry.submit(0);
+    entry.submit(wakeup());
 }

@@ -5,7 +5,7 @@
 use aya_ebpf::{helpers::bpf_get_current_comm, macros::tracepoint, programs::TracePointContext};
 use tracer_common::{kind, probe, OomRecord, SignalRecord, COMM_LEN, SIGNAL_SLOTS};
 
-use crate::state::{header, now_ns, reserve, signal_track, TASKS};
+use crate::state::{field, header, now_ns, reserve, signal_track, wakeup, TASKS};
 
 const GEN_SIG: usize = 8;
 const GEN_CODE: usize = 16;
@@ -31,11 +31,12 @@ pub fn signal_generate(ctx: TracePointContext) -> u32 {
 }
 
 fn try_signal_generate(ctx: &TracePointContext) -> Result<(), i32> {
-    // SAFETY: fixed offsets of signal_generate's record, read through bpf_probe_read.
+    // Every signal on the host passes here: read the two fields that decide directly.
+    // SAFETY: `sig` and `pid` are ints at these offsets of signal_generate's record.
     let (sig, target) = unsafe {
         (
-            ctx.read_at::<i32>(GEN_SIG)? as u32,
-            ctx.read_at::<i32>(GEN_PID)? as u32,
+            field::<i32>(ctx, GEN_SIG) as u32,
+            field::<i32>(ctx, GEN_PID) as u32,
         )
     };
     if never_fatal(sig) {
@@ -82,7 +83,7 @@ fn try_signal_generate(ctx: &TracePointContext) -> Result<(), i32> {
         (*record).sender_comm = sender_comm;
         (*record).target_comm = target_comm;
     }
-    entry.submit(0);
+    entry.submit(wakeup());
     Ok(())
 }
 
@@ -156,6 +157,6 @@ fn try_mark_victim(ctx: &TracePointContext) -> Result<(), i32> {
         (*record).total_vm_kb = ctx.read_at::<u64>(OOM_TOTAL_VM).unwrap_or(0);
         (*record).anon_rss_kb = ctx.read_at::<u64>(OOM_ANON_RSS).unwrap_or(0);
     }
-    entry.submit(0);
+    entry.submit(wakeup());
     Ok(())
 }

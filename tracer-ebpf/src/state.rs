@@ -68,6 +68,18 @@ pub static ENV_KEY: Array<EnvKey> = Array::with_max_entries(1, 0);
 #[map]
 pub static ENV_SCRATCH: PerCpuArray<[u8; ENV_SCAN_LEN]> = PerCpuArray::with_max_entries(1, 0);
 
+/// Reads a `T` at `offset` of a tracepoint's record directly (no helper call): for the hot
+/// programs' first fields, with offsets checked by the loader against the format files.
+///
+/// # Safety
+/// `offset` must be a field of type `T` inside the tracepoint's record, aligned for `T`.
+#[inline(always)]
+pub unsafe fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
+    // SAFETY: per the contract, the read stays inside the record; the verifier checks the
+    // access against the tracepoint's record size.
+    unsafe { core::ptr::read((ctx.as_ptr() as *const u8).add(offset) as *const T) }
+}
+
 #[inline(always)]
 pub fn header(kind: u32) -> Header {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -114,6 +126,25 @@ pub fn count_untracked() {
     if let Some(counter) = UNTRACKED.get_ptr_mut(0) {
         // SAFETY: as in `count_lost`.
         unsafe { *counter += 1 };
+    }
+}
+
+/// Unread bytes past which a record wakes the reader; set by the loader from the ring size.
+#[unsafe(no_mangle)]
+pub static WAKEUP_BYTES: Global<u64> = Global::new(64 << 10);
+
+/// Flags for submitting a record. Waking the reader for every record costs an interrupt per
+/// record (and, in a VM, an exit); instead records wait until enough are queued, or until the
+/// reader's next timed poll (every 100 ms), whichever comes first.
+#[inline(always)]
+pub fn wakeup() -> u64 {
+    const BPF_RB_NO_WAKEUP: u64 = 1;
+    const BPF_RB_FORCE_WAKEUP: u64 = 2;
+    const BPF_RB_AVAIL_DATA: u64 = 0;
+    if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES.load() {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
     }
 }
 

@@ -60,7 +60,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub linger_after: Duration,
     /// Size of the kernel ring buffer in bytes (a power of two, at least 4096).
-    #[arg(long, value_name = "BYTES", default_value_t = 8 << 20, value_parser = parse_ring_size)]
+    #[arg(long, value_name = "BYTES", default_value_t = 4 << 20, value_parser = parse_ring_size)]
     pub ring_buffer_size: u32,
 
     /// A host path that must only be bind-mounted read-only into containers; a writable bind of

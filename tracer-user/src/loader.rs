@@ -43,7 +43,7 @@ pub struct TracerConfig {
 impl Default for TracerConfig {
     fn default() -> Self {
         TracerConfig {
-            ring_buffer_bytes: 8 << 20,
+            ring_buffer_bytes: 4 << 20,
             init_env_var: Some("AGENT_NAME".to_string()),
             device_prefixes: DEFAULT_GPU_PREFIXES.iter().map(|p| p.to_string()).collect(),
         }
@@ -126,8 +126,12 @@ impl Tracer {
         let prefixes = device_prefixes(&config.device_prefixes)?;
         sys::raise_memlock_limit();
 
+        // Wake the reader once a quarter of the buffer (at most 64 KiB) is waiting; below that
+        // records wait for its next timed poll.
+        let wakeup_bytes: u64 = u64::from(size / 4).min(64 << 10);
         let mut ebpf = EbpfLoader::new()
             .override_global("OFFSETS", &offsets, true)
+            .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
             .map_max_entries("EVENTS", size)
             .load(EBPF_OBJECT)
             .context("loading the eBPF programs into the kernel")?;

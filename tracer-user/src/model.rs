@@ -78,6 +78,8 @@ pub struct Container {
     pub mounts: ContainerMounts,
     /// Time its mount calls took before its first exec.
     pub mount_ns_before_start: u64,
+    /// Its sub-cgroups.
+    pub sub_cgroups: Vec<u64>,
     /// Lingering has been reported.
     pub lingering: bool,
 }
@@ -400,6 +402,7 @@ impl<R: Recognize> Model<R> {
             init_env: None,
             mounts: ContainerMounts::default(),
             mount_ns_before_start: 0,
+            sub_cgroups: Vec::new(),
             lingering: false,
         };
         out.events.push(Timed {
@@ -412,10 +415,12 @@ impl<R: Recognize> Model<R> {
             }),
         });
         self.owner.insert(found.cgroup_id, found.cgroup_id);
-        for sub in found.sub_cgroups {
+        for &sub in &found.sub_cgroups {
             self.owner.insert(sub, found.cgroup_id);
         }
         self.by_path.insert(found.cgroup_path, found.cgroup_id);
+        let mut container = container;
+        container.sub_cgroups = found.sub_cgroups;
         self.containers.insert(found.cgroup_id, container);
     }
 
@@ -478,6 +483,9 @@ impl<R: Recognize> Model<R> {
         let path = sized_str(&r.path, r.path_len);
         if let Some(container) = self.container_above(&path) {
             self.owner.insert(r.id, container);
+            if let Some(c) = self.containers.get_mut(&container) {
+                c.sub_cgroups.push(r.id);
+            }
             return;
         }
         let Some(ident) = self.recognizer.recognize(&path) else {
@@ -499,6 +507,7 @@ impl<R: Recognize> Model<R> {
             init_env: None,
             mounts: ContainerMounts::default(),
             mount_ns_before_start: 0,
+            sub_cgroups: Vec::new(),
             lingering: false,
         };
         out.events.push(Timed {
@@ -518,10 +527,17 @@ impl<R: Recognize> Model<R> {
     fn on_rmdir(&mut self, r: &CgroupRecord, out: &mut Output) {
         let Some(c) = self.containers.remove(&r.id) else {
             // A sub-cgroup going away, or a cgroup that was never a container.
-            self.owner.remove(&r.id);
+            if let Some(owner) = self.owner.remove(&r.id) {
+                if let Some(c) = self.containers.get_mut(&owner) {
+                    c.sub_cgroups.retain(|&sub| sub != r.id);
+                }
+            }
             return;
         };
-        self.owner.retain(|_, owner| *owner != r.id);
+        self.owner.remove(&r.id);
+        for sub in &c.sub_cgroups {
+            self.owner.remove(sub);
+        }
         self.by_path.remove(&c.cgroup_path);
         self.device_users.retain(|_, users| {
             users.remove(&r.id);
@@ -610,7 +626,7 @@ impl<R: Recognize> Model<R> {
                 },
             }),
         });
-        if first {
+        if first && c.mounts.binds().next().is_some() {
             // The runtime's set-up is over: its binds are as the payload will see them.
             let container = ContainerRef::of(c);
             let mut binds: Vec<_> = c.mounts.binds().cloned().collect();

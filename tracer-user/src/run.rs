@@ -63,7 +63,7 @@ impl RunOptions {
             patterns,
             runc_root: None,
             linger_after: Duration::from_secs(30),
-            ring_buffer_bytes: 8 << 20,
+            ring_buffer_bytes: 4 << 20,
             read_only_volumes: Vec::new(),
             gpu_device_prefixes: crate::loader::DEFAULT_GPU_PREFIXES
                 .iter()

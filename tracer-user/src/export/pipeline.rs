@@ -227,6 +227,7 @@ const TICK: Duration = Duration::from_millis(250);
 
 impl Worker {
     fn run(mut self, rt: &tokio::runtime::Runtime, rx: Receiver<Message>) {
+        let mut last_tick = Instant::now();
         loop {
             match rx.recv_timeout(TICK) {
                 Ok(Message::Event(event)) => self.on_event(rt, *event),
@@ -235,7 +236,11 @@ impl Worker {
                 Ok(Message::Stop) | Err(RecvTimeoutError::Disconnected) => break,
                 Err(RecvTimeoutError::Timeout) => {}
             }
-            self.housekeeping(rt);
+            // Housekeeping walks every container: on the tick, not after every message.
+            if last_tick.elapsed() >= TICK {
+                last_tick = Instant::now();
+                self.housekeeping(rt);
+            }
         }
         // Containers still there: settle them and end their spans as they stand.
         let now = SystemTime::now();
