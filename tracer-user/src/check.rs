@@ -142,6 +142,20 @@ pub fn run_checks() -> Vec<Requirement> {
         },
     ));
 
+    // Dropping the capabilities that are no longer needed once attached needs CAP_SETPCAP
+    // (for the bounding set).
+    let setpcap = caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_SETPCAP)
+        .unwrap_or(false);
+    out.push(Requirement {
+        name: "privilege drop".to_string(),
+        ok: setpcap,
+        optional: true,
+        detail: if setpcap {
+            "CAP_SETPCAP held: unneeded capabilities are dropped once the programs are attached".to_string()
+        } else {
+            "CAP_SETPCAP missing: the bounding set cannot be reduced (grant cap_setpcap, or run as root)".to_string()
+        },
+    });
     let all_ok = out.iter().all(|r| r.ok || r.optional);
     // NVML is optional: its absence is reported, not a failure.
     let nvml = crate::export::gpu::NvmlSource::init();
@@ -158,6 +172,20 @@ pub fn run_checks() -> Vec<Requirement> {
             Err("not tried: a requirement above is missing".to_string())
         },
     ));
+    let socket = std::path::Path::new("/var/run/docker.sock");
+    out.push(Requirement {
+        name: "Docker Engine API".to_string(),
+        ok: socket.exists(),
+        optional: true,
+        detail: if socket.exists() {
+            format!("{} present: Docker labels give agent names", socket.display())
+        } else {
+            format!(
+                "{} not found: Docker labels are not read (other agent_name sources still apply; --docker-socket sets another path)",
+                socket.display()
+            )
+        },
+    });
     out.push(Requirement {
         name: "NVML".to_string(),
         ok: nvml.is_ok(),

@@ -64,12 +64,17 @@ pub fn drop_privileges() -> Result<()> {
     use std::collections::HashSet;
     let keep: HashSet<Capability> = KEPT_CAPS.into_iter().collect();
     let permitted = caps::read(None, CapSet::Permitted)?;
-    // The bounding set first: dropping from it needs CAP_SETPCAP, which goes next.
-    for cap in caps::all() {
-        if !keep.contains(&cap) && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
-            caps::drop(None, CapSet::Bounding, cap)
-                .with_context(|| format!("dropping {cap} from the bounding set"))?;
+    // The bounding set first: dropping from it needs CAP_SETPCAP, which goes next. Without it
+    // (a binary granted only what loading needs) the bounding set stays as it is.
+    if caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).unwrap_or(false) {
+        for cap in caps::all() {
+            if !keep.contains(&cap) && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
+                caps::drop(None, CapSet::Bounding, cap)
+                    .with_context(|| format!("dropping {cap} from the bounding set"))?;
+            }
         }
+    } else {
+        log::warn!("CAP_SETPCAP not held: the capability bounding set is left as it is");
     }
     let kept: HashSet<Capability> = permitted.intersection(&keep).copied().collect();
     caps::clear(None, CapSet::Ambient).context("clearing ambient capabilities")?;
