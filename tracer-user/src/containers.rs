@@ -111,6 +111,10 @@ impl Recognize for Recognizer {
                     .map(|m| m.as_str())
                     .filter(|s| !s.is_empty())
                     .unwrap_or_else(|| Self::last_element(path));
+                if id.is_empty() {
+                    // A container needs an id; a match that yields none is not one.
+                    continue;
+                }
                 return Some(ContainerIdent {
                     id: id.to_string(),
                     runtime: "custom",

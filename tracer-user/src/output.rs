@@ -107,8 +107,31 @@ fn exit_text(e: &ProcessExit) -> String {
     )
 }
 
-/// The readable line for one event.
+/// The readable line for one event. Everything a container controls (cgroup names, command
+/// names, file names) can hold control characters; they are escaped over the whole line so a
+/// container cannot forge a line or drive the terminal (the fixed parts of a line hold none).
 pub fn text(event: &Timed) -> String {
+    escape_controls(event_text(event))
+}
+
+fn escape_controls(line: String) -> String {
+    let unsafe_char =
+        |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !line.chars().any(unsafe_char) {
+        return line;
+    }
+    let mut out = String::with_capacity(line.len() + 8);
+    for c in line.chars() {
+        if unsafe_char(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn event_text(event: &Timed) -> String {
     match &event.event {
         Event::ContainerCreate(e) => format!(
             "container {} created ({}, cgroup {}{})",
@@ -293,6 +316,23 @@ mod tests {
                 wait_status: 9,
             }),
         }
+    }
+
+    #[test]
+    fn control_characters_cannot_forge_lines() {
+        let mut event = killed();
+        if let Event::ProcessExit(e) = &mut event.event {
+            if let Some(sender) = &mut e.sender {
+                sender.comm = "x\ncontainer 000000000000 exited 0\u{1b}[2J\u{202e}".to_string();
+            }
+        }
+        let line = text(&event);
+        assert_eq!(line.lines().count(), 1, "{line}");
+        assert!(!line.chars().any(char::is_control), "{line}");
+        assert!(
+            line.contains("\\n") && line.contains("\\u{1b}") && line.contains("\\u{202e}"),
+            "{line}"
+        );
     }
 
     #[test]

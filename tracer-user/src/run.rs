@@ -121,7 +121,8 @@ pub fn run(options: &RunOptions, stop: &Arc<AtomicBool>, out: impl Write) -> Res
     let mut model = Model::new(
         recognizer,
         ModelConfig {
-            linger_after_ns: options.linger_after.as_nanos() as u64,
+            // A duration past u64 nanoseconds (585 years) means never.
+            linger_after_ns: u64::try_from(options.linger_after.as_nanos()).unwrap_or(u64::MAX),
             read_only_volumes: options
                 .read_only_volumes
                 .iter()

@@ -6,6 +6,9 @@
 //!   build script builds the eBPF programs with nightly and bpf-linker).
 //! - `run [--release] [-- ARGS]`: builds, then runs `clawtrace run ARGS` as root.
 //! - `test [-- ARGS]`: full `setup`, the unit tests, then the privileged end-to-end tests as root.
+//!   `--fuzz [SECONDS]` then runs each cargo-fuzz target of `fuzz/` for SECONDS (default 60;
+//!   `--fuzz-only` skips the tests; see `fuzz.rs`).
+//! - `bench [--quick]`: performance benchmarks as root; report in `target/bench/` (see `bench.rs`).
 //!
 //! Every command that builds, installs or runs something is printed before it runs
 //! (`xtask: running: …`); read-only probes (`dpkg-query`, `rustup component list`, …) are not.
@@ -23,6 +26,9 @@ use std::{
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use clap::{Parser, Subcommand};
+
+mod bench;
+mod fuzz;
 
 /// The bpf-linker release this project builds with (it loads the toolchain's libLLVM at run time).
 const BPF_LINKER_VERSION: &str = "0.10.4";
@@ -82,10 +88,21 @@ enum Task {
     },
     /// Full setup, the unit tests, then the privileged end-to-end tests as root.
     Test {
+        /// Then run each fuzz target (fuzz/) for SECONDS; installs cargo-fuzz if missing.
+        #[arg(long, value_name = "SECONDS", num_args = 0..=1,
+              default_missing_value = fuzz::DEFAULT_SECONDS_ARG,
+              value_parser = clap::value_parser!(u64).range(1..))]
+        fuzz: Option<u64>,
+        /// Only the fuzz targets: skip the tests (implies --fuzz).
+        #[arg(long)]
+        fuzz_only: bool,
         /// Arguments for the test binaries (both steps), e.g. a test name filter.
         #[arg(last = true)]
         args: Vec<OsString>,
     },
+    /// Benchmarks as root: lifecycle storm, overhead against bpftrace, per-probe cost,
+    /// user-space pipeline, memory; report in target/bench/report.{md,json}.
+    Bench(bench::Options),
 }
 
 fn main() -> ExitCode {
@@ -119,11 +136,21 @@ fn run_task(task: Task) -> Result<ExitCode> {
             ctx.build(release)?;
             return ctx.run_clawtrace(release, &args);
         }
-        Task::Test { args } => {
+        Task::Test {
+            args,
+            fuzz,
+            fuzz_only,
+        } => {
             ctx.setup_toolchain()?;
-            ctx.setup_packages()?;
-            ctx.test(&args)?;
+            if !fuzz_only {
+                ctx.setup_packages()?;
+                ctx.test(&args)?;
+            }
+            if let Some(seconds) = fuzz.or(fuzz_only.then_some(fuzz::DEFAULT_SECONDS)) {
+                ctx.fuzz(seconds)?;
+            }
         }
+        Task::Bench(options) => return bench::run(&ctx, options),
     }
     Ok(ExitCode::SUCCESS)
 }

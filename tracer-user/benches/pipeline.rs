@@ -1,0 +1,426 @@
+//! User-space pipeline throughput on a recorded stream: ring-buffer bytes → `Record::decode` →
+//! lifecycle `Model` → aggregation (agent labels and metrics, as the export worker does), on one
+//! core. `cargo xtask bench` runs this and reports records/s; run it alone with
+//! `cargo bench -p tracer-user --bench pipeline`.
+//!
+//! The stream is what the kernel side writes for realistic container lifecycles under Docker's
+//! cgroup layout (`/docker/<64 hex>`): mkdir, the runtime's attach, the init's agent-name
+//! variable, exec, for some a child's exec and exit, SIGTERM then SIGKILL from outside for
+//! others, the exit with the signals the kernel remembered, rmdir; about 100 containers live at
+//! once, 16 agent names.
+
+use std::{collections::HashMap, hint::black_box, time::Instant};
+
+use clawtrace::{
+    containers::Recognizer,
+    decode::Record,
+    export::{
+        labels::{AgentLabels, LabelPolicy},
+        metrics::Metrics,
+    },
+    model::{Event, Model, ModelConfig, Output, Timed},
+    output,
+    sys::WallClock,
+};
+use criterion::{criterion_group, Criterion, Throughput};
+use tracer_common::{
+    exit_flags, kind, AttachRecord, CgroupRecord, ExecRecord, ExitRecord, Header, InitEnvRecord,
+    SignalOrigin, SignalRecord, SignalTrack, CGROUP_PATH_LEN, COMM_LEN, ENV_VALUE_LEN,
+    FILENAME_LEN,
+};
+
+/// Containers in the recorded stream.
+const CONTAINERS: u64 = 2_000;
+/// Containers kept alive underneath the stream in the `with_10k_live` case.
+const LIVE_BACKGROUND: u64 = 10_000;
+/// Records per ring-buffer poll: the tracing loop counts records by kind once per poll.
+const POLL_BATCH: usize = 128;
+
+const HOST_CGROUP: u64 = 1;
+const RUNTIME_PID: u32 = 4_000;
+const MS: u64 = 1_000_000;
+
+fn header(kind: u32, ts_ns: u64, pid: u32, cgroup_id: u64) -> Header {
+    Header {
+        kind,
+        _reserved: 0,
+        ts_ns,
+        pid,
+        tgid: pid,
+        cgroup_id,
+    }
+}
+
+fn comm(name: &str) -> [u8; COMM_LEN] {
+    let mut c = [0u8; COMM_LEN];
+    let n = name.len().min(COMM_LEN - 1);
+    c[..n].copy_from_slice(&name.as_bytes()[..n]);
+    c
+}
+
+fn cgroup(kind: u32, ts_ns: u64, id: u64, path: &str) -> Record {
+    let mut p = [0u8; CGROUP_PATH_LEN];
+    p[..path.len()].copy_from_slice(path.as_bytes());
+    let r = CgroupRecord {
+        header: header(kind, ts_ns, RUNTIME_PID, HOST_CGROUP),
+        id,
+        level: 2,
+        path_len: path.len() as u32,
+        path: p,
+    };
+    if kind == kind::CGROUP_MKDIR {
+        Record::CgroupMkdir(r)
+    } else {
+        Record::CgroupRmdir(r)
+    }
+}
+
+fn exec(ts_ns: u64, cgroup_id: u64, pid: u32, file: &str) -> Record {
+    let mut filename = [0u8; FILENAME_LEN];
+    filename[..file.len()].copy_from_slice(file.as_bytes());
+    Record::Exec(ExecRecord {
+        header: header(kind::PROCESS_EXEC, ts_ns, pid, cgroup_id),
+        old_pid: pid,
+        filename_len: file.len() as u32,
+        comm: comm(file.rsplit('/').next().unwrap_or(file)),
+        filename,
+    })
+}
+
+fn origin(ts_ns: u64, signal: u32) -> SignalOrigin {
+    SignalOrigin {
+        first_ns: ts_ns,
+        last_ns: ts_ns,
+        sender_cgroup_id: HOST_CGROUP,
+        sender_pid: RUNTIME_PID,
+        sender_tgid: RUNTIME_PID,
+        signal,
+        code: 0,
+        count: 1,
+        result: 0,
+        sender_comm: comm("containerd-shim"),
+    }
+}
+
+fn exit(
+    ts_ns: u64,
+    cgroup_id: u64,
+    pid: u32,
+    parent: u32,
+    status: u32,
+    slots: &[SignalOrigin],
+) -> Record {
+    let mut track = SignalTrack::default();
+    track.slots[..slots.len()].copy_from_slice(slots);
+    Record::Exit(ExitRecord {
+        header: header(kind::PROCESS_EXIT, ts_ns, pid, cgroup_id),
+        exit_status: status,
+        flags: if slots.is_empty() {
+            0
+        } else {
+            exit_flags::HAS_TRACK
+        },
+        parent_tgid: parent,
+        _reserved: 0,
+        comm: comm("agent"),
+        track,
+    })
+}
+
+fn signal(ts_ns: u64, to: u32, cgroup_id: u64, sig: u32) -> Record {
+    Record::Signal(SignalRecord {
+        header: header(kind::SIGNAL, ts_ns, RUNTIME_PID, HOST_CGROUP),
+        target_pid: to,
+        target_tgid: to,
+        target_cgroup_id: cgroup_id,
+        signal: sig,
+        code: 0,
+        result: 0,
+        group: 1,
+        sender_comm: comm("containerd-shim"),
+        target_comm: comm("agent"),
+    })
+}
+
+/// The records of container `i`, from its creation at `start_ns`; `keep` leaves it alive.
+fn container(i: u64, start_ns: u64, keep: bool) -> Vec<Record> {
+    let cg = 1_000_000 + i;
+    let id = format!("{:064x}", i.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let path = format!("/docker/{id}");
+    let init = 100_000 + (i as u32 % 200_000) * 2;
+    let child = init + 1;
+    let mut t = start_ns;
+    let mut tick = || {
+        t += MS;
+        t
+    };
+    let mut value = [0u8; ENV_VALUE_LEN];
+    let agent = format!("agent-{}", i % 16);
+    value[..agent.len()].copy_from_slice(agent.as_bytes());
+    let mut records = vec![
+        cgroup(kind::CGROUP_MKDIR, start_ns, cg, &path),
+        Record::Attach(AttachRecord {
+            header: header(kind::CGROUP_ATTACH, tick(), RUNTIME_PID, HOST_CGROUP),
+            dst_cgroup_id: cg,
+            target_pid: init,
+            _reserved: 0,
+            target_comm: comm("runc:[2:INIT]"),
+        }),
+        Record::InitEnv(InitEnvRecord {
+            header: header(kind::INIT_ENV, tick(), init, cg),
+            value_len: agent.len() as u32,
+            _reserved: 0,
+            value,
+        }),
+        exec(tick(), cg, init, "/usr/bin/agent"),
+    ];
+    if keep {
+        return records;
+    }
+    match i % 3 {
+        // Clean exit.
+        0 => records.push(exit(tick(), cg, init, 1, 0, &[])),
+        // Stopped by the orchestrator: SIGTERM, then SIGKILL after the grace period.
+        1 => {
+            let term = tick();
+            records.push(signal(term, init, cg, 15));
+            let kill = tick();
+            records.push(signal(kill, init, cg, 9));
+            records.push(exit(
+                tick(),
+                cg,
+                init,
+                1,
+                9,
+                &[origin(term, 15), origin(kill, 9)],
+            ));
+        }
+        // A worker child runs, then the init fails.
+        _ => {
+            records.push(exec(tick(), cg, child, "/usr/bin/worker"));
+            records.push(exit(tick(), cg, child, init, 0, &[]));
+            records.push(exit(tick(), cg, init, 1, 3 << 8, &[]));
+        }
+    }
+    records.push(cgroup(kind::CGROUP_RMDIR, tick(), cg, &path));
+    records
+}
+
+/// The recorded stream as the ring buffer hands it over: wire bytes in time order.
+fn recorded_stream() -> Vec<Vec<u8>> {
+    let mut records: Vec<Record> = (0..CONTAINERS)
+        .flat_map(|i| container(i, 1_000 * MS + i * 100_000, false))
+        .collect();
+    records.sort_by_key(|r| r.header().ts_ns);
+    records.iter().map(Record::to_bytes).collect()
+}
+
+/// What the export worker does per event: resolve the agent label at the init's exec, keep
+/// the metrics, release the label at deletion.
+struct Aggregator {
+    labels: AgentLabels,
+    metrics: Metrics,
+    agents: HashMap<u64, String>,
+}
+
+impl Aggregator {
+    fn new() -> Aggregator {
+        Aggregator {
+            labels: AgentLabels::open(LabelPolicy::default()).expect("plain labels need no file"),
+            metrics: Metrics::new(None),
+            agents: HashMap::new(),
+        }
+    }
+
+    fn apply(&mut self, timed: &Timed) {
+        match &timed.event {
+            Event::ProcessExec(e) if e.is_container_init => {
+                let agent = self.labels.acquire(e.agent_env.as_deref(), Instant::now());
+                self.metrics.container_created(&agent);
+                if let Some(seconds) = e.start_seconds {
+                    self.metrics.start_duration(&agent, seconds);
+                }
+                self.agents.insert(e.container.cgroup_id, agent);
+            }
+            Event::Signal(s) => {
+                if let Some(agent) = self.agents.get(&s.container.cgroup_id) {
+                    self.metrics
+                        .signal(agent, &s.signal, s.sender_kind.as_str());
+                }
+            }
+            Event::ProcessExit(e) => {
+                if let Some(agent) = self.agents.get(&e.container.cgroup_id) {
+                    self.metrics.process_exit(
+                        agent,
+                        e.cause.as_str(),
+                        e.signal.as_deref().unwrap_or("none"),
+                        e.exit_code,
+                    );
+                }
+            }
+            Event::ContainerDelete(d) => {
+                if let Some(agent) = self.agents.remove(&d.container.cgroup_id) {
+                    let cause = d.cause.map_or("none", |c| c.as_str());
+                    self.metrics.container_deleted(
+                        &agent,
+                        d.lifetime_seconds,
+                        cause,
+                        d.was_lingering,
+                    );
+                    self.labels.release(&agent, Instant::now());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// `clawtrace_events_total`, counted per poll as the tracing loop does.
+    fn count(&self, batch: &[Record]) {
+        let mut counts: Vec<(&'static str, u64)> = Vec::new();
+        for record in batch {
+            let kind = record.kind_name();
+            match counts.iter_mut().find(|(k, _)| *k == kind) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((kind, 1)),
+            }
+        }
+        for (kind, n) in counts {
+            self.metrics.events(kind, n);
+        }
+    }
+}
+
+fn model() -> Model<Recognizer> {
+    Model::new(
+        Recognizer::new(&[], None).expect("built-in layouts"),
+        ModelConfig::default(),
+    )
+}
+
+/// A model holding `n` live containers, as on a busy node.
+fn model_with_live(n: u64) -> Model<Recognizer> {
+    let mut m = model();
+    let mut out = Output::default();
+    for i in 0..n {
+        for r in container(CONTAINERS + i, i * 1_000, true) {
+            m.handle(&r, &mut out);
+        }
+        out.events.clear();
+    }
+    m
+}
+
+/// Pins the benchmark to one CPU (the last), so "one core" means one core.
+fn pin_to_one_cpu() {
+    // SAFETY: sysconf has no memory side effects.
+    let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    let cpu = usize::try_from(cpus).unwrap_or(1).saturating_sub(1);
+    // SAFETY: `set` is a valid, zeroed cpu_set_t on our stack; CPU_SET writes inside it and
+    // sched_setaffinity only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+fn pipeline(c: &mut Criterion) {
+    pin_to_one_cpu();
+    let stream = recorded_stream();
+    let records = stream.len() as u64;
+    let clock = WallClock::now();
+    let mut group = c.benchmark_group("pipeline");
+    group.throughput(Throughput::Elements(records));
+
+    group.bench_function("decode", |b| {
+        b.iter(|| {
+            for bytes in &stream {
+                black_box(Record::decode(black_box(bytes)).ok());
+            }
+        })
+    });
+
+    let mut m = model();
+    let mut out = Output::default();
+    group.bench_function("decode_model", |b| {
+        b.iter(|| {
+            for bytes in &stream {
+                if let Ok(record) = Record::decode(bytes) {
+                    m.handle(&record, &mut out);
+                }
+                out.events.clear();
+                out.untrack.clear();
+            }
+        })
+    });
+
+    // The headline figure: decode, model and aggregation.
+    let mut m = model();
+    let mut agg = Aggregator::new();
+    let mut batch = Vec::with_capacity(POLL_BATCH);
+    group.bench_function("decode_model_aggregate", |b| {
+        b.iter(|| {
+            for chunk in stream.chunks(POLL_BATCH) {
+                batch.clear();
+                batch.extend(chunk.iter().filter_map(|bytes| Record::decode(bytes).ok()));
+                for record in &batch {
+                    m.handle(record, &mut out);
+                }
+                agg.count(&batch);
+                for event in out.events.drain(..) {
+                    agg.apply(&event);
+                }
+                out.untrack.clear();
+            }
+        })
+    });
+
+    // The same with `--output json`: every event also rendered as a JSON line.
+    let mut m = model();
+    let mut agg = Aggregator::new();
+    group.bench_function("decode_model_aggregate_json", |b| {
+        b.iter(|| {
+            for chunk in stream.chunks(POLL_BATCH) {
+                batch.clear();
+                batch.extend(chunk.iter().filter_map(|bytes| Record::decode(bytes).ok()));
+                for record in &batch {
+                    m.handle(record, &mut out);
+                }
+                agg.count(&batch);
+                for event in out.events.drain(..) {
+                    black_box(output::json(&event, &clock));
+                    agg.apply(&event);
+                }
+                out.untrack.clear();
+            }
+        })
+    });
+
+    // The headline case again with 10,000 other containers alive throughout.
+    let mut m = model_with_live(LIVE_BACKGROUND);
+    let mut agg = Aggregator::new();
+    group.bench_function("decode_model_aggregate_10k_live", |b| {
+        b.iter(|| {
+            for chunk in stream.chunks(POLL_BATCH) {
+                batch.clear();
+                batch.extend(chunk.iter().filter_map(|bytes| Record::decode(bytes).ok()));
+                for record in &batch {
+                    m.handle(record, &mut out);
+                }
+                agg.count(&batch);
+                for event in out.events.drain(..) {
+                    agg.apply(&event);
+                }
+                out.untrack.clear();
+            }
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, pipeline);
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
