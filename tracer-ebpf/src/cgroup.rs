@@ -69,7 +69,7 @@ fn try_cgroup_dir(ctx: &TracePointContext, kind: u32, probe: u32) -> Result<(), 
         let path = core::ptr::addr_of_mut!((*record).path).cast::<u8>();
         (*record).path_len = read_data_loc_str(ctx, PATH, path, CGROUP_PATH_LEN as u32);
     }
-    entry.submit(wakeup());
+    entry.submit(wakeup::<CgroupRecord>());
     Ok(())
 }
 
@@ -112,6 +112,6 @@ fn try_cgroup_attach_task(ctx: &TracePointContext) -> Result<(), i32> {
         core::ptr::write_bytes(comm, 0, COMM_LEN);
         read_data_loc_str(ctx, ATTACH_COMM, comm, COMM_LEN as u32);
     }
-    entry.submit(wakeup());
+    entry.submit(wakeup::<AttachRecord>());
     Ok(())
 }

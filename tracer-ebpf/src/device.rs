@@ -97,7 +97,7 @@ pub fn sys_exit_openat(ctx: TracePointContext) -> u32 {
             (*record).comm = bpf_get_current_comm().unwrap_or_default();
             core::ptr::copy_nonoverlapping(path, core::ptr::addr_of_mut!((*record).path), 1);
         }
-        entry.submit(wakeup());
+        entry.submit(wakeup::<DeviceOpenRecord>());
     }
     let _ = DEVICE_PENDING.remove(tid);
     0

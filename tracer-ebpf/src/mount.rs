@@ -213,10 +213,11 @@ pub fn sys_enter_fsconfig(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// The exit of any of the calls: result, duration, one record.
+/// The exit of any of the calls: result, duration, one record. The duration runs from the first
+/// instruction of the entry program to the header's time here, after the record is filled: the
+/// time the caller spent in the call, tracing included.
 #[inline(always)]
 fn finish(ctx: &TracePointContext) {
-    let end = now_ns();
     let tid = bpf_get_current_pid_tgid() as u32;
     let Some(pending) = MOUNT_PENDING.get_ptr(tid) else {
         return;
@@ -230,11 +231,10 @@ fn finish(ctx: &TracePointContext) {
         unsafe {
             core::ptr::copy_nonoverlapping(pending, record, 1);
             (*record).header = header(kind::MOUNT);
-            (*record).header.ts_ns = end;
             (*record).ret = ret;
             (*record).comm = bpf_get_current_comm().unwrap_or_default();
         }
-        entry.submit(wakeup());
+        entry.submit(wakeup::<MountRecord>());
     }
     let _ = MOUNT_PENDING.remove(tid);
 }

@@ -107,7 +107,7 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i32> {
         (*record).filename_len =
             read_data_loc_str(ctx, EXEC_FILENAME, filename, FILENAME_LEN as u32);
     }
-    entry.submit(wakeup());
+    entry.submit(wakeup::<ExecRecord>());
     Ok(())
 }
 
@@ -208,7 +208,7 @@ fn emit_env(head: &tracer_common::Header, bytes: &[u8; ENV_SCAN_LEN], key_len: u
         let src = bytes.as_ptr().wrapping_add(key_len);
         let _ = bpf_probe_read_kernel_buf(src, core::slice::from_raw_parts_mut(dst, ENV_VALUE_LEN));
     }
-    entry.submit(wakeup());
+    entry.submit(wakeup::<InitEnvRecord>());
 }
 
 #[tracepoint]
@@ -297,5 +297,5 @@ fn report_exit(head: &tracer_common::Header, track: Option<*const tracer_common:
             }
         }
     }
-    entry.submit(wakeup());
+    entry.submit(wakeup::<ExitRecord>());
 }

@@ -83,7 +83,7 @@ fn try_signal_generate(ctx: &TracePointContext) -> Result<(), i32> {
         (*record).sender_comm = sender_comm;
         (*record).target_comm = target_comm;
     }
-    entry.submit(wakeup());
+    entry.submit(wakeup::<SignalRecord>());
     Ok(())
 }
 
@@ -157,6 +157,6 @@ fn try_mark_victim(ctx: &TracePointContext) -> Result<(), i32> {
         (*record).total_vm_kb = ctx.read_at::<u64>(OOM_TOTAL_VM).unwrap_or(0);
         (*record).anon_rss_kb = ctx.read_at::<u64>(OOM_ANON_RSS).unwrap_or(0);
     }
-    entry.submit(wakeup());
+    entry.submit(wakeup::<OomRecord>());
     Ok(())
 }

@@ -133,15 +133,21 @@ pub fn count_untracked() {
 #[unsafe(no_mangle)]
 pub static WAKEUP_BYTES: Global<u64> = Global::new(64 << 10);
 
-/// Flags for submitting a record. Waking the reader for every record costs an interrupt per
-/// record (and, in a VM, an exit); instead records wait until enough are queued, or until the
-/// reader's next timed poll (every 100 ms), whichever comes first.
+/// Flags for submitting a record of `T`. Waking the reader costs an interrupt (and, in a VM, an
+/// exit) in the context of whatever task the record is about; so records wait for the reader's
+/// next timed poll (every 100 ms), and only the record that brings the waiting data past
+/// `WAKEUP_BYTES` wakes it, once.
 #[inline(always)]
-pub fn wakeup() -> u64 {
+pub fn wakeup<T>() -> u64 {
     const BPF_RB_NO_WAKEUP: u64 = 1;
     const BPF_RB_FORCE_WAKEUP: u64 = 2;
     const BPF_RB_AVAIL_DATA: u64 = 0;
-    if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES.load() {
+    // The waiting data includes this record, reserved but not yet submitted (plus its 8-byte
+    // ring-buffer header).
+    let waiting = EVENTS.query(BPF_RB_AVAIL_DATA);
+    let threshold = WAKEUP_BYTES.load();
+    let this = (core::mem::size_of::<T>() + 8) as u64;
+    if waiting >= threshold && waiting < threshold + this {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
