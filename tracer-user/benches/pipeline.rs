@@ -20,14 +20,11 @@ use clawtrace::{
     },
     model::{Event, Model, ModelConfig, Output, Timed},
     output,
+    replay::{self, cgroup, comm, exec, exit, header, HOST_CGROUP, RUNTIME_PID},
     sys::WallClock,
 };
 use criterion::{criterion_group, Criterion, Throughput};
-use tracer_common::{
-    exit_flags, kind, AttachRecord, CgroupRecord, ExecRecord, ExitRecord, Header, InitEnvRecord,
-    SignalOrigin, SignalRecord, SignalTrack, CGROUP_PATH_LEN, COMM_LEN, ENV_VALUE_LEN,
-    FILENAME_LEN,
-};
+use tracer_common::{kind, AttachRecord, InitEnvRecord, SignalOrigin, ENV_VALUE_LEN};
 
 /// Containers in the recorded stream.
 const CONTAINERS: u64 = 2_000;
@@ -36,110 +33,16 @@ const LIVE_BACKGROUND: u64 = 10_000;
 /// Records per ring-buffer poll: the tracing loop counts records by kind once per poll.
 const POLL_BATCH: usize = 128;
 
-const HOST_CGROUP: u64 = 1;
-const RUNTIME_PID: u32 = 4_000;
 const MS: u64 = 1_000_000;
 
-fn header(kind: u32, ts_ns: u64, pid: u32, cgroup_id: u64) -> Header {
-    Header {
-        kind,
-        _reserved: 0,
-        ts_ns,
-        pid,
-        tgid: pid,
-        cgroup_id,
-    }
-}
-
-fn comm(name: &str) -> [u8; COMM_LEN] {
-    let mut c = [0u8; COMM_LEN];
-    let n = name.len().min(COMM_LEN - 1);
-    c[..n].copy_from_slice(&name.as_bytes()[..n]);
-    c
-}
-
-fn cgroup(kind: u32, ts_ns: u64, id: u64, path: &str) -> Record {
-    let mut p = [0u8; CGROUP_PATH_LEN];
-    p[..path.len()].copy_from_slice(path.as_bytes());
-    let r = CgroupRecord {
-        header: header(kind, ts_ns, RUNTIME_PID, HOST_CGROUP),
-        id,
-        level: 2,
-        path_len: path.len() as u32,
-        path: p,
-    };
-    if kind == kind::CGROUP_MKDIR {
-        Record::CgroupMkdir(r)
-    } else {
-        Record::CgroupRmdir(r)
-    }
-}
-
-fn exec(ts_ns: u64, cgroup_id: u64, pid: u32, file: &str) -> Record {
-    let mut filename = [0u8; FILENAME_LEN];
-    filename[..file.len()].copy_from_slice(file.as_bytes());
-    Record::Exec(ExecRecord {
-        header: header(kind::PROCESS_EXEC, ts_ns, pid, cgroup_id),
-        old_pid: pid,
-        filename_len: file.len() as u32,
-        comm: comm(file.rsplit('/').next().unwrap_or(file)),
-        filename,
-    })
-}
-
-fn origin(ts_ns: u64, signal: u32) -> SignalOrigin {
-    SignalOrigin {
-        first_ns: ts_ns,
-        last_ns: ts_ns,
-        sender_cgroup_id: HOST_CGROUP,
-        sender_pid: RUNTIME_PID,
-        sender_tgid: RUNTIME_PID,
-        signal,
-        code: 0,
-        count: 1,
-        result: 0,
-        sender_comm: comm("containerd-shim"),
-    }
-}
-
-fn exit(
-    ts_ns: u64,
-    cgroup_id: u64,
-    pid: u32,
-    parent: u32,
-    status: u32,
-    slots: &[SignalOrigin],
-) -> Record {
-    let mut track = SignalTrack::default();
-    track.slots[..slots.len()].copy_from_slice(slots);
-    Record::Exit(ExitRecord {
-        header: header(kind::PROCESS_EXIT, ts_ns, pid, cgroup_id),
-        exit_status: status,
-        flags: if slots.is_empty() {
-            0
-        } else {
-            exit_flags::HAS_TRACK
-        },
-        parent_tgid: parent,
-        _reserved: 0,
-        comm: comm("agent"),
-        track,
-    })
-}
-
+/// `sig` sent by the runtime from the host.
 fn signal(ts_ns: u64, to: u32, cgroup_id: u64, sig: u32) -> Record {
-    Record::Signal(SignalRecord {
-        header: header(kind::SIGNAL, ts_ns, RUNTIME_PID, HOST_CGROUP),
-        target_pid: to,
-        target_tgid: to,
-        target_cgroup_id: cgroup_id,
-        signal: sig,
-        code: 0,
-        result: 0,
-        group: 1,
-        sender_comm: comm("containerd-shim"),
-        target_comm: comm("agent"),
-    })
+    replay::signal(ts_ns, RUNTIME_PID, HOST_CGROUP, to, cgroup_id, sig, 0)
+}
+
+/// What the kernel remembers of a send by the runtime.
+fn origin(ts_ns: u64, sig: u32) -> SignalOrigin {
+    replay::origin(ts_ns, RUNTIME_PID, HOST_CGROUP, sig, 0)
 }
 
 /// The records of container `i`, from its creation at `start_ns`; `keep` leaves it alive.

@@ -10,6 +10,7 @@
 //! - [`scan`]: containers that already run at start.
 //! - [`output`]: text and JSON lines.
 //! - [`check`]: the preflight report.
+//! - [`replay`]: made-up record streams for tests, benchmarks and fuzzing.
 
 pub mod attribution;
 pub mod check;
@@ -21,8 +22,11 @@ pub mod kernel_btf;
 pub mod loader;
 pub mod model;
 pub mod output;
+pub mod replay;
 pub mod run;
 pub mod scan;
 pub mod sys;
+#[cfg(test)]
+mod test_dir;
 pub mod tracepoints;
 pub mod volumes;

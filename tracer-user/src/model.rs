@@ -919,140 +919,20 @@ impl<R: Recognize> Model<R> {
 mod tests {
     use super::*;
     use crate::containers::Recognizer;
-    use tracer_common::{
-        exit_flags, kind, Header, SignalOrigin, SignalTrack, CGROUP_PATH_LEN, COMM_LEN,
-        FILENAME_LEN,
-    };
+    use crate::replay::{attach, cgroup, exec, exit as exit_of_child, origin, signal};
+    use tracer_common::{kind, SignalOrigin};
 
-    const HOST_CG: u64 = 1;
-    const RUNTIME: u32 = 4000;
+    const HOST_CG: u64 = crate::replay::HOST_CGROUP;
+    const RUNTIME: u32 = crate::replay::RUNTIME_PID;
     const SECOND: u64 = 1_000_000_000;
 
     fn id64(c: char) -> String {
         std::iter::repeat_n(c, 64).collect()
     }
 
-    fn head(kind: u32, ts: u64, pid: u32, cgroup_id: u64) -> Header {
-        Header {
-            kind,
-            _reserved: 0,
-            ts_ns: ts,
-            pid,
-            tgid: pid,
-            cgroup_id,
-        }
-    }
-
-    fn comm(s: &str) -> [u8; COMM_LEN] {
-        let mut c = [0u8; COMM_LEN];
-        c[..s.len()].copy_from_slice(s.as_bytes());
-        c
-    }
-
-    fn cgroup(k: u32, ts: u64, id: u64, path: &str) -> Record {
-        let mut p = [0u8; CGROUP_PATH_LEN];
-        p[..path.len()].copy_from_slice(path.as_bytes());
-        let r = CgroupRecord {
-            header: head(k, ts, RUNTIME, HOST_CG),
-            id,
-            level: path.matches('/').count() as u32,
-            path_len: path.len() as u32,
-            path: p,
-        };
-        if k == kind::CGROUP_MKDIR {
-            Record::CgroupMkdir(r)
-        } else {
-            Record::CgroupRmdir(r)
-        }
-    }
-
-    fn attach(ts: u64, cg: u64, pid: u32) -> Record {
-        Record::Attach(AttachRecord {
-            header: head(kind::CGROUP_ATTACH, ts, RUNTIME, HOST_CG),
-            dst_cgroup_id: cg,
-            target_pid: pid,
-            _reserved: 0,
-            target_comm: comm("runc:[2:INIT]"),
-        })
-    }
-
-    fn exec(ts: u64, cg: u64, pid: u32, name: &str) -> Record {
-        let mut filename = [0u8; FILENAME_LEN];
-        filename[..name.len()].copy_from_slice(name.as_bytes());
-        Record::Exec(ExecRecord {
-            header: head(kind::PROCESS_EXEC, ts, pid, cg),
-            old_pid: pid,
-            filename_len: name.len() as u32,
-            comm: comm(name.rsplit('/').next().unwrap_or(name)),
-            filename,
-        })
-    }
-
-    fn signal(
-        ts: u64,
-        from: u32,
-        from_cg: u64,
-        to: u32,
-        to_cg: u64,
-        sig: u32,
-        code: i32,
-    ) -> Record {
-        Record::Signal(SignalRecord {
-            header: head(kind::SIGNAL, ts, from, from_cg),
-            target_pid: to,
-            target_tgid: to,
-            target_cgroup_id: to_cg,
-            signal: sig,
-            code,
-            result: 0,
-            group: 1,
-            sender_comm: comm("runc"),
-            target_comm: comm("agent"),
-        })
-    }
-
-    fn origin(ts: u64, from: u32, from_cg: u64, sig: u32, code: i32) -> SignalOrigin {
-        SignalOrigin {
-            first_ns: ts,
-            last_ns: ts,
-            sender_cgroup_id: from_cg,
-            sender_pid: from,
-            sender_tgid: from,
-            signal: sig,
-            code,
-            count: 1,
-            result: 0,
-            sender_comm: comm("runc"),
-        }
-    }
-
+    /// The exit of a process whose parent is outside the container.
     fn exit(ts: u64, cg: u64, pid: u32, status: u32, slots: &[SignalOrigin]) -> Record {
         exit_of_child(ts, cg, pid, 1, status, slots)
-    }
-
-    fn exit_of_child(
-        ts: u64,
-        cg: u64,
-        pid: u32,
-        parent: u32,
-        status: u32,
-        slots: &[SignalOrigin],
-    ) -> Record {
-        let mut track = SignalTrack::default();
-        track.slots[..slots.len()].copy_from_slice(slots);
-        Record::Exit(ExitRecord {
-            header: head(kind::PROCESS_EXIT, ts, pid, cg),
-            exit_status: status,
-            flags: if slots.is_empty() {
-                0
-            } else {
-                exit_flags::HAS_TRACK
-            },
-            parent_tgid: parent,
-            _reserved: 0,
-            comm: comm("agent"),
-            track,
-        })
     }
 
     fn model() -> Model<Recognizer> {

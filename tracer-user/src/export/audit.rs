@@ -234,30 +234,8 @@ fn repair_tail(file: &File) -> io::Result<Option<(u64, u64)>> {
 mod tests {
     use super::*;
     use std::os::unix::fs::{symlink, PermissionsExt};
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// A directory under the system temp dir, unique per test, removed on drop.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(name: &str) -> TempDir {
-            static SEQ: AtomicUsize = AtomicUsize::new(0);
-            let path = std::env::temp_dir().join(format!(
-                "clawtrace-audit-{name}-{}-{}",
-                std::process::id(),
-                SEQ.fetch_add(1, Ordering::Relaxed)
-            ));
-            let _ = fs::remove_dir_all(&path);
-            fs::create_dir_all(&path).unwrap();
-            TempDir(path)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::test_dir::TempDir;
 
     fn numbered(path: &Path, i: usize) -> PathBuf {
         PathBuf::from(format!("{}.{i}", path.display()))
