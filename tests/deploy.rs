@@ -21,7 +21,7 @@ use std::{
     process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
-        mpsc, Arc, Mutex,
+        Arc, Mutex,
     },
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -1210,23 +1210,8 @@ impl ClawtraceExporter {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start clawtrace");
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let pipe = child.stderr.take().expect("stderr");
-        let sink = Arc::clone(&stderr);
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                if line.contains("tracing:") {
-                    let _ = ready_tx.send(());
-                }
-                sink.lock().unwrap().push(line);
-            }
-        });
+        let stderr = await_tracing(&mut child);
         let mut me = ClawtraceExporter { child, stderr };
-        if ready_rx.recv_timeout(Duration::from_secs(30)).is_err() {
-            panic!("clawtrace did not start: {:?}", me.stderr());
-        }
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Ok((200, _)) = http_get(listen, "/metrics") {

@@ -7,11 +7,11 @@ mod support;
 
 use std::{
     ffi::{OsStr, OsString},
-    io::{BufRead, BufReader, Read},
+    io::Read,
     os::unix::ffi::{OsStrExt as _, OsStringExt as _},
     path::PathBuf,
     process::{Child, Command, Stdio},
-    sync::{mpsc, Arc, Mutex},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -104,23 +104,7 @@ impl TextClawtrace {
                 sink.lock().unwrap().extend_from_slice(&buf[..n]);
             }
         });
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let err = child.stderr.take().expect("stderr");
-        let err_sink = Arc::clone(&stderr);
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines() {
-                let Ok(line) = line else { break };
-                if line.contains("tracing:") {
-                    let _ = ready_tx.send(());
-                }
-                err_sink.lock().unwrap().push(line);
-            }
-        });
-        if ready_rx.recv_timeout(Duration::from_secs(30)).is_err() {
-            let _ = child.kill();
-            panic!("clawtrace did not start: {:?}", stderr.lock().unwrap());
-        }
+        let stderr = await_tracing(&mut child);
         TextClawtrace {
             child,
             stdout,

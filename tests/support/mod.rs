@@ -204,6 +204,29 @@ pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool)
     }
 }
 
+/// Collects a just-started clawtrace's stderr lines and waits until it says its programs are
+/// attached (`tracing: …`); kills it and fails the test if that does not come within 30 s.
+pub fn await_tracing(child: &mut Child) -> Arc<Mutex<Vec<String>>> {
+    let stderr = Arc::new(Mutex::new(Vec::new()));
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let pipe = child.stderr.take().expect("stderr piped");
+    let sink = Arc::clone(&stderr);
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("tracing:") {
+                let _ = ready_tx.send(());
+            }
+            sink.lock().unwrap().push(line);
+        }
+    });
+    if ready_rx.recv_timeout(Duration::from_secs(30)).is_err() {
+        let _ = child.kill();
+        panic!("clawtrace did not start: {:?}", stderr.lock().unwrap());
+    }
+    stderr
+}
+
 /// A running `clawtrace run --output json`, its events collected as they come.
 pub struct Clawtrace {
     child: Child,
@@ -249,7 +272,6 @@ impl Clawtrace {
         .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("start clawtrace");
         let events = Arc::new(Mutex::new(Vec::new()));
-        let stderr = Arc::new(Mutex::new(Vec::new()));
         let stdout = child.stdout.take().expect("stdout");
         let sink = Arc::clone(&events);
         std::thread::spawn(move || {
@@ -261,22 +283,7 @@ impl Clawtrace {
                 sink.lock().unwrap().push(value);
             }
         });
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let err_pipe = child.stderr.take().expect("stderr");
-        let err_sink = Arc::clone(&stderr);
-        std::thread::spawn(move || {
-            for line in BufReader::new(err_pipe).lines() {
-                let Ok(line) = line else { break };
-                if line.contains("tracing:") {
-                    let _ = ready_tx.send(());
-                }
-                err_sink.lock().unwrap().push(line);
-            }
-        });
-        if ready_rx.recv_timeout(Duration::from_secs(30)).is_err() {
-            let _ = child.kill();
-            panic!("clawtrace did not start: {:?}", stderr.lock().unwrap());
-        }
+        let stderr = await_tracing(&mut child);
         Clawtrace {
             child,
             events,
