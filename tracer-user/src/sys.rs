@@ -1,10 +1,6 @@
 //! The host facts clawtrace depends on: privileges, tracefs, the cgroup v2 mount, clocks.
 
-use std::{
-    ffi::CString,
-    fs,
-    path::{Path, PathBuf},
-};
+use std::{ffi::CString, fs, path::PathBuf};
 
 use anyhow::{bail, Context as _, Result};
 use caps::{CapSet, Capability};
@@ -205,11 +201,6 @@ impl WallClock {
     pub fn unix_ns(&self, mono_ns: u64) -> i128 {
         mono_ns as i128 + self.offset_ns
     }
-}
-
-/// Whether `path` looks like a cgroup v2 directory.
-pub fn is_cgroup2_dir(path: &Path) -> bool {
-    path.join("cgroup.procs").exists() && path.join("cgroup.controllers").exists()
 }
 
 #[cfg(test)]
