@@ -1236,23 +1236,7 @@ impl ClawtraceExporter {
 
     /// SIGINT; clawtrace must exit 0 within 5 s.
     fn stop(mut self) {
-        kill(self.child.id(), libc::SIGINT);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                assert!(
-                    status.success(),
-                    "clawtrace exited with {status}: {:?}",
-                    self.stderr()
-                );
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "clawtrace did not exit within 5 s of SIGINT"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        interrupt_and_wait(&mut self.child, &self.stderr);
     }
 }
 

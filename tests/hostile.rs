@@ -131,20 +131,7 @@ impl TextClawtrace {
 
     /// Stops it with SIGINT (it must exit 0 within 5 s) and returns everything it printed.
     fn stop(mut self) -> Vec<u8> {
-        kill(self.child.id(), libc::SIGINT);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                assert!(
-                    status.success(),
-                    "clawtrace exited with {status}: {:?}",
-                    self.stderr.lock().unwrap()
-                );
-                break;
-            }
-            assert!(Instant::now() < deadline, "no exit within 5 s of SIGINT");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        interrupt_and_wait(&mut self.child, &self.stderr);
         std::thread::sleep(Duration::from_millis(50));
         let out = self.stdout.lock().unwrap().clone();
         out

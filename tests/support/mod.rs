@@ -348,26 +348,32 @@ impl Clawtrace {
 
     /// Stops clawtrace with SIGINT; it must exit 0 within 5 s. Returns its stderr lines.
     pub fn stop(mut self) -> Vec<String> {
-        kill(self.child.id(), libc::SIGINT);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                assert!(
-                    status.success(),
-                    "clawtrace exited with {status}: {:?}",
-                    self.stderr.lock().unwrap()
-                );
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "clawtrace did not exit within 5 s of SIGINT"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        interrupt_and_wait(&mut self.child, &self.stderr);
         // Give the reader threads a moment to take the last lines.
         std::thread::sleep(Duration::from_millis(50));
         self.stderr.lock().unwrap().clone()
+    }
+}
+
+/// Sends SIGINT to a running clawtrace and asserts it exits 0 within 5 s (its stderr in the
+/// failure message).
+pub fn interrupt_and_wait(child: &mut Child, stderr: &Mutex<Vec<String>>) {
+    kill(child.id(), libc::SIGINT);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            assert!(
+                status.success(),
+                "clawtrace exited with {status}: {:?}",
+                stderr.lock().unwrap()
+            );
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "clawtrace did not exit within 5 s of SIGINT"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
