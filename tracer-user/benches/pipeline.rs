@@ -227,6 +227,33 @@ fn pin_to_one_cpu() {
     }
 }
 
+/// One pass over the recorded stream, a poll's worth of records at a time, as the tracing loop
+/// does: decode, model, count by kind, aggregate each event (and render it as JSON if `json`).
+fn replay_stream(
+    stream: &[Vec<u8>],
+    m: &mut Model<Recognizer>,
+    agg: &mut Aggregator,
+    batch: &mut Vec<Record>,
+    out: &mut Output,
+    json: Option<&WallClock>,
+) {
+    for chunk in stream.chunks(POLL_BATCH) {
+        batch.clear();
+        batch.extend(chunk.iter().filter_map(|bytes| Record::decode(bytes).ok()));
+        for record in batch.iter() {
+            m.handle(record, out);
+        }
+        agg.count(batch);
+        for event in out.events.drain(..) {
+            if let Some(clock) = json {
+                black_box(output::json(&event, clock));
+            }
+            agg.apply(&event);
+        }
+        out.untrack.clear();
+    }
+}
+
 fn pipeline(c: &mut Criterion) {
     pin_to_one_cpu();
     let stream = recorded_stream();
@@ -262,20 +289,7 @@ fn pipeline(c: &mut Criterion) {
     let mut agg = Aggregator::new();
     let mut batch = Vec::with_capacity(POLL_BATCH);
     group.bench_function("decode_model_aggregate", |b| {
-        b.iter(|| {
-            for chunk in stream.chunks(POLL_BATCH) {
-                batch.clear();
-                batch.extend(chunk.iter().filter_map(|bytes| Record::decode(bytes).ok()));
-                for record in &batch {
-                    m.handle(record, &mut out);
-                }
-                agg.count(&batch);
-                for event in out.events.drain(..) {
-                    agg.apply(&event);
-                }
-                out.untrack.clear();
-            }
-        })
+        b.iter(|| replay_stream(&stream, &mut m, &mut agg, &mut batch, &mut out, None))
     });
 
     // The same with `--output json`: every event also rendered as a JSON line.
@@ -283,19 +297,14 @@ fn pipeline(c: &mut Criterion) {
     let mut agg = Aggregator::new();
     group.bench_function("decode_model_aggregate_json", |b| {
         b.iter(|| {
-            for chunk in stream.chunks(POLL_BATCH) {
-                batch.clear();
-                batch.extend(chunk.iter().filter_map(|bytes| Record::decode(bytes).ok()));
-                for record in &batch {
-                    m.handle(record, &mut out);
-                }
-                agg.count(&batch);
-                for event in out.events.drain(..) {
-                    black_box(output::json(&event, &clock));
-                    agg.apply(&event);
-                }
-                out.untrack.clear();
-            }
+            replay_stream(
+                &stream,
+                &mut m,
+                &mut agg,
+                &mut batch,
+                &mut out,
+                Some(&clock),
+            )
         })
     });
 
@@ -303,20 +312,7 @@ fn pipeline(c: &mut Criterion) {
     let mut m = model_with_live(LIVE_BACKGROUND);
     let mut agg = Aggregator::new();
     group.bench_function("decode_model_aggregate_10k_live", |b| {
-        b.iter(|| {
-            for chunk in stream.chunks(POLL_BATCH) {
-                batch.clear();
-                batch.extend(chunk.iter().filter_map(|bytes| Record::decode(bytes).ok()));
-                for record in &batch {
-                    m.handle(record, &mut out);
-                }
-                agg.count(&batch);
-                for event in out.events.drain(..) {
-                    agg.apply(&event);
-                }
-                out.untrack.clear();
-            }
-        })
+        b.iter(|| replay_stream(&stream, &mut m, &mut agg, &mut batch, &mut out, None))
     });
     group.finish();
 }
