@@ -773,8 +773,9 @@ mod tests {
         assert_eq!(labels.acquire(Some(b"c"), t0), OVERFLOW);
         labels.release(&a, t0);
         labels.release(&b, t0);
-        labels.release(&b, t0); // an extra release is ignored
-                                // Still live, or idle for less than the TTL: nothing goes.
+        // An extra release is ignored.
+        labels.release(&b, t0);
+        // Still live, or idle for less than the TTL: nothing goes.
         let b2 = labels.acquire(Some(b"b"), t0 + Duration::from_secs(30));
         assert!(labels.expire(t0 + Duration::from_secs(59)).is_empty());
         assert_eq!(
