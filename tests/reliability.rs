@@ -49,8 +49,9 @@ fn total(exposition: &str, family: &str, label: &str) -> f64 {
 fn an_overflowing_ring_buffer_is_counted_exactly_and_tracing_goes_on() {
     require_privileged!();
     let _turn = turn();
-    // Each container's init starts 200 processes at once that all exit at once: bursts far
-    // beyond what a 4 KiB buffer holds between two reads.
+    // Each container's init starts 200 processes, then SIGKILLs them all at once: 200 signal
+    // records and 200 exits that each carry the kernel's signal memory, bursts far beyond what
+    // a 4 KiB buffer holds between two reads.
     const CONTAINERS: usize = 5;
     const CHILDREN: usize = 200;
     let listen = format!("127.0.0.1:{}", free_port());
@@ -67,7 +68,10 @@ fn an_overflowing_ring_buffer_is_counted_exactly_and_tracing_goes_on() {
         "clawtrace_events_lost_total",
         r#"probe="sched_process_exit""#,
     );
-    let script = format!("i=0; while [ $i -lt {CHILDREN} ]; do true & i=$((i+1)); done; wait");
+    let script = format!(
+        "i=0; pids=; while [ $i -lt {CHILDREN} ]; do sleep 60 & pids=\"$pids $!\"; i=$((i+1)); done; \
+         kill -KILL $pids; wait"
+    );
     for n in 0..CONTAINERS {
         let mut cgroup = TestCgroup::new(&format!("ovf{n}"));
         let mut child = cgroup.spawn(Command::new("sh").args(["-c", &script]));

@@ -228,6 +228,10 @@ pub struct ExitRecord {
     pub track: SignalTrack,
 }
 
+/// Bytes of an [`ExitRecord`] without its `track`: what the kernel sends for a process it
+/// remembers no signal or OOM mark for (`flags` without [`exit_flags::HAS_TRACK`]).
+pub const EXIT_RECORD_SHORT_LEN: usize = core::mem::offset_of!(ExitRecord, track);
+
 /// `signal:signal_generate` aimed at a tracked task. The header is the sender.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -348,8 +352,17 @@ pub struct EnvKey {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TrackedTask {
     pub tgid: u32,
-    pub _reserved: u32,
+    /// [`task_flags`] bits.
+    pub flags: u32,
     pub cgroup_id: u64,
+}
+
+/// Bits of [`TrackedTask::flags`].
+pub mod task_flags {
+    /// The kernel side keeps a [`SignalTrack`](super::SignalTrack) for this task's process (set
+    /// on the target thread and on its process's leader), so its exit must look it up; exits
+    /// without it skip that lookup.
+    pub const SIGNALED: u32 = 1;
 }
 
 /// Offsets in kernel structures that the programs need, read from the kernel's BTF at start and

@@ -8,8 +8,8 @@ use tracer_common::{
 };
 
 use crate::state::{
-    count_untracked, header, is_tracked_cgroup, read_data_loc_str, reserve, track_task, wakeup,
-    CGROUPS, TASKS,
+    count_untracked, field, header, is_tracked_cgroup, read_data_loc_str, reserve, track_task,
+    wakeup, CGROUPS, TASKS, UNTRACKED_CGROUP,
 };
 
 // Field offsets in the tracepoints' records (see events/cgroup/*/format); the loader checks them
@@ -34,12 +34,12 @@ pub fn cgroup_rmdir(ctx: TracePointContext) -> u32 {
 }
 
 fn try_cgroup_dir(ctx: &TracePointContext, kind: u32, probe: u32) -> Result<(), i32> {
-    // SAFETY: fixed offsets of the cgroup tracepoints' records, read through bpf_probe_read.
+    // SAFETY: fields of the cgroup tracepoints' records at these (aligned) offsets.
     let (root, level, id) = unsafe {
         (
-            ctx.read_at::<i32>(ROOT)?,
-            ctx.read_at::<i32>(LEVEL)?,
-            ctx.read_at::<u64>(ID)?,
+            field::<i32>(ctx, ROOT),
+            field::<i32>(ctx, LEVEL),
+            field::<u64>(ctx, ID),
         )
     };
     if root != CGROUP_V2_HIERARCHY {
@@ -47,7 +47,7 @@ fn try_cgroup_dir(ctx: &TracePointContext, kind: u32, probe: u32) -> Result<(), 
     }
     if kind == kind::CGROUP_MKDIR {
         if CGROUPS.insert(id, cgroup_state::NEW, 0).is_err() {
-            count_untracked();
+            count_untracked(UNTRACKED_CGROUP);
         }
     } else {
         // Only the removal of a cgroup that was followed is of interest.
@@ -80,12 +80,12 @@ pub fn cgroup_attach_task(ctx: TracePointContext) -> u32 {
 }
 
 fn try_cgroup_attach_task(ctx: &TracePointContext) -> Result<(), i32> {
-    // SAFETY: fixed offsets of cgroup_attach_task's record, read through bpf_probe_read.
+    // SAFETY: fields of cgroup_attach_task's record at these (aligned) offsets.
     let (root, dst_id, pid) = unsafe {
         (
-            ctx.read_at::<i32>(ROOT)?,
-            ctx.read_at::<u64>(ID)?,
-            ctx.read_at::<i32>(ATTACH_PID)? as u32,
+            field::<i32>(ctx, ROOT),
+            field::<u64>(ctx, ID),
+            field::<i32>(ctx, ATTACH_PID) as u32,
         )
     };
     if root != CGROUP_V2_HIERARCHY || !is_tracked_cgroup(dst_id) {

@@ -10,13 +10,13 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use tracer_common::{
-    cgroup_state, exit_flags, kind, probe, ExecRecord, ExitRecord, InitEnvRecord, ENV_KEY_LEN,
-    ENV_SCAN_LEN, ENV_VALUE_LEN, FILENAME_LEN,
+    cgroup_state, exit_flags, kind, probe, task_flags, ExecRecord, ExitRecord, InitEnvRecord,
+    ENV_KEY_LEN, ENV_SCAN_LEN, ENV_VALUE_LEN, EXIT_RECORD_SHORT_LEN, FILENAME_LEN,
 };
 
 use crate::state::{
-    current_cgroup_id, field, header, is_tracked_cgroup, read_data_loc_str, reserve, track_task,
-    wakeup, CGROUPS, ENV_KEY, ENV_SCRATCH, OFFSETS, SIGNALS, TASKS,
+    current_cgroup_id, field, header_in, is_tracked_cgroup, read_data_loc_str, reserve, track_task,
+    track_task_with, wakeup, CGROUPS, ENV_KEY, ENV_SCRATCH, OFFSETS, SIGNALS, TASKS,
 };
 
 const NEWTASK_PID: usize = 8;
@@ -40,11 +40,11 @@ fn try_task_newtask(ctx: &TracePointContext) -> Result<(), i32> {
     if !is_tracked_cgroup(cgroup_id) {
         return Ok(());
     }
-    // SAFETY: fixed offsets of task_newtask's record, read through bpf_probe_read.
+    // SAFETY: fields of task_newtask's record at these (aligned) offsets.
     let (child, flags) = unsafe {
         (
-            ctx.read_at::<i32>(NEWTASK_PID)? as u32,
-            ctx.read_at::<u64>(NEWTASK_CLONE_FLAGS)?,
+            field::<i32>(ctx, NEWTASK_PID) as u32,
+            field::<u64>(ctx, NEWTASK_CLONE_FLAGS),
         )
     };
     let parent_tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
@@ -64,33 +64,40 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
 }
 
 fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i32> {
-    if !is_tracked_cgroup(current_cgroup_id()) {
+    let cgroup_id = current_cgroup_id();
+    let Some(state) = CGROUPS.get_ptr_mut(cgroup_id) else {
         return Ok(());
-    }
-    let head = header(kind::PROCESS_EXEC);
-    // SAFETY: fixed offset of sched_process_exec's record, read through bpf_probe_read.
-    let old_pid = unsafe { ctx.read_at::<i32>(EXEC_OLD_PID)? } as u32;
+    };
+    let head = header_in(kind::PROCESS_EXEC, cgroup_id);
+    // SAFETY: an int of sched_process_exec's record at this (aligned) offset.
+    let old_pid = unsafe { field::<i32>(ctx, EXEC_OLD_PID) } as u32;
     if old_pid != head.pid {
         // A non-leader thread exec'd and took over the leader's pid.
         let _ = TASKS.remove(old_pid);
     }
-    // Also covers a task placed in the cgroup at clone time (CLONE_INTO_CGROUP), which no
-    // attach record announces.
-    track_task(head.pid, head.tgid, head.cgroup_id);
 
     // The first exec in a cgroup is its container's init: read the agent-name variable from the
     // new image's environment now, while the process surely exists.
-    if let Some(state) = CGROUPS.get_ptr_mut(head.cgroup_id) {
-        // SAFETY: a live map value of this program's map; a racing exec on another CPU could at
-        // worst scan a second environment, which user space ignores.
-        let first = unsafe {
-            let first = *state == cgroup_state::NEW;
-            *state = cgroup_state::STARTED;
-            first
-        };
-        if first {
-            report_init_env(&head);
-        }
+    // SAFETY: a live map value of this program's map; a racing exec on another CPU could at
+    // worst scan a second environment, which user space ignores.
+    let first = unsafe {
+        let first = *state == cgroup_state::NEW;
+        *state = cgroup_state::STARTED;
+        first
+    };
+    if first {
+        report_init_env(&head);
+    }
+
+    // Most tasks are followed from their clone or attach already; a task placed in the cgroup
+    // at clone time (CLONE_INTO_CGROUP), which no attach record announces, is followed from
+    // here. Rewriting an unchanged entry would cost a delete and an insert in the map. (After
+    // the environment scan: the branches here would multiply the verifier's states in its loop.)
+    // SAFETY: the map value is read once, by copy.
+    let known = unsafe { TASKS.get(head.pid) }.copied();
+    if known.is_none_or(|t| t.tgid != head.tgid || t.cgroup_id != cgroup_id) {
+        let flags = known.map_or(0, |t| t.flags);
+        track_task_with(head.pid, head.tgid, cgroup_id, flags);
     }
 
     let Some(mut entry) = reserve::<ExecRecord>(probe::PROCESS_EXEC) else {
@@ -223,7 +230,10 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<(), i32> {
     let (pid, tgid) = (pid_tgid as u32, (pid_tgid >> 32) as u32);
     // SAFETY: `group_dead` is a bool at this offset of sched_process_exit's record.
     let group_dead = unsafe { field::<u8>(ctx, EXIT_GROUP_DEAD) } != 0;
-    let followed = TASKS.get_ptr(pid).is_some();
+    // SAFETY: a live map value, read once by copy.
+    let own = TASKS.get_ptr(pid).map(|t| unsafe { (*t).flags });
+    let followed = own.is_some();
+    let mut signaled = own.is_some_and(|f| f & task_flags::SIGNALED != 0);
     // A leader that leaves before its threads stays the target of signals sent to its process
     // (kill() aims at the leader), so it is forgotten only with the process.
     if followed && (group_dead || pid != tgid) {
@@ -233,16 +243,26 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<(), i32> {
         // Not the last thread of its process: the process goes on, nothing to report.
         return Ok(());
     }
-    if pid != tgid && TASKS.get_ptr(tgid).is_some() {
-        let _ = TASKS.remove(tgid);
+    if pid != tgid {
+        if let Some(leader) = TASKS.get_ptr(tgid) {
+            // SAFETY: as above.
+            signaled |= unsafe { (*leader).flags } & task_flags::SIGNALED != 0;
+            let _ = TASKS.remove(tgid);
+        }
     }
-    let in_container = is_tracked_cgroup(current_cgroup_id());
+    let cgroup_id = current_cgroup_id();
+    let in_container = is_tracked_cgroup(cgroup_id);
     if !followed && !in_container {
         return Ok(());
     }
-    let track = SIGNALS.get_ptr(tgid);
+    // Only a process some signal or OOM mark was remembered for has a track to look up.
+    let track = if signaled {
+        SIGNALS.get_ptr(tgid)
+    } else {
+        None
+    };
     if in_container {
-        report_exit(&header(kind::PROCESS_EXIT), track);
+        report_exit(&header_in(kind::PROCESS_EXIT, cgroup_id), track);
     }
     if track.is_some() {
         let _ = SIGNALS.remove(tgid);
@@ -274,28 +294,69 @@ fn report_exit(head: &tracer_common::Header, track: Option<*const tracer_common:
         (status, ppid)
     };
 
-    let Some(mut entry) = reserve::<ExitRecord>(probe::PROCESS_EXIT) else {
-        return;
-    };
-    let record = entry.as_mut_ptr();
-    // SAFETY: `record` points to reserved ring-buffer space of the record's size and every field
-    // is written before submit; `track` points to a live map value.
-    unsafe {
-        (*record).header = *head;
-        (*record).exit_status = exit_status;
-        (*record).parent_tgid = parent_tgid;
-        (*record)._reserved = 0;
-        (*record).comm = bpf_get_current_comm().unwrap_or_default();
-        match track {
-            Some(track) => {
-                (*record).flags = exit_flags::HAS_TRACK;
+    let comm = bpf_get_current_comm().unwrap_or_default();
+    match track {
+        Some(track) => {
+            let Some(mut entry) = reserve::<ExitRecord>(probe::PROCESS_EXIT) else {
+                return;
+            };
+            let record = entry.as_mut_ptr();
+            // SAFETY: `record` points to reserved ring-buffer space of the record's size; every
+            // field is written before submit; `track` points to a live map value.
+            unsafe {
+                fill_exit(
+                    record,
+                    head,
+                    exit_status,
+                    parent_tgid,
+                    exit_flags::HAS_TRACK,
+                    comm,
+                );
                 core::ptr::copy_nonoverlapping(track, core::ptr::addr_of_mut!((*record).track), 1);
             }
-            None => {
-                (*record).flags = 0;
-                core::ptr::write_bytes(core::ptr::addr_of_mut!((*record).track), 0, 1);
-            }
+            entry.submit(wakeup::<ExitRecord>());
+        }
+        None => {
+            // No signal or OOM mark remembered: the record without its track.
+            let Some(mut entry) = reserve::<ShortExit>(probe::PROCESS_EXIT) else {
+                return;
+            };
+            let record = entry.as_mut_ptr().cast::<ExitRecord>();
+            // SAFETY: the reserved space holds the ExitRecord fields before `track`
+            // (EXIT_RECORD_SHORT_LEN bytes), which are the only ones written.
+            unsafe { fill_exit(record, head, exit_status, parent_tgid, 0, comm) };
+            entry.submit(wakeup::<ShortExit>());
         }
     }
-    entry.submit(wakeup::<ExitRecord>());
+}
+
+/// Room for an [`ExitRecord`] without its `track`.
+#[repr(C)]
+struct ShortExit([u64; EXIT_RECORD_SHORT_LEN / 8]);
+
+const _: () = assert!(core::mem::size_of::<ShortExit>() == EXIT_RECORD_SHORT_LEN);
+
+/// Writes the fields of an [`ExitRecord`] that come before `track`.
+///
+/// # Safety
+/// `record` must be valid for writes of [`EXIT_RECORD_SHORT_LEN`] bytes.
+#[inline(always)]
+unsafe fn fill_exit(
+    record: *mut ExitRecord,
+    head: &tracer_common::Header,
+    exit_status: u32,
+    parent_tgid: u32,
+    flags: u32,
+    comm: [u8; tracer_common::COMM_LEN],
+) {
+    // SAFETY: per the contract, every field written lies in the first EXIT_RECORD_SHORT_LEN
+    // bytes.
+    unsafe {
+        core::ptr::addr_of_mut!((*record).header).write(*head);
+        core::ptr::addr_of_mut!((*record).exit_status).write(exit_status);
+        core::ptr::addr_of_mut!((*record).flags).write(flags);
+        core::ptr::addr_of_mut!((*record).parent_tgid).write(parent_tgid);
+        core::ptr::addr_of_mut!((*record)._reserved).write(0);
+        core::ptr::addr_of_mut!((*record).comm).write(comm);
+    }
 }

@@ -5,7 +5,7 @@
 use aya_ebpf::{helpers::bpf_get_current_comm, macros::tracepoint, programs::TracePointContext};
 use tracer_common::{kind, probe, OomRecord, SignalRecord, COMM_LEN, SIGNAL_SLOTS};
 
-use crate::state::{field, header, now_ns, reserve, signal_track, wakeup, TASKS};
+use crate::state::{field, header, mark_signaled, now_ns, reserve, signal_track, wakeup, TASKS};
 
 const GEN_SIG: usize = 8;
 const GEN_CODE: usize = 16;
@@ -22,6 +22,25 @@ const OOM_ANON_RSS: usize = 24;
 #[inline(always)]
 fn never_fatal(sig: u32) -> bool {
     (17..=23).contains(&sig) || sig == 28
+}
+
+/// A `comm` field of a tracepoint's record at `offset` (4-aligned), as four u32 loads.
+///
+/// # Safety
+/// `offset` must be a `char[16]` field of the tracepoint's record, 4-aligned.
+#[inline(always)]
+unsafe fn comm_at(ctx: &TracePointContext, offset: usize) -> [u8; COMM_LEN] {
+    // SAFETY: per the contract; each load has a constant offset from the context.
+    let words: [u32; 4] = unsafe {
+        [
+            field::<u32>(ctx, offset),
+            field::<u32>(ctx, offset + 4),
+            field::<u32>(ctx, offset + 8),
+            field::<u32>(ctx, offset + 12),
+        ]
+    };
+    // SAFETY: plain bytes of the same size.
+    unsafe { core::mem::transmute::<[u32; 4], [u8; COMM_LEN]>(words) }
 }
 
 #[tracepoint]
@@ -42,17 +61,19 @@ fn try_signal_generate(ctx: &TracePointContext) -> Result<(), i32> {
     if never_fatal(sig) {
         return Ok(());
     }
-    // SAFETY: the map value is read once, by copy.
-    let Some(task) = (unsafe { TASKS.get(target) }).copied() else {
+    let Some(task_ptr) = TASKS.get_ptr_mut(target) else {
         return Ok(());
     };
-    // SAFETY: as above.
+    // SAFETY: a live map value, read once by copy.
+    let task = unsafe { *task_ptr };
+    // SAFETY: fields of signal_generate's record at these offsets; `comm` (at 20) is read as
+    // four aligned u32s, since the context allows only loads aligned to their size.
     let (code, group, result, target_comm) = unsafe {
         (
-            ctx.read_at::<i32>(GEN_CODE)?,
-            ctx.read_at::<i32>(GEN_GROUP)? as u32,
-            ctx.read_at::<i32>(GEN_RESULT)? as u32,
-            ctx.read_at::<[u8; COMM_LEN]>(GEN_COMM)?,
+            field::<i32>(ctx, GEN_CODE),
+            field::<i32>(ctx, GEN_GROUP) as u32,
+            field::<i32>(ctx, GEN_RESULT) as u32,
+            comm_at(ctx, GEN_COMM),
         )
     };
     // This runs in the sender's context.
@@ -63,6 +84,7 @@ fn try_signal_generate(ctx: &TracePointContext) -> Result<(), i32> {
         // SAFETY: `track` points to a live map value; concurrent senders to the same process on
         // other CPUs may interleave, which can at worst blur a counter.
         unsafe { remember(&mut *track, sig, code, result, &head, sender_comm) };
+        mark_signaled(task_ptr, target, task.tgid);
     }
 
     let Some(mut entry) = reserve::<SignalRecord>(probe::SIGNAL_GENERATE) else {
@@ -136,13 +158,15 @@ pub fn mark_victim(ctx: TracePointContext) -> u32 {
 fn try_mark_victim(ctx: &TracePointContext) -> Result<(), i32> {
     // SAFETY: fixed offset of mark_victim's record, read through bpf_probe_read.
     let victim = unsafe { ctx.read_at::<i32>(OOM_PID)? } as u32;
-    // SAFETY: the map value is read once, by copy.
-    let Some(task) = (unsafe { TASKS.get(victim) }).copied() else {
+    let Some(task_ptr) = TASKS.get_ptr_mut(victim) else {
         return Ok(());
     };
+    // SAFETY: a live map value, read once by copy.
+    let task = unsafe { *task_ptr };
     if let Some(track) = signal_track(task.tgid) {
         // SAFETY: `track` points to a live map value.
         unsafe { (*track).oom_ns = now_ns() };
+        mark_signaled(task_ptr, victim, task.tgid);
     }
     let Some(mut entry) = reserve::<OomRecord>(probe::OOM_MARK_VICTIM) else {
         return Ok(());

@@ -11,7 +11,9 @@ use aya_ebpf::{
     programs::TracePointContext,
     EbpfContext, Global,
 };
-use tracer_common::{probe, EnvKey, Header, KernelOffsets, SignalTrack, TrackedTask, ENV_SCAN_LEN};
+use tracer_common::{
+    probe, task_flags, EnvKey, Header, KernelOffsets, SignalTrack, TrackedTask, ENV_SCAN_LEN,
+};
 
 /// Records for user space. The loader sets the real size (`--ring-buffer-size`).
 #[map]
@@ -21,9 +23,10 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 #[map]
 pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(probe::COUNT, 0);
 
-/// Per-CPU count of cgroups that could not be tracked because `CGROUPS` was full.
+/// Per-CPU counts of what could not be followed because its map was full: cgroups
+/// (`CGROUPS`, slot 0) and tasks (`TASKS`, slot 1).
 #[map]
-pub static UNTRACKED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+pub static UNTRACKED: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
 
 /// v2 cgroups whose processes are followed, keyed by cgroup id. Every new v2 cgroup is added at
 /// mkdir (so a container's first process is never missed while user space decides), then user
@@ -34,9 +37,12 @@ pub static CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(65536, 0);
 
 /// Tasks followed, keyed by thread id: their process and last known cgroup. Lets
 /// `signal_generate`, which runs in the sender's context, recognise a tracked target and key
-/// what it remembers by process.
+/// what it remembers by process. A plain (preallocated) hash rather than an LRU: every followed
+/// thread's exit removes its entry, and an LRU's insert and delete take its global lists' locks,
+/// which made them the costliest operations of the fork, exec and exit programs. When it is
+/// full a new task is counted in `UNTRACKED` instead.
 #[map]
-pub static TASKS: LruHashMap<u32, TrackedTask> = LruHashMap::with_max_entries(131072, 0);
+pub static TASKS: HashMap<u32, TrackedTask> = HashMap::with_max_entries(131072, 0);
 
 /// Signals sent to tracked processes (and OOM marks), keyed by tgid, until the process exits.
 #[map]
@@ -82,16 +88,20 @@ pub unsafe fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
 
 #[inline(always)]
 pub fn header(kind: u32) -> Header {
+    header_in(kind, current_cgroup_id())
+}
+
+/// The header of a record about the current task, whose cgroup the caller already looked up.
+#[inline(always)]
+pub fn header_in(kind: u32, cgroup_id: u64) -> Header {
     let pid_tgid = bpf_get_current_pid_tgid();
     Header {
         kind,
         _reserved: 0,
-        // SAFETY: helpers without arguments, callable from any tracepoint program.
-        ts_ns: unsafe { bpf_ktime_get_ns() },
+        ts_ns: now_ns(),
         pid: pid_tgid as u32,
         tgid: (pid_tgid >> 32) as u32,
-        // SAFETY: as above.
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        cgroup_id,
     }
 }
 
@@ -121,9 +131,13 @@ pub fn count_lost(probe: u32) {
     }
 }
 
+/// Slots of `UNTRACKED`.
+pub const UNTRACKED_CGROUP: u32 = 0;
+pub const UNTRACKED_TASK: u32 = 1;
+
 #[inline(always)]
-pub fn count_untracked() {
-    if let Some(counter) = UNTRACKED.get_ptr_mut(0) {
+pub fn count_untracked(what: u32) {
+    if let Some(counter) = UNTRACKED.get_ptr_mut(what) {
         // SAFETY: as in `count_lost`.
         unsafe { *counter += 1 };
     }
@@ -176,11 +190,9 @@ pub unsafe fn read_data_loc_str(
     dst: *mut u8,
     len: u32,
 ) -> u32 {
-    // SAFETY: reads a u32 from the tracepoint record through bpf_probe_read; the offset comes
-    // from the tracepoint's format, checked by the loader.
-    let Ok(loc) = (unsafe { ctx.read_at::<u32>(field_offset) }) else {
-        return 0;
-    };
+    // SAFETY: a u32 of the tracepoint's record, read directly; the offset comes from the
+    // tracepoint's format, checked by the loader.
+    let loc = unsafe { field::<u32>(ctx, field_offset) };
     // __data_loc: low 16 bits are the offset from the record's start, high 16 bits the length.
     let src = (ctx.as_ptr() as *const u8).wrapping_add((loc & 0xffff) as usize);
     // SAFETY: the caller guarantees `dst` holds `len` bytes; the helper bounds the copy by `len`
@@ -196,13 +208,35 @@ pub unsafe fn read_data_loc_str(
 /// Starts following thread `pid` of process `tgid` in cgroup `cgroup_id`.
 #[inline(always)]
 pub fn track_task(pid: u32, tgid: u32, cgroup_id: u64) {
+    track_task_with(pid, tgid, cgroup_id, 0);
+}
+
+/// [`track_task`] keeping [`task_flags`](tracer_common::task_flags) `flags`.
+#[inline(always)]
+pub fn track_task_with(pid: u32, tgid: u32, cgroup_id: u64, flags: u32) {
     let task = TrackedTask {
         tgid,
-        _reserved: 0,
+        flags,
         cgroup_id,
     };
-    // LRU: never fails for lack of room; the oldest entry gives way.
-    let _ = TASKS.insert(pid, task, 0);
+    if TASKS.insert(pid, task, 0).is_err() {
+        count_untracked(UNTRACKED_TASK);
+    }
+}
+
+/// Notes on the followed thread `task` (thread id `pid`, process `tgid`) and on its process's
+/// leader that a [`SignalTrack`] now exists for the process, so that its exit looks it up.
+#[inline(always)]
+pub fn mark_signaled(task: *mut TrackedTask, pid: u32, tgid: u32) {
+    // SAFETY: `task` points to a live value of `TASKS`; a racing update on another CPU can at
+    // worst set the same bit.
+    unsafe { (*task).flags |= task_flags::SIGNALED };
+    if pid != tgid {
+        if let Some(leader) = TASKS.get_ptr_mut(tgid) {
+            // SAFETY: as above.
+            unsafe { (*leader).flags |= task_flags::SIGNALED };
+        }
+    }
 }
 
 /// The [`SignalTrack`] of process `tgid`, created empty if there is none yet.

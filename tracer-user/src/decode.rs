@@ -4,8 +4,8 @@
 use std::mem::size_of;
 
 use tracer_common::{
-    kind, AttachRecord, CgroupRecord, DeviceOpenRecord, ExecRecord, ExitRecord, Header,
-    InitEnvRecord, MountRecord, OomRecord, SignalRecord,
+    exit_flags, kind, AttachRecord, CgroupRecord, DeviceOpenRecord, ExecRecord, ExitRecord, Header,
+    InitEnvRecord, MountRecord, OomRecord, SignalRecord, SignalTrack, EXIT_RECORD_SHORT_LEN,
 };
 
 /// One decoded record.
@@ -49,6 +49,36 @@ fn read<T: Copy>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
+/// An exit record: whole when its flags say it carries a track, otherwise the
+/// [`EXIT_RECORD_SHORT_LEN`] bytes before the track, which the kernel sends alone when it
+/// remembered nothing for the process (the track reads as zeros).
+fn read_exit(bytes: &[u8]) -> Result<ExitRecord, DecodeError> {
+    if bytes.len() < EXIT_RECORD_SHORT_LEN {
+        return Err(DecodeError::Short {
+            kind: kind::PROCESS_EXIT,
+            got: bytes.len(),
+            need: EXIT_RECORD_SHORT_LEN,
+        });
+    }
+    let mut whole = [0u8; size_of::<ExitRecord>()];
+    let have = bytes.len().min(whole.len());
+    whole[..have].copy_from_slice(&bytes[..have]);
+    let record: ExitRecord = read(&whole, kind::PROCESS_EXIT)?;
+    if record.flags & exit_flags::HAS_TRACK != 0 && bytes.len() < whole.len() {
+        return Err(DecodeError::Short {
+            kind: kind::PROCESS_EXIT,
+            got: bytes.len(),
+            need: whole.len(),
+        });
+    }
+    let mut record = record;
+    if record.flags & exit_flags::HAS_TRACK == 0 {
+        // Whatever followed the short record is not a track.
+        record.track = SignalTrack::default();
+    }
+    Ok(record)
+}
+
 impl Record {
     pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         if bytes.len() < size_of::<Header>() {
@@ -64,7 +94,7 @@ impl Record {
             kind::CGROUP_RMDIR => Record::CgroupRmdir(read(bytes, k)?),
             kind::CGROUP_ATTACH => Record::Attach(read(bytes, k)?),
             kind::PROCESS_EXEC => Record::Exec(read(bytes, k)?),
-            kind::PROCESS_EXIT => Record::Exit(read(bytes, k)?),
+            kind::PROCESS_EXIT => Record::Exit(read_exit(bytes)?),
             kind::SIGNAL => Record::Signal(read(bytes, k)?),
             kind::OOM_MARK => Record::Oom(read(bytes, k)?),
             kind::INIT_ENV => Record::InitEnv(read(bytes, k)?),
@@ -117,6 +147,11 @@ impl Record {
             Record::CgroupMkdir(r) | Record::CgroupRmdir(r) => bytes_of(r),
             Record::Attach(r) => bytes_of(r),
             Record::Exec(r) => bytes_of(r),
+            Record::Exit(r) if r.flags & exit_flags::HAS_TRACK == 0 => {
+                let mut bytes = bytes_of(r);
+                bytes.truncate(EXIT_RECORD_SHORT_LEN);
+                bytes
+            }
             Record::Exit(r) => bytes_of(r),
             Record::Signal(r) => bytes_of(r),
             Record::Oom(r) => bytes_of(r),
@@ -311,6 +346,47 @@ mod tests {
         );
         assert_eq!(c_str(&e.comm), "sleep");
         assert_eq!(c_str(&e.track.slots[0].sender_comm), "runc");
+    }
+
+    #[test]
+    fn an_exit_without_track_travels_short() {
+        let Some(Record::Exit(mut exit)) =
+            samples().into_iter().find(|r| matches!(r, Record::Exit(_)))
+        else {
+            panic!("no exit sample")
+        };
+        exit.flags = 0;
+        let bytes = Record::Exit(exit).to_bytes();
+        assert_eq!(bytes.len(), EXIT_RECORD_SHORT_LEN);
+        let Ok(Record::Exit(back)) = Record::decode(&bytes) else {
+            panic!("short exit not decoded")
+        };
+        assert_eq!(
+            (
+                back.header.pid,
+                back.exit_status,
+                back.parent_tgid,
+                back.flags
+            ),
+            (42, 9, 40, 0)
+        );
+        assert_eq!(c_str(&back.comm), "sleep");
+        assert_eq!(back.track, SignalTrack::default(), "no track invented");
+        // Anything after the short part is ignored, not taken for a track.
+        let mut longer = bytes.clone();
+        longer.extend_from_slice(&[0xff; 64]);
+        let Ok(Record::Exit(back)) = Record::decode(&longer) else {
+            panic!("longer short exit not decoded")
+        };
+        assert_eq!(back.track, SignalTrack::default());
+        assert_eq!(
+            Record::decode(&bytes[..bytes.len() - 1]).unwrap_err(),
+            DecodeError::Short {
+                kind: kind::PROCESS_EXIT,
+                got: EXIT_RECORD_SHORT_LEN - 1,
+                need: EXIT_RECORD_SHORT_LEN
+            }
+        );
     }
 
     #[test]

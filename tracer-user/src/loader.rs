@@ -243,6 +243,11 @@ impl Tracer {
         Ok(self.untracked.get(&0, 0)?.iter().sum())
     }
 
+    /// Tasks that could not be followed because the kernel's task table was full.
+    pub fn untracked_tasks(&self) -> Result<u64> {
+        Ok(self.untracked.get(&1, 0)?.iter().sum())
+    }
+
     /// Follows the processes of cgroup `id` (a container found by scanning, or one of its
     /// sub-cgroups), which already runs its payload.
     pub fn track_cgroup(&mut self, id: u64) -> Result<()> {
@@ -261,7 +266,7 @@ impl Tracer {
     pub fn track_task(&mut self, pid: u32, tgid: u32, cgroup_id: u64) -> Result<()> {
         let task = TrackedTask {
             tgid,
-            _reserved: 0,
+            flags: 0,
             cgroup_id,
         };
         self.tasks

@@ -86,6 +86,7 @@ pub struct RunSummary {
     pub lost: [u64; probe::COUNT as usize],
     pub decode_errors: u64,
     pub untracked_cgroups: u64,
+    pub untracked_tasks: u64,
     pub audit_errors: u64,
 }
 
@@ -273,6 +274,14 @@ fn report_losses(tracer: &Tracer, summary: &mut RunSummary, exporter: Option<&Ex
         if n > summary.untracked_cgroups {
             log::warn!("{n} cgroup(s) could not be followed: the kernel's cgroup table is full");
             summary.untracked_cgroups = n;
+        }
+    }
+    if let Ok(n) = tracer.untracked_tasks() {
+        if n > summary.untracked_tasks {
+            log::warn!(
+                "{n} task(s) in containers could not be followed: the kernel's task table is full"
+            );
+            summary.untracked_tasks = n;
         }
     }
 }
