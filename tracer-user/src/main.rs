@@ -81,7 +81,10 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match run::run(&options, &stop, std::io::stdout().lock()) {
+            // Events are written in blocks and flushed after each poll of the ring buffer (at
+            // least every 100 ms): stdout's own line buffering would cost a write(2) per event.
+            let out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+            match run::run(&options, &stop, out) {
                 Ok(summary) => {
                     let lost: u64 = summary.lost.iter().sum();
                     log::info!(
