@@ -1,6 +1,5 @@
 //! User-space pipeline throughput on a recorded stream: ring-buffer bytes → `Record::decode` →
-//! lifecycle `Model` → aggregation (agent labels and metrics, as the export worker does), on one
-//! core. `cargo xtask bench` runs this and reports records/s; run it alone with
+//! lifecycle `Model` → the export worker (agent labels, metrics), on one core. `cargo xtask bench` runs this and reports records/s; run it alone with
 //! `cargo bench -p tracer-user --bench pipeline`.
 //!
 //! The stream is what the kernel side writes for realistic container lifecycles under Docker's
@@ -9,16 +8,17 @@
 //! others, the exit with the signals the kernel remembered, rmdir; about 100 containers live at
 //! once, 16 agent names.
 
-use std::{collections::HashMap, hint::black_box, time::Instant};
+use std::{hint::black_box, time::Duration};
 
 use clawtrace::{
     containers::Recognizer,
-    decode::Record,
+    decode::{count_by_kind, Record},
     export::{
-        labels::{AgentLabels, LabelPolicy},
-        metrics::Metrics,
+        agent::{AgentConfig, AgentSource},
+        labels::LabelPolicy,
+        pipeline::{ExportConfig, InlineWorker},
     },
-    model::{Event, Model, ModelConfig, Output, Timed},
+    model::{Model, ModelConfig, Output},
     output,
     replay::{self, cgroup, comm, exec, exit, header, HOST_CGROUP, RUNTIME_PID},
     sys::WallClock,
@@ -118,79 +118,25 @@ fn recorded_stream() -> Vec<Vec<u8>> {
     records.iter().map(Record::to_bytes).collect()
 }
 
-/// What the export worker does per event: resolve the agent label at the init's exec, keep
-/// the metrics, release the label at deletion.
-struct Aggregator {
-    labels: AgentLabels,
-    metrics: Metrics,
-    agents: HashMap<u64, String>,
-}
-
-impl Aggregator {
-    fn new() -> Aggregator {
-        Aggregator {
-            labels: AgentLabels::open(LabelPolicy::default()).expect("plain labels need no file"),
-            metrics: Metrics::new(None),
-            agents: HashMap::new(),
-        }
-    }
-
-    fn apply(&mut self, timed: &Timed) {
-        match &timed.event {
-            Event::ProcessExec(e) if e.is_container_init => {
-                let agent = self.labels.acquire(e.agent_env.as_deref(), Instant::now());
-                self.metrics.container_created(&agent);
-                if let Some(seconds) = e.start_seconds {
-                    self.metrics.start_duration(&agent, seconds);
-                }
-                self.agents.insert(e.container.cgroup_id, agent);
-            }
-            Event::Signal(s) => {
-                if let Some(agent) = self.agents.get(&s.container.cgroup_id) {
-                    self.metrics
-                        .signal(agent, &s.signal, s.sender_kind.as_str());
-                }
-            }
-            Event::ProcessExit(e) => {
-                if let Some(agent) = self.agents.get(&e.container.cgroup_id) {
-                    self.metrics.process_exit(
-                        agent,
-                        e.cause.as_str(),
-                        e.signal.as_deref().unwrap_or("none"),
-                        e.exit_code,
-                    );
-                }
-            }
-            Event::ContainerDelete(d) => {
-                if let Some(agent) = self.agents.remove(&d.container.cgroup_id) {
-                    let cause = d.cause.map_or("none", |c| c.as_str());
-                    self.metrics.container_deleted(
-                        &agent,
-                        d.lifetime_seconds,
-                        cause,
-                        d.was_lingering,
-                    );
-                    self.labels.release(&agent, Instant::now());
-                }
-            }
-            _ => {}
-        }
-    }
-
-    /// `clawtrace_events_total`, counted per poll as the tracing loop does.
-    fn count(&self, batch: &[Record]) {
-        let mut counts: Vec<(&'static str, u64)> = Vec::new();
-        for record in batch {
-            let kind = record.kind_name();
-            match counts.iter_mut().find(|(k, _)| *k == kind) {
-                Some((_, n)) => *n += 1,
-                None => counts.push((kind, 1)),
-            }
-        }
-        for (kind, n) in counts {
-            self.metrics.events(kind, n);
-        }
-    }
+/// The export worker itself, driven in this thread: agent labels from the init's variable (no
+/// metadata lookups), metrics, no OTLP.
+fn worker(clock: WallClock) -> InlineWorker {
+    InlineWorker::new(
+        ExportConfig {
+            prometheus: None,
+            otlp: None,
+            agent: AgentConfig {
+                sources: vec![AgentSource::Env],
+                ..AgentConfig::default()
+            },
+            labels: LabelPolicy::default(),
+            queue: 0,
+            settle_after: Duration::from_secs(2),
+            gpu_poll: Duration::from_secs(5),
+        },
+        clock,
+    )
+    .expect("plain labels need no file")
 }
 
 fn model() -> Model<Recognizer> {
@@ -228,11 +174,12 @@ fn pin_to_one_cpu() {
 }
 
 /// One pass over the recorded stream, a poll's worth of records at a time, as the tracing loop
-/// does: decode, model, count by kind, aggregate each event (and render it as JSON if `json`).
+/// does: decode, model, count by kind, hand each event to the export worker (and render it as
+/// JSON if `json`).
 fn replay_stream(
     stream: &[Vec<u8>],
     m: &mut Model<Recognizer>,
-    agg: &mut Aggregator,
+    worker: &mut InlineWorker,
     batch: &mut Vec<Record>,
     out: &mut Output,
     json: Option<&WallClock>,
@@ -243,12 +190,15 @@ fn replay_stream(
         for record in batch.iter() {
             m.handle(record, out);
         }
-        agg.count(batch);
+        for (kind, n) in count_by_kind(batch) {
+            worker.records(kind, n);
+        }
         for event in out.events.drain(..) {
             if let Some(clock) = json {
                 black_box(output::json(&event, clock));
             }
-            agg.apply(&event);
+            // The tracing loop hands the worker a copy of each event.
+            worker.event(event.clone());
         }
         out.untrack.clear();
     }
@@ -286,21 +236,21 @@ fn pipeline(c: &mut Criterion) {
 
     // The headline figure: decode, model and aggregation.
     let mut m = model();
-    let mut agg = Aggregator::new();
+    let mut export = worker(clock);
     let mut batch = Vec::with_capacity(POLL_BATCH);
     group.bench_function("decode_model_aggregate", |b| {
-        b.iter(|| replay_stream(&stream, &mut m, &mut agg, &mut batch, &mut out, None))
+        b.iter(|| replay_stream(&stream, &mut m, &mut export, &mut batch, &mut out, None))
     });
 
     // The same with `--output json`: every event also rendered as a JSON line.
     let mut m = model();
-    let mut agg = Aggregator::new();
+    let mut export = worker(clock);
     group.bench_function("decode_model_aggregate_json", |b| {
         b.iter(|| {
             replay_stream(
                 &stream,
                 &mut m,
-                &mut agg,
+                &mut export,
                 &mut batch,
                 &mut out,
                 Some(&clock),
@@ -310,9 +260,9 @@ fn pipeline(c: &mut Criterion) {
 
     // The headline case again with 10,000 other containers alive throughout.
     let mut m = model_with_live(LIVE_BACKGROUND);
-    let mut agg = Aggregator::new();
+    let mut export = worker(clock);
     group.bench_function("decode_model_aggregate_10k_live", |b| {
-        b.iter(|| replay_stream(&stream, &mut m, &mut agg, &mut batch, &mut out, None))
+        b.iter(|| replay_stream(&stream, &mut m, &mut export, &mut batch, &mut out, None))
     });
     group.finish();
 }

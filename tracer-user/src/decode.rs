@@ -33,6 +33,20 @@ pub enum DecodeError {
     UnknownKind(u32),
 }
 
+/// The records of one poll counted by kind (`Record::kind_name`), in order of first appearance:
+/// how `clawtrace_events_total` is fed.
+pub fn count_by_kind(records: &[Record]) -> Vec<(&'static str, u64)> {
+    let mut counts: Vec<(&'static str, u64)> = Vec::new();
+    for record in records {
+        let kind = record.kind_name();
+        match counts.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((kind, 1)),
+        }
+    }
+    counts
+}
+
 /// Reads a `T` from the front of `bytes` after checking the length.
 fn read<T: Copy>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
     let need = size_of::<T>();

@@ -187,7 +187,9 @@ pub fn run(options: &RunOptions, stop: &Arc<AtomicBool>, out: impl Write) -> Res
             model.handle(record, &mut step);
         }
         if let Some(exporter) = &exporter {
-            count_records(&records, exporter);
+            for (kind, n) in crate::decode::count_by_kind(&records) {
+                exporter.records(kind, n);
+            }
         }
         if stopping || last_housekeeping.elapsed() >= HOUSEKEEPING {
             last_housekeeping = Instant::now();
@@ -234,21 +236,6 @@ pub fn run(options: &RunOptions, stop: &Arc<AtomicBool>, out: impl Write) -> Res
         exporter.shutdown();
     }
     Ok(summary)
-}
-
-/// Counts the records of one poll by kind for `clawtrace_events_total`.
-fn count_records(records: &[crate::decode::Record], exporter: &Exporter) {
-    let mut counts: Vec<(&'static str, u64)> = Vec::new();
-    for record in records {
-        let kind = record.kind_name();
-        match counts.iter_mut().find(|(k, _)| *k == kind) {
-            Some((_, n)) => *n += 1,
-            None => counts.push((kind, 1)),
-        }
-    }
-    for (kind, n) in counts {
-        exporter.records(kind, n);
-    }
 }
 
 /// Logs each probe's losses since the last report; never silent.

@@ -1330,9 +1330,9 @@ fn pipeline(env: &Env, ctx: &Ctx) -> Result<Vec<Section>> {
          recorded stream of 2,000 Docker-layout container lifecycles (mkdir, attach, agent-name \
          record, exec, child exec/exit or SIGTERM+SIGKILL, exit with the kernel's signal \
          memory, rmdir; ~100 alive at once, 16 agent names) as wire bytes, replayed through \
-         `Record::decode`, the lifecycle `Model`, and the aggregation the export worker does \
-         (agent labels, every metric, `clawtrace_events_total` per 128-record poll). Mean time \
-         per pass over the stream.\n\n\
+         `Record::decode`, the lifecycle `Model`, and the export worker itself driven in the same \
+         thread (agent labels from the init's variable, every metric, `clawtrace_events_total` \
+         per 128-record poll; no OTLP). Mean time per pass over the stream.\n\n\
          | benchmark | records/pass | mean per pass | records/s |\n|---|---|---|---|\n",
     );
     let mut rows = Vec::new();

@@ -60,7 +60,7 @@ pub struct Exporter {
 }
 
 impl Exporter {
-    pub fn start(config: ExportConfig, clock: WallClock) -> Result<Exporter> {
+    pub fn start(mut config: ExportConfig, clock: WallClock) -> Result<Exporter> {
         let (tx, rx) = mpsc::sync_channel(config.queue);
         let labels = AgentLabels::open(config.labels.clone()).context("agent labels")?;
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -89,7 +89,7 @@ impl Exporter {
             &tracer_common::probe::NAMES,
             &["otlp_metrics", "otlp_traces", "audit_log", "queue"],
         );
-        if let Some(listener) = config.prometheus {
+        if let Some(listener) = config.prometheus.take() {
             listener
                 .set_nonblocking(true)
                 .context("prometheus listener")?;
@@ -128,20 +128,7 @@ impl Exporter {
                 None
             }
         };
-        let worker = Worker {
-            resolver: AgentResolver::new(config.agent),
-            labels,
-            metrics: metrics.clone(),
-            tracer,
-            containers: HashMap::new(),
-            clock,
-            settle_after: config.settle_after,
-            overflow_seen: 0,
-            gpu,
-            gpu_poll: config.gpu_poll,
-            gpu_polled: Instant::now(),
-            device_users: DeviceUsers::default(),
-        };
+        let worker = Worker::new(config, labels, metrics.clone(), tracer, gpu, clock);
         let handle = std::thread::Builder::new()
             .name("clawtrace-export".into())
             .spawn(move || {
@@ -195,6 +182,40 @@ impl Exporter {
     }
 }
 
+/// The export worker driven in the caller's thread: no queue, no OTLP, no NVML, no `/metrics`
+/// server. For benchmarks that measure what the worker does per event.
+pub struct InlineWorker {
+    worker: Worker,
+    rt: tokio::runtime::Runtime,
+}
+
+impl InlineWorker {
+    /// `config.prometheus`, `otlp`, `queue` and `gpu_poll` are not used.
+    pub fn new(config: ExportConfig, clock: WallClock) -> Result<InlineWorker> {
+        let labels = AgentLabels::open(config.labels.clone()).context("agent labels")?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the export runtime")?;
+        let worker = Worker::new(config, labels, Metrics::new(None), None, None, clock);
+        Ok(InlineWorker { worker, rt })
+    }
+
+    /// What the worker does with an event the tracing loop hands over.
+    pub fn event(&mut self, event: Timed) {
+        self.worker.on_event(&self.rt, event);
+    }
+
+    /// `n` more kernel records of `kind` received.
+    pub fn records(&self, kind: &'static str, n: u64) {
+        self.worker.metrics.events(kind, n);
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.worker.metrics
+    }
+}
+
 struct Tracked {
     container: ContainerRef,
     created_ns: u64,
@@ -226,6 +247,30 @@ struct Worker {
 const TICK: Duration = Duration::from_millis(250);
 
 impl Worker {
+    fn new(
+        config: ExportConfig,
+        labels: AgentLabels,
+        metrics: Metrics,
+        tracer: Option<SdkTracer>,
+        gpu: Option<Box<dyn GpuSource>>,
+        clock: WallClock,
+    ) -> Worker {
+        Worker {
+            resolver: AgentResolver::new(config.agent),
+            labels,
+            metrics,
+            tracer,
+            containers: HashMap::new(),
+            clock,
+            settle_after: config.settle_after,
+            overflow_seen: 0,
+            gpu,
+            gpu_poll: config.gpu_poll,
+            gpu_polled: Instant::now(),
+            device_users: DeviceUsers::default(),
+        }
+    }
+
     fn run(mut self, rt: &tokio::runtime::Runtime, rx: Receiver<Message>) {
         let mut last_tick = Instant::now();
         loop {
