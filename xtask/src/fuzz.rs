@@ -17,7 +17,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 
 use crate::{run, Ctx};
 
@@ -45,19 +45,7 @@ impl Ctx {
             return Ok(());
         }
         println!("setup: cargo-fuzz {CARGO_FUZZ_VERSION}: installing (not found)");
-        let cargo_home = self
-            .cargo_bin
-            .parent()
-            .ok_or_else(|| anyhow!("{} has no parent", self.cargo_bin.display()))?;
-        run(self
-            .cargo()
-            .args(["install", &format!("cargo-fuzz@{CARGO_FUZZ_VERSION}")])
-            .args(["--locked", "--root"])
-            .arg(cargo_home))
-        .context("setup: cannot install cargo-fuzz")?;
-        let path = self
-            .which("cargo-fuzz")
-            .ok_or_else(|| anyhow!("setup: cargo-fuzz is still not on PATH after installing"))?;
+        let path = self.cargo_install("cargo-fuzz", CARGO_FUZZ_VERSION, false)?;
         println!(
             "setup: cargo-fuzz {CARGO_FUZZ_VERSION}: installed ({})",
             path.display()

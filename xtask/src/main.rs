@@ -342,20 +342,8 @@ impl Ctx {
             "setup: bpf-linker {BPF_LINKER_VERSION} (LLVM {llvm}): installing ({reason}); \
              this builds it and takes several minutes"
         );
-        let cargo_home = self
-            .cargo_bin
-            .parent()
-            .ok_or_else(|| anyhow!("{} has no parent", self.cargo_bin.display()))?;
-        run(self
-            .cargo()
-            .args(["install", &format!("bpf-linker@{BPF_LINKER_VERSION}")])
-            .args(["--locked", "--force", "--root"])
-            .arg(cargo_home))
-        .context("setup: cannot install bpf-linker")?;
         // The PATH may hold another bpf-linker ahead of $CARGO_HOME/bin.
-        let found = self
-            .which("bpf-linker")
-            .ok_or_else(|| anyhow!("setup: bpf-linker is still not on PATH after installing"))?;
+        let found = self.cargo_install("bpf-linker", BPF_LINKER_VERSION, true)?;
         match self.bpf_linker_version(&found) {
             Some(version) if version == BPF_LINKER_VERSION => {}
             other => bail!(
@@ -369,6 +357,24 @@ impl Ctx {
         write_stamp(&stamp_path, llvm)?;
         println!("setup: bpf-linker {BPF_LINKER_VERSION} (LLVM {llvm}): installed");
         Ok(())
+    }
+
+    /// `cargo install --locked NAME@VERSION` into `$CARGO_HOME` (`--force`: over an installed
+    /// one); returns the `NAME` binary that then comes first on PATH.
+    pub(crate) fn cargo_install(&self, name: &str, version: &str, force: bool) -> Result<PathBuf> {
+        let cargo_home = self
+            .cargo_bin
+            .parent()
+            .ok_or_else(|| anyhow!("{} has no parent", self.cargo_bin.display()))?;
+        let mut install = self.cargo();
+        install
+            .args(["install", &format!("{name}@{version}"), "--locked"])
+            .args(force.then_some("--force"))
+            .arg("--root")
+            .arg(cargo_home);
+        run(&mut install).with_context(|| format!("setup: cannot install {name}"))?;
+        self.which(name)
+            .ok_or_else(|| anyhow!("setup: {name} is still not on PATH after installing"))
     }
 
     /// The version `bpf-linker --version` reports (`bpf-linker 0.10.4` gives `0.10.4`).
