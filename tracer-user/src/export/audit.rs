@@ -7,12 +7,14 @@
 //! this process.
 
 use std::ffi::OsString;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+
+use super::files::open_append;
 
 /// An open audit log.
 #[derive(Debug)]
@@ -32,7 +34,7 @@ impl AuditLog {
     /// own); `keep` is how many rotated files stay (`0`: the log is simply restarted).
     pub fn open(path: &Path, max_bytes: u64, keep: usize) -> anyhow::Result<AuditLog> {
         let file =
-            open_log(path).with_context(|| format!("opening audit log {}", path.display()))?;
+            open_append(path).with_context(|| format!("opening audit log {}", path.display()))?;
         if let Some((from, to)) =
             repair_tail(&file).with_context(|| format!("repairing audit log {}", path.display()))?
         {
@@ -137,7 +139,7 @@ impl AuditLog {
             }
             ignore_missing(fs::rename(&self.path, self.numbered(1)))?;
         }
-        self.file = open_log(&self.path)?;
+        self.file = open_append(&self.path)?;
         self.rotations += 1;
         Ok(())
     }
@@ -164,38 +166,6 @@ fn ignore_missing(r: io::Result<()>) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         other => other,
     }
-}
-
-/// Opens `path` for reading (the repair reads the tail) and appending, creating it 0600. A
-/// symlink at `path` is refused (O_NOFOLLOW), and so is anything but a regular file.
-fn open_log(path: &Path) -> io::Result<File> {
-    let file = OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(|e| {
-            if e.raw_os_error() == Some(libc::ELOOP) {
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!(
-                        "{} is a symbolic link; refusing to write the audit log through it",
-                        path.display()
-                    ),
-                )
-            } else {
-                e
-            }
-        })?;
-    if !file.metadata()?.is_file() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{} is not a regular file", path.display()),
-        ));
-    }
-    Ok(file)
 }
 
 /// Truncates a file that does not end with '\n' back to just after its last '\n' (or to

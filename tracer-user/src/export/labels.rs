@@ -24,6 +24,8 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
+use super::files::open_append;
+
 /// The value of a container for which no source had an agent name, or whose name sanitized to
 /// nothing. It never counts against the cap.
 pub const UNKNOWN: &str = "unknown";
@@ -545,14 +547,8 @@ fn create_key(dir: &Path, path: &Path) -> anyhow::Result<Option<[u8; KEY_LEN]>> 
 /// Opens (creating) the lookup table for appending and loads the hashes it holds. Lines that
 /// do not parse are skipped; a torn last line gets its newline so the next entry starts clean.
 fn open_lookup(path: &Path) -> anyhow::Result<(File, HashSet<String>)> {
-    let mut file = OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(|e| nofollow_error(e, path))?;
+    let mut file = open_append(path)
+        .with_context(|| format!("opening label lookup table {}", path.display()))?;
     check_private_file(&file, path)?;
     let mut recorded = HashSet::new();
     let mut reader = BufReader::new(&file);

@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod audit;
+mod files;
 pub mod gpu;
 pub mod labels;
 pub mod metrics;
