@@ -392,6 +392,48 @@ fn multithreaded_process_killed_is_reported_once() {
 }
 
 #[test]
+fn sigkill_aimed_at_a_worker_thread_names_its_sender() {
+    require_privileged!();
+    let ct = Clawtrace::start(&[]);
+    let mut cgroup = TestCgroup::new("tgkill");
+    // The process prints a worker thread's id; that thread, not the leader, gets the SIGKILL.
+    let mut child = cgroup.spawn(
+        python(
+            "import threading, time\n\
+             ready = threading.Event()\n\
+             def work():\n    print(threading.get_native_id(), flush=True); ready.set(); time.sleep(1000)\n\
+             threading.Thread(target=work, daemon=True).start()\n\
+             ready.wait(); time.sleep(1000)",
+        )
+        .stdout(Stdio::piped()),
+    );
+    let pid = child.id();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("thread id");
+    let tid: i32 = line.trim().parse().expect("a thread id");
+    assert_ne!(tid as u32, pid, "the worker thread is not the leader");
+    // SAFETY: tgkill has no memory-safety preconditions.
+    let rc = unsafe { libc::syscall(libc::SYS_tgkill, pid as i32, tid, libc::SIGKILL) };
+    assert_eq!(rc, 0, "tgkill: {}", std::io::Error::last_os_error());
+    let status = wait_status(&mut child);
+    cgroup.remove();
+
+    // Whichever thread exits last reports the process, with what the kernel kept of the send.
+    let exit = init_exit(&ct, &cgroup, pid);
+    assert_status(&exit, status);
+    assert_eq!(exit["cause"], "orchestrator_kill", "{exit}");
+    assert_eq!(exit["signal"], "SIGKILL");
+    assert_eq!(exit["sender"]["pid"], std::process::id(), "{exit}");
+    let signal = ct.wait_event("signal", &cgroup.container_id(), |v| {
+        v["target_pid"] == pid && v["target_tid"] == tid
+    });
+    assert_eq!(signal["sender_kind"], "outside");
+    ct.stop();
+}
+
+#[test]
 fn init_exits_while_a_child_lingers() {
     require_privileged!();
     let ct = Clawtrace::start(&["--linger-after", "500ms"]);
