@@ -353,8 +353,85 @@ fn oom_kill_in_a_memory_limited_cgroup() {
     assert_eq!(exit["signal"], "SIGKILL");
     let mark = ct.wait_event("oom_mark", &cgroup.container_id(), |_| true);
     assert_eq!(mark["pid"], child.id());
+    // What the victim held when chosen, read from its mm as the kernel's own tracepoint does:
+    // it had touched more than the 64 MiB it may keep, and python's own heap is a few MiB.
+    let rss = mark["anon_rss_kb"].as_u64().expect("anon_rss_kb");
+    assert!((16 << 10..=80 << 10).contains(&rss), "{mark}");
     ct.stop();
     drop(memory);
+}
+
+/// `struct clone_args` of clone3(2), up to `cgroup` (Linux 5.7).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+#[test]
+fn a_process_cloned_straight_into_the_cgroup_is_followed() {
+    require_privileged!();
+    let ct = Clawtrace::start(&[]);
+    let mut cgroup = TestCgroup::new("clone3");
+    // clone3(CLONE_INTO_CGROUP) places the child in the cgroup as it is created, from a parent
+    // outside it: no cgroup.procs write, so no attach record announces it.
+    // The child never execs, so only the fork tells the kernel side to follow it.
+    let dir = std::fs::File::open(&cgroup.dir).expect("open the cgroup");
+    let args = CloneArgs {
+        flags: CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: std::os::fd::AsRawFd::as_raw_fd(&dir) as u64,
+        ..CloneArgs::default()
+    };
+    // SAFETY: clone3 with a valid clone_args of the size given; without CLONE_VM the child has
+    // its own copy of memory and only calls pause (async-signal-safe) until it is killed.
+    let pid = unsafe {
+        let pid = libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        );
+        if pid == 0 {
+            loop {
+                libc::pause();
+            }
+        }
+        pid
+    };
+    assert!(pid > 0, "clone3: {}", std::io::Error::last_os_error());
+    let pid = pid as u32;
+    wait_until("the child in the cgroup", Duration::from_secs(5), || {
+        cgroup.procs().contains(&pid)
+    });
+    kill(pid, libc::SIGKILL);
+    let mut status = 0;
+    // SAFETY: waitpid on our own child with a valid status pointer.
+    let waited = unsafe { libc::waitpid(pid as i32, &mut status, 0) };
+    assert_eq!(waited, pid as i32);
+    cgroup.remove();
+
+    let exit = init_exit(&ct, &cgroup, pid);
+    assert_status(&exit, status);
+    assert_eq!(exit["cause"], "orchestrator_kill", "{exit}");
+    assert_eq!(exit["sender"]["pid"], std::process::id(), "{exit}");
+    let signal = ct.wait_event("signal", &cgroup.container_id(), |v| v["target_pid"] == pid);
+    assert_eq!(signal["sender_kind"], "outside");
+    // The child is a copy of this (test) thread, with its name.
+    let comm = std::fs::read_to_string("/proc/thread-self/comm").expect("own comm");
+    assert_eq!(signal["target_comm"], comm.trim(), "{signal}");
+    ct.stop();
 }
 
 #[test]

@@ -347,13 +347,17 @@ pub struct EnvKey {
     pub prefix: [u8; ENV_KEY_LEN],
 }
 
-/// Value of the `TASKS` map: a task the tracer follows, keyed by thread id.
+/// Value of the `TASK_STATE` task-local storage: a task (thread) the tracer follows, kept by
+/// the kernel beside the task itself and freed with it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TrackedTask {
+    /// Thread id (global pid namespace).
+    pub pid: u32,
     pub tgid: u32,
     /// [`task_flags`] bits.
     pub flags: u32,
+    pub _reserved: u32,
     pub cgroup_id: u64,
 }
 
@@ -382,6 +386,31 @@ pub struct KernelOffsets {
     pub mm_env_start: u32,
     /// `offsetof(struct mm_struct, env_end)`.
     pub mm_env_end: u32,
+    /// `offsetof(struct task_struct, pid)`.
+    pub task_pid: u32,
+    /// `offsetof(struct task_struct, comm)`.
+    pub task_comm: u32,
+    /// `offsetof(struct task_struct, cgroups)`.
+    pub task_cgroups: u32,
+    /// `offsetof(struct css_set, dfl_cgrp)`.
+    pub css_set_dfl_cgrp: u32,
+    /// `offsetof(struct cgroup, kn)`.
+    pub cgroup_kn: u32,
+    /// `offsetof(struct kernfs_node, id)`.
+    pub kernfs_node_id: u32,
+    /// `offsetof(struct cgroup, root)`.
+    pub cgroup_root: u32,
+    /// `offsetof(struct cgroup_root, hierarchy_id)`.
+    pub cgroup_root_hierarchy_id: u32,
+    /// `offsetof(struct kernel_siginfo, si_code)`.
+    pub siginfo_code: u32,
+    /// `offsetof(struct mm_struct, total_vm)`.
+    pub mm_total_vm: u32,
+    /// Offset of the anonymous-pages count in `struct mm_struct`:
+    /// `rss_stat[MM_ANONPAGES].count`, the value `get_mm_counter()` reads.
+    pub mm_anon_rss: u32,
+    /// log2 of the page size in KiB (pages to KiB: `<< page_kb_shift`).
+    pub page_kb_shift: u32,
 }
 
 #[cfg(feature = "user")]
@@ -416,10 +445,10 @@ const _: () = {
     assert!(size_of::<ExitRecord>() == 32 + 16 + COMM_LEN + size_of::<SignalTrack>());
     assert!(size_of::<SignalRecord>() == 32 + 32 + 2 * COMM_LEN);
     assert!(size_of::<OomRecord>() == 32 + 32);
-    assert!(size_of::<TrackedTask>() == 16);
+    assert!(size_of::<TrackedTask>() == 24);
     assert!(size_of::<InitEnvRecord>() == 32 + 8 + ENV_VALUE_LEN);
     assert!(size_of::<EnvKey>() == 8 + ENV_KEY_LEN);
-    assert!(size_of::<KernelOffsets>() == 24);
+    assert!(size_of::<KernelOffsets>() == 72);
     assert!(size_of::<DeviceOpenRecord>() == 32 + 8 + COMM_LEN + DEVICE_PATH_LEN);
     assert!(size_of::<DevicePrefix>() == 8 + DEVICE_PREFIX_LEN);
     assert!(size_of::<MountRecord>() == 32 + 56 + COMM_LEN + 2 * MOUNT_PATH_LEN + MOUNT_TYPE_LEN);

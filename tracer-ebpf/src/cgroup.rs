@@ -1,15 +1,18 @@
 //! `cgroup:cgroup_mkdir`, `cgroup:cgroup_rmdir` and `cgroup:cgroup_attach_task` on the v2
 //! hierarchy: where containers begin and end, and how their first process gets in.
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
+};
 use tracer_common::{
     cgroup_state, kind, probe, AttachRecord, CgroupRecord, CGROUP_PATH_LEN, CGROUP_V2_HIERARCHY,
     COMM_LEN,
 };
 
 use crate::state::{
-    count_untracked, field, header, is_tracked_cgroup, read_data_loc_str, reserve, track_task,
-    wakeup, CGROUPS, TASKS, UNTRACKED_CGROUP,
+    cgroup_id, count_untracked, field, header, is_tracked_cgroup, read_data_loc_str, read_kernel,
+    reserve, track_task, wakeup, Task, CGROUPS, OFFSETS, TASK_STATE, UNTRACKED_CGROUP,
 };
 
 // Field offsets in the tracepoints' records (see events/cgroup/*/format); the loader checks them
@@ -18,8 +21,6 @@ const ROOT: usize = 8;
 const LEVEL: usize = 12;
 const ID: usize = 16;
 const PATH: usize = 24;
-const ATTACH_PID: usize = 24;
-const ATTACH_COMM: usize = 32;
 
 #[tracepoint]
 pub fn cgroup_mkdir(ctx: TracePointContext) -> u32 {
@@ -73,30 +74,36 @@ fn try_cgroup_dir(ctx: &TracePointContext, kind: u32, probe: u32) -> Result<(), 
     Ok(())
 }
 
-#[tracepoint]
-pub fn cgroup_attach_task(ctx: TracePointContext) -> u32 {
+/// Runs in the writer's context (who wrote to `cgroup.procs`), with the destination cgroup and
+/// the task moved (a process's leader when the whole process moves) as arguments.
+#[btf_tracepoint(function = "cgroup_attach_task")]
+pub fn cgroup_attach_task(ctx: BtfTracePointContext) -> u32 {
     let _ = try_cgroup_attach_task(&ctx);
     0
 }
 
-fn try_cgroup_attach_task(ctx: &TracePointContext) -> Result<(), i32> {
-    // SAFETY: fields of cgroup_attach_task's record at these (aligned) offsets.
-    let (root, dst_id, pid) = unsafe {
-        (
-            field::<i32>(ctx, ROOT),
-            field::<u64>(ctx, ID),
-            field::<i32>(ctx, ATTACH_PID) as u32,
-        )
-    };
-    if root != CGROUP_V2_HIERARCHY || !is_tracked_cgroup(dst_id) {
+fn try_cgroup_attach_task(ctx: &BtfTracePointContext) -> Result<(), i32> {
+    let dst: *const u8 = ctx.arg(0);
+    let task: Task = ctx.arg(2);
+    let offsets = OFFSETS.load();
+    let root: *const u8 = read_kernel(dst, offsets.cgroup_root).ok_or(-1)?;
+    let hierarchy: i32 = read_kernel(root, offsets.cgroup_root_hierarchy_id).ok_or(-1)?;
+    if hierarchy != CGROUP_V2_HIERARCHY {
         return Ok(());
     }
-    // The writer runs here, not the task moved, so the task's process is not known; a task
-    // already followed keeps its process, a new one is taken as its own process (runtimes move
-    // a container's single-threaded init before it execs).
-    // SAFETY: the map value is read once, by copy.
-    let tgid = unsafe { TASKS.get(pid) }.map(|t| t.tgid).unwrap_or(pid);
-    track_task(pid, tgid, dst_id);
+    let dst_id = cgroup_id(dst, &offsets).ok_or(-1)?;
+    if !is_tracked_cgroup(dst_id) {
+        // A followed task that leaves the containers is no longer followed.
+        if TASK_STATE.get(task).is_some() {
+            TASK_STATE.delete(task);
+        }
+        return Ok(());
+    }
+    let pid = read_kernel::<i32>(task as *const u8, offsets.task_pid).ok_or(-1)? as u32;
+    let tgid = read_kernel::<i32>(task as *const u8, offsets.task_tgid).ok_or(-1)? as u32;
+    track_task(task, pid, tgid, dst_id);
+    let comm =
+        read_kernel::<[u8; COMM_LEN]>(task as *const u8, offsets.task_comm).unwrap_or_default();
 
     let Some(mut entry) = reserve::<AttachRecord>(probe::CGROUP_ATTACH) else {
         return Ok(());
@@ -108,9 +115,7 @@ fn try_cgroup_attach_task(ctx: &TracePointContext) -> Result<(), i32> {
         (*record).dst_cgroup_id = dst_id;
         (*record).target_pid = pid;
         (*record)._reserved = 0;
-        let comm = core::ptr::addr_of_mut!((*record).target_comm).cast::<u8>();
-        core::ptr::write_bytes(comm, 0, COMM_LEN);
-        read_data_loc_str(ctx, ATTACH_COMM, comm, COMM_LEN as u32);
+        (*record).target_comm = comm;
     }
     entry.submit(wakeup::<AttachRecord>());
     Ok(())

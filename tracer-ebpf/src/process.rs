@@ -6,8 +6,8 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
         bpf_probe_read_kernel, bpf_probe_read_kernel_buf, generated::bpf_probe_read_user_str,
     },
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
 };
 use tracer_common::{
     cgroup_state, exit_flags, kind, probe, task_flags, ExecRecord, ExitRecord, InitEnvRecord,
@@ -15,45 +15,52 @@ use tracer_common::{
 };
 
 use crate::state::{
-    current_cgroup_id, field, header_in, is_tracked_cgroup, read_data_loc_str, reserve, track_task,
-    track_task_with, wakeup, CGROUPS, ENV_KEY, ENV_SCRATCH, OFFSETS, SIGNALS, TASKS,
+    current_cgroup_id, current_task, field, group_leader, header_in, is_tracked_cgroup,
+    read_data_loc_str, read_kernel, reserve, task_cgroup_id, track_task, wakeup, Task, CGROUPS,
+    ENV_KEY, ENV_SCRATCH, OFFSETS, SIGNALS, TASK_STATE,
 };
 
-const NEWTASK_PID: usize = 8;
-const NEWTASK_CLONE_FLAGS: usize = 32;
 const EXEC_FILENAME: usize = 8;
 const EXEC_OLD_PID: usize = 16;
 const EXIT_GROUP_DEAD: usize = 32;
 
 const CLONE_THREAD: u64 = 0x0001_0000;
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
-/// Runs in the parent: a task created in a tracked cgroup is followed from birth, so a signal
-/// aimed at it is recognised even before it execs.
-#[tracepoint]
-pub fn task_newtask(ctx: TracePointContext) -> u32 {
+/// Runs in the parent, with the new task as argument: a task created by a followed task (or
+/// placed straight into a followed cgroup by `clone3(CLONE_INTO_CGROUP)`) is followed from
+/// birth, so a signal aimed at it is recognised even before it execs.
+#[btf_tracepoint(function = "task_newtask")]
+pub fn task_newtask(ctx: BtfTracePointContext) -> u32 {
     let _ = try_task_newtask(&ctx);
     0
 }
 
-fn try_task_newtask(ctx: &TracePointContext) -> Result<(), i32> {
-    let cgroup_id = current_cgroup_id();
+fn try_task_newtask(ctx: &BtfTracePointContext) -> Result<(), i32> {
+    let child: Task = ctx.arg(0);
+    let flags: u64 = ctx.arg(1);
+    // Every fork on the host passes here: a parent outside the containers has no entry.
+    let parent = TASK_STATE.get(current_task());
+    let into_cgroup = flags & CLONE_INTO_CGROUP != 0;
+    if parent.is_none() && !into_cgroup {
+        return Ok(());
+    }
+    let offsets = OFFSETS.load();
+    let cgroup_id = if into_cgroup {
+        task_cgroup_id(child as *const u8, &offsets).ok_or(-1)?
+    } else {
+        current_cgroup_id()
+    };
     if !is_tracked_cgroup(cgroup_id) {
         return Ok(());
     }
-    // SAFETY: fields of task_newtask's record at these (aligned) offsets.
-    let (child, flags) = unsafe {
-        (
-            field::<i32>(ctx, NEWTASK_PID) as u32,
-            field::<u64>(ctx, NEWTASK_CLONE_FLAGS),
-        )
-    };
-    let parent_tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let pid = read_kernel::<i32>(child as *const u8, offsets.task_pid).ok_or(-1)? as u32;
     let tgid = if flags & CLONE_THREAD != 0 {
-        parent_tgid
+        (bpf_get_current_pid_tgid() >> 32) as u32
     } else {
-        child
+        pid
     };
-    track_task(child, tgid, cgroup_id);
+    track_task(child, pid, tgid, cgroup_id);
     Ok(())
 }
 
@@ -64,17 +71,15 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
 }
 
 fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i32> {
+    // Every exec on the host passes here: its cgroup decides, in one lookup (measured cheaper
+    // here than a task-storage miss: the host's few cgroups stay in cache).
     let cgroup_id = current_cgroup_id();
     let Some(state) = CGROUPS.get_ptr_mut(cgroup_id) else {
         return Ok(());
     };
-    let head = header_in(kind::PROCESS_EXEC, cgroup_id);
     // SAFETY: an int of sched_process_exec's record at this (aligned) offset.
     let old_pid = unsafe { field::<i32>(ctx, EXEC_OLD_PID) } as u32;
-    if old_pid != head.pid {
-        // A non-leader thread exec'd and took over the leader's pid.
-        let _ = TASKS.remove(old_pid);
-    }
+    let head = header_in(kind::PROCESS_EXEC, cgroup_id);
 
     // The first exec in a cgroup is its container's init: read the agent-name variable from the
     // new image's environment now, while the process surely exists.
@@ -89,16 +94,12 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i32> {
         report_init_env(&head);
     }
 
-    // Most tasks are followed from their clone or attach already; a task placed in the cgroup
-    // at clone time (CLONE_INTO_CGROUP), which no attach record announces, is followed from
-    // here. Rewriting an unchanged entry would cost a delete and an insert in the map. (After
-    // the environment scan: the branches here would multiply the verifier's states in its loop.)
-    // SAFETY: the map value is read once, by copy.
-    let known = unsafe { TASKS.get(head.pid) }.copied();
-    if known.is_none_or(|t| t.tgid != head.tgid || t.cgroup_id != cgroup_id) {
-        let flags = known.map_or(0, |t| t.flags);
-        track_task_with(head.pid, head.tgid, cgroup_id, flags);
-    }
+    // Keep what is known of the task current: its pid changes when a thread exec'd in place of
+    // its leader. A task not followed yet (placed in the cgroup in a way no record announced, or
+    // a thread that exec'd in place of its leader, whose entry went with the old leader) is
+    // followed from here. (After the environment scan: branches before it would multiply the
+    // verifier's states in its loop.)
+    track_task(current_task(), head.pid, head.tgid, cgroup_id);
 
     let Some(mut entry) = reserve::<ExecRecord>(probe::PROCESS_EXEC) else {
         return Ok(());
@@ -225,43 +226,39 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
 }
 
 fn try_sched_process_exit(ctx: &TracePointContext) -> Result<(), i32> {
-    // Every exit on the host passes here: what is not followed leaves after two lookups.
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let (pid, tgid) = (pid_tgid as u32, (pid_tgid >> 32) as u32);
     // SAFETY: `group_dead` is a bool at this offset of sched_process_exit's record.
     let group_dead = unsafe { field::<u8>(ctx, EXIT_GROUP_DEAD) } != 0;
-    // SAFETY: a live map value, read once by copy.
-    let own = TASKS.get_ptr(pid).map(|t| unsafe { (*t).flags });
-    let followed = own.is_some();
-    let mut signaled = own.is_some_and(|f| f & task_flags::SIGNALED != 0);
-    // A leader that leaves before its threads stays the target of signals sent to its process
-    // (kill() aims at the leader), so it is forgotten only with the process.
-    if followed && (group_dead || pid != tgid) {
-        let _ = TASKS.remove(pid);
-    }
     if !group_dead {
-        // Not the last thread of its process: the process goes on, nothing to report.
+        // Not the last thread of its process: the process goes on, nothing to report (a
+        // thread's entry goes with the thread).
         return Ok(());
     }
+    // Every process exit on the host passes here: one outside the containers has no entry.
+    let task = current_task();
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (pid, tgid) = (pid_tgid as u32, (pid_tgid >> 32) as u32);
+    // SAFETY: live task-storage values, read once by copy.
+    let mut flags = TASK_STATE.get(task).map(|t| unsafe { (*t).flags });
     if pid != tgid {
-        if let Some(leader) = TASKS.get_ptr(tgid) {
+        // The last thread is not the leader: the process is followed if its leader was (a
+        // process moved into a container is announced by its leader only), and a signal aimed
+        // at the process was noted on the leader.
+        if let Some(leader) = TASK_STATE.get(group_leader(task)) {
             // SAFETY: as above.
-            signaled |= unsafe { (*leader).flags } & task_flags::SIGNALED != 0;
-            let _ = TASKS.remove(tgid);
+            flags = Some(flags.unwrap_or(0) | unsafe { (*leader).flags });
         }
     }
-    let cgroup_id = current_cgroup_id();
-    let in_container = is_tracked_cgroup(cgroup_id);
-    if !followed && !in_container {
+    let Some(flags) = flags else {
         return Ok(());
-    }
+    };
+    let cgroup_id = current_cgroup_id();
     // Only a process some signal or OOM mark was remembered for has a track to look up.
-    let track = if signaled {
+    let track = if flags & task_flags::SIGNALED != 0 {
         SIGNALS.get_ptr(tgid)
     } else {
         None
     };
-    if in_container {
+    if is_tracked_cgroup(cgroup_id) {
         report_exit(&header_in(kind::PROCESS_EXIT, cgroup_id), track);
     }
     if track.is_some() {

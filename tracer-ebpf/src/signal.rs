@@ -2,20 +2,22 @@
 //! and whether the OOM killer chose it. Both are remembered per process in `SIGNALS` until the
 //! process exits, when `sched_process_exit` copies them into the exit record.
 
-use aya_ebpf::{helpers::bpf_get_current_comm, macros::tracepoint, programs::TracePointContext};
-use tracer_common::{kind, probe, OomRecord, SignalRecord, COMM_LEN, SIGNAL_SLOTS};
+use aya_ebpf::{
+    helpers::bpf_get_current_comm, macros::btf_tracepoint, programs::BtfTracePointContext,
+};
+use tracer_common::{
+    kind, probe, task_flags, OomRecord, SignalRecord, TrackedTask, COMM_LEN, SIGNAL_SLOTS,
+};
 
-use crate::state::{field, header, mark_signaled, now_ns, reserve, signal_track, wakeup, TASKS};
+use crate::state::{
+    group_leader, header, now_ns, read_kernel, reserve, signal_track, wakeup, Task, OFFSETS,
+    TASK_STATE,
+};
 
-const GEN_SIG: usize = 8;
-const GEN_CODE: usize = 16;
-const GEN_COMM: usize = 20;
-const GEN_PID: usize = 36;
-const GEN_GROUP: usize = 40;
-const GEN_RESULT: usize = 44;
-const OOM_PID: usize = 8;
-const OOM_TOTAL_VM: usize = 16;
-const OOM_ANON_RSS: usize = 24;
+/// `si_code` of a signal sent without a siginfo (`SEND_SIG_NOINFO`, as by kill(2)).
+const SI_USER: i32 = 0;
+/// `si_code` of a signal the kernel sends (`SEND_SIG_PRIV`).
+const SI_KERNEL: i32 = 0x80;
 
 /// Signals whose default action neither terminates nor dumps core (SIGCHLD, SIGCONT, SIGSTOP,
 /// SIGTSTP, SIGTTIN, SIGTTOU, SIGURG, SIGWINCH): they can never be why a process died.
@@ -24,58 +26,54 @@ fn never_fatal(sig: u32) -> bool {
     (17..=23).contains(&sig) || sig == 28
 }
 
-/// A `comm` field of a tracepoint's record at `offset` (4-aligned), as four u32 loads.
-///
-/// # Safety
-/// `offset` must be a `char[16]` field of the tracepoint's record, 4-aligned.
+/// Notes on the followed target `entry` (of task `target`), and on its process's leader, that
+/// a [`SignalTrack`](tracer_common::SignalTrack) now exists for the process, so that its exit
+/// looks it up.
 #[inline(always)]
-unsafe fn comm_at(ctx: &TracePointContext, offset: usize) -> [u8; COMM_LEN] {
-    // SAFETY: per the contract; each load has a constant offset from the context.
-    let words: [u32; 4] = unsafe {
-        [
-            field::<u32>(ctx, offset),
-            field::<u32>(ctx, offset + 4),
-            field::<u32>(ctx, offset + 8),
-            field::<u32>(ctx, offset + 12),
-        ]
-    };
-    // SAFETY: plain bytes of the same size.
-    unsafe { core::mem::transmute::<[u32; 4], [u8; COMM_LEN]>(words) }
+fn mark_signaled(target: Task, entry: *mut TrackedTask, pid: u32, tgid: u32) {
+    // SAFETY: `entry` is a live task-storage value; a racing update on another CPU can at worst
+    // set the same bit.
+    unsafe { (*entry).flags |= task_flags::SIGNALED };
+    if pid != tgid {
+        if let Some(leader) = TASK_STATE.get(group_leader(target)) {
+            // SAFETY: as above.
+            unsafe { (*leader).flags |= task_flags::SIGNALED };
+        }
+    }
 }
 
-#[tracepoint]
-pub fn signal_generate(ctx: TracePointContext) -> u32 {
+/// Runs in the sender's context, with the target task as argument.
+#[btf_tracepoint(function = "signal_generate")]
+pub fn signal_generate(ctx: BtfTracePointContext) -> u32 {
     let _ = try_signal_generate(&ctx);
     0
 }
 
-fn try_signal_generate(ctx: &TracePointContext) -> Result<(), i32> {
-    // Every signal on the host passes here: read the two fields that decide directly.
-    // SAFETY: `sig` and `pid` are ints at these offsets of signal_generate's record.
-    let (sig, target) = unsafe {
-        (
-            field::<i32>(ctx, GEN_SIG) as u32,
-            field::<i32>(ctx, GEN_PID) as u32,
-        )
-    };
+fn try_signal_generate(ctx: &BtfTracePointContext) -> Result<(), i32> {
+    // Every signal on the host passes here: the signal number and the target's entry decide.
+    let sig: i32 = ctx.arg(0);
+    let sig = sig as u32;
     if never_fatal(sig) {
         return Ok(());
     }
-    let Some(task_ptr) = TASKS.get_ptr_mut(target) else {
+    let target: Task = ctx.arg(2);
+    let Some(entry) = TASK_STATE.get(target) else {
         return Ok(());
     };
-    // SAFETY: a live map value, read once by copy.
-    let task = unsafe { *task_ptr };
-    // SAFETY: fields of signal_generate's record at these offsets; `comm` (at 20) is read as
-    // four aligned u32s, since the context allows only loads aligned to their size.
-    let (code, group, result, target_comm) = unsafe {
-        (
-            field::<i32>(ctx, GEN_CODE),
-            field::<i32>(ctx, GEN_GROUP) as u32,
-            field::<i32>(ctx, GEN_RESULT) as u32,
-            comm_at(ctx, GEN_COMM),
-        )
+    // SAFETY: a live task-storage value, read once by copy.
+    let task = unsafe { *entry };
+    let info: u64 = ctx.arg(1);
+    let group: i32 = ctx.arg(3);
+    let result: i32 = ctx.arg(4);
+    let offsets = OFFSETS.load();
+    // As the tracepoint itself reports it: no siginfo means kill(2), a private one the kernel.
+    let code = match info {
+        0 => SI_USER,
+        1 => SI_KERNEL,
+        _ => read_kernel::<i32>(info as *const u8, offsets.siginfo_code).unwrap_or(0),
     };
+    let target_comm =
+        read_kernel::<[u8; COMM_LEN]>(target as *const u8, offsets.task_comm).unwrap_or_default();
     // This runs in the sender's context.
     let head = header(kind::SIGNAL);
     let sender_comm = bpf_get_current_comm().unwrap_or_default();
@@ -83,8 +81,8 @@ fn try_signal_generate(ctx: &TracePointContext) -> Result<(), i32> {
     if let Some(track) = signal_track(task.tgid) {
         // SAFETY: `track` points to a live map value; concurrent senders to the same process on
         // other CPUs may interleave, which can at worst blur a counter.
-        unsafe { remember(&mut *track, sig, code, result, &head, sender_comm) };
-        mark_signaled(task_ptr, target, task.tgid);
+        unsafe { remember(&mut *track, sig, code, result as u32, &head, sender_comm) };
+        mark_signaled(target, entry, task.pid, task.tgid);
     }
 
     let Some(mut entry) = reserve::<SignalRecord>(probe::SIGNAL_GENERATE) else {
@@ -95,13 +93,13 @@ fn try_signal_generate(ctx: &TracePointContext) -> Result<(), i32> {
     // written before submit.
     unsafe {
         (*record).header = head;
-        (*record).target_pid = target;
+        (*record).target_pid = task.pid;
         (*record).target_tgid = task.tgid;
         (*record).target_cgroup_id = task.cgroup_id;
         (*record).signal = sig;
         (*record).code = code;
-        (*record).result = result;
-        (*record).group = group;
+        (*record).result = result as u32;
+        (*record).group = group as u32;
         (*record).sender_comm = sender_comm;
         (*record).target_comm = target_comm;
     }
@@ -149,37 +147,52 @@ fn remember(
     }
 }
 
-#[tracepoint]
-pub fn mark_victim(ctx: TracePointContext) -> u32 {
+/// Runs in the context of whichever task's allocation invoked the OOM killer, with the
+/// victim as argument.
+#[btf_tracepoint(function = "mark_victim")]
+pub fn mark_victim(ctx: BtfTracePointContext) -> u32 {
     let _ = try_mark_victim(&ctx);
     0
 }
 
-fn try_mark_victim(ctx: &TracePointContext) -> Result<(), i32> {
-    // SAFETY: fixed offset of mark_victim's record, read through bpf_probe_read.
-    let victim = unsafe { ctx.read_at::<i32>(OOM_PID)? } as u32;
-    let Some(task_ptr) = TASKS.get_ptr_mut(victim) else {
+fn try_mark_victim(ctx: &BtfTracePointContext) -> Result<(), i32> {
+    let victim: Task = ctx.arg(0);
+    let Some(entry) = TASK_STATE.get(victim) else {
         return Ok(());
     };
-    // SAFETY: a live map value, read once by copy.
-    let task = unsafe { *task_ptr };
+    // SAFETY: a live task-storage value, read once by copy.
+    let task = unsafe { *entry };
     if let Some(track) = signal_track(task.tgid) {
         // SAFETY: `track` points to a live map value.
         unsafe { (*track).oom_ns = now_ns() };
-        mark_signaled(task_ptr, victim, task.tgid);
+        mark_signaled(victim, entry, task.pid, task.tgid);
     }
+    // The figures the tracepoint's own record gives: task->mm's total_vm and anonymous pages,
+    // in KiB.
+    let offsets = OFFSETS.load();
+    let (total_vm, anon_rss) = match read_kernel::<*const u8>(victim as *const u8, offsets.task_mm)
+    {
+        Some(mm) if !mm.is_null() => (
+            read_kernel::<u64>(mm, offsets.mm_total_vm).unwrap_or(0),
+            read_kernel::<i64>(mm, offsets.mm_anon_rss)
+                .unwrap_or(0)
+                .max(0) as u64,
+        ),
+        _ => (0, 0),
+    };
     let Some(mut entry) = reserve::<OomRecord>(probe::OOM_MARK_VICTIM) else {
         return Ok(());
     };
     let record = entry.as_mut_ptr();
-    // SAFETY: as in `try_signal_generate`; fixed offsets of mark_victim's record.
+    // SAFETY: `record` points to reserved ring-buffer space of the record's size; every field is
+    // written before submit.
     unsafe {
         (*record).header = header(kind::OOM_MARK);
-        (*record).victim_pid = victim;
+        (*record).victim_pid = task.pid;
         (*record).victim_tgid = task.tgid;
         (*record).victim_cgroup_id = task.cgroup_id;
-        (*record).total_vm_kb = ctx.read_at::<u64>(OOM_TOTAL_VM).unwrap_or(0);
-        (*record).anon_rss_kb = ctx.read_at::<u64>(OOM_ANON_RSS).unwrap_or(0);
+        (*record).total_vm_kb = total_vm << offsets.page_kb_shift;
+        (*record).anon_rss_kb = anon_rss << offsets.page_kb_shift;
     }
     entry.submit(wakeup::<OomRecord>());
     Ok(())

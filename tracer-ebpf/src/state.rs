@@ -2,18 +2,21 @@
 //! ring-buffer reservation with loss accounting, and `__data_loc` string reads.
 
 use aya_ebpf::{
+    bindings::{bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE, task_struct, BPF_F_NO_PREALLOC},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-        generated::bpf_probe_read_kernel_str,
+        bpf_probe_read_kernel,
+        generated::{
+            bpf_get_current_task_btf, bpf_probe_read_kernel_str, bpf_task_storage_delete,
+            bpf_task_storage_get,
+        },
     },
-    macros::map,
+    macros::{btf_map, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
     EbpfContext, Global,
 };
-use tracer_common::{
-    probe, task_flags, EnvKey, Header, KernelOffsets, SignalTrack, TrackedTask, ENV_SCAN_LEN,
-};
+use tracer_common::{probe, EnvKey, Header, KernelOffsets, SignalTrack, TrackedTask, ENV_SCAN_LEN};
 
 /// Records for user space. The loader sets the real size (`--ring-buffer-size`).
 #[map]
@@ -23,8 +26,8 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 #[map]
 pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(probe::COUNT, 0);
 
-/// Per-CPU counts of what could not be followed because its map was full: cgroups
-/// (`CGROUPS`, slot 0) and tasks (`TASKS`, slot 1).
+/// Per-CPU counts of what could not be followed: cgroups because `CGROUPS` was full (slot 0),
+/// tasks because the kernel could not allocate their `TASK_STATE` entry (slot 1).
 #[map]
 pub static UNTRACKED: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
 
@@ -35,14 +38,125 @@ pub static UNTRACKED: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
 #[map]
 pub static CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(65536, 0);
 
-/// Tasks followed, keyed by thread id: their process and last known cgroup. Lets
-/// `signal_generate`, which runs in the sender's context, recognise a tracked target and key
-/// what it remembers by process. A plain (preallocated) hash rather than an LRU: every followed
-/// thread's exit removes its entry, and an LRU's insert and delete take its global lists' locks,
-/// which made them the costliest operations of the fork, exec and exit programs. When it is
-/// full a new task is counted in `UNTRACKED` instead.
-#[map]
-pub static TASKS: HashMap<u32, TrackedTask> = HashMap::with_max_entries(131072, 0);
+/// A kernel task (`struct task_struct *`) as the verifier knows it: from
+/// `bpf_get_current_task_btf()` or a BTF tracepoint's argument.
+pub type Task = *mut task_struct;
+
+/// A task-local storage map (`BPF_MAP_TYPE_TASK_STORAGE`), in the BTF form loaders read from
+/// the `.maps` section (aya-ebpf 0.2 defines cgroup, inode and socket storage, not this one).
+/// Its values live beside each task, are found from the task in a few pointer steps instead of
+/// a hash-bucket walk, and are freed by the kernel when the task is.
+#[repr(C)]
+pub struct TaskStorage<T> {
+    r#type: *const [i32; BPF_MAP_TYPE_TASK_STORAGE as usize],
+    key: *const i32,
+    value: *const T,
+    max_entries: *const [i32; 0],
+    map_flags: *const [i32; BPF_F_NO_PREALLOC as usize],
+}
+
+// SAFETY: the fields are placeholders that only describe the map in BTF; they are never read.
+unsafe impl<T> Sync for TaskStorage<T> {}
+
+/// `BPF_LOCAL_STORAGE_GET_F_CREATE`.
+const STORAGE_CREATE: u64 = 1;
+
+impl<T> TaskStorage<T> {
+    pub const fn new() -> Self {
+        TaskStorage {
+            r#type: core::ptr::null(),
+            key: core::ptr::null(),
+            value: core::ptr::null(),
+            max_entries: core::ptr::null(),
+            map_flags: core::ptr::null(),
+        }
+    }
+
+    #[inline(always)]
+    fn as_ptr(&self) -> *mut core::ffi::c_void {
+        (self as *const Self).cast_mut().cast()
+    }
+
+    /// `task`'s value, if it has one.
+    #[inline(always)]
+    pub fn get(&self, task: Task) -> Option<*mut T> {
+        // SAFETY: the helper checks `task` (a BTF task pointer, or null) and returns null when
+        // there is no value; a value stays valid for the program's run.
+        let value = unsafe { bpf_task_storage_get(self.as_ptr(), task, core::ptr::null_mut(), 0) };
+        (!value.is_null()).then_some(value.cast())
+    }
+
+    /// `task`'s value, created as a copy of `init` if it has none. None when the kernel cannot
+    /// allocate it.
+    #[inline(always)]
+    pub fn get_or_insert(&self, task: Task, init: &mut T) -> Option<*mut T> {
+        // SAFETY: as in `get`; `init` is a whole value on the stack, copied by the helper.
+        let value = unsafe {
+            bpf_task_storage_get(self.as_ptr(), task, (init as *mut T).cast(), STORAGE_CREATE)
+        };
+        (!value.is_null()).then_some(value.cast())
+    }
+
+    /// Forgets `task`'s value.
+    #[inline(always)]
+    pub fn delete(&self, task: Task) {
+        // SAFETY: as in `get`; a missing value is not an error worth reporting.
+        let _ = unsafe { bpf_task_storage_delete(self.as_ptr(), task) };
+    }
+}
+
+/// Tasks (threads) followed: their ids, process and last known cgroup, kept by the kernel
+/// beside each task. `signal_generate` runs in the sender's context and finds its target's entry
+/// from the target task; fork, exec and exit find the running task's. A task outside every
+/// container has none, so the hot programs' fast path is one short miss. When the kernel cannot
+/// allocate an entry the task is counted in `UNTRACKED` instead.
+#[btf_map]
+pub static TASK_STATE: TaskStorage<TrackedTask> = TaskStorage::new();
+
+/// `offsetof(struct task_struct, group_leader)`, set by the loader. A read-only global, so the
+/// verifier knows its value and lets programs follow the field as a typed pointer.
+#[unsafe(no_mangle)]
+pub static TASK_GROUP_LEADER: Global<u64> = Global::new(0);
+
+/// The leader of `task`'s process, as a BTF pointer (task storage wants one; a pointer read
+/// with `bpf_probe_read_kernel` would not do).
+#[inline(always)]
+pub fn group_leader(task: Task) -> Task {
+    let offset = TASK_GROUP_LEADER.load() as usize;
+    // SAFETY: `task` is a BTF task pointer and `offset` that of its `group_leader` field; the
+    // verifier checks the access against the kernel's BTF (and the JIT makes a fault read 0).
+    unsafe { core::ptr::read((task as *const u8).wrapping_add(offset) as *const Task) }
+}
+
+/// The running task, as a BTF pointer (for task storage).
+#[inline(always)]
+pub fn current_task() -> Task {
+    // SAFETY: helper without arguments, callable from any tracing program.
+    unsafe { bpf_get_current_task_btf() }
+}
+
+/// Reads a `T` at byte `offset` of kernel object `base` (an offset from [`OFFSETS`]); None if
+/// the read faults.
+#[inline(always)]
+pub fn read_kernel<T: Copy>(base: *const u8, offset: u32) -> Option<T> {
+    // SAFETY: bpf_probe_read_kernel reads any address safely, failing on a fault.
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize) as *const T) }.ok()
+}
+
+/// The v2 (default hierarchy) cgroup id of `task`: task->cgroups->dfl_cgrp->kn->id.
+#[inline(always)]
+pub fn task_cgroup_id(task: *const u8, offsets: &KernelOffsets) -> Option<u64> {
+    let cset: *const u8 = read_kernel(task, offsets.task_cgroups)?;
+    let cgroup: *const u8 = read_kernel(cset, offsets.css_set_dfl_cgrp)?;
+    cgroup_id(cgroup, offsets)
+}
+
+/// The id of `cgroup` (a `struct cgroup *`): cgroup->kn->id.
+#[inline(always)]
+pub fn cgroup_id(cgroup: *const u8, offsets: &KernelOffsets) -> Option<u64> {
+    let kn: *const u8 = read_kernel(cgroup, offsets.cgroup_kn)?;
+    read_kernel(kn, offsets.kernfs_node_id)
+}
 
 /// Signals sent to tracked processes (and OOM marks), keyed by tgid, until the process exits.
 #[map]
@@ -55,14 +169,8 @@ pub static SCRATCH: PerCpuArray<SignalTrack> = PerCpuArray::with_max_entries(1, 
 
 /// Offsets of kernel structure fields, read from BTF by the loader.
 #[unsafe(no_mangle)]
-pub static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
-    task_exit_code: 0,
-    task_real_parent: 0,
-    task_tgid: 0,
-    task_mm: 0,
-    mm_env_start: 0,
-    mm_env_end: 0,
-});
+// SAFETY: KernelOffsets is plain integers, for which all zeroes is a valid value.
+pub static OFFSETS: Global<KernelOffsets> = Global::new(unsafe { core::mem::zeroed() });
 
 /// The `NAME=` prefix of the environment variable read from a container's init (one entry,
 /// written by the loader; a map rather than a global so it is read in place, not copied onto
@@ -205,38 +313,29 @@ pub unsafe fn read_data_loc_str(
     }
 }
 
-/// Starts following thread `pid` of process `tgid` in cgroup `cgroup_id`.
+/// Starts following `task` (thread `pid` of process `tgid`, in cgroup `cgroup_id`), or
+/// updates what is known of it, keeping its flags. Returns its entry.
 #[inline(always)]
-pub fn track_task(pid: u32, tgid: u32, cgroup_id: u64) {
-    track_task_with(pid, tgid, cgroup_id, 0);
-}
-
-/// [`track_task`] keeping [`task_flags`](tracer_common::task_flags) `flags`.
-#[inline(always)]
-pub fn track_task_with(pid: u32, tgid: u32, cgroup_id: u64, flags: u32) {
-    let task = TrackedTask {
+pub fn track_task(task: Task, pid: u32, tgid: u32, cgroup_id: u64) -> Option<*mut TrackedTask> {
+    let mut init = TrackedTask {
+        pid,
         tgid,
-        flags,
+        flags: 0,
+        _reserved: 0,
         cgroup_id,
     };
-    if TASKS.insert(pid, task, 0).is_err() {
+    let Some(entry) = TASK_STATE.get_or_insert(task, &mut init) else {
         count_untracked(UNTRACKED_TASK);
+        return None;
+    };
+    // SAFETY: a live task-storage value; only its owner's programs and signal senders touch
+    // it, and a racing writer can at worst store the same facts.
+    unsafe {
+        (*entry).pid = pid;
+        (*entry).tgid = tgid;
+        (*entry).cgroup_id = cgroup_id;
     }
-}
-
-/// Notes on the followed thread `task` (thread id `pid`, process `tgid`) and on its process's
-/// leader that a [`SignalTrack`] now exists for the process, so that its exit looks it up.
-#[inline(always)]
-pub fn mark_signaled(task: *mut TrackedTask, pid: u32, tgid: u32) {
-    // SAFETY: `task` points to a live value of `TASKS`; a racing update on another CPU can at
-    // worst set the same bit.
-    unsafe { (*task).flags |= task_flags::SIGNALED };
-    if pid != tgid {
-        if let Some(leader) = TASKS.get_ptr_mut(tgid) {
-            // SAFETY: as above.
-            unsafe { (*leader).flags |= task_flags::SIGNALED };
-        }
-    }
+    Some(entry)
 }
 
 /// The [`SignalTrack`] of process `tgid`, created empty if there is none yet.

@@ -99,11 +99,21 @@ pub fn run_checks() -> Vec<Requirement> {
             .map(|p| p.display().to_string())
             .map_err(|e| e.clone()),
     ));
+    let btf = kernel_btf::open(Path::new(kernel_btf::VMLINUX_BTF));
     for hook in HOOKS {
         let name = format!("tracepoint {}:{}", hook.category, hook.name);
         let result = match &tracefs {
             Ok(path) => tracepoints::check_hook(path, hook)
-                .map(|()| "present, layout as expected".to_string())
+                .map_err(|e| e.to_string())
+                .and_then(|()| match (hook.btf_args, &btf) {
+                    (None, _) => Ok("present, layout as expected".to_string()),
+                    (Some(args), Ok(btf)) => {
+                        kernel_btf::check_tracepoint_args(btf, hook.name, args)
+                            .map(|()| "present, BTF arguments as expected".to_string())
+                            .map_err(|e| e.to_string())
+                    }
+                    (Some(_), Err(e)) => Err(e.to_string()),
+                })
                 .map_err(|e| {
                     if !privileged && !tracepoints::format_path(path, hook).exists() {
                         format!("cannot read its format without privilege ({e})")

@@ -23,37 +23,158 @@ pub enum BtfError {
     NoField(String, String),
     #[error("kernel BTF: field {0}.{1} is a bit field, which the programs cannot read")]
     BitField(String, String),
+    #[error(
+        "kernel BTF has no prototype for tracepoint {0} (btf_trace_{0}); clawtrace needs BTF \
+         tracepoints (tp_btf, Linux 5.5 or later)"
+    )]
+    NoTracepoint(String),
+    #[error("kernel BTF: tracepoint {name} has arguments ({got}), the programs expect ({want})")]
+    TracepointArgs {
+        name: String,
+        got: String,
+        want: String,
+    },
+}
+
+/// Checks that BTF tracepoint `name` passes the arguments `want` (C types, in order; the
+/// program may read only the first ones).
+pub fn check_tracepoint_args(btf: &Btf, name: &str, want: &[&str]) -> Result<(), BtfError> {
+    let got = tracepoint_args(btf, name)?;
+    if got.len() < want.len() || got.iter().zip(want).any(|(g, w)| g != w) {
+        return Err(BtfError::TracepointArgs {
+            name: name.to_string(),
+            got: got.join(", "),
+            want: want.join(", "),
+        });
+    }
+    Ok(())
+}
+
+/// The C types of BTF tracepoint `name`'s arguments, from the kernel's `btf_trace_<name>`
+/// prototype (whose first parameter, the context, is left out).
+pub fn tracepoint_args(btf: &Btf, name: &str) -> Result<Vec<String>, BtfError> {
+    let missing = || BtfError::NoTracepoint(name.to_string());
+    let types = btf
+        .resolve_types_by_name(&format!("btf_trace_{name}"))
+        .map_err(|_| missing())?;
+    let proto = types
+        .iter()
+        .find_map(|t| match t {
+            Type::Typedef(td) => btf.resolve_chained_type(td).ok(),
+            _ => None,
+        })
+        .and_then(|ptr| match ptr {
+            Type::Ptr(p) => btf.resolve_chained_type(&p).ok(),
+            _ => None,
+        })
+        .and_then(|f| match f {
+            Type::FuncProto(proto) => Some(proto),
+            _ => None,
+        })
+        .ok_or_else(missing)?;
+    Ok(proto
+        .parameters
+        .iter()
+        .skip(1)
+        .map(|p| type_name(btf, p, 0))
+        .collect())
+}
+
+/// The C spelling of the type `t` refers to (`struct task_struct *`, `const char *`, `u64`).
+fn type_name(btf: &Btf, t: &dyn BtfType, depth: u32) -> String {
+    if depth > 8 {
+        return "?".to_string();
+    }
+    let name = |t: &dyn BtfType| btf.resolve_name(t).unwrap_or_default();
+    match btf.resolve_chained_type(t) {
+        Ok(Type::Ptr(p)) => format!("{} *", type_name(btf, &p, depth + 1)),
+        Ok(Type::Const(c)) => format!("const {}", type_name(btf, &c, depth + 1)),
+        Ok(Type::Volatile(v)) => format!("volatile {}", type_name(btf, &v, depth + 1)),
+        Ok(Type::Struct(s)) => format!("struct {}", name(&s)),
+        Ok(Type::Union(u)) => format!("union {}", name(&u)),
+        Ok(Type::Enum(e)) => format!("enum {}", name(&e)),
+        Ok(Type::Int(i)) => name(&i),
+        Ok(Type::Typedef(td)) => name(&td),
+        Ok(Type::Void) => "void".to_string(),
+        _ => "?".to_string(),
+    }
 }
 
 /// Reads every offset the programs need from the BTF at `path`.
 pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
-    let btf = Btf::from_file(path).map_err(|e| BtfError::Unreadable {
+    offsets(&open(path)?)
+}
+
+/// Parses the BTF at `path`.
+pub fn open(path: &Path) -> Result<Btf, BtfError> {
+    Btf::from_file(path).map_err(|e| BtfError::Unreadable {
         path: path.display().to_string(),
         reason: e.to_string(),
-    })?;
-    Ok(KernelOffsets {
-        task_exit_code: field_offset(&btf, "task_struct", "exit_code")?,
-        task_real_parent: field_offset(&btf, "task_struct", "real_parent")?,
-        task_tgid: field_offset(&btf, "task_struct", "tgid")?,
-        task_mm: field_offset(&btf, "task_struct", "mm")?,
-        mm_env_start: field_offset(&btf, "mm_struct", "env_start")?,
-        mm_env_end: field_offset(&btf, "mm_struct", "env_end")?,
     })
 }
 
-/// Byte offset of `field` in `struct name`, looking through anonymous structs and unions.
-pub fn field_offset(btf: &Btf, name: &str, field: &str) -> Result<u32, BtfError> {
+/// Every offset the programs need, from the kernel's BTF.
+pub fn offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
+    Ok(KernelOffsets {
+        task_exit_code: field_offset(btf, "task_struct", "exit_code")?,
+        task_real_parent: field_offset(btf, "task_struct", "real_parent")?,
+        task_tgid: field_offset(btf, "task_struct", "tgid")?,
+        task_mm: field_offset(btf, "task_struct", "mm")?,
+        mm_env_start: field_offset(btf, "mm_struct", "env_start")?,
+        mm_env_end: field_offset(btf, "mm_struct", "env_end")?,
+        task_pid: field_offset(btf, "task_struct", "pid")?,
+        task_comm: field_offset(btf, "task_struct", "comm")?,
+        task_cgroups: field_offset(btf, "task_struct", "cgroups")?,
+        css_set_dfl_cgrp: field_offset(btf, "css_set", "dfl_cgrp")?,
+        cgroup_kn: field_offset(btf, "cgroup", "kn")?,
+        kernfs_node_id: field_offset(btf, "kernfs_node", "id")?,
+        cgroup_root: field_offset(btf, "cgroup", "root")?,
+        cgroup_root_hierarchy_id: field_offset(btf, "cgroup_root", "hierarchy_id")?,
+        siginfo_code: field_offset(btf, "kernel_siginfo", "si_code")?,
+        mm_total_vm: field_offset(btf, "mm_struct", "total_vm")?,
+        // rss_stat[MM_ANONPAGES].count: MM_ANONPAGES is 1 in enum mm_counter_type, and the
+        // array's elements are struct percpu_counter.
+        mm_anon_rss: field_offset(btf, "mm_struct", "rss_stat")?
+            + MM_ANONPAGES * struct_size(btf, "percpu_counter")?
+            + field_offset(btf, "percpu_counter", "count")?,
+        page_kb_shift: page_kb_shift(),
+    })
+}
+
+/// log2 of the page size in KiB.
+fn page_kb_shift() -> u32 {
+    // SAFETY: sysconf has no memory arguments.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    let page = if page > 0 { page as u64 } else { 4096 };
+    (page / 1024).max(1).trailing_zeros()
+}
+
+/// `MM_ANONPAGES` of `enum mm_counter_type`.
+const MM_ANONPAGES: u32 = 1;
+
+/// `sizeof(struct name)`.
+pub fn struct_size(btf: &Btf, name: &str) -> Result<u32, BtfError> {
+    Ok(find_struct(btf, name)?.size() as u32)
+}
+
+/// The (non-empty) definition of `struct name`.
+fn find_struct(btf: &Btf, name: &str) -> Result<btf_rs::Struct, BtfError> {
     let types = btf
         .resolve_types_by_name(name)
         .map_err(|_| BtfError::NoStruct(name.to_string()))?;
-    let strukt = types
-        .iter()
+    types
+        .into_iter()
         .find_map(|t| match t {
             Type::Struct(s) if !s.members.is_empty() => Some(s),
             _ => None,
         })
-        .ok_or_else(|| BtfError::NoStruct(name.to_string()))?;
-    let bits = find_member(btf, strukt, field, 0)
+        .ok_or_else(|| BtfError::NoStruct(name.to_string()))
+}
+
+/// Byte offset of `field` in `struct name`, looking through anonymous structs and unions.
+pub fn field_offset(btf: &Btf, name: &str, field: &str) -> Result<u32, BtfError> {
+    let strukt = find_struct(btf, name)?;
+    let bits = find_member(btf, &strukt, field, 0)
         .ok_or_else(|| BtfError::NoField(name.to_string(), field.to_string()))?;
     if bits % 8 != 0 {
         return Err(BtfError::BitField(name.to_string(), field.to_string()));
@@ -124,5 +245,40 @@ mod tests {
         let pid = field_offset(&btf, "task_struct", "pid").unwrap();
         let tgid = field_offset(&btf, "task_struct", "tgid").unwrap();
         assert_eq!(tgid, pid + 4);
+        assert_eq!(offsets.task_pid, pid);
+        // si_code follows si_signo and si_errno on x86 and arm64.
+        assert_eq!(offsets.siginfo_code, 8);
+        // rss_stat[1].count lies past rss_stat[0] inside mm_struct.
+        let rss = field_offset(&btf, "mm_struct", "rss_stat").unwrap();
+        let counter = struct_size(&btf, "percpu_counter").unwrap();
+        assert!(offsets.mm_anon_rss > rss + counter - 1, "{offsets:?}");
+        assert!(offsets.mm_anon_rss < struct_size(&btf, "mm_struct").unwrap());
+    }
+
+    #[test]
+    fn reads_btf_tracepoint_prototypes() {
+        let path = Path::new(VMLINUX_BTF);
+        if !path.exists() {
+            eprintln!("skipping: no kernel BTF at {VMLINUX_BTF}");
+            return;
+        }
+        let btf = Btf::from_file(path).unwrap();
+        assert_eq!(
+            tracepoint_args(&btf, "sched_process_exit").unwrap()[0],
+            "struct task_struct *"
+        );
+        for hook in crate::tracepoints::HOOKS {
+            if let Some(want) = hook.btf_args {
+                check_tracepoint_args(&btf, hook.name, want).unwrap();
+            }
+        }
+        assert!(matches!(
+            check_tracepoint_args(&btf, "task_newtask", &["struct task_struct *", "int"]),
+            Err(BtfError::TracepointArgs { .. })
+        ));
+        assert!(matches!(
+            tracepoint_args(&btf, "no_such_tracepoint"),
+            Err(BtfError::NoTracepoint(_))
+        ));
     }
 }

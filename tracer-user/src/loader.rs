@@ -10,9 +10,9 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
-    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, TracePoint},
+    Btf, Ebpf, EbpfLoader,
 };
 use tracer_common::{
     cgroup_state, probe, DevicePrefix, EnvKey, TrackedTask, DEVICE_PREFIXES, DEVICE_PREFIX_LEN,
@@ -101,7 +101,8 @@ pub fn env_key(name: &str) -> Result<EnvKey> {
 pub struct Tracer {
     ring: RingBuf<MapData>,
     cgroups: HashMap<MapData, u64, u32>,
-    tasks: HashMap<MapData, u32, TrackedTask>,
+    /// `TASK_STATE`, a task-storage map (which aya loads but does not wrap).
+    tasks: MapData,
     lost: PerCpuArray<MapData, u64>,
     untracked: PerCpuArray<MapData, u64>,
     decode_errors: u64,
@@ -118,10 +119,21 @@ impl Tracer {
         }
         sys::require_bpf_privileges()?;
         let tracefs = sys::ensure_tracefs()?;
+        let btf = kernel_btf::open(Path::new(kernel_btf::VMLINUX_BTF))?;
         for hook in HOOKS {
             tracepoints::check_hook(&tracefs, hook)?;
+            if let Some(args) = hook.btf_args {
+                kernel_btf::check_tracepoint_args(&btf, hook.name, args)?;
+            }
         }
-        let offsets = kernel_btf::kernel_offsets(Path::new(kernel_btf::VMLINUX_BTF))?;
+        let offsets = kernel_btf::offsets(&btf)?;
+        let group_leader = u64::from(kernel_btf::field_offset(
+            &btf,
+            "task_struct",
+            "group_leader",
+        )?);
+        drop(btf);
+        let aya_btf = Btf::from_sys_fs().context("reading the kernel's BTF for BTF tracepoints")?;
         let env_key = config.init_env_var.as_deref().map(env_key).transpose()?;
         let prefixes = device_prefixes(&config.device_prefixes)?;
         sys::raise_memlock_limit();
@@ -132,7 +144,10 @@ impl Tracer {
         let mut ebpf = EbpfLoader::new()
             .override_global("OFFSETS", &offsets, true)
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
+            .override_global("TASK_GROUP_LEADER", &group_leader, true)
             .map_max_entries("EVENTS", size)
+            // TASK_STATE: aya creates task-storage maps but has no type for them.
+            .allow_unsupported_maps()
             .load(EBPF_OBJECT)
             .context("loading the eBPF programs into the kernel")?;
         if let Some(key) = env_key {
@@ -154,22 +169,34 @@ impl Tracer {
             }
         }
         for hook in HOOKS {
-            let program: &mut TracePoint = ebpf
-                .program_mut(hook.program)
-                .with_context(|| format!("program {} missing from the eBPF object", hook.program))?
-                .try_into()
-                .with_context(|| format!("program {} is not a tracepoint program", hook.program))?;
-            program.load().with_context(|| {
-                format!("the kernel's verifier refused program {}", hook.program)
+            let program = ebpf.program_mut(hook.program).with_context(|| {
+                format!("program {} missing from the eBPF object", hook.program)
             })?;
-            program.attach(hook.category, hook.name).with_context(|| {
-                format!("attaching to tracepoint {}:{}", hook.category, hook.name)
-            })?;
+            let refused = || format!("the kernel's verifier refused program {}", hook.program);
+            let attaching = || format!("attaching to tracepoint {}:{}", hook.category, hook.name);
+            if hook.btf_args.is_some() {
+                let program: &mut BtfTracePoint = program.try_into().with_context(|| {
+                    format!("program {} is not a BTF tracepoint program", hook.program)
+                })?;
+                program.load(hook.name, &aya_btf).with_context(refused)?;
+                program.attach().with_context(attaching)?;
+            } else {
+                let program: &mut TracePoint = program.try_into().with_context(|| {
+                    format!("program {} is not a tracepoint program", hook.program)
+                })?;
+                program.load().with_context(refused)?;
+                program
+                    .attach(hook.category, hook.name)
+                    .with_context(attaching)?;
+            }
         }
 
         let ring = RingBuf::try_from(take(&mut ebpf, "EVENTS")?)?;
         let cgroups = HashMap::try_from(take(&mut ebpf, "CGROUPS")?)?;
-        let tasks = HashMap::try_from(take(&mut ebpf, "TASKS")?)?;
+        let tasks = match take(&mut ebpf, "TASK_STATE")? {
+            Map::Unsupported(data) => data,
+            other => bail!("map TASK_STATE has an unexpected type: {other:?}"),
+        };
         let lost = PerCpuArray::try_from(take(&mut ebpf, "LOST")?)?;
         let untracked = PerCpuArray::try_from(take(&mut ebpf, "UNTRACKED")?)?;
         Ok(Tracer {
@@ -243,7 +270,7 @@ impl Tracer {
         Ok(self.untracked.get(&0, 0)?.iter().sum())
     }
 
-    /// Tasks that could not be followed because the kernel's task table was full.
+    /// Tasks that could not be followed because the kernel could not allocate their entry.
     pub fn untracked_tasks(&self) -> Result<u64> {
         Ok(self.untracked.get(&1, 0)?.iter().sum())
     }
@@ -262,15 +289,18 @@ impl Tracer {
         let _ = self.cgroups.remove(&id);
     }
 
-    /// Follows thread `pid` of process `tgid` living in cgroup `cgroup_id`.
-    pub fn track_task(&mut self, pid: u32, tgid: u32, cgroup_id: u64) -> Result<()> {
+    /// Follows thread `pid` of process `tgid` living in cgroup `cgroup_id`. A thread the
+    /// kernel already follows (it forked from one) keeps what the kernel knows; a thread that
+    /// is gone is skipped. Returns whether the thread is followed now.
+    pub fn track_task(&mut self, pid: u32, tgid: u32, cgroup_id: u64) -> Result<bool> {
         let task = TrackedTask {
+            pid,
             tgid,
             flags: 0,
+            _reserved: 0,
             cgroup_id,
         };
-        self.tasks
-            .insert(pid, task, 0)
+        sys::task_storage_insert(self.tasks.fd().as_fd(), pid, &task)
             .with_context(|| format!("tracking task {pid}"))
     }
 }

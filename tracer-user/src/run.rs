@@ -138,16 +138,26 @@ pub fn run(options: &RunOptions, stop: &Arc<AtomicBool>, out: impl Write) -> Res
     // model ignores a container it already knows.
     if let Some(root) = sys::cgroup2_mount() {
         let found = scan::scan(&root, model.recognizer());
-        for &(tid, tgid, cgroup_id) in &found.threads {
-            tracer.track_task(tid, tgid, cgroup_id)?;
-        }
+        let mut tracked = std::collections::HashSet::new();
         let now = sys::monotonic_ns();
         for container in found.containers {
             tracer.track_cgroup(container.cgroup_id)?;
+            tracked.insert(container.cgroup_id);
             for &sub in &container.sub_cgroups {
                 tracer.track_cgroup(sub)?;
+                tracked.insert(sub);
             }
             model.adopt(container, now, &mut step);
+        }
+        // Then their threads. The kernel follows what a followed thread forks from here on;
+        // what was forked since the scan is found by listing the cgroups again.
+        for &(tid, tgid, cgroup_id) in &found.threads {
+            tracer.track_task(tid, tgid, cgroup_id)?;
+        }
+        for &(tid, tgid, cgroup_id) in &scan::scan(&root, model.recognizer()).threads {
+            if tracked.contains(&cgroup_id) {
+                tracer.track_task(tid, tgid, cgroup_id)?;
+            }
         }
     } else {
         log::warn!("no cgroup v2 mount found: containers already running are not followed");
@@ -266,7 +276,8 @@ fn report_losses(tracer: &Tracer, summary: &mut RunSummary, exporter: Option<&Ex
     if let Ok(n) = tracer.untracked_tasks() {
         if n > summary.untracked_tasks {
             log::warn!(
-                "{n} task(s) in containers could not be followed: the kernel's task table is full"
+                "{n} task(s) in containers could not be followed: the kernel could not allocate \
+                 their entry"
             );
             summary.untracked_tasks = n;
         }

@@ -203,6 +203,89 @@ impl WallClock {
     }
 }
 
+/// `BPF_MAP_UPDATE_ELEM` of the bpf(2) system call.
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+/// Map update flag: only if the key has no value yet.
+const BPF_NOEXIST: u64 = 1;
+/// pidfd_open flag (Linux 6.9): a descriptor for a thread rather than a process.
+const PIDFD_THREAD: libc::c_uint = libc::O_EXCL as libc::c_uint;
+
+/// A descriptor for thread `tid` (for a process leader only, on kernels before 6.9). None if
+/// the thread is gone.
+fn pidfd_open(tid: u32) -> std::io::Result<Option<std::os::fd::OwnedFd>> {
+    use std::os::fd::FromRawFd as _;
+    for flags in [PIDFD_THREAD, 0] {
+        // SAFETY: pidfd_open takes a pid and flags, no memory.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, tid as libc::pid_t, flags) };
+        if fd >= 0 {
+            // SAFETY: a new descriptor nothing else owns.
+            return Ok(Some(unsafe {
+                std::os::fd::OwnedFd::from_raw_fd(fd as i32)
+            }));
+        }
+        let err = std::io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::ESRCH) => return Ok(None),
+            // A kernel without PIDFD_THREAD: try again as a process.
+            Some(libc::EINVAL) if flags == PIDFD_THREAD => continue,
+            _ => return Err(err),
+        }
+    }
+    Err(std::io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// Gives thread `tid` the value `value` in the task-storage map `map`, unless it has one
+/// already (the kernel side wrote it first, which wins). Task-storage maps are keyed by a pidfd,
+/// and aya has no wrapper for them, hence the system call. Returns false if the thread is gone.
+pub fn task_storage_insert<T: Copy>(
+    map: std::os::fd::BorrowedFd<'_>,
+    tid: u32,
+    value: &T,
+) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd as _;
+    let Some(pidfd) = pidfd_open(tid)? else {
+        return Ok(false);
+    };
+    let key: i32 = pidfd.as_raw_fd();
+    /// The part of `union bpf_attr` that BPF_MAP_UPDATE_ELEM reads.
+    #[repr(C)]
+    struct ElemAttr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    let attr = ElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        _pad: 0,
+        key: &key as *const i32 as u64,
+        value: value as *const T as u64,
+        flags: BPF_NOEXIST,
+    };
+    // SAFETY: `attr` is a valid prefix of `union bpf_attr` for BPF_MAP_UPDATE_ELEM; its key and
+    // value pointers refer to live values of the map's key (int) and value (`T`) types for the
+    // duration of the call, which only reads them.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_UPDATE_ELEM,
+            &attr as *const ElemAttr,
+            std::mem::size_of::<ElemAttr>() as libc::c_uint,
+        )
+    };
+    if ret == 0 {
+        return Ok(true);
+    }
+    let err = std::io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EEXIST) => Ok(true),
+        // Exited between the two calls.
+        Some(libc::ENOENT) | Some(libc::ESRCH) => Ok(false),
+        _ => Err(err),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,8 @@
 //! The tracepoints clawtrace attaches to, the record fields its programs read, and the check that
 //! the running kernel lays them out where the programs expect them (the programs read fixed
-//! offsets; a kernel that moved a field must be refused, not misread).
+//! offsets; a kernel that moved a field must be refused, not misread). The hot hooks that need a
+//! task as argument are BTF tracepoints (`tp_btf`): for those the kernel's BTF prototype is
+//! checked instead of a record layout.
 
 use std::{
     fs,
@@ -23,6 +25,9 @@ pub struct Hook {
     /// Name of the eBPF program (the function in tracer-ebpf).
     pub program: &'static str,
     pub fields: &'static [Field],
+    /// For a BTF tracepoint (`tp_btf`): the C types of the arguments the program reads, in
+    /// order, as the kernel's BTF prototype `btf_trace_<name>` must give them.
+    pub btf_args: Option<&'static [&'static str]>,
 }
 
 const fn f(name: &'static str, offset: usize, size: usize) -> Field {
@@ -41,6 +46,7 @@ pub const HOOKS: &[Hook] = &[
             f("id", 16, 8),
             f("path", 24, 4),
         ],
+        btf_args: None,
     },
     Hook {
         category: "cgroup",
@@ -52,54 +58,60 @@ pub const HOOKS: &[Hook] = &[
             f("id", 16, 8),
             f("path", 24, 4),
         ],
+        btf_args: None,
     },
     Hook {
         category: "cgroup",
         name: "cgroup_attach_task",
         program: "cgroup_attach_task",
-        fields: &[
-            f("dst_root", 8, 4),
-            f("dst_id", 16, 8),
-            f("pid", 24, 4),
-            f("comm", 32, 4),
-        ],
+        fields: &[],
+        btf_args: Some(&[
+            "struct cgroup *",
+            "const char *",
+            "struct task_struct *",
+            "bool",
+        ]),
     },
     Hook {
         category: "task",
         name: "task_newtask",
         program: "task_newtask",
-        fields: &[f("pid", 8, 4), f("clone_flags", 32, 8)],
+        fields: &[],
+        btf_args: Some(&["struct task_struct *", "u64"]),
     },
     Hook {
         category: "sched",
         name: "sched_process_exec",
         program: "sched_process_exec",
         fields: &[f("filename", 8, 4), f("pid", 12, 4), f("old_pid", 16, 4)],
+        btf_args: None,
     },
     Hook {
         category: "sched",
         name: "sched_process_exit",
         program: "sched_process_exit",
         fields: &[f("comm", 8, 16), f("pid", 24, 4), f("group_dead", 32, 1)],
+        btf_args: None,
     },
     Hook {
         category: "signal",
         name: "signal_generate",
         program: "signal_generate",
-        fields: &[
-            f("sig", 8, 4),
-            f("code", 16, 4),
-            f("comm", 20, 16),
-            f("pid", 36, 4),
-            f("group", 40, 4),
-            f("result", 44, 4),
-        ],
+        fields: &[],
+        btf_args: Some(&[
+            "int",
+            "struct kernel_siginfo *",
+            "struct task_struct *",
+            "int",
+            "int",
+        ]),
     },
     Hook {
         category: "oom",
         name: "mark_victim",
         program: "mark_victim",
-        fields: &[f("pid", 8, 4), f("total_vm", 16, 8), f("anon_rss", 24, 8)],
+        fields: &[],
+        btf_args: Some(&["struct task_struct *", "uid_t"]),
     },
     syscall(
         "sys_enter_mount",
@@ -168,6 +180,7 @@ const fn syscall(name: &'static str, fields: &'static [Field]) -> Hook {
         name,
         program: name,
         fields,
+        btf_args: None,
     }
 }
 
