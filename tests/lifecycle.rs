@@ -511,6 +511,41 @@ fn sigkill_aimed_at_a_worker_thread_names_its_sender() {
 }
 
 #[test]
+fn a_thread_that_execs_in_place_of_its_leader_is_still_followed() {
+    require_privileged!();
+    let ct = Clawtrace::start(&[]);
+    let mut cgroup = TestCgroup::new("dethread");
+    // A worker thread execs: the kernel ends the other threads, the worker takes over the
+    // leader's pid, and the old leader's task is gone. The process is then killed from outside.
+    let mut child = cgroup.spawn(&mut python(
+        "import os, threading, time\n\
+         threading.Thread(target=os.execv, args=('/bin/sleep', ['sleep', '1000'])).start()\n\
+         time.sleep(1000)",
+    ));
+    let pid = child.id();
+    wait_until("sleep to run", Duration::from_secs(10), || {
+        std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
+    });
+    ct.wait_event("process_exec", &cgroup.container_id(), |v| {
+        v["pid"] == pid && v["filename"] == "/bin/sleep"
+    });
+    kill(pid, libc::SIGKILL);
+    let status = wait_status(&mut child);
+    cgroup.remove();
+
+    let exit = init_exit(&ct, &cgroup, pid);
+    assert_status(&exit, status);
+    assert_eq!(exit["cause"], "orchestrator_kill", "{exit}");
+    assert_eq!(exit["comm"], "sleep", "{exit}");
+    let signal = ct.wait_event("signal", &cgroup.container_id(), |v| {
+        v["signal"] == "SIGKILL"
+    });
+    assert_eq!(signal["target_pid"], pid, "{signal}");
+    assert_eq!(signal["target_tid"], pid, "{signal}");
+    ct.stop();
+}
+
+#[test]
 fn init_exits_while_a_child_lingers() {
     require_privileged!();
     let ct = Clawtrace::start(&["--linger-after", "500ms"]);

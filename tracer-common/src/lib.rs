@@ -386,24 +386,6 @@ pub struct KernelOffsets {
     pub mm_env_start: u32,
     /// `offsetof(struct mm_struct, env_end)`.
     pub mm_env_end: u32,
-    /// `offsetof(struct task_struct, pid)`.
-    pub task_pid: u32,
-    /// `offsetof(struct task_struct, comm)`.
-    pub task_comm: u32,
-    /// `offsetof(struct task_struct, cgroups)`.
-    pub task_cgroups: u32,
-    /// `offsetof(struct css_set, dfl_cgrp)`.
-    pub css_set_dfl_cgrp: u32,
-    /// `offsetof(struct cgroup, kn)`.
-    pub cgroup_kn: u32,
-    /// `offsetof(struct kernfs_node, id)`.
-    pub kernfs_node_id: u32,
-    /// `offsetof(struct cgroup, root)`.
-    pub cgroup_root: u32,
-    /// `offsetof(struct cgroup_root, hierarchy_id)`.
-    pub cgroup_root_hierarchy_id: u32,
-    /// `offsetof(struct kernel_siginfo, si_code)`.
-    pub siginfo_code: u32,
     /// `offsetof(struct mm_struct, total_vm)`.
     pub mm_total_vm: u32,
     /// Offset of the anonymous-pages count in `struct mm_struct`:
@@ -412,6 +394,24 @@ pub struct KernelOffsets {
     /// log2 of the page size in KiB (pages to KiB: `<< page_kb_shift`).
     pub page_kb_shift: u32,
 }
+
+/// Kernel structure fields the BTF tracepoints read directly (typed loads the verifier checks
+/// against the kernel's BTF, cheaper than `bpf_probe_read_kernel`): each offset is a read-only
+/// `u64` global of the eBPF object, named first, set by the loader from `struct`.`field`. The
+/// verifier must see these offsets as constants, hence one global each rather than a struct.
+pub const BTF_FIELDS: &[(&str, &str, &str)] = &[
+    ("TASK_PID", "task_struct", "pid"),
+    ("TASK_TGID", "task_struct", "tgid"),
+    ("TASK_COMM", "task_struct", "comm"),
+    ("TASK_GROUP_LEADER", "task_struct", "group_leader"),
+    ("TASK_CGROUPS", "task_struct", "cgroups"),
+    ("CSS_SET_DFL_CGRP", "css_set", "dfl_cgrp"),
+    ("CGROUP_KN", "cgroup", "kn"),
+    ("CGROUP_ROOT", "cgroup", "root"),
+    ("CGROUP_ROOT_HIERARCHY_ID", "cgroup_root", "hierarchy_id"),
+    ("KERNFS_NODE_ID", "kernfs_node", "id"),
+    ("SIGINFO_CODE", "kernel_siginfo", "si_code"),
+];
 
 #[cfg(feature = "user")]
 mod pod {
@@ -448,7 +448,7 @@ const _: () = {
     assert!(size_of::<TrackedTask>() == 24);
     assert!(size_of::<InitEnvRecord>() == 32 + 8 + ENV_VALUE_LEN);
     assert!(size_of::<EnvKey>() == 8 + ENV_KEY_LEN);
-    assert!(size_of::<KernelOffsets>() == 72);
+    assert!(size_of::<KernelOffsets>() == 36);
     assert!(size_of::<DeviceOpenRecord>() == 32 + 8 + COMM_LEN + DEVICE_PATH_LEN);
     assert!(size_of::<DevicePrefix>() == 8 + DEVICE_PREFIX_LEN);
     assert!(size_of::<MountRecord>() == 32 + 56 + COMM_LEN + 2 * MOUNT_PATH_LEN + MOUNT_TYPE_LEN);

@@ -7,12 +7,12 @@ use aya_ebpf::{
 };
 use tracer_common::{
     cgroup_state, kind, probe, AttachRecord, CgroupRecord, CGROUP_PATH_LEN, CGROUP_V2_HIERARCHY,
-    COMM_LEN,
 };
 
 use crate::state::{
-    cgroup_id, count_untracked, field, header, is_tracked_cgroup, read_data_loc_str, read_kernel,
-    reserve, track_task, wakeup, Task, CGROUPS, OFFSETS, TASK_STATE, UNTRACKED_CGROUP,
+    btf_read, cgroup_id, count_untracked, field, header, is_tracked_cgroup, read_data_loc_str,
+    reserve, task_comm, task_ids, track_task, wakeup, Task, CGROUPS, CGROUP_ROOT,
+    CGROUP_ROOT_HIERARCHY_ID, TASK_STATE, UNTRACKED_CGROUP,
 };
 
 // Field offsets in the tracepoints' records (see events/cgroup/*/format); the loader checks them
@@ -85,13 +85,16 @@ pub fn cgroup_attach_task(ctx: BtfTracePointContext) -> u32 {
 fn try_cgroup_attach_task(ctx: &BtfTracePointContext) -> Result<(), i32> {
     let dst: *const u8 = ctx.arg(0);
     let task: Task = ctx.arg(2);
-    let offsets = OFFSETS.load();
-    let root: *const u8 = read_kernel(dst, offsets.cgroup_root).ok_or(-1)?;
-    let hierarchy: i32 = read_kernel(root, offsets.cgroup_root_hierarchy_id).ok_or(-1)?;
+    // SAFETY: `dst` is the argument's BTF `struct cgroup *`; `root` points to its hierarchy,
+    // whose `hierarchy_id` is an int.
+    let hierarchy: i32 = unsafe {
+        let root: *const u8 = btf_read(dst, &CGROUP_ROOT);
+        btf_read(root, &CGROUP_ROOT_HIERARCHY_ID)
+    };
     if hierarchy != CGROUP_V2_HIERARCHY {
         return Ok(());
     }
-    let dst_id = cgroup_id(dst, &offsets).ok_or(-1)?;
+    let dst_id = cgroup_id(dst);
     if !is_tracked_cgroup(dst_id) {
         // A followed task that leaves the containers is no longer followed.
         if TASK_STATE.get(task).is_some() {
@@ -99,11 +102,9 @@ fn try_cgroup_attach_task(ctx: &BtfTracePointContext) -> Result<(), i32> {
         }
         return Ok(());
     }
-    let pid = read_kernel::<i32>(task as *const u8, offsets.task_pid).ok_or(-1)? as u32;
-    let tgid = read_kernel::<i32>(task as *const u8, offsets.task_tgid).ok_or(-1)? as u32;
+    let (pid, tgid) = task_ids(task);
     track_task(task, pid, tgid, dst_id);
-    let comm =
-        read_kernel::<[u8; COMM_LEN]>(task as *const u8, offsets.task_comm).unwrap_or_default();
+    let comm = task_comm(task);
 
     let Some(mut entry) = reserve::<AttachRecord>(probe::CGROUP_ATTACH) else {
         return Ok(());

@@ -16,7 +16,7 @@ use tracer_common::{
 
 use crate::state::{
     current_cgroup_id, current_task, field, group_leader, header_in, is_tracked_cgroup,
-    read_data_loc_str, read_kernel, reserve, task_cgroup_id, track_task, wakeup, Task, CGROUPS,
+    read_data_loc_str, reserve, task_cgroup_id, task_ids, track_task, wakeup, Task, CGROUPS,
     ENV_KEY, ENV_SCRATCH, OFFSETS, SIGNALS, TASK_STATE,
 };
 
@@ -24,7 +24,6 @@ const EXEC_FILENAME: usize = 8;
 const EXEC_OLD_PID: usize = 16;
 const EXIT_GROUP_DEAD: usize = 32;
 
-const CLONE_THREAD: u64 = 0x0001_0000;
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
 /// Runs in the parent, with the new task as argument: a task created by a followed task (or
@@ -45,21 +44,15 @@ fn try_task_newtask(ctx: &BtfTracePointContext) -> Result<(), i32> {
     if parent.is_none() && !into_cgroup {
         return Ok(());
     }
-    let offsets = OFFSETS.load();
     let cgroup_id = if into_cgroup {
-        task_cgroup_id(child as *const u8, &offsets).ok_or(-1)?
+        task_cgroup_id(child)
     } else {
         current_cgroup_id()
     };
     if !is_tracked_cgroup(cgroup_id) {
         return Ok(());
     }
-    let pid = read_kernel::<i32>(child as *const u8, offsets.task_pid).ok_or(-1)? as u32;
-    let tgid = if flags & CLONE_THREAD != 0 {
-        (bpf_get_current_pid_tgid() >> 32) as u32
-    } else {
-        pid
-    };
+    let (pid, tgid) = task_ids(child);
     track_task(child, pid, tgid, cgroup_id);
     Ok(())
 }
@@ -94,12 +87,15 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i32> {
         report_init_env(&head);
     }
 
-    // Keep what is known of the task current: its pid changes when a thread exec'd in place of
-    // its leader. A task not followed yet (placed in the cgroup in a way no record announced, or
-    // a thread that exec'd in place of its leader, whose entry went with the old leader) is
-    // followed from here. (After the environment scan: branches before it would multiply the
-    // verifier's states in its loop.)
-    track_task(current_task(), head.pid, head.tgid, cgroup_id);
+    // A thread that exec'd in place of its process's leader took over the leader's pid, and
+    // what was known of the process went with the old leader (or the thread was never followed:
+    // a process moved into the cgroup is announced by its leader only): follow it from here.
+    // Every other task in a followed cgroup is followed since its attach, fork or the start.
+    // (After the environment scan: branches before it would multiply the verifier's states in
+    // its loop.)
+    if old_pid != head.pid {
+        track_task(current_task(), head.pid, head.tgid, cgroup_id);
+    }
 
     let Some(mut entry) = reserve::<ExecRecord>(probe::PROCESS_EXEC) else {
         return Ok(());

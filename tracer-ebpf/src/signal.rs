@@ -10,8 +10,8 @@ use tracer_common::{
 };
 
 use crate::state::{
-    group_leader, header, now_ns, read_kernel, reserve, signal_track, wakeup, Task, OFFSETS,
-    TASK_STATE,
+    btf_read, group_leader, header, now_ns, read_kernel, reserve, signal_track, task_comm, wakeup,
+    Task, OFFSETS, SIGINFO_CODE, TASK_STATE,
 };
 
 /// `si_code` of a signal sent without a siginfo (`SEND_SIG_NOINFO`, as by kill(2)).
@@ -62,18 +62,18 @@ fn try_signal_generate(ctx: &BtfTracePointContext) -> Result<(), i32> {
     };
     // SAFETY: a live task-storage value, read once by copy.
     let task = unsafe { *entry };
-    let info: u64 = ctx.arg(1);
+    let info: *const u8 = ctx.arg(1);
     let group: i32 = ctx.arg(3);
     let result: i32 = ctx.arg(4);
-    let offsets = OFFSETS.load();
-    // As the tracepoint itself reports it: no siginfo means kill(2), a private one the kernel.
-    let code = match info {
+    // As the tracepoint itself reports it: no siginfo (SEND_SIG_NOINFO, 0) means a plain send
+    // from user space, a private one (SEND_SIG_PRIV, 1) the kernel.
+    let code = match info as usize {
         0 => SI_USER,
         1 => SI_KERNEL,
-        _ => read_kernel::<i32>(info as *const u8, offsets.siginfo_code).unwrap_or(0),
+        // SAFETY: `info` is the argument's BTF `struct kernel_siginfo *`; si_code is an int.
+        _ => unsafe { btf_read::<i32, _>(info, &SIGINFO_CODE) },
     };
-    let target_comm =
-        read_kernel::<[u8; COMM_LEN]>(target as *const u8, offsets.task_comm).unwrap_or_default();
+    let target_comm = task_comm(target);
     // This runs in the sender's context.
     let head = header(kind::SIGNAL);
     let sender_comm = bpf_get_current_comm().unwrap_or_default();

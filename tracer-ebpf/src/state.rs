@@ -113,19 +113,93 @@ impl<T> TaskStorage<T> {
 #[btf_map]
 pub static TASK_STATE: TaskStorage<TrackedTask> = TaskStorage::new();
 
-/// `offsetof(struct task_struct, group_leader)`, set by the loader. A read-only global, so the
-/// verifier knows its value and lets programs follow the field as a typed pointer.
-#[unsafe(no_mangle)]
-pub static TASK_GROUP_LEADER: Global<u64> = Global::new(0);
+/// Declares the read-only `u64` globals of [`tracer_common::BTF_FIELDS`]: field offsets the
+/// loader sets from the kernel's BTF. Being read-only, their values are constants to the
+/// verifier, which then checks each direct load from a BTF pointer against the field it reads.
+macro_rules! btf_offsets {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[unsafe(no_mangle)]
+            pub static $name: Global<u64> = Global::new(0);
+        )*
+    };
+}
+
+btf_offsets!(
+    TASK_PID,
+    TASK_TGID,
+    TASK_COMM,
+    TASK_GROUP_LEADER,
+    TASK_CGROUPS,
+    CSS_SET_DFL_CGRP,
+    CGROUP_KN,
+    CGROUP_ROOT,
+    CGROUP_ROOT_HIERARCHY_ID,
+    KERNFS_NODE_ID,
+    SIGINFO_CODE,
+);
+
+/// Reads the `T` at `offset` (one of the globals above) of the kernel object `base`, a BTF
+/// pointer (a BTF tracepoint's argument, the current task, or a pointer read this way): one
+/// load, which the verifier checks against the kernel's BTF and the JIT guards (a faulting
+/// address reads as 0).
+///
+/// # Safety
+/// `base` must be a BTF pointer to the structure `offset` belongs to, and `T` the field's type
+/// (or a part of it), so that the address is aligned for `T`. (A pointer must be read whole, by
+/// one load, for the verifier to know what it points to.)
+#[inline(always)]
+pub unsafe fn btf_read<T: Copy, B>(base: *const B, offset: &Global<u64>) -> T {
+    // SAFETY: per the contract; the verifier refuses any load that does not match the BTF.
+    unsafe { core::ptr::read((base as *const u8).wrapping_add(offset.load() as usize) as *const T) }
+}
 
 /// The leader of `task`'s process, as a BTF pointer (task storage wants one; a pointer read
 /// with `bpf_probe_read_kernel` would not do).
 #[inline(always)]
 pub fn group_leader(task: Task) -> Task {
-    let offset = TASK_GROUP_LEADER.load() as usize;
-    // SAFETY: `task` is a BTF task pointer and `offset` that of its `group_leader` field; the
-    // verifier checks the access against the kernel's BTF (and the JIT makes a fault read 0).
-    unsafe { core::ptr::read((task as *const u8).wrapping_add(offset) as *const Task) }
+    // SAFETY: `task` is a BTF task pointer; `group_leader` is a task pointer field.
+    unsafe { btf_read(task, &TASK_GROUP_LEADER) }
+}
+
+/// The v2 (default hierarchy) cgroup id of `task`: task->cgroups->dfl_cgrp->kn->id.
+#[inline(always)]
+pub fn task_cgroup_id(task: Task) -> u64 {
+    // SAFETY: each pointer is read from a field of its BTF type and read from as such.
+    unsafe {
+        let cset: *const u8 = btf_read(task, &TASK_CGROUPS);
+        let cgroup: *const u8 = btf_read(cset, &CSS_SET_DFL_CGRP);
+        cgroup_id(cgroup)
+    }
+}
+
+/// The id of `cgroup` (a BTF `struct cgroup *`): cgroup->kn->id.
+#[inline(always)]
+pub fn cgroup_id(cgroup: *const u8) -> u64 {
+    // SAFETY: as in `task_cgroup_id`.
+    unsafe {
+        let kn: *const u8 = btf_read(cgroup, &CGROUP_KN);
+        btf_read(kn, &KERNFS_NODE_ID)
+    }
+}
+
+/// Thread id and process id of the BTF task `task`.
+#[inline(always)]
+pub fn task_ids(task: Task) -> (u32, u32) {
+    // SAFETY: `pid` and `tgid` are pid_t fields of the task.
+    unsafe {
+        (
+            btf_read::<i32, _>(task, &TASK_PID) as u32,
+            btf_read::<i32, _>(task, &TASK_TGID) as u32,
+        )
+    }
+}
+
+/// The comm of the BTF task `task`.
+#[inline(always)]
+pub fn task_comm(task: Task) -> [u8; tracer_common::COMM_LEN] {
+    // SAFETY: `comm` is a char[16] field of the task.
+    unsafe { btf_read(task, &TASK_COMM) }
 }
 
 /// The running task, as a BTF pointer (for task storage).
@@ -141,21 +215,6 @@ pub fn current_task() -> Task {
 pub fn read_kernel<T: Copy>(base: *const u8, offset: u32) -> Option<T> {
     // SAFETY: bpf_probe_read_kernel reads any address safely, failing on a fault.
     unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize) as *const T) }.ok()
-}
-
-/// The v2 (default hierarchy) cgroup id of `task`: task->cgroups->dfl_cgrp->kn->id.
-#[inline(always)]
-pub fn task_cgroup_id(task: *const u8, offsets: &KernelOffsets) -> Option<u64> {
-    let cset: *const u8 = read_kernel(task, offsets.task_cgroups)?;
-    let cgroup: *const u8 = read_kernel(cset, offsets.css_set_dfl_cgrp)?;
-    cgroup_id(cgroup, offsets)
-}
-
-/// The id of `cgroup` (a `struct cgroup *`): cgroup->kn->id.
-#[inline(always)]
-pub fn cgroup_id(cgroup: *const u8, offsets: &KernelOffsets) -> Option<u64> {
-    let kn: *const u8 = read_kernel(cgroup, offsets.cgroup_kn)?;
-    read_kernel(kn, offsets.kernfs_node_id)
 }
 
 /// Signals sent to tracked processes (and OOM marks), keyed by tgid, until the process exits.

@@ -122,15 +122,6 @@ pub fn offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         task_mm: field_offset(btf, "task_struct", "mm")?,
         mm_env_start: field_offset(btf, "mm_struct", "env_start")?,
         mm_env_end: field_offset(btf, "mm_struct", "env_end")?,
-        task_pid: field_offset(btf, "task_struct", "pid")?,
-        task_comm: field_offset(btf, "task_struct", "comm")?,
-        task_cgroups: field_offset(btf, "task_struct", "cgroups")?,
-        css_set_dfl_cgrp: field_offset(btf, "css_set", "dfl_cgrp")?,
-        cgroup_kn: field_offset(btf, "cgroup", "kn")?,
-        kernfs_node_id: field_offset(btf, "kernfs_node", "id")?,
-        cgroup_root: field_offset(btf, "cgroup", "root")?,
-        cgroup_root_hierarchy_id: field_offset(btf, "cgroup_root", "hierarchy_id")?,
-        siginfo_code: field_offset(btf, "kernel_siginfo", "si_code")?,
         mm_total_vm: field_offset(btf, "mm_struct", "total_vm")?,
         // rss_stat[MM_ANONPAGES].count: MM_ANONPAGES is 1 in enum mm_counter_type, and the
         // array's elements are struct percpu_counter.
@@ -139,6 +130,14 @@ pub fn offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
             + field_offset(btf, "percpu_counter", "count")?,
         page_kb_shift: page_kb_shift(),
     })
+}
+
+/// The offsets of [`BTF_FIELDS`](tracer_common::BTF_FIELDS), by global name.
+pub fn btf_field_offsets(btf: &Btf) -> Result<Vec<(&'static str, u64)>, BtfError> {
+    tracer_common::BTF_FIELDS
+        .iter()
+        .map(|&(global, strukt, field)| Ok((global, u64::from(field_offset(btf, strukt, field)?))))
+        .collect()
 }
 
 /// log2 of the page size in KiB.
@@ -245,9 +244,11 @@ mod tests {
         let pid = field_offset(&btf, "task_struct", "pid").unwrap();
         let tgid = field_offset(&btf, "task_struct", "tgid").unwrap();
         assert_eq!(tgid, pid + 4);
-        assert_eq!(offsets.task_pid, pid);
+        let direct = btf_field_offsets(&btf).unwrap();
+        assert_eq!(direct.len(), tracer_common::BTF_FIELDS.len());
+        assert!(direct.contains(&("TASK_PID", u64::from(pid))), "{direct:?}");
         // si_code follows si_signo and si_errno on x86 and arm64.
-        assert_eq!(offsets.siginfo_code, 8);
+        assert!(direct.contains(&("SIGINFO_CODE", 8)), "{direct:?}");
         // rss_stat[1].count lies past rss_stat[0] inside mm_struct.
         let rss = field_offset(&btf, "mm_struct", "rss_stat").unwrap();
         let counter = struct_size(&btf, "percpu_counter").unwrap();

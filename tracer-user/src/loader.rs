@@ -127,11 +127,7 @@ impl Tracer {
             }
         }
         let offsets = kernel_btf::offsets(&btf)?;
-        let group_leader = u64::from(kernel_btf::field_offset(
-            &btf,
-            "task_struct",
-            "group_leader",
-        )?);
+        let direct = kernel_btf::btf_field_offsets(&btf)?;
         drop(btf);
         let aya_btf = Btf::from_sys_fs().context("reading the kernel's BTF for BTF tracepoints")?;
         let env_key = config.init_env_var.as_deref().map(env_key).transpose()?;
@@ -141,10 +137,13 @@ impl Tracer {
         // Wake the reader once a quarter of the buffer (at most 64 KiB) is waiting; below that
         // records wait for its next timed poll.
         let wakeup_bytes: u64 = u64::from(size / 4).min(64 << 10);
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        for (global, offset) in &direct {
+            loader.override_global(global, offset, true);
+        }
+        let mut ebpf = loader
             .override_global("OFFSETS", &offsets, true)
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
-            .override_global("TASK_GROUP_LEADER", &group_leader, true)
             .map_max_entries("EVENTS", size)
             // TASK_STATE: aya creates task-storage maps but has no type for them.
             .allow_unsupported_maps()
