@@ -93,8 +93,9 @@ pub struct Options {
     /// Interleaved rounds of the overhead comparison (none, clawtrace, bpftrace each).
     #[arg(long, default_value_t = 5)]
     rounds: usize,
-    /// Lifecycles per worker in each overhead run.
-    #[arg(long, default_value_t = 500)]
+    /// Lifecycles per worker in each overhead run (about 2.5 s per run here: long enough for
+    /// stable medians).
+    #[arg(long, default_value_t = 1500)]
     overhead_lifecycles: u64,
     /// Containers kept alive in the memory section.
     #[arg(long, default_value_t = 10_000)]
@@ -568,9 +569,10 @@ fn storm(env: &Env, _ctx: &Ctx) -> Result<Vec<Section>> {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "{} workers ran container lifecycles flat out for {:.1} s (cgroup v2 mkdir, `busybox` placed \
-         in it via `cgroup.procs` before exec, exit / SIGKILL / fork+exec+exit in turn, rmdir) \
-         under the release clawtrace (`--output json` to a file, `/metrics` on).\n",
+        "{} workers ran container lifecycles flat out for {:.1} s (cgroup v2 mkdir, `busybox` \
+         placed in it via `cgroup.procs` before exec, exit / SIGKILL / a forked subshell then \
+         exit 3 in turn, rmdir) under the release clawtrace (`--output json` to a file, \
+         `/metrics` on).\n",
         o.workers, seconds
     );
     let _ = writeln!(md, "| figure | value |\n|---|---|");
@@ -970,7 +972,7 @@ fn overhead(env: &Env, _ctx: &Ctx) -> Result<Vec<Section>> {
     let peer = slowdown(Traced::Bpftrace);
 
     let mut md = format!(
-        "Each run: {} workers × {} lifecycles (the storm's mix: exit, SIGKILL, fork+exec+exit; \
+        "Each run: {} workers × {} lifecycles (the storm's mix: exit, SIGKILL, fork+exit; \
          {lifecycles} containers, wall time measured). Tracers are started before the run and \
          stopped after it, once attached; {} rounds of none → clawtrace → bpftrace after one \
          discarded warm-up run. clawtrace: the release build, `--output json` to a file, \

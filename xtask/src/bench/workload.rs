@@ -6,20 +6,20 @@
 //! Three lifecycles take turns, so every hot probe fires inside a followed cgroup:
 //! - `exit`: `busybox true`, exits 0;
 //! - `kill`: `busybox sleep`, killed with SIGKILL from outside as soon as it has exec'd;
-//! - `fork`: `busybox sh -c '/bin/busybox true && exit 3'`: the shell forks and execs a child
-//!   inside the container, which exits 0, then the shell exits 3.
+//! - `fork`: `busybox sh -c '(exit 0); exit 3'`: the shell forks a subshell inside the
+//!   container, which exits 0, then the shell exits 3.
+//!
+//! A process is started the way `posix_spawn` does it (`clone(CLONE_VM | CLONE_VFORK)`), so the
+//! workers' own address space is not copied for each one; the child moves itself into the
+//! cgroup before it execs.
 
 use std::{
     ffi::OsString,
     fs,
     io::{self, ErrorKind},
-    os::unix::{
-        ffi::OsStringExt as _,
-        io::AsRawFd as _,
-        process::{CommandExt as _, ExitStatusExt as _},
-    },
+    os::unix::{ffi::OsStringExt as _, io::AsRawFd as _, process::ExitStatusExt as _},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, ExitStatus, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -127,7 +127,7 @@ impl Kind {
         match self {
             Kind::Exit => &["true"],
             Kind::Kill => &["sleep", "3600"],
-            Kind::Fork => &["sh", "-c", "/bin/busybox true && exit 3"],
+            Kind::Fork => &["sh", "-c", "(exit 0); exit 3"],
         }
     }
 }
@@ -213,7 +213,7 @@ fn run_process(dir: &Path, kind: Kind, name: &OsString, truth: &mut Truth) -> Re
         // spawn() returns once the new image is committed, but a SIGKILL then can still stop
         // the exec before it completes (and before sched_process_exec fires): kill only once
         // the process sleeps in the new image, so the ground truth holds its exec.
-        if let Err(e) = wait_asleep(&child) {
+        if let Err(e) = wait_asleep(child.id()) {
             let _ = child.kill();
             let _ = child.wait();
             return Err(e);
@@ -235,8 +235,9 @@ fn run_process(dir: &Path, kind: Kind, name: &OsString, truth: &mut Truth) -> Re
             truth.killed += 1;
         }
         (Kind::Fork, Some(3), _) => {
-            // 3 only after the inner `busybox true` ran and exited 0.
-            truth.execs += 2;
+            // 3 only after the subshell was forked and exited 0 (`;` runs it whatever it
+            // returns, but a failed fork makes the shell exit 2).
+            truth.execs += 1;
             truth.exited += 1;
             truth.failed += 1;
         }
@@ -247,8 +248,8 @@ fn run_process(dir: &Path, kind: Kind, name: &OsString, truth: &mut Truth) -> Re
 
 /// Waits until `child` (`busybox sleep`) blocks in clock_nanosleep (or nanosleep): it has
 /// finished its exec and runs the new image.
-fn wait_asleep(child: &Child) -> Result<()> {
-    let path = format!("/proc/{}/syscall", child.id());
+fn wait_asleep(pid: u32) -> Result<()> {
+    let path = format!("/proc/{pid}/syscall");
     let started = Instant::now();
     loop {
         let text = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
@@ -261,8 +262,7 @@ fn wait_asleep(child: &Child) -> Result<()> {
         }
         if started.elapsed() > Duration::from_secs(10) {
             bail!(
-                "process {} did not reach its sleep within 10 s ({})",
-                child.id(),
+                "process {pid} did not reach its sleep within 10 s ({})",
                 text.trim()
             );
         }
@@ -270,39 +270,149 @@ fn wait_asleep(child: &Child) -> Result<()> {
     }
 }
 
+/// A process started by [`spawn_in`]: killed and reaped on drop unless reaped before.
+pub struct Proc {
+    pid: libc::pid_t,
+    reaped: bool,
+}
+
+impl Proc {
+    pub fn id(&self) -> u32 {
+        self.pid as u32
+    }
+
+    /// Sends SIGKILL.
+    pub fn kill(&mut self) -> io::Result<()> {
+        if self.reaped {
+            return Err(io::Error::new(ErrorKind::InvalidInput, "already reaped"));
+        }
+        // SAFETY: kill(2) on our own child, not reaped yet, so its pid is not reused.
+        if unsafe { libc::kill(self.pid, libc::SIGKILL) } == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// Waits for it to end and reaps it.
+    pub fn wait(&mut self) -> io::Result<ExitStatus> {
+        let mut status = 0;
+        loop {
+            // SAFETY: waitpid on our own child with a valid status pointer.
+            let ret = unsafe { libc::waitpid(self.pid, &mut status, 0) };
+            if ret == self.pid {
+                self.reaped = true;
+                return Ok(ExitStatus::from_raw(status));
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != ErrorKind::Interrupted {
+                return Err(err);
+            }
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if !self.reaped {
+            let _ = self.kill();
+            let _ = self.wait();
+        }
+    }
+}
+
+/// What the child of [`spawn_in`] needs, prepared by the parent (the child may not allocate).
+struct ChildArgs {
+    procs: libc::c_int,
+    null: libc::c_int,
+    path: *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+}
+
+/// Exit code of a child that could not move itself into its cgroup.
+const NOT_PLACED: libc::c_int = 126;
+/// Exit code of a child whose exec failed.
+const NOT_EXECUTED: libc::c_int = 127;
+
+/// The child of [`spawn_in`], on its own stack in the parent's memory (CLONE_VM) while the
+/// parent waits (CLONE_VFORK): moves itself into the cgroup, points stdin, stdout and stderr at
+/// /dev/null and execs. Only async-signal-safe system calls, no allocation.
+extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the parent's ChildArgs, alive until the exec (the parent is suspended
+    // until then); every pointer in it is valid and NUL-terminated as execve needs.
+    unsafe {
+        let a = &*(arg as *const ChildArgs);
+        if libc::write(a.procs, b"0".as_ptr().cast(), 1) != 1 {
+            libc::_exit(NOT_PLACED);
+        }
+        for fd in 0..3 {
+            libc::dup2(a.null, fd);
+        }
+        libc::execve(a.path, a.argv, a.envp);
+        libc::_exit(NOT_EXECUTED)
+    }
+}
+
 /// Starts `busybox ARGS` inside cgroup `dir` with `AGENT_NAME=name`; returns once it has exec'd.
-pub fn spawn_in(dir: &Path, args: &[&str], name: &OsString) -> Result<Child> {
+pub fn spawn_in(dir: &Path, args: &[&str], name: &OsString) -> Result<Proc> {
+    use std::{ffi::CString, os::unix::ffi::OsStrExt as _};
     // Opened by the parent (close-on-exec, as std opens every file), written by the child.
     let procs = fs::OpenOptions::new()
         .write(true)
         .open(dir.join("cgroup.procs"))
         .with_context(|| format!("opening {}/cgroup.procs", dir.display()))?;
-    let fd = procs.as_raw_fd();
-    let mut cmd = Command::new(BUSYBOX);
-    cmd.args(args)
-        .env_clear()
-        .env("PATH", "/bin:/usr/bin")
-        .env("AGENT_NAME", name)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    // SAFETY: the closure runs in the forked child before exec and only calls write(2), which
-    // is async-signal-safe, on a descriptor the parent keeps open until spawn() returns; it
-    // allocates nothing and touches no lock.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::write(fd, b"0".as_ptr().cast(), 1) == 1 {
-                Ok(())
-            } else {
-                Err(io::Error::last_os_error())
-            }
-        });
+    let null = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .context("opening /dev/null")?;
+    let cstring = |bytes: &[u8]| CString::new(bytes).context("an argument holds a NUL byte");
+    let path = cstring(BUSYBOX.as_bytes())?;
+    let mut argv = vec![path.clone()];
+    for arg in args {
+        argv.push(cstring(arg.as_bytes())?);
     }
-    let child = cmd
-        .spawn()
-        .with_context(|| format!("starting busybox {} in {}", args.join(" "), dir.display()))?;
-    drop(procs);
-    Ok(child)
+    let mut agent = b"AGENT_NAME=".to_vec();
+    agent.extend_from_slice(name.as_bytes());
+    let envp = [cstring(b"PATH=/bin:/usr/bin")?, cstring(&agent)?];
+    let argv_ptrs: Vec<*const libc::c_char> = argv
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let envp_ptrs: Vec<*const libc::c_char> = envp
+        .iter()
+        .map(|e| e.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let child = ChildArgs {
+        procs: procs.as_raw_fd(),
+        null: null.as_raw_fd(),
+        path: path.as_ptr(),
+        argv: argv_ptrs.as_ptr(),
+        envp: envp_ptrs.as_ptr(),
+    };
+    // The child's stack: it only makes a few system calls.
+    let mut stack = vec![0u128; 4096];
+    let top = stack.as_mut_ptr_range().end.cast::<libc::c_void>();
+    // SAFETY: CLONE_VM | CLONE_VFORK runs `child_main` on `stack` (16-aligned, 64 KiB, unused
+    // by anything else) in this address space and suspends this thread until the child execs
+    // or exits, so `child`, the strings it points to and the stack outlive its use.
+    let pid = unsafe {
+        libc::clone(
+            child_main,
+            top,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            (&child as *const ChildArgs).cast_mut().cast(),
+        )
+    };
+    if pid < 0 {
+        return Err(io::Error::last_os_error())
+            .with_context(|| format!("starting busybox {} in {}", args.join(" "), dir.display()));
+    }
+    drop(stack);
+    Ok(Proc { pid, reaped: false })
 }
 
 /// rmdir, retrying briefly while the kernel still counts an exiting process in the cgroup.
@@ -371,7 +481,7 @@ pub fn sweep(root: &Path, tag: Option<&str>) -> Result<usize> {
 /// A container left running: its cgroup and its process.
 pub struct Live {
     pub dir: PathBuf,
-    pub child: Child,
+    pub child: Proc,
 }
 
 /// Makes `count` containers (`bench-<tag>-w<worker>-<n>`) whose process (`busybox sleep`) stays
@@ -497,7 +607,7 @@ pub fn run_host(workers: usize, duration: Duration, stop: &AtomicBool) -> Result
                             .spawn()
                             .context("starting busybox")?;
                         if kill {
-                            let asleep = wait_asleep(&child);
+                            let asleep = wait_asleep(child.id());
                             let _ = child.kill();
                             let _ = child.wait();
                             asleep?;
