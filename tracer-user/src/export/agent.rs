@@ -7,7 +7,7 @@
 use std::{
     io::Read,
     path::{Path, PathBuf},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use bollard::Docker;
@@ -79,7 +79,23 @@ const DOCKER_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct AgentResolver {
     config: AgentConfig,
     docker: Option<Docker>,
+    roots: std::cell::Cell<Roots>,
 }
+
+/// Which runtimes' state folders exist (runc, containerd, CRI-O), as last seen. A container is
+/// looked up only under those that do: on a node without a runtime every lookup would fail, at
+/// the cost of system calls per container.
+#[derive(Debug, Clone, Copy)]
+struct Roots {
+    seen: Option<Instant>,
+    runc: bool,
+    containerd: bool,
+    crio: bool,
+}
+
+/// How long [`Roots`] is trusted. A runtime makes its folder before its first container, whose
+/// name is resolved only after `settle_after` (seconds), by when the folder has been seen.
+const ROOTS_TTL: Duration = Duration::from_secs(1);
 
 impl AgentResolver {
     /// Connects lazily: a missing Docker socket only disables that source.
@@ -104,7 +120,32 @@ impl AgentResolver {
         } else {
             None
         };
-        AgentResolver { config, docker }
+        AgentResolver {
+            config,
+            docker,
+            roots: std::cell::Cell::new(Roots {
+                seen: None,
+                runc: false,
+                containerd: false,
+                crio: false,
+            }),
+        }
+    }
+
+    /// Which runtime state folders exist, checked again once [`ROOTS_TTL`] has passed.
+    fn roots(&self) -> Roots {
+        let roots = self.roots.get();
+        if roots.seen.is_some_and(|t| t.elapsed() < ROOTS_TTL) {
+            return roots;
+        }
+        let roots = Roots {
+            seen: Some(Instant::now()),
+            runc: self.config.runc_root.is_dir(),
+            containerd: self.config.containerd_root.is_dir(),
+            crio: self.config.crio_root.is_dir(),
+        };
+        self.roots.set(roots);
+        roots
     }
 
     /// The first value any source gives, raw. `rt` runs the Docker API calls.
@@ -180,25 +221,32 @@ impl AgentResolver {
         if id.is_empty() || id.contains('/') || id == "." || id == ".." {
             return Vec::new();
         }
+        let roots = self.roots();
         let mut configs = Vec::new();
-        if let Some(bundle) = read_json(&self.config.runc_root.join(id).join("state.json"))
-            .as_ref()
-            .and_then(runc_bundle)
-        {
-            configs.push(bundle.join("config.json"));
-        }
-        if let Ok(namespaces) = std::fs::read_dir(&self.config.containerd_root) {
-            for ns in namespaces.flatten() {
-                configs.push(ns.path().join(id).join("config.json"));
+        if roots.runc {
+            if let Some(bundle) = read_json(&self.config.runc_root.join(id).join("state.json"))
+                .as_ref()
+                .and_then(runc_bundle)
+            {
+                configs.push(bundle.join("config.json"));
             }
         }
-        configs.push(
-            self.config
-                .crio_root
-                .join(id)
-                .join("userdata")
-                .join("config.json"),
-        );
+        if roots.containerd {
+            if let Ok(namespaces) = std::fs::read_dir(&self.config.containerd_root) {
+                for ns in namespaces.flatten() {
+                    configs.push(ns.path().join(id).join("config.json"));
+                }
+            }
+        }
+        if roots.crio {
+            configs.push(
+                self.config
+                    .crio_root
+                    .join(id)
+                    .join("userdata")
+                    .join("config.json"),
+            );
+        }
         configs.retain(|p| p.is_file());
         configs
     }
