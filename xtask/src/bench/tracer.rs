@@ -21,6 +21,8 @@ use super::workload::CONTAINER_PATTERN;
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a tracer may take to stop after SIGINT before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long to wait for a tracer to act on SIGINT before sending it again.
+const RESIGNAL_AFTER: Duration = Duration::from_secs(5);
 
 /// The bpftrace peer: the same six tracepoints clawtrace's hot path uses, comparable work per
 /// event (cgroups and tasks followed in hash maps keyed by id and pid, the last signal and its
@@ -204,7 +206,8 @@ impl Tracer {
             .clone()
     }
 
-    /// SIGINT, then waits for it to exit (SIGKILL after [`STOP_TIMEOUT`]).
+    /// SIGINT (again every [`RESIGNAL_AFTER`]), then waits for it to exit (SIGKILL after
+    /// [`STOP_TIMEOUT`]).
     pub fn stop(mut self) -> Result<Stopped> {
         let mut child = self
             .child
@@ -212,9 +215,16 @@ impl Tracer {
             .ok_or_else(|| anyhow!("{} already stopped", self.name))?;
         signal(&child, libc::SIGINT);
         let started = Instant::now();
+        let mut signalled = started;
         let status = loop {
             if let Some(status) = child.try_wait().context("waiting for the tracer")? {
                 break status;
+            }
+            // A bpftrace run once outlived its SIGINT by 30 s after a busy run (cause not
+            // found): ask again every few seconds rather than lose the whole section.
+            if signalled.elapsed() > RESIGNAL_AFTER {
+                signal(&child, libc::SIGINT);
+                signalled = Instant::now();
             }
             if started.elapsed() > STOP_TIMEOUT {
                 let _ = child.kill();
