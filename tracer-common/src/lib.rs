@@ -369,17 +369,13 @@ pub mod task_flags {
     pub const SIGNALED: u32 = 1;
 }
 
-/// Offsets in kernel structures that the programs need, read from the kernel's BTF at start and
-/// handed to the programs as a load-time global (aya emits no CO-RE relocations from Rust).
+/// Offsets in kernel structures that the programs read with `bpf_probe_read_kernel` (from
+/// pointers the verifier does not type: the environment scan and the OOM victim's memory), read
+/// from the kernel's BTF at start and handed to the programs as a load-time global (aya emits
+/// no CO-RE relocations from Rust). See also [`BTF_FIELDS`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelOffsets {
-    /// `offsetof(struct task_struct, exit_code)`.
-    pub task_exit_code: u32,
-    /// `offsetof(struct task_struct, real_parent)`.
-    pub task_real_parent: u32,
-    /// `offsetof(struct task_struct, tgid)`.
-    pub task_tgid: u32,
     /// `offsetof(struct task_struct, mm)`.
     pub task_mm: u32,
     /// `offsetof(struct mm_struct, env_start)`.
@@ -404,6 +400,8 @@ pub const BTF_FIELDS: &[(&str, &str, &str)] = &[
     ("TASK_TGID", "task_struct", "tgid"),
     ("TASK_COMM", "task_struct", "comm"),
     ("TASK_GROUP_LEADER", "task_struct", "group_leader"),
+    ("TASK_EXIT_CODE", "task_struct", "exit_code"),
+    ("TASK_REAL_PARENT", "task_struct", "real_parent"),
     ("TASK_CGROUPS", "task_struct", "cgroups"),
     ("CSS_SET_DFL_CGRP", "css_set", "dfl_cgrp"),
     ("CGROUP_KN", "cgroup", "kn"),
@@ -448,7 +446,7 @@ const _: () = {
     assert!(size_of::<TrackedTask>() == 24);
     assert!(size_of::<InitEnvRecord>() == 32 + 8 + ENV_VALUE_LEN);
     assert!(size_of::<EnvKey>() == 8 + ENV_KEY_LEN);
-    assert!(size_of::<KernelOffsets>() == 36);
+    assert!(size_of::<KernelOffsets>() == 24);
     assert!(size_of::<DeviceOpenRecord>() == 32 + 8 + COMM_LEN + DEVICE_PATH_LEN);
     assert!(size_of::<DevicePrefix>() == 8 + DEVICE_PREFIX_LEN);
     assert!(size_of::<MountRecord>() == 32 + 56 + COMM_LEN + 2 * MOUNT_PATH_LEN + MOUNT_TYPE_LEN);

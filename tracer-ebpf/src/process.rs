@@ -15,9 +15,10 @@ use tracer_common::{
 };
 
 use crate::state::{
-    current_cgroup_id, current_task, field, group_leader, header_in, is_tracked_cgroup,
+    btf_read, current_cgroup_id, current_task, field, group_leader, header_in, is_tracked_cgroup,
     read_data_loc_str, reserve, task_cgroup_id, task_ids, track_task, wakeup, Task, CGROUPS,
-    ENV_KEY, ENV_SCRATCH, OFFSETS, SIGNALS, TASK_STATE,
+    ENV_KEY, ENV_SCRATCH, OFFSETS, SIGNALS, TASK_EXIT_CODE, TASK_REAL_PARENT, TASK_STATE,
+    TASK_TGID,
 };
 
 const EXEC_FILENAME: usize = 8;
@@ -264,27 +265,16 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<(), i32> {
 }
 
 fn report_exit(head: &tracer_common::Header, track: Option<*const tracer_common::SignalTrack>) {
-    let offsets = OFFSETS.load();
-    // SAFETY: bpf_get_current_task returns the running task; field offsets come from the running
-    // kernel's BTF and every read goes through bpf_probe_read_kernel, which faults safely.
+    let task = current_task();
+    // SAFETY: typed loads from the running task: `exit_code` is an int, `real_parent` a task
+    // pointer, `tgid` a pid_t.
     let (exit_status, parent_tgid) = unsafe {
-        let task = bpf_get_current_task() as *const u8;
         // do_exit() stores the wait status in task->exit_code before this tracepoint fires, and
         // for a group exit every thread carries the group's code.
-        let status =
-            bpf_probe_read_kernel(task.wrapping_add(offsets.task_exit_code as usize) as *const u32)
-                .unwrap_or(0);
-        let parent = bpf_probe_read_kernel(
-            task.wrapping_add(offsets.task_real_parent as usize) as *const *const u8
-        )
-        .unwrap_or(core::ptr::null());
-        let ppid = if parent.is_null() {
-            0
-        } else {
-            bpf_probe_read_kernel(parent.wrapping_add(offsets.task_tgid as usize) as *const u32)
-                .unwrap_or(0)
-        };
-        (status, ppid)
+        let status: i32 = btf_read(task, &TASK_EXIT_CODE);
+        let parent: Task = btf_read(task, &TASK_REAL_PARENT);
+        let ppid: i32 = btf_read(parent, &TASK_TGID);
+        (status as u32, ppid as u32)
     };
 
     let comm = bpf_get_current_comm().unwrap_or_default();

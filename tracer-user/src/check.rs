@@ -64,13 +64,18 @@ pub fn run_checks() -> Vec<Requirement> {
 
     out.push(req(
         "kernel BTF",
-        kernel_btf::kernel_offsets(Path::new(kernel_btf::VMLINUX_BTF))
-            .map(|o| {
-                format!(
-                    "{} (task_struct.exit_code at offset {})",
-                    kernel_btf::VMLINUX_BTF,
-                    o.task_exit_code
-                )
+        kernel_btf::open(Path::new(kernel_btf::VMLINUX_BTF))
+            .and_then(|btf| {
+                kernel_btf::offsets(&btf)?;
+                kernel_btf::field_offset(&btf, "task_struct", "exit_code")
+                    .map(|at| (at, kernel_btf::btf_field_offsets(&btf)))
+            })
+            .and_then(|(at, direct)| {
+                direct?;
+                Ok(format!(
+                    "{} (task_struct.exit_code at offset {at})",
+                    kernel_btf::VMLINUX_BTF
+                ))
             })
             .map_err(|e| e.to_string()),
     ));
