@@ -369,32 +369,12 @@ pub mod task_flags {
     pub const SIGNALED: u32 = 1;
 }
 
-/// Offsets in kernel structures that the programs read with `bpf_probe_read_kernel` (from
-/// pointers the verifier does not type: the environment scan and the OOM victim's memory), read
-/// from the kernel's BTF at start and handed to the programs as a load-time global (aya emits
-/// no CO-RE relocations from Rust). See also [`BTF_FIELDS`].
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct KernelOffsets {
-    /// `offsetof(struct task_struct, mm)`.
-    pub task_mm: u32,
-    /// `offsetof(struct mm_struct, env_start)`.
-    pub mm_env_start: u32,
-    /// `offsetof(struct mm_struct, env_end)`.
-    pub mm_env_end: u32,
-    /// `offsetof(struct mm_struct, total_vm)`.
-    pub mm_total_vm: u32,
-    /// Offset of the anonymous-pages count in `struct mm_struct`:
-    /// `rss_stat[MM_ANONPAGES].count`, the value `get_mm_counter()` reads.
-    pub mm_anon_rss: u32,
-    /// log2 of the page size in KiB (pages to KiB: `<< page_kb_shift`).
-    pub page_kb_shift: u32,
-}
-
-/// Kernel structure fields the BTF tracepoints read directly (typed loads the verifier checks
-/// against the kernel's BTF, cheaper than `bpf_probe_read_kernel`): each offset is a read-only
-/// `u64` global of the eBPF object, named first, set by the loader from `struct`.`field`. The
-/// verifier must see these offsets as constants, hence one global each rather than a struct.
+/// Kernel structure fields the programs read (typed loads through BTF pointers, which the
+/// verifier checks against the kernel's BTF and which cost less than `bpf_probe_read_kernel`;
+/// aya emits no CO-RE relocations from Rust, so the offsets come from the loader): each offset
+/// is a read-only `u64` global of the eBPF object, named first, set by the loader from
+/// `struct`.`field`. The verifier must see these offsets as constants, hence one global each
+/// rather than a struct. Besides these the loader sets [`MM_ANON_RSS`] and [`PAGE_KB_SHIFT`].
 pub const BTF_FIELDS: &[(&str, &str, &str)] = &[
     ("TASK_PID", "task_struct", "pid"),
     ("TASK_TGID", "task_struct", "tgid"),
@@ -409,7 +389,17 @@ pub const BTF_FIELDS: &[(&str, &str, &str)] = &[
     ("CGROUP_ROOT_HIERARCHY_ID", "cgroup_root", "hierarchy_id"),
     ("KERNFS_NODE_ID", "kernfs_node", "id"),
     ("SIGINFO_CODE", "kernel_siginfo", "si_code"),
+    ("TASK_MM", "task_struct", "mm"),
+    ("MM_ENV_START", "mm_struct", "env_start"),
+    ("MM_ENV_END", "mm_struct", "env_end"),
+    ("MM_TOTAL_VM", "mm_struct", "total_vm"),
 ];
+
+/// Global holding the offset of `rss_stat[MM_ANONPAGES].count` in `struct mm_struct`: the
+/// anonymous-pages count `get_mm_counter()` reads.
+pub const MM_ANON_RSS: &str = "MM_ANON_RSS";
+/// Global holding log2 of the page size in KiB (pages to KiB: `<< PAGE_KB_SHIFT`).
+pub const PAGE_KB_SHIFT: &str = "PAGE_KB_SHIFT";
 
 #[cfg(feature = "user")]
 mod pod {
@@ -423,8 +413,6 @@ mod pod {
     unsafe impl aya::Pod for SignalTrack {}
     // SAFETY: as above.
     unsafe impl aya::Pod for TrackedTask {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for KernelOffsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for EnvKey {}
     // SAFETY: as above.
@@ -446,7 +434,6 @@ const _: () = {
     assert!(size_of::<TrackedTask>() == 24);
     assert!(size_of::<InitEnvRecord>() == 32 + 8 + ENV_VALUE_LEN);
     assert!(size_of::<EnvKey>() == 8 + ENV_KEY_LEN);
-    assert!(size_of::<KernelOffsets>() == 24);
     assert!(size_of::<DeviceOpenRecord>() == 32 + 8 + COMM_LEN + DEVICE_PATH_LEN);
     assert!(size_of::<DevicePrefix>() == 8 + DEVICE_PREFIX_LEN);
     assert!(size_of::<MountRecord>() == 32 + 56 + COMM_LEN + 2 * MOUNT_PATH_LEN + MOUNT_TYPE_LEN);

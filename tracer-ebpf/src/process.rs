@@ -3,8 +3,8 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
-        bpf_probe_read_kernel, bpf_probe_read_kernel_buf, generated::bpf_probe_read_user_str,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel_buf,
+        generated::bpf_probe_read_user_str,
     },
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
@@ -17,8 +17,8 @@ use tracer_common::{
 use crate::state::{
     btf_read, current_cgroup_id, current_task, field, group_leader, header_in, is_tracked_cgroup,
     read_data_loc_str, reserve, task_cgroup_id, task_ids, track_task, wakeup, Task, CGROUPS,
-    ENV_KEY, ENV_SCRATCH, OFFSETS, SIGNALS, TASK_EXIT_CODE, TASK_REAL_PARENT, TASK_STATE,
-    TASK_TGID,
+    ENV_KEY, ENV_SCRATCH, MM_ENV_END, MM_ENV_START, SIGNALS, TASK_EXIT_CODE, TASK_MM,
+    TASK_REAL_PARENT, TASK_STATE, TASK_TGID,
 };
 
 const EXEC_FILENAME: usize = 8;
@@ -128,22 +128,16 @@ fn report_init_env(head: &tracer_common::Header) {
     if key_len == 0 || key_len > ENV_KEY_LEN {
         return;
     }
-    let offsets = OFFSETS.load();
-    // SAFETY: the running task and its mm, read through bpf_probe_read_kernel with offsets from
-    // the running kernel's BTF; a fault reads as 0 and ends the scan.
+    // SAFETY: typed loads from the running task: `mm` is its mm_struct pointer (null for a
+    // kernel thread), `env_start` and `env_end` are unsigned longs of it.
     let (mut at, end) = unsafe {
-        let task = bpf_get_current_task() as *const u8;
-        let mm =
-            bpf_probe_read_kernel(task.wrapping_add(offsets.task_mm as usize) as *const *const u8)
-                .unwrap_or(core::ptr::null());
+        let mm: *const u8 = btf_read(current_task(), &TASK_MM);
         if mm.is_null() {
             return;
         }
         (
-            bpf_probe_read_kernel(mm.wrapping_add(offsets.mm_env_start as usize) as *const u64)
-                .unwrap_or(0),
-            bpf_probe_read_kernel(mm.wrapping_add(offsets.mm_env_end as usize) as *const u64)
-                .unwrap_or(0),
+            btf_read::<u64, _>(mm, &MM_ENV_START),
+            btf_read::<u64, _>(mm, &MM_ENV_END),
         )
     };
     let Some(buf) = ENV_SCRATCH.get_ptr_mut(0) else {

@@ -10,8 +10,8 @@ use tracer_common::{
 };
 
 use crate::state::{
-    btf_read, group_leader, header, now_ns, read_kernel, reserve, signal_track, task_comm, wakeup,
-    Task, OFFSETS, SIGINFO_CODE, TASK_STATE,
+    btf_read, group_leader, header, now_ns, reserve, signal_track, task_comm, wakeup, Task,
+    MM_ANON_RSS, MM_TOTAL_VM, PAGE_KB_SHIFT, SIGINFO_CODE, TASK_MM, TASK_STATE,
 };
 
 /// `si_code` of a signal sent without a siginfo (`SEND_SIG_NOINFO`, as by kill(2)).
@@ -169,17 +169,20 @@ fn try_mark_victim(ctx: &BtfTracePointContext) -> Result<(), i32> {
     }
     // The figures the tracepoint's own record gives: task->mm's total_vm and anonymous pages,
     // in KiB.
-    let offsets = OFFSETS.load();
-    let (total_vm, anon_rss) = match read_kernel::<*const u8>(victim as *const u8, offsets.task_mm)
-    {
-        Some(mm) if !mm.is_null() => (
-            read_kernel::<u64>(mm, offsets.mm_total_vm).unwrap_or(0),
-            read_kernel::<i64>(mm, offsets.mm_anon_rss)
-                .unwrap_or(0)
-                .max(0) as u64,
-        ),
-        _ => (0, 0),
+    // SAFETY: typed loads: the victim's `mm` (null once it has let go of its memory), and
+    // its `total_vm` and `rss_stat[MM_ANONPAGES].count`.
+    let (total_vm, anon_rss) = unsafe {
+        let mm: *const u8 = btf_read(victim, &TASK_MM);
+        if mm.is_null() {
+            (0, 0)
+        } else {
+            (
+                btf_read::<u64, _>(mm, &MM_TOTAL_VM),
+                btf_read::<i64, _>(mm, &MM_ANON_RSS).max(0) as u64,
+            )
+        }
     };
+    let shift = PAGE_KB_SHIFT.load();
     let Some(mut entry) = reserve::<OomRecord>(probe::OOM_MARK_VICTIM) else {
         return Ok(());
     };
@@ -191,8 +194,8 @@ fn try_mark_victim(ctx: &BtfTracePointContext) -> Result<(), i32> {
         (*record).victim_pid = task.pid;
         (*record).victim_tgid = task.tgid;
         (*record).victim_cgroup_id = task.cgroup_id;
-        (*record).total_vm_kb = total_vm << offsets.page_kb_shift;
-        (*record).anon_rss_kb = anon_rss << offsets.page_kb_shift;
+        (*record).total_vm_kb = total_vm << shift;
+        (*record).anon_rss_kb = anon_rss << shift;
     }
     entry.submit(wakeup::<OomRecord>());
     Ok(())

@@ -5,7 +5,6 @@ use aya_ebpf::{
     bindings::{bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE, task_struct, BPF_F_NO_PREALLOC},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-        bpf_probe_read_kernel,
         generated::{
             bpf_get_current_task_btf, bpf_probe_read_kernel_str, bpf_task_storage_delete,
             bpf_task_storage_get,
@@ -16,7 +15,7 @@ use aya_ebpf::{
     programs::TracePointContext,
     EbpfContext, Global,
 };
-use tracer_common::{probe, EnvKey, Header, KernelOffsets, SignalTrack, TrackedTask, ENV_SCAN_LEN};
+use tracer_common::{probe, EnvKey, Header, SignalTrack, TrackedTask, ENV_SCAN_LEN};
 
 /// Records for user space. The loader sets the real size (`--ring-buffer-size`).
 #[map]
@@ -139,6 +138,14 @@ btf_offsets!(
     CGROUP_ROOT_HIERARCHY_ID,
     KERNFS_NODE_ID,
     SIGINFO_CODE,
+    TASK_MM,
+    MM_ENV_START,
+    MM_ENV_END,
+    MM_TOTAL_VM,
+    // rss_stat[MM_ANONPAGES].count in mm_struct.
+    MM_ANON_RSS,
+    // Not an offset: log2 of the page size in KiB.
+    PAGE_KB_SHIFT,
 );
 
 /// Reads the `T` at `offset` (one of the globals above) of the kernel object `base`, a BTF
@@ -211,14 +218,6 @@ pub fn current_task() -> Task {
     unsafe { bpf_get_current_task_btf() }
 }
 
-/// Reads a `T` at byte `offset` of kernel object `base` (an offset from [`OFFSETS`]); None if
-/// the read faults.
-#[inline(always)]
-pub fn read_kernel<T: Copy>(base: *const u8, offset: u32) -> Option<T> {
-    // SAFETY: bpf_probe_read_kernel reads any address safely, failing on a fault.
-    unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize) as *const T) }.ok()
-}
-
 /// Signals sent to tracked processes (and OOM marks), keyed by tgid, until the process exits.
 #[map]
 pub static SIGNALS: LruHashMap<u32, SignalTrack> = LruHashMap::with_max_entries(32768, 0);
@@ -227,11 +226,6 @@ pub static SIGNALS: LruHashMap<u32, SignalTrack> = LruHashMap::with_max_entries(
 /// beside everything else.
 #[map]
 pub static SCRATCH: PerCpuArray<SignalTrack> = PerCpuArray::with_max_entries(1, 0);
-
-/// Offsets of kernel structure fields, read from BTF by the loader.
-#[unsafe(no_mangle)]
-// SAFETY: KernelOffsets is plain integers, for which all zeroes is a valid value.
-pub static OFFSETS: Global<KernelOffsets> = Global::new(unsafe { core::mem::zeroed() });
 
 /// The `NAME=` prefix of the environment variable read from a container's init (one entry,
 /// written by the loader; a map rather than a global so it is read in place, not copied onto

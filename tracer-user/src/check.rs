@@ -66,12 +66,8 @@ pub fn run_checks() -> Vec<Requirement> {
         "kernel BTF",
         kernel_btf::open(Path::new(kernel_btf::VMLINUX_BTF))
             .and_then(|btf| {
-                kernel_btf::offsets(&btf)?;
-                kernel_btf::field_offset(&btf, "task_struct", "exit_code")
-                    .map(|at| (at, kernel_btf::btf_field_offsets(&btf)))
-            })
-            .and_then(|(at, direct)| {
-                direct?;
+                kernel_btf::globals(&btf)?;
+                let at = kernel_btf::field_offset(&btf, "task_struct", "exit_code")?;
                 Ok(format!(
                     "{} (task_struct.exit_code at offset {at})",
                     kernel_btf::VMLINUX_BTF

@@ -5,7 +5,6 @@
 use std::path::Path;
 
 use btf_rs::{Btf, BtfType, Type};
-use tracer_common::KernelOffsets;
 
 /// Where the running kernel publishes its BTF.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -100,11 +99,6 @@ fn type_name(btf: &Btf, t: &dyn BtfType, depth: u32) -> String {
     }
 }
 
-/// Reads every offset the programs need from the BTF at `path`.
-pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
-    offsets(&open(path)?)
-}
-
 /// Parses the BTF at `path`.
 pub fn open(path: &Path) -> Result<Btf, BtfError> {
     Btf::from_file(path).map_err(|e| BtfError::Unreadable {
@@ -113,28 +107,20 @@ pub fn open(path: &Path) -> Result<Btf, BtfError> {
     })
 }
 
-/// Every offset the programs need, from the kernel's BTF.
-pub fn offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
-    Ok(KernelOffsets {
-        task_mm: field_offset(btf, "task_struct", "mm")?,
-        mm_env_start: field_offset(btf, "mm_struct", "env_start")?,
-        mm_env_end: field_offset(btf, "mm_struct", "env_end")?,
-        mm_total_vm: field_offset(btf, "mm_struct", "total_vm")?,
-        // rss_stat[MM_ANONPAGES].count: MM_ANONPAGES is 1 in enum mm_counter_type, and the
-        // array's elements are struct percpu_counter.
-        mm_anon_rss: field_offset(btf, "mm_struct", "rss_stat")?
-            + MM_ANONPAGES * struct_size(btf, "percpu_counter")?
-            + field_offset(btf, "percpu_counter", "count")?,
-        page_kb_shift: page_kb_shift(),
-    })
-}
-
-/// The offsets of [`BTF_FIELDS`](tracer_common::BTF_FIELDS), by global name.
-pub fn btf_field_offsets(btf: &Btf) -> Result<Vec<(&'static str, u64)>, BtfError> {
-    tracer_common::BTF_FIELDS
+/// Every global the programs need from the kernel's BTF, by name: the offsets of
+/// [`BTF_FIELDS`](tracer_common::BTF_FIELDS), `MM_ANON_RSS` and `PAGE_KB_SHIFT`.
+pub fn globals(btf: &Btf) -> Result<Vec<(&'static str, u64)>, BtfError> {
+    let mut globals = tracer_common::BTF_FIELDS
         .iter()
         .map(|&(global, strukt, field)| Ok((global, u64::from(field_offset(btf, strukt, field)?))))
-        .collect()
+        .collect::<Result<Vec<_>, BtfError>>()?;
+    // rss_stat[MM_ANONPAGES].count: the array's elements are struct percpu_counter.
+    let anon_rss = field_offset(btf, "mm_struct", "rss_stat")?
+        + MM_ANONPAGES * struct_size(btf, "percpu_counter")?
+        + field_offset(btf, "percpu_counter", "count")?;
+    globals.push((tracer_common::MM_ANON_RSS, u64::from(anon_rss)));
+    globals.push((tracer_common::PAGE_KB_SHIFT, u64::from(page_kb_shift())));
+    Ok(globals)
 }
 
 /// log2 of the page size in KiB.
@@ -228,29 +214,34 @@ mod tests {
             eprintln!("skipping: no kernel BTF at {VMLINUX_BTF}");
             return;
         }
-        let offsets = kernel_offsets(path).expect("offsets");
         let btf = Btf::from_file(path).unwrap();
+        let globals = globals(&btf).expect("globals");
+        let get = |name: &str| {
+            globals
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|&(_, v)| v)
+                .unwrap_or_else(|| panic!("{name} missing from {globals:?}"))
+        };
+        assert_eq!(globals.len(), tracer_common::BTF_FIELDS.len() + 2);
         // exit_code sits well inside task_struct, past the scheduler fields.
-        assert!(field_offset(&btf, "task_struct", "exit_code").unwrap() > 64);
+        assert!(get("TASK_EXIT_CODE") > 64);
         assert!(matches!(
             field_offset(&btf, "task_struct", "no_such_field"),
             Err(BtfError::NoField(..))
         ));
-        assert_eq!(offsets.mm_env_end, offsets.mm_env_start + 8, "{offsets:?}");
+        assert_eq!(get("MM_ENV_END"), get("MM_ENV_START") + 8);
         // `pid` and `tgid` are adjacent ints.
-        let pid = field_offset(&btf, "task_struct", "pid").unwrap();
-        let tgid = field_offset(&btf, "task_struct", "tgid").unwrap();
-        assert_eq!(tgid, pid + 4);
-        let direct = btf_field_offsets(&btf).unwrap();
-        assert_eq!(direct.len(), tracer_common::BTF_FIELDS.len());
-        assert!(direct.contains(&("TASK_PID", u64::from(pid))), "{direct:?}");
+        assert_eq!(get("TASK_TGID"), get("TASK_PID") + 4);
         // si_code follows si_signo and si_errno on x86 and arm64.
-        assert!(direct.contains(&("SIGINFO_CODE", 8)), "{direct:?}");
+        assert_eq!(get("SIGINFO_CODE"), 8);
         // rss_stat[1].count lies past rss_stat[0] inside mm_struct.
-        let rss = field_offset(&btf, "mm_struct", "rss_stat").unwrap();
-        let counter = struct_size(&btf, "percpu_counter").unwrap();
-        assert!(offsets.mm_anon_rss > rss + counter - 1, "{offsets:?}");
-        assert!(offsets.mm_anon_rss < struct_size(&btf, "mm_struct").unwrap());
+        let rss = u64::from(field_offset(&btf, "mm_struct", "rss_stat").unwrap());
+        let counter = u64::from(struct_size(&btf, "percpu_counter").unwrap());
+        assert!(get("MM_ANON_RSS") > rss + counter - 1, "{globals:?}");
+        assert!(get("MM_ANON_RSS") < u64::from(struct_size(&btf, "mm_struct").unwrap()));
+        // 4 KiB pages here.
+        assert_eq!(get("PAGE_KB_SHIFT"), 2);
     }
 
     #[test]

@@ -126,8 +126,7 @@ impl Tracer {
                 kernel_btf::check_tracepoint_args(&btf, hook.name, args)?;
             }
         }
-        let offsets = kernel_btf::offsets(&btf)?;
-        let direct = kernel_btf::btf_field_offsets(&btf)?;
+        let globals = kernel_btf::globals(&btf)?;
         drop(btf);
         let aya_btf = Btf::from_sys_fs().context("reading the kernel's BTF for BTF tracepoints")?;
         let env_key = config.init_env_var.as_deref().map(env_key).transpose()?;
@@ -138,11 +137,10 @@ impl Tracer {
         // records wait for its next timed poll.
         let wakeup_bytes: u64 = u64::from(size / 4).min(64 << 10);
         let mut loader = EbpfLoader::new();
-        for (global, offset) in &direct {
-            loader.override_global(global, offset, true);
+        for (global, value) in &globals {
+            loader.override_global(global, value, true);
         }
         let mut ebpf = loader
-            .override_global("OFFSETS", &offsets, true)
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
             .map_max_entries("EVENTS", size)
             // TASK_STATE: aya creates task-storage maps but has no type for them.
