@@ -899,9 +899,33 @@ fn median(values: &[f64]) -> f64 {
     }
 }
 
-/// One overhead run: starts the tracer (if any), runs the fixed workload, stops the tracer.
-/// Returns the workload's wall time and, for clawtrace, the records it lost.
-fn overhead_run(env: &Env, traced: Traced, tag: String, script: &Path) -> Result<(f64, u64)> {
+/// Plain system calls timed in each overhead run, while the tracer is attached.
+const SYSCALL_LOOP: u32 = 1_000_000;
+
+/// Nanoseconds per `getppid(2)` over [`SYSCALL_LOOP`] calls: what a tracer adds to every
+/// system call of every task (syscall tracepoints put all of them on the kernel's traced path).
+fn syscall_ns() -> f64 {
+    let started = Instant::now();
+    for _ in 0..SYSCALL_LOOP {
+        // SAFETY: getppid takes no arguments and touches no memory.
+        unsafe { libc::syscall(libc::SYS_getppid) };
+    }
+    started.elapsed().as_nanos() as f64 / f64::from(SYSCALL_LOOP)
+}
+
+/// The result of one overhead run.
+struct OverheadRun {
+    /// The workload's wall time.
+    seconds: f64,
+    /// Records clawtrace lost.
+    lost: u64,
+    /// [`syscall_ns`] with the tracer attached.
+    syscall_ns: f64,
+}
+
+/// One overhead run: starts the tracer (if any), runs the fixed workload, then the system-call
+/// loop, stops the tracer.
+fn overhead_run(env: &Env, traced: Traced, tag: String, script: &Path) -> Result<OverheadRun> {
     let out = env.scratch.join(format!("overhead-{}.out", traced.name()));
     let tracer = match traced {
         Traced::Nothing => None,
@@ -914,6 +938,7 @@ fn overhead_run(env: &Env, traced: Traced, tag: String, script: &Path) -> Result
         workload::MIX,
     ));
     let swept = workload::sweep(&env.cgroup_root, Some(&tag));
+    let syscall_ns = syscall_ns();
     let mut lost = 0;
     if let Some(tracer) = tracer {
         let name = tracer.name;
@@ -932,7 +957,11 @@ fn overhead_run(env: &Env, traced: Traced, tag: String, script: &Path) -> Result
     let outcome = outcome?;
     swept?;
     env.interrupted()?;
-    Ok((outcome.elapsed.as_secs_f64(), lost))
+    Ok(OverheadRun {
+        seconds: outcome.elapsed.as_secs_f64(),
+        lost,
+        syscall_ns,
+    })
 }
 
 fn overhead(env: &Env, _ctx: &Ctx) -> Result<Vec<Section>> {
@@ -944,22 +973,32 @@ fn overhead(env: &Env, _ctx: &Ctx) -> Result<Vec<Section>> {
     // A discarded warm-up run: page cache, cgroup and pid allocations.
     overhead_run(env, Traced::Nothing, format!("o{}-warm", env.pid), &script)?;
     let mut times: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut syscalls: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let mut lost_total = 0;
     for round in 0..o.rounds {
         for traced in Traced::ALL {
             let tag = format!("o{}-r{round}{}", env.pid, &traced.name()[..1]);
-            let (seconds, lost) = overhead_run(env, traced, tag, &script)?;
-            lost_total += lost;
+            let run = overhead_run(env, traced, tag, &script)?;
+            lost_total += run.lost;
             println!(
-                "bench: overhead round {}/{}: {:<9} {seconds:.3} s",
+                "bench: overhead round {}/{}: {:<9} {:.3} s, {:.0} ns per system call",
                 round + 1,
                 o.rounds,
-                traced.name()
+                traced.name(),
+                run.seconds,
+                run.syscall_ns
             );
-            times.entry(traced.name()).or_default().push(seconds);
+            times.entry(traced.name()).or_default().push(run.seconds);
+            syscalls
+                .entry(traced.name())
+                .or_default()
+                .push(run.syscall_ns);
         }
     }
     let med = |t: Traced| median(times.get(t.name()).map_or(&[][..], Vec::as_slice));
+    let syscall_med = |t: Traced| median(syscalls.get(t.name()).map_or(&[][..], Vec::as_slice));
+    let syscall_none = syscall_med(Traced::Nothing);
+    let syscall_added = |t: Traced| syscall_med(t) - syscall_none;
     let none = med(Traced::Nothing);
     let slowdown = |t: Traced| {
         if none > 0.0 {
@@ -1008,7 +1047,30 @@ fn overhead(env: &Env, _ctx: &Ctx) -> Result<Vec<Section>> {
             "median_seconds": m,
             "lifecycles_per_second": rate,
             "slowdown_percent": if traced == Traced::Nothing { Value::Null } else { json!(s) },
+            "syscall_ns_runs": syscalls.get(traced.name()).cloned().unwrap_or_default(),
+            "syscall_ns_median": syscall_med(traced),
         }));
+    }
+    let _ = writeln!(
+        md,
+        "\nAfter each run's workload, with the tracer still attached, {SYSCALL_LOOP} `getppid(2)` \
+         calls in a loop: what a tracer adds to every system call of every task on the node \
+         (syscall tracepoints, which clawtrace uses for mounts and device opens, put every \
+         system call on the kernel's traced path).\n\n\
+         | tracer | ns per system call (median) | added |\n|---|---|---|"
+    );
+    for traced in Traced::ALL {
+        let _ = writeln!(
+            md,
+            "| {} | {:.0} | {} |",
+            traced.name(),
+            syscall_med(traced),
+            if traced == Traced::Nothing {
+                "–".to_string()
+            } else {
+                format!("{:+.0} ns", syscall_added(traced))
+            }
+        );
     }
     if lost_total > 0 {
         let _ = writeln!(
@@ -1038,6 +1100,17 @@ fn overhead(env: &Env, _ctx: &Ctx) -> Result<Vec<Section>> {
             "clawtrace < bpftrace",
             Some(claw < peer),
         ),
+        Check::new(
+            "2 overhead",
+            "ns added per system call: clawtrace, bpftrace",
+            format!(
+                "{:+.0}, {:+.0}",
+                syscall_added(Traced::Clawtrace),
+                syscall_added(Traced::Bpftrace)
+            ),
+            "",
+            None,
+        ),
     ];
     Ok(vec![Section {
         number: 2,
@@ -1051,6 +1124,10 @@ fn overhead(env: &Env, _ctx: &Ctx) -> Result<Vec<Section>> {
             "clawtrace_slowdown_percent": claw,
             "bpftrace_slowdown_percent": peer,
             "clawtrace_records_lost": lost_total,
+            "syscall_ns_added": {
+                "clawtrace": syscall_added(Traced::Clawtrace),
+                "bpftrace": syscall_added(Traced::Bpftrace),
+            },
         }),
         markdown: md,
         checks,
