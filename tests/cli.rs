@@ -37,6 +37,7 @@ fn bad_flags_and_values_fail_with_one_line() {
         &["run", "--ring-buffer-size", "1000"],
         &["run", "--output", "yaml"],
         &["run", "--linger-after", "whenever"],
+        &["run", "--no-mount-tracking", "--read-only-volume", "/srv"],
         &["fly"],
     ] {
         let out = clawtrace().args(args).output().expect("run clawtrace");
@@ -149,6 +150,46 @@ fn program_loaded(id: u32) -> bool {
         .status()
         .expect("bpftool (installed by cargo xtask setup)")
         .success()
+}
+
+#[test]
+fn without_mount_and_gpu_open_tracking_no_syscall_hook_is_loaded() {
+    require_privileged!();
+    let pattern = test_pattern();
+    let mut child = clawtrace()
+        .args([
+            "run",
+            "--container-cgroup-pattern",
+            &pattern,
+            "--no-mount-tracking",
+            "--no-gpu-open-tracking",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start clawtrace");
+    let pid = child.id();
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    while !line.contains("tracing:") {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).expect("stderr") > 0,
+            "clawtrace exited early"
+        );
+    }
+    let core: Vec<_> = clawtrace::tracepoints::HOOKS
+        .iter()
+        .filter(|h| h.group == clawtrace::tracepoints::HookGroup::Core)
+        .collect();
+    assert!(core.iter().all(|h| h.category != "syscalls"));
+    assert!(
+        line.contains(&format!("tracing: {} programs attached", core.len())),
+        "{line}"
+    );
+    assert_eq!(programs_of(pid).len(), core.len());
+    kill(pid, libc::SIGTERM);
+    assert!(child.wait().expect("wait").success());
 }
 
 #[test]

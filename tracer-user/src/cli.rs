@@ -72,6 +72,15 @@ pub struct RunArgs {
     /// /dev/nvidia and /dev/dri/renderD). Repeatable.
     #[arg(long = "gpu-device-prefix", value_name = "PREFIX", default_values_t = crate::loader::DEFAULT_GPU_PREFIXES.map(String::from))]
     pub gpu_device_prefix: Vec<String>,
+    /// Do not trace mount system calls: no mount durations and no read-only volume checks.
+    /// Tracing any system call puts every system call of every task on the kernel's traced
+    /// path (about 50 ns each on a 2-core VM); with this and --no-gpu-open-tracking, none is.
+    #[arg(long, conflicts_with = "read_only_volume")]
+    pub no_mount_tracking: bool,
+    /// Do not trace opens of the GPU device nodes (GPU use is then known from NVML only). See
+    /// --no-mount-tracking for why.
+    #[arg(long)]
+    pub no_gpu_open_tracking: bool,
     /// How often GPU processes are read through NVML (when libnvidia-ml.so.1 is present).
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub gpu_poll_interval: Duration,

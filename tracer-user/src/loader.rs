@@ -22,7 +22,7 @@ use tracer_common::{
 use crate::{
     decode::{DecodeError, Record},
     kernel_btf, sys,
-    tracepoints::{self, HOOKS},
+    tracepoints::{self, HookGroup, HOOKS},
 };
 
 /// The compiled eBPF object, built by build.rs with aya-build.
@@ -38,6 +38,21 @@ pub struct TracerConfig {
     pub init_env_var: Option<String>,
     /// Path prefixes of the device nodes whose opens are reported (GPU devices).
     pub device_prefixes: Vec<String>,
+    /// Attach the mount system-call hooks.
+    pub trace_mounts: bool,
+    /// Attach the `openat` hooks that see device opens.
+    pub trace_device_opens: bool,
+}
+
+impl TracerConfig {
+    /// Whether `hook` is attached under this configuration.
+    pub fn wants(&self, hook: &tracepoints::Hook) -> bool {
+        match hook.group {
+            HookGroup::Core => true,
+            HookGroup::Mounts => self.trace_mounts,
+            HookGroup::DeviceOpens => self.trace_device_opens,
+        }
+    }
 }
 
 impl Default for TracerConfig {
@@ -46,6 +61,8 @@ impl Default for TracerConfig {
             ring_buffer_bytes: 4 << 20,
             init_env_var: Some("AGENT_NAME".to_string()),
             device_prefixes: DEFAULT_GPU_PREFIXES.iter().map(|p| p.to_string()).collect(),
+            trace_mounts: true,
+            trace_device_opens: true,
         }
     }
 }
@@ -106,6 +123,7 @@ pub struct Tracer {
     lost: PerCpuArray<MapData, u64>,
     untracked: PerCpuArray<MapData, u64>,
     decode_errors: u64,
+    attached: usize,
     // Kept last so the maps above are released before the programs are detached.
     _ebpf: Ebpf,
 }
@@ -165,7 +183,8 @@ impl Tracer {
                     .context("setting the device prefixes")?;
             }
         }
-        for hook in HOOKS {
+        let mut attached = 0;
+        for hook in HOOKS.iter().filter(|h| config.wants(h)) {
             let program = ebpf.program_mut(hook.program).with_context(|| {
                 format!("program {} missing from the eBPF object", hook.program)
             })?;
@@ -186,6 +205,7 @@ impl Tracer {
                     .attach(hook.category, hook.name)
                     .with_context(attaching)?;
             }
+            attached += 1;
         }
 
         let ring = RingBuf::try_from(take(&mut ebpf, "EVENTS")?)?;
@@ -203,6 +223,7 @@ impl Tracer {
             lost,
             untracked,
             decode_errors: 0,
+            attached,
             _ebpf: ebpf,
         })
     }
@@ -245,6 +266,11 @@ impl Tracer {
         }
         self.decode_errors += errors;
         out.len() > before || errors > 0
+    }
+
+    /// Programs loaded and attached.
+    pub fn attached(&self) -> usize {
+        self.attached
     }
 
     /// Records that could not be decoded since start.

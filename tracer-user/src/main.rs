@@ -123,6 +123,8 @@ fn run_options(args: RunArgs) -> anyhow::Result<RunOptions> {
         ring_buffer_bytes: args.ring_buffer_size,
         read_only_volumes: args.read_only_volume,
         gpu_device_prefixes: args.gpu_device_prefix,
+        trace_mounts: !args.no_mount_tracking,
+        trace_device_opens: !args.no_gpu_open_tracking,
         gpu_poll: args.gpu_poll_interval,
         prometheus_listen: args.prometheus_listen,
         otlp,

@@ -39,6 +39,10 @@ pub struct RunOptions {
     pub ring_buffer_bytes: u32,
     pub read_only_volumes: Vec<String>,
     pub gpu_device_prefixes: Vec<String>,
+    /// Trace mount system calls (mount durations, read-only volume policy).
+    pub trace_mounts: bool,
+    /// Trace opens of the GPU device nodes.
+    pub trace_device_opens: bool,
     pub gpu_poll: Duration,
     pub prometheus_listen: Option<std::net::SocketAddr>,
     pub otlp: Option<OtlpConfig>,
@@ -69,6 +73,8 @@ impl RunOptions {
                 .iter()
                 .map(|p| p.to_string())
                 .collect(),
+            trace_mounts: true,
+            trace_device_opens: true,
             gpu_poll: Duration::from_secs(5),
             prometheus_listen: None,
             otlp: None,
@@ -116,6 +122,8 @@ pub fn run(options: &RunOptions, stop: &Arc<AtomicBool>, out: impl Write) -> Res
         ring_buffer_bytes: options.ring_buffer_bytes,
         init_env_var: env_source.then(|| options.agent.env_var.clone()),
         device_prefixes: options.gpu_device_prefixes.clone(),
+        trace_mounts: options.trace_mounts,
+        trace_device_opens: options.trace_device_opens,
     })?;
     let clock = sys::WallClock::now();
     let mut printer = Printer::new(out, options.format, clock);
@@ -184,7 +192,7 @@ pub fn run(options: &RunOptions, stop: &Arc<AtomicBool>, out: impl Write) -> Res
     };
     log::info!(
         "tracing: {} programs attached, {} running container(s) found",
-        crate::tracepoints::HOOKS.len(),
+        tracer.attached(),
         model.containers().count()
     );
     let mut records = Vec::new();

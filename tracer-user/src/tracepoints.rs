@@ -28,6 +28,20 @@ pub struct Hook {
     /// For a BTF tracepoint (`tp_btf`): the C types of the arguments the program reads, in
     /// order, as the kernel's BTF prototype `btf_trace_<name>` must give them.
     pub btf_args: Option<&'static [&'static str]>,
+    /// The feature the hook serves; only [`HookGroup::Core`] hooks are always attached.
+    pub group: HookGroup,
+}
+
+/// What a hook serves. The system-call hooks can be left out: while any syscall tracepoint is
+/// attached, every system call of every task takes the kernel's traced path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookGroup {
+    /// Container, process and signal lifecycles.
+    Core,
+    /// Mount system calls (mount durations, read-only volume policy).
+    Mounts,
+    /// `openat` of device nodes (GPU use).
+    DeviceOpens,
 }
 
 const fn f(name: &'static str, offset: usize, size: usize) -> Field {
@@ -47,6 +61,7 @@ pub const HOOKS: &[Hook] = &[
             f("path", 24, 4),
         ],
         btf_args: None,
+        group: HookGroup::Core,
     },
     Hook {
         category: "cgroup",
@@ -59,6 +74,7 @@ pub const HOOKS: &[Hook] = &[
             f("path", 24, 4),
         ],
         btf_args: None,
+        group: HookGroup::Core,
     },
     Hook {
         category: "cgroup",
@@ -71,6 +87,7 @@ pub const HOOKS: &[Hook] = &[
             "struct task_struct *",
             "bool",
         ]),
+        group: HookGroup::Core,
     },
     Hook {
         category: "task",
@@ -78,6 +95,7 @@ pub const HOOKS: &[Hook] = &[
         program: "task_newtask",
         fields: &[],
         btf_args: Some(&["struct task_struct *", "u64"]),
+        group: HookGroup::Core,
     },
     Hook {
         category: "sched",
@@ -85,6 +103,7 @@ pub const HOOKS: &[Hook] = &[
         program: "sched_process_exec",
         fields: &[f("filename", 8, 4), f("pid", 12, 4), f("old_pid", 16, 4)],
         btf_args: None,
+        group: HookGroup::Core,
     },
     Hook {
         category: "sched",
@@ -92,6 +111,7 @@ pub const HOOKS: &[Hook] = &[
         program: "sched_process_exit",
         fields: &[f("comm", 8, 16), f("pid", 24, 4), f("group_dead", 32, 1)],
         btf_args: None,
+        group: HookGroup::Core,
     },
     Hook {
         category: "signal",
@@ -105,6 +125,7 @@ pub const HOOKS: &[Hook] = &[
             "int",
             "int",
         ]),
+        group: HookGroup::Core,
     },
     Hook {
         category: "oom",
@@ -112,6 +133,7 @@ pub const HOOKS: &[Hook] = &[
         program: "mark_victim",
         fields: &[],
         btf_args: Some(&["struct task_struct *", "uid_t"]),
+        group: HookGroup::Core,
     },
     syscall(
         "sys_enter_mount",
@@ -167,8 +189,8 @@ pub const HOOKS: &[Hook] = &[
         ],
     ),
     syscall("sys_exit_fsconfig", EXIT),
-    syscall("sys_enter_openat", &[f("dfd", 16, 8), f("filename", 24, 8)]),
-    syscall("sys_exit_openat", EXIT),
+    device_syscall("sys_enter_openat", &[f("dfd", 16, 8), f("filename", 24, 8)]),
+    device_syscall("sys_exit_openat", EXIT),
 ];
 
 /// The return value every `sys_exit_*` record has.
@@ -181,6 +203,14 @@ const fn syscall(name: &'static str, fields: &'static [Field]) -> Hook {
         program: name,
         fields,
         btf_args: None,
+        group: HookGroup::Mounts,
+    }
+}
+
+const fn device_syscall(name: &'static str, fields: &'static [Field]) -> Hook {
+    Hook {
+        group: HookGroup::DeviceOpens,
+        ..syscall(name, fields)
     }
 }
 
