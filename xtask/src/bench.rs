@@ -874,16 +874,24 @@ fn truth_json(t: &Truth) -> Value {
 enum Traced {
     Nothing,
     Clawtrace,
+    /// clawtrace with `--no-mount-tracking --no-gpu-open-tracking`: no syscall tracepoint.
+    ClawtraceCore,
     Bpftrace,
 }
 
 impl Traced {
-    const ALL: [Traced; 3] = [Traced::Nothing, Traced::Clawtrace, Traced::Bpftrace];
+    const ALL: [Traced; 4] = [
+        Traced::Nothing,
+        Traced::Clawtrace,
+        Traced::ClawtraceCore,
+        Traced::Bpftrace,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Traced::Nothing => "none",
             Traced::Clawtrace => "clawtrace",
+            Traced::ClawtraceCore => "clawtrace, no syscall hooks",
             Traced::Bpftrace => "bpftrace",
         }
     }
@@ -926,10 +934,17 @@ struct OverheadRun {
 /// One overhead run: starts the tracer (if any), runs the fixed workload, then the system-call
 /// loop, stops the tracer.
 fn overhead_run(env: &Env, traced: Traced, tag: String, script: &Path) -> Result<OverheadRun> {
-    let out = env.scratch.join(format!("overhead-{}.out", traced.name()));
+    let out = env
+        .scratch
+        .join(format!("overhead-{}.out", traced as usize));
     let tracer = match traced {
         Traced::Nothing => None,
         Traced::Clawtrace => Some(Tracer::clawtrace(&env.clawtrace, &out, &[])?),
+        Traced::ClawtraceCore => Some(Tracer::clawtrace(
+            &env.clawtrace,
+            &out,
+            &["--no-mount-tracking", "--no-gpu-open-tracking"],
+        )?),
         Traced::Bpftrace => Some(Tracer::bpftrace(script, &out)?),
     };
     let outcome = workload::run(&env.spec(
@@ -950,7 +965,7 @@ fn overhead_run(env: &Env, traced: Traced, tag: String, script: &Path) -> Result
                 tracer::last_lines(&stopped.stderr, 5)
             );
         }
-        if traced == Traced::Clawtrace {
+        if matches!(traced, Traced::Clawtrace | Traced::ClawtraceCore) {
             lost = stopped_line(&stopped.stderr).map_or(0, |(_, lost, _)| lost);
         }
     }
@@ -977,11 +992,11 @@ fn overhead(env: &Env, _ctx: &Ctx) -> Result<Vec<Section>> {
     let mut lost_total = 0;
     for round in 0..o.rounds {
         for traced in Traced::ALL {
-            let tag = format!("o{}-r{round}{}", env.pid, &traced.name()[..1]);
+            let tag = format!("o{}-r{round}t{}", env.pid, traced as usize);
             let run = overhead_run(env, traced, tag, &script)?;
             lost_total += run.lost;
             println!(
-                "bench: overhead round {}/{}: {:<9} {:.3} s, {:.0} ns per system call",
+                "bench: overhead round {}/{}: {:<27} {:.3} s, {:.0} ns per system call",
                 round + 1,
                 o.rounds,
                 traced.name(),
@@ -1008,14 +1023,17 @@ fn overhead(env: &Env, _ctx: &Ctx) -> Result<Vec<Section>> {
         }
     };
     let claw = slowdown(Traced::Clawtrace);
+    let core = slowdown(Traced::ClawtraceCore);
     let peer = slowdown(Traced::Bpftrace);
 
     let mut md = format!(
         "Each run: {} workers × {} lifecycles (the storm's mix: exit, SIGKILL, fork+exit; \
          {lifecycles} containers, wall time measured). Tracers are started before the run and \
-         stopped after it, once attached; {} rounds of none → clawtrace → bpftrace after one \
-         discarded warm-up run. clawtrace: the release build, `--output json` to a file, \
-         `/metrics` on. bpftrace: `target/bench/peer.bt`, the same six tracepoints, cgroups and \
+         stopped after it, once attached; {} rounds of none → clawtrace → clawtrace without \
+         syscall hooks → bpftrace after one discarded warm-up run. clawtrace: the release \
+         build, `--output json` to a file, `/metrics` on; the third configuration adds \
+         `--no-mount-tracking --no-gpu-open-tracking`, so no syscall tracepoint is attached. \
+         bpftrace: `target/bench/peer.bt`, the same six tracepoints, cgroups and \
          tasks followed in maps keyed by id and pid, last signal and sender kept per process, \
          exit status read from the task, one line printed per event to a file.\n\n\
          | tracer | runs (s) | median (s) | lifecycles/s | slowdown |\n|---|---|---|---|---|\n",
@@ -1088,6 +1106,13 @@ fn overhead(env: &Env, _ctx: &Ctx) -> Result<Vec<Section>> {
         ),
         Check::new(
             "2 overhead",
+            "slowdown, clawtrace without syscall hooks",
+            format!("{core:+.1} %"),
+            "",
+            None,
+        ),
+        Check::new(
+            "2 overhead",
             "slowdown with bpftrace",
             format!("{peer:+.1} %"),
             "",
@@ -1102,10 +1127,11 @@ fn overhead(env: &Env, _ctx: &Ctx) -> Result<Vec<Section>> {
         ),
         Check::new(
             "2 overhead",
-            "ns added per system call: clawtrace, bpftrace",
+            "ns added per system call: clawtrace, without syscall hooks, bpftrace",
             format!(
-                "{:+.0}, {:+.0}",
+                "{:+.0}, {:+.0}, {:+.0}",
                 syscall_added(Traced::Clawtrace),
+                syscall_added(Traced::ClawtraceCore),
                 syscall_added(Traced::Bpftrace)
             ),
             "",
@@ -1122,10 +1148,12 @@ fn overhead(env: &Env, _ctx: &Ctx) -> Result<Vec<Section>> {
             "rounds": o.rounds,
             "configs": configs,
             "clawtrace_slowdown_percent": claw,
+            "clawtrace_no_syscall_hooks_slowdown_percent": core,
             "bpftrace_slowdown_percent": peer,
             "clawtrace_records_lost": lost_total,
             "syscall_ns_added": {
                 "clawtrace": syscall_added(Traced::Clawtrace),
+                "clawtrace_no_syscall_hooks": syscall_added(Traced::ClawtraceCore),
                 "bpftrace": syscall_added(Traced::Bpftrace),
             },
         }),
