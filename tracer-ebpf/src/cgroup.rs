@@ -94,7 +94,8 @@ fn try_cgroup_attach_task(ctx: &BtfTracePointContext) -> Result<(), i32> {
     if hierarchy != CGROUP_V2_HIERARCHY {
         return Ok(());
     }
-    let dst_id = cgroup_id(dst);
+    // SAFETY: `dst` is the argument's BTF `struct cgroup *`.
+    let dst_id = unsafe { cgroup_id(dst) };
     if !is_tracked_cgroup(dst_id) {
         // A followed task that leaves the containers is no longer followed.
         if TASK_STATE.get(task).is_some() {
@@ -102,9 +103,9 @@ fn try_cgroup_attach_task(ctx: &BtfTracePointContext) -> Result<(), i32> {
         }
         return Ok(());
     }
-    let (pid, tgid) = task_ids(task);
+    // SAFETY: `task` is the argument's BTF task pointer.
+    let ((pid, tgid), comm) = unsafe { (task_ids(task), task_comm(task)) };
     track_task(task, pid, tgid, dst_id);
-    let comm = task_comm(task);
 
     let Some(mut entry) = reserve::<AttachRecord>(probe::CGROUP_ATTACH) else {
         return Ok(());

@@ -39,21 +39,30 @@ pub fn task_newtask(ctx: BtfTracePointContext) -> u32 {
 fn try_task_newtask(ctx: &BtfTracePointContext) -> Result<(), i32> {
     let child: Task = ctx.arg(0);
     let flags: u64 = ctx.arg(1);
-    // Every fork on the host passes here: a parent outside the containers has no entry.
-    let parent = TASK_STATE.get(current_task());
+    // Every fork on the host passes here: a parent outside the containers has no entry. A
+    // thread of a process moved into a container has none of its own either (the move names
+    // the leader only): its leader's entry stands for it.
+    let current = current_task();
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let followed = TASK_STATE.get(current).is_some()
+        || (pid_tgid as u32 != (pid_tgid >> 32) as u32
+            // SAFETY: `current` is the current task's BTF pointer.
+            && TASK_STATE.get(unsafe { group_leader(current) }).is_some());
     let into_cgroup = flags & CLONE_INTO_CGROUP != 0;
-    if parent.is_none() && !into_cgroup {
+    if !followed && !into_cgroup {
         return Ok(());
     }
     let cgroup_id = if into_cgroup {
-        task_cgroup_id(child)
+        // SAFETY: `child` is the argument's BTF task pointer.
+        unsafe { task_cgroup_id(child) }
     } else {
         current_cgroup_id()
     };
     if !is_tracked_cgroup(cgroup_id) {
         return Ok(());
     }
-    let (pid, tgid) = task_ids(child);
+    // SAFETY: as above.
+    let (pid, tgid) = unsafe { task_ids(child) };
     track_task(child, pid, tgid, cgroup_id);
     Ok(())
 }
@@ -88,14 +97,18 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i32> {
         report_init_env(&head);
     }
 
-    // A thread that exec'd in place of its process's leader took over the leader's pid, and
-    // what was known of the process went with the old leader (or the thread was never followed:
-    // a process moved into the cgroup is announced by its leader only): follow it from here.
-    // Every other task in a followed cgroup is followed since its attach, fork or the start.
+    // Keep what is known of the task current, and follow from here a task in a followed cgroup
+    // that is not followed yet (its entry could not be allocated, or it was forked before the
+    // start's scan saw its parent). A thread that exec'd in place of its process's leader took
+    // over the leader's pid, and the old leader's entry went with it, perhaps with the note
+    // that the process was signalled: the exit then looks for a signal track to be sure.
     // (After the environment scan: branches before it would multiply the verifier's states in
     // its loop.)
-    if old_pid != head.pid {
-        track_task(current_task(), head.pid, head.tgid, cgroup_id);
+    if let Some(entry) = track_task(current_task(), head.pid, head.tgid, cgroup_id) {
+        if old_pid != head.pid {
+            // SAFETY: a live task-storage value of the running task.
+            unsafe { (*entry).flags |= task_flags::SIGNALED };
+        }
     }
 
     let Some(mut entry) = reserve::<ExecRecord>(probe::PROCESS_EXEC) else {
@@ -234,7 +247,8 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<(), i32> {
         // The last thread is not the leader: the process is followed if its leader was (a
         // process moved into a container is announced by its leader only), and a signal aimed
         // at the process was noted on the leader.
-        if let Some(leader) = TASK_STATE.get(group_leader(task)) {
+        // SAFETY: `task` is the current task's BTF pointer.
+        if let Some(leader) = TASK_STATE.get(unsafe { group_leader(task) }) {
             // SAFETY: as above.
             flags = Some(flags.unwrap_or(0) | unsafe { (*leader).flags });
         }

@@ -35,7 +35,8 @@ fn mark_signaled(target: Task, entry: *mut TrackedTask, pid: u32, tgid: u32) {
     // set the same bit.
     unsafe { (*entry).flags |= task_flags::SIGNALED };
     if pid != tgid {
-        if let Some(leader) = TASK_STATE.get(group_leader(target)) {
+        // SAFETY: `target` is a tracepoint's BTF task argument.
+        if let Some(leader) = TASK_STATE.get(unsafe { group_leader(target) }) {
             // SAFETY: as above.
             unsafe { (*leader).flags |= task_flags::SIGNALED };
         }
@@ -73,7 +74,8 @@ fn try_signal_generate(ctx: &BtfTracePointContext) -> Result<(), i32> {
         // SAFETY: `info` is the argument's BTF `struct kernel_siginfo *`; si_code is an int.
         _ => unsafe { btf_read::<i32, _>(info, &SIGINFO_CODE) },
     };
-    let target_comm = task_comm(target);
+    // SAFETY: `target` is the argument's BTF task pointer.
+    let target_comm = unsafe { task_comm(target) };
     // This runs in the sender's context.
     let head = header(kind::SIGNAL);
     let sender_comm = bpf_get_current_comm().unwrap_or_default();

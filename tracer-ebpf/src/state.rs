@@ -165,16 +165,23 @@ pub unsafe fn btf_read<T: Copy, B>(base: *const B, offset: &Global<u64>) -> T {
 
 /// The leader of `task`'s process, as a BTF pointer (task storage wants one; a pointer read
 /// with `bpf_probe_read_kernel` would not do).
+///
+/// # Safety
+/// `task` must be a BTF task pointer (the current task or a tracepoint's task argument).
 #[inline(always)]
-pub fn group_leader(task: Task) -> Task {
-    // SAFETY: `task` is a BTF task pointer; `group_leader` is a task pointer field.
+pub unsafe fn group_leader(task: Task) -> Task {
+    // SAFETY: per the contract; `group_leader` is a task pointer field.
     unsafe { btf_read(task, &TASK_GROUP_LEADER) }
 }
 
 /// The v2 (default hierarchy) cgroup id of `task`: task->cgroups->dfl_cgrp->kn->id.
+///
+/// # Safety
+/// As for [`group_leader`].
 #[inline(always)]
-pub fn task_cgroup_id(task: Task) -> u64 {
-    // SAFETY: each pointer is read from a field of its BTF type and read from as such.
+pub unsafe fn task_cgroup_id(task: Task) -> u64 {
+    // SAFETY: per the contract; each pointer is read from a field of its BTF type and read
+    // from as such.
     unsafe {
         let cset: *const u8 = btf_read(task, &TASK_CGROUPS);
         let cgroup: *const u8 = btf_read(cset, &CSS_SET_DFL_CGRP);
@@ -182,20 +189,26 @@ pub fn task_cgroup_id(task: Task) -> u64 {
     }
 }
 
-/// The id of `cgroup` (a BTF `struct cgroup *`): cgroup->kn->id.
+/// The id of `cgroup`: cgroup->kn->id.
+///
+/// # Safety
+/// `cgroup` must be a BTF `struct cgroup *` (a tracepoint's argument, or read as such).
 #[inline(always)]
-pub fn cgroup_id(cgroup: *const u8) -> u64 {
-    // SAFETY: as in `task_cgroup_id`.
+pub unsafe fn cgroup_id(cgroup: *const u8) -> u64 {
+    // SAFETY: per the contract; `kn` is a kernfs_node pointer, `id` a u64 of it.
     unsafe {
         let kn: *const u8 = btf_read(cgroup, &CGROUP_KN);
         btf_read(kn, &KERNFS_NODE_ID)
     }
 }
 
-/// Thread id and process id of the BTF task `task`.
+/// Thread id and process id of `task`.
+///
+/// # Safety
+/// As for [`group_leader`].
 #[inline(always)]
-pub fn task_ids(task: Task) -> (u32, u32) {
-    // SAFETY: `pid` and `tgid` are pid_t fields of the task.
+pub unsafe fn task_ids(task: Task) -> (u32, u32) {
+    // SAFETY: per the contract; `pid` and `tgid` are pid_t fields of the task.
     unsafe {
         (
             btf_read::<i32, _>(task, &TASK_PID) as u32,
@@ -204,10 +217,13 @@ pub fn task_ids(task: Task) -> (u32, u32) {
     }
 }
 
-/// The comm of the BTF task `task`.
+/// The comm of `task`.
+///
+/// # Safety
+/// As for [`group_leader`].
 #[inline(always)]
-pub fn task_comm(task: Task) -> [u8; tracer_common::COMM_LEN] {
-    // SAFETY: `comm` is a char[16] field of the task.
+pub unsafe fn task_comm(task: Task) -> [u8; tracer_common::COMM_LEN] {
+    // SAFETY: per the contract; `comm` is a char[16] field of the task.
     unsafe { btf_read(task, &TASK_COMM) }
 }
 

@@ -72,7 +72,8 @@ pub struct RunArgs {
     /// /dev/nvidia and /dev/dri/renderD). Repeatable.
     #[arg(long = "gpu-device-prefix", value_name = "PREFIX", default_values_t = crate::loader::DEFAULT_GPU_PREFIXES.map(String::from))]
     pub gpu_device_prefix: Vec<String>,
-    /// Do not trace mount system calls: no mount durations and no read-only volume checks.
+    /// Do not trace mount system calls: no mount durations, volume events or volume violations
+    /// (shared writable binds, --read-only-volume).
     /// Tracing any system call puts every system call of every task on the kernel's traced
     /// path (about 50 ns each on a 2-core VM); with this and --no-gpu-open-tracking, none is.
     #[arg(long, conflicts_with = "read_only_volume")]

@@ -35,11 +35,12 @@ pub enum BtfError {
     },
 }
 
-/// Checks that BTF tracepoint `name` passes the arguments `want` (C types, in order; the
-/// program may read only the first ones).
+/// Checks that BTF tracepoint `name` passes the arguments `want` (C types, in order, `a|b` for
+/// either; the program may read only the first ones).
 pub fn check_tracepoint_args(btf: &Btf, name: &str, want: &[&str]) -> Result<(), BtfError> {
     let got = tracepoint_args(btf, name)?;
-    if got.len() < want.len() || got.iter().zip(want).any(|(g, w)| g != w) {
+    let matches = |got: &String, want: &&str| want.split('|').any(|w| w == got);
+    if got.len() < want.len() || got.iter().zip(want).any(|(g, w)| !matches(g, w)) {
         return Err(BtfError::TracepointArgs {
             name: name.to_string(),
             got: got.join(", "),
@@ -265,6 +266,8 @@ mod tests {
             check_tracepoint_args(&btf, "task_newtask", &["struct task_struct *", "int"]),
             Err(BtfError::TracepointArgs { .. })
         ));
+        check_tracepoint_args(&btf, "task_newtask", &["struct task_struct *", "int|u64"])
+            .expect("an alternative matches");
         assert!(matches!(
             tracepoint_args(&btf, "no_such_tracepoint"),
             Err(BtfError::NoTracepoint(_))

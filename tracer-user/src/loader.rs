@@ -138,7 +138,7 @@ impl Tracer {
         sys::require_bpf_privileges()?;
         let tracefs = sys::ensure_tracefs()?;
         let btf = kernel_btf::open(Path::new(kernel_btf::VMLINUX_BTF))?;
-        for hook in HOOKS {
+        for hook in HOOKS.iter().filter(|h| config.wants(h)) {
             tracepoints::check_hook(&tracefs, hook)?;
             if let Some(args) = hook.btf_args {
                 kernel_btf::check_tracepoint_args(&btf, hook.name, args)?;

@@ -29,6 +29,9 @@ use crate::{
     scan, sys,
 };
 
+/// Listings of the containers' threads at start, at most (see `run`).
+const SEED_PASSES: usize = 4;
+
 /// Everything `clawtrace run` is told.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -158,14 +161,22 @@ pub fn run(options: &RunOptions, stop: &Arc<AtomicBool>, out: impl Write) -> Res
             model.adopt(container, now, &mut step);
         }
         // Then their threads. The kernel follows what a followed thread forks from here on;
-        // what was forked since the scan is found by listing the cgroups again.
-        for &(tid, tgid, cgroup_id) in &found.threads {
-            tracer.track_task(tid, tgid, cgroup_id)?;
-        }
-        for &(tid, tgid, cgroup_id) in &scan::scan(&root, model.recognizer()).threads {
-            if tracked.contains(&cgroup_id) {
-                tracer.track_task(tid, tgid, cgroup_id)?;
+        // what was forked since the scan is found by listing the cgroups again, until a listing
+        // finds nothing new (a task that still slips through is followed at its exec).
+        let mut seen = std::collections::HashSet::new();
+        let mut threads = found.threads;
+        for _ in 0..SEED_PASSES {
+            let mut new = 0;
+            for (tid, tgid, cgroup_id) in threads {
+                if tracked.contains(&cgroup_id) && seen.insert(tid) {
+                    tracer.track_task(tid, tgid, cgroup_id)?;
+                    new += 1;
+                }
             }
+            if new == 0 {
+                break;
+            }
+            threads = scan::scan(&root, model.recognizer()).threads;
         }
     } else {
         log::warn!("no cgroup v2 mount found: containers already running are not followed");

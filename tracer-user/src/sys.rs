@@ -210,8 +210,8 @@ const BPF_NOEXIST: u64 = 1;
 /// pidfd_open flag (Linux 6.9): a descriptor for a thread rather than a process.
 const PIDFD_THREAD: libc::c_uint = libc::O_EXCL as libc::c_uint;
 
-/// A descriptor for thread `tid` (for a process leader only, on kernels before 6.9). None if
-/// the thread is gone.
+/// A descriptor for thread `tid`. None if the thread is gone, or if it is not a process leader
+/// on a kernel before 6.9 (no PIDFD_THREAD): its leader's entry then stands for it.
 fn pidfd_open(tid: u32) -> std::io::Result<Option<std::os::fd::OwnedFd>> {
     use std::os::fd::FromRawFd as _;
     for flags in [PIDFD_THREAD, 0] {
@@ -228,6 +228,8 @@ fn pidfd_open(tid: u32) -> std::io::Result<Option<std::os::fd::OwnedFd>> {
             Some(libc::ESRCH) => return Ok(None),
             // A kernel without PIDFD_THREAD: try again as a process.
             Some(libc::EINVAL) if flags == PIDFD_THREAD => continue,
+            // ... where only a process leader has a descriptor.
+            Some(libc::EINVAL) => return Ok(None),
             _ => return Err(err),
         }
     }

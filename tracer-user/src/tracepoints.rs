@@ -26,7 +26,7 @@ pub struct Hook {
     pub program: &'static str,
     pub fields: &'static [Field],
     /// For a BTF tracepoint (`tp_btf`): the C types of the arguments the program reads, in
-    /// order, as the kernel's BTF prototype `btf_trace_<name>` must give them.
+    /// order, as the kernel's BTF prototype `btf_trace_<name>` must give them (`a|b`: either).
     pub btf_args: Option<&'static [&'static str]>,
     /// The feature the hook serves; only [`HookGroup::Core`] hooks are always attached.
     pub group: HookGroup,
@@ -94,7 +94,8 @@ pub const HOOKS: &[Hook] = &[
         name: "task_newtask",
         program: "task_newtask",
         fields: &[],
-        btf_args: Some(&["struct task_struct *", "u64"]),
+        // clone_flags became u64 in Linux 6.17; before, unsigned long (the same on 64-bit).
+        btf_args: Some(&["struct task_struct *", "u64|long unsigned int"]),
         group: HookGroup::Core,
     },
     Hook {
