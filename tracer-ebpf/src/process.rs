@@ -39,15 +39,11 @@ pub fn task_newtask(ctx: BtfTracePointContext) -> u32 {
 fn try_task_newtask(ctx: &BtfTracePointContext) -> Result<(), i32> {
     let child: Task = ctx.arg(0);
     let flags: u64 = ctx.arg(1);
-    // Every fork on the host passes here: a parent outside the containers has no entry. A
-    // thread of a process moved into a container has none of its own either (the move names
-    // the leader only): its leader's entry stands for it.
-    let current = current_task();
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let followed = TASK_STATE.get(current).is_some()
-        || (pid_tgid as u32 != (pid_tgid >> 32) as u32
-            // SAFETY: `current` is the current task's BTF pointer.
-            && TASK_STATE.get(unsafe { group_leader(current) }).is_some());
+    // Every fork on the host passes here: a parent outside the containers has no entry. (Nor
+    // has a thread of a process that was already multi-threaded when it was moved into a
+    // container, since the move names the leader only: what it forks is followed from its
+    // exec. Asking the leader here would cost every fork from a host thread another lookup.)
+    let followed = TASK_STATE.get(current_task()).is_some();
     let into_cgroup = flags & CLONE_INTO_CGROUP != 0;
     if !followed && !into_cgroup {
         return Ok(());
