@@ -361,6 +361,16 @@ pub struct TrackedTask {
     pub cgroup_id: u64,
 }
 
+/// Slots of the kernel's per-CPU `UNTRACKED` counters: what could not be followed.
+pub mod untracked {
+    /// cgroups, because the cgroup table was full.
+    pub const CGROUP: u32 = 0;
+    /// Tasks, because the kernel could not allocate their entry.
+    pub const TASK: u32 = 1;
+    /// Number of slots.
+    pub const COUNT: u32 = 2;
+}
+
 /// Bits of [`TrackedTask::flags`].
 pub mod task_flags {
     /// The kernel side keeps a [`SignalTrack`](super::SignalTrack) for this task's process (set

@@ -6,13 +6,14 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 use tracer_common::{
-    cgroup_state, kind, probe, AttachRecord, CgroupRecord, CGROUP_PATH_LEN, CGROUP_V2_HIERARCHY,
+    cgroup_state, kind, probe, untracked, AttachRecord, CgroupRecord, CGROUP_PATH_LEN,
+    CGROUP_V2_HIERARCHY,
 };
 
 use crate::state::{
     btf_read, cgroup_id, count_untracked, field, header, is_tracked_cgroup, read_data_loc_str,
     reserve, task_comm, task_ids, track_task, wakeup, Task, CGROUPS, CGROUP_ROOT,
-    CGROUP_ROOT_HIERARCHY_ID, TASK_STATE, UNTRACKED_CGROUP,
+    CGROUP_ROOT_HIERARCHY_ID, TASK_STATE,
 };
 
 // Field offsets in the tracepoints' records (see events/cgroup/*/format); the loader checks them
@@ -48,7 +49,7 @@ fn try_cgroup_dir(ctx: &TracePointContext, kind: u32, probe: u32) -> Result<(), 
     }
     if kind == kind::CGROUP_MKDIR {
         if CGROUPS.insert(id, cgroup_state::NEW, 0).is_err() {
-            count_untracked(UNTRACKED_CGROUP);
+            count_untracked(untracked::CGROUP);
         }
     } else {
         // Only the removal of a cgroup that was followed is of interest.

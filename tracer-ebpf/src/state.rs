@@ -15,7 +15,7 @@ use aya_ebpf::{
     programs::TracePointContext,
     EbpfContext, Global,
 };
-use tracer_common::{probe, EnvKey, Header, SignalTrack, TrackedTask, ENV_SCAN_LEN};
+use tracer_common::{probe, untracked, EnvKey, Header, SignalTrack, TrackedTask, ENV_SCAN_LEN};
 
 /// Records for user space. The loader sets the real size (`--ring-buffer-size`).
 #[map]
@@ -25,10 +25,10 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 #[map]
 pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(probe::COUNT, 0);
 
-/// Per-CPU counts of what could not be followed: cgroups because `CGROUPS` was full (slot 0),
-/// tasks because the kernel could not allocate their `TASK_STATE` entry (slot 1).
+/// Per-CPU counts of what could not be followed, by [`untracked`] slot: cgroups because
+/// `CGROUPS` was full, tasks because the kernel could not allocate their `TASK_STATE` entry.
 #[map]
-pub static UNTRACKED: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+pub static UNTRACKED: PerCpuArray<u64> = PerCpuArray::with_max_entries(untracked::COUNT, 0);
 
 /// v2 cgroups whose processes are followed, keyed by cgroup id. Every new v2 cgroup is added at
 /// mkdir (so a container's first process is never missed while user space decides), then user
@@ -310,10 +310,6 @@ pub fn count_lost(probe: u32) {
     }
 }
 
-/// Slots of `UNTRACKED`.
-pub const UNTRACKED_CGROUP: u32 = 0;
-pub const UNTRACKED_TASK: u32 = 1;
-
 #[inline(always)]
 pub fn count_untracked(what: u32) {
     if let Some(counter) = UNTRACKED.get_ptr_mut(what) {
@@ -396,7 +392,7 @@ pub fn track_task(task: Task, pid: u32, tgid: u32, cgroup_id: u64) -> Option<*mu
         cgroup_id,
     };
     let Some(entry) = TASK_STATE.get_or_insert(task, &mut init) else {
-        count_untracked(UNTRACKED_TASK);
+        count_untracked(untracked::TASK);
         return None;
     };
     // SAFETY: a live task-storage value; only its owner's programs and signal senders touch

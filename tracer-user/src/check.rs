@@ -62,12 +62,14 @@ pub fn run_checks() -> Vec<Requirement> {
         },
     ));
 
+    let btf = kernel_btf::open(Path::new(kernel_btf::VMLINUX_BTF));
     out.push(req(
         "kernel BTF",
-        kernel_btf::open(Path::new(kernel_btf::VMLINUX_BTF))
+        btf.as_ref()
+            .map_err(Clone::clone)
             .and_then(|btf| {
-                kernel_btf::globals(&btf)?;
-                let at = kernel_btf::field_offset(&btf, "task_struct", "exit_code")?;
+                kernel_btf::globals(btf)?;
+                let at = kernel_btf::field_offset(btf, "task_struct", "exit_code")?;
                 Ok(format!(
                     "{} (task_struct.exit_code at offset {at})",
                     kernel_btf::VMLINUX_BTF
@@ -100,7 +102,6 @@ pub fn run_checks() -> Vec<Requirement> {
             .map(|p| p.display().to_string())
             .map_err(|e| e.clone()),
     ));
-    let btf = kernel_btf::open(Path::new(kernel_btf::VMLINUX_BTF));
     for hook in HOOKS {
         let name = format!("tracepoint {}:{}", hook.category, hook.name);
         let result = match &tracefs {

@@ -9,7 +9,7 @@ use btf_rs::{Btf, BtfType, Type};
 /// Where the running kernel publishes its BTF.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BtfError {
     #[error(
         "kernel BTF not readable at {path} ({reason}); clawtrace needs a kernel built with \
@@ -206,16 +206,22 @@ fn resolve_through_modifiers(btf: &Btf, member: &dyn BtfType) -> Option<Type> {
 mod tests {
     use super::*;
 
-    /// Reads the running kernel's BTF where there is one; this is a plain unit test because
+    /// The running kernel's BTF where there is one. These are plain unit tests because
     /// /sys/kernel/btf/vmlinux is world-readable.
-    #[test]
-    fn finds_task_exit_code_in_running_kernel() {
+    fn running_kernel_btf() -> Option<Btf> {
         let path = Path::new(VMLINUX_BTF);
         if !path.exists() {
             eprintln!("skipping: no kernel BTF at {VMLINUX_BTF}");
-            return;
+            return None;
         }
-        let btf = Btf::from_file(path).unwrap();
+        Some(open(path).expect("kernel BTF"))
+    }
+
+    #[test]
+    fn finds_task_exit_code_in_running_kernel() {
+        let Some(btf) = running_kernel_btf() else {
+            return;
+        };
         let globals = globals(&btf).expect("globals");
         let get = |name: &str| {
             globals
@@ -247,12 +253,9 @@ mod tests {
 
     #[test]
     fn reads_btf_tracepoint_prototypes() {
-        let path = Path::new(VMLINUX_BTF);
-        if !path.exists() {
-            eprintln!("skipping: no kernel BTF at {VMLINUX_BTF}");
+        let Some(btf) = running_kernel_btf() else {
             return;
-        }
-        let btf = Btf::from_file(path).unwrap();
+        };
         assert_eq!(
             tracepoint_args(&btf, "sched_process_exit").unwrap()[0],
             "struct task_struct *"

@@ -15,8 +15,8 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
 };
 use tracer_common::{
-    cgroup_state, probe, DevicePrefix, EnvKey, TrackedTask, DEVICE_PREFIXES, DEVICE_PREFIX_LEN,
-    ENV_KEY_LEN,
+    cgroup_state, probe, untracked, DevicePrefix, EnvKey, TrackedTask, DEVICE_PREFIXES,
+    DEVICE_PREFIX_LEN, ENV_KEY_LEN,
 };
 
 use crate::{
@@ -290,12 +290,12 @@ impl Tracer {
 
     /// cgroups that could not be followed because the kernel's table was full.
     pub fn untracked_cgroups(&self) -> Result<u64> {
-        Ok(self.untracked.get(&0, 0)?.iter().sum())
+        Ok(self.untracked.get(&untracked::CGROUP, 0)?.iter().sum())
     }
 
     /// Tasks that could not be followed because the kernel could not allocate their entry.
     pub fn untracked_tasks(&self) -> Result<u64> {
-        Ok(self.untracked.get(&1, 0)?.iter().sum())
+        Ok(self.untracked.get(&untracked::TASK, 0)?.iter().sum())
     }
 
     /// Follows the processes of cgroup `id` (a container found by scanning, or one of its
