@@ -152,6 +152,23 @@ fn program_loaded(id: u32) -> bool {
         .success()
 }
 
+/// Reads clawtrace's stderr until its "tracing:" line (all programs attached). Returns the line
+/// and the stderr reader, which the caller keeps open until clawtrace has exited.
+fn await_tracing_line(
+    child: &mut std::process::Child,
+) -> (String, BufReader<std::process::ChildStderr>) {
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    while !line.contains("tracing:") {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).expect("stderr") > 0,
+            "clawtrace exited early"
+        );
+    }
+    (line, stderr)
+}
+
 #[test]
 fn without_mount_and_gpu_open_tracking_no_syscall_hook_is_loaded() {
     require_privileged!();
@@ -169,15 +186,7 @@ fn without_mount_and_gpu_open_tracking_no_syscall_hook_is_loaded() {
         .spawn()
         .expect("start clawtrace");
     let pid = child.id();
-    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
-    let mut line = String::new();
-    while !line.contains("tracing:") {
-        line.clear();
-        assert!(
-            stderr.read_line(&mut line).expect("stderr") > 0,
-            "clawtrace exited early"
-        );
-    }
+    let (line, _stderr) = await_tracing_line(&mut child);
     let core: Vec<_> = clawtrace::tracepoints::HOOKS
         .iter()
         .filter(|h| h.group == clawtrace::tracepoints::HookGroup::Core)
@@ -203,15 +212,7 @@ fn text_output_and_clean_stop_on_sigterm() {
         .spawn()
         .expect("start clawtrace");
     let pid = child.id();
-    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
-    let mut line = String::new();
-    while !line.contains("tracing:") {
-        line.clear();
-        assert!(
-            stderr.read_line(&mut line).expect("stderr") > 0,
-            "clawtrace exited early"
-        );
-    }
+    let (_, _stderr) = await_tracing_line(&mut child);
     let programs = programs_of(pid);
     assert_eq!(programs.len(), clawtrace::tracepoints::HOOKS.len());
     assert!(programs.iter().all(|&id| program_loaded(id)));
