@@ -150,7 +150,8 @@ fn a_full_ring_buffer_loses_records_and_counts_each_one() {
     let lost = tracer.lost_records().expect("lost counters");
     let execs = records
         .iter()
-        .filter(|r| matches!(r, Record::Exec(e) if pids.contains(&e.header.tgid) && e.header.cgroup_id == cgroup_id))
+        .filter_map(Record::exec)
+        .filter(|e| pids.contains(&e.header.tgid) && e.header.cgroup_id == cgroup_id)
         .count() as u64;
     let exits = records
         .iter()
@@ -208,24 +209,28 @@ fn reads_the_agent_variable_of_the_first_exec_even_if_it_exits_at_once() {
     assert_eq!(wait_status(&mut second), 0);
     cgroup.remove();
 
-    let is_env = |r: &Record| matches!(r, Record::InitEnv(e) if e.header.cgroup_id == cgroup_id);
     let second_pid = second.id();
     let records = collect(&mut tracer, |rs| {
         rs.iter()
             .any(|r| matches!(r, Record::Exit(e) if e.header.tgid == second_pid))
     });
-    let envs: Vec<_> = records.iter().filter(|r| is_env(r)).collect();
-    assert_eq!(envs.len(), 1, "only the first exec in the cgroup is read");
-    let Record::InitEnv(env) = envs[0] else {
-        unreachable!()
-    };
-    assert_eq!(env.header.tgid, first.id());
-    assert_eq!(sized_str(&env.value, env.value_len), "nemo_claw \"quoted\"");
-    // It comes before that process's exec record.
-    let env_at = records.iter().position(is_env).unwrap();
-    let exec_at = records
+    let execs: Vec<_> = records
         .iter()
-        .position(|r| matches!(r, Record::Exec(e) if e.header.tgid == first.id()))
-        .expect("exec record");
-    assert!(env_at < exec_at);
+        .filter(|r| r.exec().is_some_and(|e| e.header.cgroup_id == cgroup_id))
+        .collect();
+    assert_eq!(execs.len(), 2, "one exec record per process");
+    // The value travels in the first process's exec record; the second exec is bare.
+    let Record::ExecEnv(env) = execs[0] else {
+        panic!("the first exec carries no value: {:?}", execs[0])
+    };
+    assert_eq!(env.exec.header.tgid, first.id());
+    assert_eq!(
+        sized_str(&env.env.value, env.env.value_len),
+        "nemo_claw \"quoted\""
+    );
+    assert!(
+        matches!(execs[1], Record::Exec(e) if e.header.tgid == second_pid),
+        "only the first exec in the cgroup is read: {:?}",
+        execs[1]
+    );
 }

@@ -78,7 +78,11 @@ fn touch_strings(record: &Record) {
             drop(c_str(&r.sender_comm));
             drop(c_str(&r.target_comm));
         }
-        Record::InitEnv(r) => drop(sized_str(&r.value, r.value_len)),
+        Record::ExecEnv(r) => {
+            drop(c_str(&r.exec.comm));
+            drop(sized_str(&r.exec.filename, r.exec.filename_len));
+            drop(sized_str(&r.env.value, r.env.value_len));
+        }
         _ => {}
     }
 }

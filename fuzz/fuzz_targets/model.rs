@@ -27,7 +27,7 @@ use libfuzzer_sys::{
     fuzz_target,
 };
 use tracer_common::{
-    kind, AttachRecord, CgroupRecord, ExecRecord, ExitRecord, Header, InitEnvRecord, OomRecord,
+    kind, AttachRecord, CgroupRecord, ExecEnvRecord, ExecRecord, ExitRecord, Header, OomRecord,
     SignalRecord, CGROUP_PATH_LEN,
 };
 
@@ -184,7 +184,7 @@ fn step(
         4 => record::<ExitRecord>(u, kind::PROCESS_EXIT)?,
         5 => record::<SignalRecord>(u, kind::SIGNAL)?,
         6 => record::<OomRecord>(u, kind::OOM_MARK)?,
-        7 => record::<InitEnvRecord>(u, kind::INIT_ENV)?,
+        7 => record::<ExecEnvRecord>(u, kind::PROCESS_EXEC)?,
         8 => {
             *now = now.saturating_add(u.int_in_range(0..=60_000_000_000u64)?);
             let at = if u.ratio(1, 16)? {
@@ -247,7 +247,10 @@ fn step(
             r.victim_tgid = small_pid(u)?;
             r.victim_cgroup_id = small_cgroup(u)?;
         }
-        Record::InitEnv(r) => header(u, &mut r.header, now)?,
+        Record::ExecEnv(r) => {
+            header(u, &mut r.exec.header, now)?;
+            r.exec.old_pid = small_pid(u)?;
+        }
         // Kinds added later go through the raw case above.
         _ => {}
     }

@@ -27,7 +27,7 @@ pub const DEVICE_PATH_LEN: usize = 64;
 pub const DEVICE_PREFIXES: u32 = 4;
 /// Bytes of one device path prefix.
 pub const DEVICE_PREFIX_LEN: usize = 48;
-/// Bytes of an environment variable's value carried in an [`InitEnvRecord`].
+/// Bytes of an environment variable's value carried in an [`EnvValue`].
 pub const ENV_VALUE_LEN: usize = 256;
 /// Bytes of the `NAME=` prefix of the environment variable the kernel looks for.
 pub const ENV_KEY_LEN: usize = 64;
@@ -46,7 +46,8 @@ pub mod kind {
     pub const PROCESS_EXIT: u32 = 5;
     pub const SIGNAL: u32 = 6;
     pub const OOM_MARK: u32 = 7;
-    pub const INIT_ENV: u32 = 8;
+    // 8 was a separate record for the init's environment variable, now an exec record's tail
+    // ([`super::ExecEnvRecord`]).
     pub const MOUNT: u32 = 9;
     pub const DEVICE_OPEN: u32 = 10;
 }
@@ -326,15 +327,24 @@ pub struct DevicePrefix {
 
 /// The value of one environment variable (the agent name, `AGENT_NAME` by default) of the first
 /// process to exec in a followed cgroup, read from its new image's environment by the kernel
-/// side before the exec record, so it is known even when the process exits at once.
+/// side at the exec, so it is known even when the process exits at once.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub struct InitEnvRecord {
-    pub header: Header,
+pub struct EnvValue {
     /// Bytes of `value` in use; `ENV_VALUE_LEN` means truncated.
     pub value_len: u32,
     pub _reserved: u32,
     pub value: [u8; ENV_VALUE_LEN],
+}
+
+/// `sched:sched_process_exec` of the first process in a followed cgroup whose new image has the
+/// variable: the exec record with the value after it, in one ring-buffer record. (Every other
+/// exec travels as a bare [`ExecRecord`]; the length tells them apart.)
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExecEnvRecord {
+    pub exec: ExecRecord,
+    pub env: EnvValue,
 }
 
 /// The `NAME=` prefix of the environment variable to look for, set by the loader.
@@ -442,7 +452,8 @@ const _: () = {
     assert!(size_of::<SignalRecord>() == 32 + 32 + 2 * COMM_LEN);
     assert!(size_of::<OomRecord>() == 32 + 32);
     assert!(size_of::<TrackedTask>() == 24);
-    assert!(size_of::<InitEnvRecord>() == 32 + 8 + ENV_VALUE_LEN);
+    assert!(size_of::<EnvValue>() == 8 + ENV_VALUE_LEN);
+    assert!(size_of::<ExecEnvRecord>() == size_of::<ExecRecord>() + size_of::<EnvValue>());
     assert!(size_of::<EnvKey>() == 8 + ENV_KEY_LEN);
     assert!(size_of::<DeviceOpenRecord>() == 32 + 8 + COMM_LEN + DEVICE_PATH_LEN);
     assert!(size_of::<DevicePrefix>() == 8 + DEVICE_PREFIX_LEN);

@@ -10,8 +10,8 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 use tracer_common::{
-    cgroup_state, exit_flags, kind, probe, task_flags, ExecRecord, ExitRecord, InitEnvRecord,
-    ENV_KEY_LEN, ENV_SCAN_LEN, ENV_VALUE_LEN, EXIT_RECORD_SHORT_LEN, FILENAME_LEN,
+    cgroup_state, exit_flags, kind, probe, task_flags, EnvValue, ExecEnvRecord, ExecRecord,
+    ExitRecord, ENV_KEY_LEN, ENV_SCAN_LEN, ENV_VALUE_LEN, EXIT_RECORD_SHORT_LEN, FILENAME_LEN,
 };
 
 use crate::state::{
@@ -89,9 +89,7 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i32> {
         *state = cgroup_state::STARTED;
         first
     };
-    if first {
-        report_init_env(&head);
-    }
+    let found = first && scan_init_env();
 
     // Keep what is known of the task current, and follow from here a task in a followed cgroup
     // that is not followed yet (its entry could not be allocated, or it was forked before the
@@ -107,57 +105,91 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i32> {
         }
     }
 
+    if found {
+        // The value travels in the exec record: one ring-buffer record per container start.
+        let Some(mut entry) = reserve::<ExecEnvRecord>(probe::PROCESS_EXEC) else {
+            return Ok(());
+        };
+        let record = entry.as_mut_ptr();
+        // SAFETY: `record` points to reserved ring-buffer space of the record's size; every
+        // field is written before submit.
+        unsafe {
+            fill_exec(ctx, core::ptr::addr_of_mut!((*record).exec), &head, old_pid);
+            fill_env(core::ptr::addr_of_mut!((*record).env));
+        }
+        entry.submit(wakeup::<ExecEnvRecord>());
+        return Ok(());
+    }
     let Some(mut entry) = reserve::<ExecRecord>(probe::PROCESS_EXEC) else {
         return Ok(());
     };
-    let record = entry.as_mut_ptr();
-    // SAFETY: `record` points to reserved ring-buffer space of the record's size; every field is
-    // written before submit.
+    // SAFETY: as above.
+    unsafe { fill_exec(ctx, entry.as_mut_ptr(), &head, old_pid) };
+    entry.submit(wakeup::<ExecRecord>());
+    Ok(())
+}
+
+/// Writes every field of an [`ExecRecord`] about the running task.
+///
+/// # Safety
+/// `record` must be valid for writes of an `ExecRecord`.
+#[inline(always)]
+unsafe fn fill_exec(
+    ctx: &TracePointContext,
+    record: *mut ExecRecord,
+    head: &tracer_common::Header,
+    old_pid: u32,
+) {
+    // SAFETY: per the contract.
     unsafe {
-        (*record).header = head;
+        (*record).header = *head;
         (*record).old_pid = old_pid;
         (*record).comm = bpf_get_current_comm().unwrap_or_default();
         let filename = core::ptr::addr_of_mut!((*record).filename).cast::<u8>();
         (*record).filename_len =
             read_data_loc_str(ctx, EXEC_FILENAME, filename, FILENAME_LEN as u32);
     }
-    entry.submit(wakeup::<ExecRecord>());
-    Ok(())
 }
 
 /// Environment strings looked at, at most.
 const MAX_ENV_STRINGS: u32 = 128;
 
+/// Looks for the agent-name variable in the running task's environment. When found, its whole
+/// string (`NAME=value`, up to `ENV_SCAN_LEN` bytes) and where the value starts are in this
+/// CPU's `ENV_SCRATCH` slot. (A subprogram of its own; it answers a plain yes or no, so that
+/// the verifier walks the caller's rest once for each, not once per way through the loop.)
 #[inline(never)]
-fn report_init_env(head: &tracer_common::Header) {
+fn scan_init_env() -> bool {
     let Some(key) = ENV_KEY.get(0) else {
-        return;
+        return false;
     };
     let key_len = key.len as usize;
     if key_len == 0 || key_len > ENV_KEY_LEN {
-        return;
+        return false;
     }
     // SAFETY: typed loads from the running task: `mm` is its mm_struct pointer (null for a
     // kernel thread), `env_start` and `env_end` are unsigned longs of it.
     let (mut at, end) = unsafe {
         let mm: *const u8 = btf_read(current_task(), &TASK_MM);
         if mm.is_null() {
-            return;
+            return false;
         }
         (
             btf_read::<u64, _>(mm, &MM_ENV_START),
             btf_read::<u64, _>(mm, &MM_ENV_END),
         )
     };
-    let Some(buf) = ENV_SCRATCH.get_ptr_mut(0) else {
-        return;
+    let Some(scan) = ENV_SCRATCH.get_ptr_mut(0) else {
+        return false;
     };
+    // SAFETY: this CPU's scratch slot, valid for the program's run.
+    let buf = unsafe { core::ptr::addr_of_mut!((*scan).buf) };
     // A string longer than the buffer is read in pieces; only a piece that starts a string can
     // be the variable.
     let mut continuing = false;
     for _ in 0..MAX_ENV_STRINGS {
         if at == 0 || at >= end {
-            return;
+            return false;
         }
         // SAFETY: `buf` is this CPU's scratch slot of ENV_SCAN_LEN bytes; the helper bounds the
         // copy by that size and reads user memory of the current (just exec'd) image safely.
@@ -169,19 +201,24 @@ fn report_init_env(head: &tracer_common::Header) {
             )
         };
         if n <= 0 {
-            return;
+            return false;
         }
         let n = n as usize;
         // SAFETY: as above; the helper wrote `n` bytes (with the NUL) into `buf`.
         let bytes = unsafe { &*buf };
         if !continuing && n > key_len && starts_with(bytes, &key.prefix, key_len) {
-            emit_env(head, bytes, key_len, n - 1);
-            return;
+            // SAFETY: as above.
+            unsafe {
+                (*scan).key_len = key_len as u32;
+                (*scan).len = (n - 1) as u32;
+            }
+            return true;
         }
         // `n` counts the NUL; a full buffer means the string goes on past it.
         continuing = n == ENV_SCAN_LEN;
         at += if continuing { (n - 1) as u64 } else { n as u64 };
     }
+    false
 }
 
 #[inline(always)]
@@ -197,26 +234,34 @@ fn starts_with(bytes: &[u8; ENV_SCAN_LEN], prefix: &[u8; ENV_KEY_LEN], len: usiz
     true
 }
 
-/// Writes the variable's value: `bytes[key_len..len]`.
-fn emit_env(head: &tracer_common::Header, bytes: &[u8; ENV_SCAN_LEN], key_len: usize, len: usize) {
-    let Some(mut entry) = reserve::<InitEnvRecord>(probe::PROCESS_EXEC) else {
-        return;
-    };
-    let value_len = len.saturating_sub(key_len).min(ENV_VALUE_LEN);
-    let record = entry.as_mut_ptr();
-    // SAFETY: `record` points to reserved ring-buffer space of the record's size; the copy is
-    // bounded by ENV_VALUE_LEN on both sides (key_len <= ENV_KEY_LEN, and the scratch holds
-    // ENV_KEY_LEN + ENV_VALUE_LEN bytes).
+/// Writes the value [`scan_init_env`] found, from the scratch slot: the string's bytes after the
+/// key.
+///
+/// # Safety
+/// `env` must be valid for writes of an `EnvValue`.
+#[inline(always)]
+unsafe fn fill_env(env: *mut EnvValue) {
+    // SAFETY: per the contract; the scratch slot is this CPU's, valid for the program's run. The
+    // copy reads ENV_VALUE_LEN bytes from offset key_len <= ENV_KEY_LEN of the ENV_KEY_LEN +
+    // ENV_VALUE_LEN bytes of the buffer (what lies past the string is dropped by user space,
+    // which keeps `value_len` bytes).
     unsafe {
-        (*record).header = *head;
-        (*record).header.kind = kind::INIT_ENV;
-        (*record).value_len = value_len as u32;
-        (*record)._reserved = 0;
-        let dst = core::ptr::addr_of_mut!((*record).value).cast::<u8>();
-        let src = bytes.as_ptr().wrapping_add(key_len);
-        let _ = bpf_probe_read_kernel_buf(src, core::slice::from_raw_parts_mut(dst, ENV_VALUE_LEN));
+        (*env)._reserved = 0;
+        let dst = core::ptr::addr_of_mut!((*env).value).cast::<u8>();
+        let dst = core::slice::from_raw_parts_mut(dst, ENV_VALUE_LEN);
+        let Some(scan) = ENV_SCRATCH.get_ptr(0) else {
+            (*env).value_len = 0;
+            dst.fill(0);
+            return;
+        };
+        let key_len = ((*scan).key_len as usize).min(ENV_KEY_LEN);
+        let len = ((*scan).len as usize).min(ENV_SCAN_LEN);
+        (*env).value_len = len.saturating_sub(key_len).min(ENV_VALUE_LEN) as u32;
+        let src = core::ptr::addr_of!((*scan).buf)
+            .cast::<u8>()
+            .wrapping_add(key_len);
+        let _ = bpf_probe_read_kernel_buf(src, dst);
     }
-    entry.submit(wakeup::<InitEnvRecord>());
 }
 
 #[tracepoint]

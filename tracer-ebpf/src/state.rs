@@ -249,9 +249,18 @@ pub static SCRATCH: PerCpuArray<SignalTrack> = PerCpuArray::with_max_entries(1, 
 #[map]
 pub static ENV_KEY: Array<EnvKey> = Array::with_max_entries(1, 0);
 
-/// Scratch space for one environment string while scanning.
+/// One environment string while scanning, and where the variable's value is in it once found.
+#[repr(C)]
+pub struct EnvScan {
+    /// Bytes of the `NAME=` prefix, then of the whole string (without its NUL), in `buf`.
+    pub key_len: u32,
+    pub len: u32,
+    pub buf: [u8; ENV_SCAN_LEN],
+}
+
+/// This CPU's [`EnvScan`].
 #[map]
-pub static ENV_SCRATCH: PerCpuArray<[u8; ENV_SCAN_LEN]> = PerCpuArray::with_max_entries(1, 0);
+pub static ENV_SCRATCH: PerCpuArray<EnvScan> = PerCpuArray::with_max_entries(1, 0);
 
 /// Reads a `T` at `offset` of a tracepoint's record directly (no helper call): for the hot
 /// programs' first fields, with offsets checked by the loader against the format files.

@@ -20,11 +20,11 @@ use clawtrace::{
     },
     model::{Model, ModelConfig, Output},
     output,
-    replay::{self, cgroup, comm, exec, exit, header, HOST_CGROUP, RUNTIME_PID},
+    replay::{self, cgroup, comm, exec, exec_with_env, exit, header, HOST_CGROUP, RUNTIME_PID},
     sys::WallClock,
 };
 use criterion::{criterion_group, Criterion, Throughput};
-use tracer_common::{kind, AttachRecord, InitEnvRecord, SignalOrigin, ENV_VALUE_LEN};
+use tracer_common::{kind, AttachRecord, SignalOrigin};
 
 /// Containers in the recorded stream.
 const CONTAINERS: u64 = 2_000;
@@ -57,9 +57,7 @@ fn container(i: u64, start_ns: u64, keep: bool) -> Vec<Record> {
         t += MS;
         t
     };
-    let mut value = [0u8; ENV_VALUE_LEN];
     let agent = format!("agent-{}", i % 16);
-    value[..agent.len()].copy_from_slice(agent.as_bytes());
     let mut records = vec![
         cgroup(kind::CGROUP_MKDIR, start_ns, cg, &path),
         Record::Attach(AttachRecord {
@@ -69,13 +67,7 @@ fn container(i: u64, start_ns: u64, keep: bool) -> Vec<Record> {
             _reserved: 0,
             target_comm: comm("runc:[2:INIT]"),
         }),
-        Record::InitEnv(InitEnvRecord {
-            header: header(kind::INIT_ENV, tick(), init, cg),
-            value_len: agent.len() as u32,
-            _reserved: 0,
-            value,
-        }),
-        exec(tick(), cg, init, "/usr/bin/agent"),
+        exec_with_env(tick(), cg, init, "/usr/bin/agent", &agent),
     ];
     if keep {
         return records;

@@ -4,8 +4,8 @@
 use std::mem::size_of;
 
 use tracer_common::{
-    exit_flags, kind, AttachRecord, CgroupRecord, DeviceOpenRecord, ExecRecord, ExitRecord, Header,
-    InitEnvRecord, MountRecord, OomRecord, SignalRecord, SignalTrack, EXIT_RECORD_SHORT_LEN,
+    exit_flags, kind, AttachRecord, CgroupRecord, DeviceOpenRecord, ExecEnvRecord, ExecRecord,
+    ExitRecord, Header, MountRecord, OomRecord, SignalRecord, SignalTrack, EXIT_RECORD_SHORT_LEN,
 };
 
 /// One decoded record.
@@ -15,10 +15,11 @@ pub enum Record {
     CgroupRmdir(CgroupRecord),
     Attach(AttachRecord),
     Exec(ExecRecord),
+    /// The first exec in a container, with the agent-name variable of its environment.
+    ExecEnv(ExecEnvRecord),
     Exit(ExitRecord),
     Signal(SignalRecord),
     Oom(OomRecord),
-    InitEnv(InitEnvRecord),
     Mount(MountRecord),
     DeviceOpen(DeviceOpenRecord),
 }
@@ -93,6 +94,20 @@ fn read_exit(bytes: &[u8]) -> Result<ExitRecord, DecodeError> {
     Ok(record)
 }
 
+/// An exec record: bare, or with the environment value after it. Bytes after a bare record that
+/// do not make a whole value are ignored, as after any record.
+fn read_exec(bytes: &[u8]) -> Result<Record, DecodeError> {
+    if bytes.len() < size_of::<ExecEnvRecord>() {
+        return Ok(Record::Exec(read(bytes, kind::PROCESS_EXEC)?));
+    }
+    let mut record: ExecEnvRecord = read(bytes, kind::PROCESS_EXEC)?;
+    // The kernel copies a fixed-size window of its scan buffer; only `value_len` bytes are the
+    // value, and nothing past them (another variable's bytes) is kept.
+    let len = (record.env.value_len as usize).min(record.env.value.len());
+    record.env.value[len..].fill(0);
+    Ok(Record::ExecEnv(record))
+}
+
 impl Record {
     pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         if bytes.len() < size_of::<Header>() {
@@ -107,11 +122,10 @@ impl Record {
             kind::CGROUP_MKDIR => Record::CgroupMkdir(read(bytes, k)?),
             kind::CGROUP_RMDIR => Record::CgroupRmdir(read(bytes, k)?),
             kind::CGROUP_ATTACH => Record::Attach(read(bytes, k)?),
-            kind::PROCESS_EXEC => Record::Exec(read(bytes, k)?),
+            kind::PROCESS_EXEC => read_exec(bytes)?,
             kind::PROCESS_EXIT => Record::Exit(read_exit(bytes)?),
             kind::SIGNAL => Record::Signal(read(bytes, k)?),
             kind::OOM_MARK => Record::Oom(read(bytes, k)?),
-            kind::INIT_ENV => Record::InitEnv(read(bytes, k)?),
             kind::MOUNT => Record::Mount(read(bytes, k)?),
             kind::DEVICE_OPEN => Record::DeviceOpen(read(bytes, k)?),
             other => return Err(DecodeError::UnknownKind(other)),
@@ -123,12 +137,21 @@ impl Record {
             Record::CgroupMkdir(r) | Record::CgroupRmdir(r) => &r.header,
             Record::Attach(r) => &r.header,
             Record::Exec(r) => &r.header,
+            Record::ExecEnv(r) => &r.exec.header,
             Record::Exit(r) => &r.header,
             Record::Signal(r) => &r.header,
             Record::Oom(r) => &r.header,
-            Record::InitEnv(r) => &r.header,
             Record::Mount(r) => &r.header,
             Record::DeviceOpen(r) => &r.header,
+        }
+    }
+
+    /// The exec record, bare or with the environment value after it.
+    pub fn exec(&self) -> Option<&ExecRecord> {
+        match self {
+            Record::Exec(r) => Some(r),
+            Record::ExecEnv(r) => Some(&r.exec),
+            _ => None,
         }
     }
 
@@ -138,11 +161,10 @@ impl Record {
             Record::CgroupMkdir(_) => "cgroup_mkdir",
             Record::CgroupRmdir(_) => "cgroup_rmdir",
             Record::Attach(_) => "cgroup_attach",
-            Record::Exec(_) => "exec",
+            Record::Exec(_) | Record::ExecEnv(_) => "exec",
             Record::Exit(_) => "exit",
             Record::Signal(_) => "signal",
             Record::Oom(_) => "oom_mark",
-            Record::InitEnv(_) => "init_env",
             Record::Mount(_) => "mount",
             Record::DeviceOpen(_) => "device_open",
         }
@@ -161,6 +183,7 @@ impl Record {
             Record::CgroupMkdir(r) | Record::CgroupRmdir(r) => bytes_of(r),
             Record::Attach(r) => bytes_of(r),
             Record::Exec(r) => bytes_of(r),
+            Record::ExecEnv(r) => bytes_of(r),
             Record::Exit(r) if r.flags & exit_flags::HAS_TRACK == 0 => {
                 let mut bytes = bytes_of(r);
                 bytes.truncate(EXIT_RECORD_SHORT_LEN);
@@ -169,7 +192,6 @@ impl Record {
             Record::Exit(r) => bytes_of(r),
             Record::Signal(r) => bytes_of(r),
             Record::Oom(r) => bytes_of(r),
-            Record::InitEnv(r) => bytes_of(r),
             Record::Mount(r) => bytes_of(r),
             Record::DeviceOpen(r) => bytes_of(r),
         }
@@ -192,8 +214,8 @@ pub fn sized_str(bytes: &[u8], len: u32) -> String {
 mod tests {
     use super::*;
     use tracer_common::{
-        mount_call, SignalOrigin, SignalTrack, CGROUP_PATH_LEN, COMM_LEN, DEVICE_PATH_LEN,
-        ENV_VALUE_LEN, FILENAME_LEN, MOUNT_PATH_LEN, MOUNT_TYPE_LEN,
+        mount_call, EnvValue, SignalOrigin, SignalTrack, CGROUP_PATH_LEN, COMM_LEN,
+        DEVICE_PATH_LEN, ENV_VALUE_LEN, FILENAME_LEN, MOUNT_PATH_LEN, MOUNT_TYPE_LEN,
     };
 
     fn head(kind: u32) -> Header {
@@ -313,14 +335,22 @@ mod tests {
                     p
                 },
             }),
-            Record::InitEnv(InitEnvRecord {
-                header: head(kind::INIT_ENV),
-                value_len: 9,
-                _reserved: 0,
-                value: {
-                    let mut v = [0u8; ENV_VALUE_LEN];
-                    v[..9].copy_from_slice(b"nemo_claw");
-                    v
+            Record::ExecEnv(ExecEnvRecord {
+                exec: ExecRecord {
+                    header: head(kind::PROCESS_EXEC),
+                    old_pid: 42,
+                    filename_len: 7,
+                    comm: comm("sh"),
+                    filename,
+                },
+                env: EnvValue {
+                    value_len: 9,
+                    _reserved: 0,
+                    value: {
+                        let mut v = [0u8; ENV_VALUE_LEN];
+                        v[..9].copy_from_slice(b"nemo_claw");
+                        v
+                    },
                 },
             }),
         ]
@@ -334,7 +364,7 @@ mod tests {
         kinds.dedup();
         assert_eq!(
             kinds,
-            (1..=10).collect::<Vec<_>>(),
+            (1..=10).filter(|&k| k != 8).collect::<Vec<_>>(),
             "a record kind lacks a sample"
         );
         for record in samples {
@@ -404,6 +434,39 @@ mod tests {
     }
 
     #[test]
+    fn an_exec_carries_the_init_env_value_and_nothing_past_it() {
+        let Some(Record::ExecEnv(mut rec)) = samples()
+            .into_iter()
+            .find(|r| matches!(r, Record::ExecEnv(_)))
+        else {
+            panic!("no exec-with-env sample")
+        };
+        // The kernel copies a fixed window of its scan buffer: other variables' bytes follow.
+        rec.env.value[9..20].copy_from_slice(b"\0SECRET=xyz");
+        let bytes = Record::ExecEnv(rec).to_bytes();
+        let Ok(Record::ExecEnv(back)) = Record::decode(&bytes) else {
+            panic!("exec with env not decoded as such")
+        };
+        assert_eq!(sized_str(&back.env.value, back.env.value_len), "nemo_claw");
+        assert!(back.env.value[9..].iter().all(|&b| b == 0), "tail kept");
+        assert_eq!(back.exec.header.kind, kind::PROCESS_EXEC);
+        assert_eq!(
+            sized_str(&back.exec.filename, back.exec.filename_len),
+            "/bin/sh"
+        );
+        // The bare exec (the record's first part) decodes as a plain exec.
+        let bare = &bytes[..size_of::<ExecRecord>()];
+        assert!(matches!(Record::decode(bare), Ok(Record::Exec(e)) if e.old_pid == 42));
+        // The retired init-env kind is unknown.
+        let mut retired = bytes.clone();
+        retired[..4].copy_from_slice(&8u32.to_ne_bytes());
+        assert_eq!(
+            Record::decode(&retired).unwrap_err(),
+            DecodeError::UnknownKind(8)
+        );
+    }
+
+    #[test]
     fn refuses_short_and_unknown_records() {
         assert_eq!(
             Record::decode(&[0u8; 8]).unwrap_err(),
@@ -412,6 +475,13 @@ mod tests {
         for record in samples() {
             let bytes = record.to_bytes();
             let cut = &bytes[..bytes.len() - 1];
+            if let Record::ExecEnv(r) = record {
+                // Without a whole value it is the bare exec it starts with.
+                assert!(
+                    matches!(Record::decode(cut), Ok(Record::Exec(e)) if e.filename == r.exec.filename)
+                );
+                continue;
+            }
             assert!(
                 matches!(Record::decode(cut), Err(DecodeError::Short { got, need, .. }) if got + 1 == need),
                 "{}",

@@ -7,8 +7,8 @@ use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 use tracer_common::{
-    mount_call, AttachRecord, CgroupRecord, DeviceOpenRecord, ExecRecord, ExitRecord,
-    InitEnvRecord, MountRecord, OomRecord, SignalRecord,
+    mount_call, AttachRecord, CgroupRecord, DeviceOpenRecord, EnvValue, ExecRecord, ExitRecord,
+    Header, MountRecord, OomRecord, SignalRecord,
 };
 
 use crate::{
@@ -431,10 +431,13 @@ impl<R: Recognize> Model<R> {
             Record::CgroupRmdir(r) => self.on_rmdir(r, out),
             Record::Attach(r) => self.on_attach(r),
             Record::Exec(r) => self.on_exec(r, out),
+            Record::ExecEnv(r) => {
+                self.on_init_env(&r.exec.header, &r.env);
+                self.on_exec(&r.exec, out);
+            }
             Record::Signal(r) => self.on_signal(r, out),
             Record::Oom(r) => self.on_oom(r, out),
             Record::Exit(r) => self.on_exit(r, out),
-            Record::InitEnv(r) => self.on_init_env(r),
             Record::Mount(r) => self.on_mount(r, out),
             Record::DeviceOpen(r) => self.on_device_open(r, out),
         }
@@ -577,17 +580,17 @@ impl<R: Recognize> Model<R> {
         }
     }
 
-    fn on_init_env(&mut self, r: &InitEnvRecord) {
+    fn on_init_env(&mut self, header: &Header, env: &EnvValue) {
         let Some(c) = self
             .owner
-            .get(&r.header.cgroup_id)
+            .get(&header.cgroup_id)
             .and_then(|id| self.containers.get_mut(id))
         else {
             return;
         };
-        let len = (r.value_len as usize).min(r.value.len());
+        let len = (env.value_len as usize).min(env.value.len());
         c.init_env
-            .get_or_insert((r.header.tgid, r.value[..len].to_vec()));
+            .get_or_insert((header.tgid, env.value[..len].to_vec()));
     }
 
     fn on_exec(&mut self, r: &ExecRecord, out: &mut Output) {

@@ -2,8 +2,9 @@
 //! the model's tests, the pipeline benchmark and the fuzz targets build their streams here.
 
 use tracer_common::{
-    exit_flags, kind, AttachRecord, CgroupRecord, ExecRecord, ExitRecord, Header, SignalOrigin,
-    SignalRecord, SignalTrack, CGROUP_PATH_LEN, COMM_LEN, FILENAME_LEN,
+    exit_flags, kind, AttachRecord, CgroupRecord, EnvValue, ExecEnvRecord, ExecRecord, ExitRecord,
+    Header, SignalOrigin, SignalRecord, SignalTrack, CGROUP_PATH_LEN, COMM_LEN, ENV_VALUE_LEN,
+    FILENAME_LEN,
 };
 
 use crate::decode::Record;
@@ -64,16 +65,33 @@ pub fn attach(ts_ns: u64, cgroup_id: u64, pid: u32) -> Record {
 
 /// `pid` exec'ing `file` in cgroup `cgroup_id`.
 pub fn exec(ts_ns: u64, cgroup_id: u64, pid: u32, file: &str) -> Record {
+    Record::Exec(exec_record(ts_ns, cgroup_id, pid, file))
+}
+
+fn exec_record(ts_ns: u64, cgroup_id: u64, pid: u32, file: &str) -> ExecRecord {
     let mut filename = [0u8; FILENAME_LEN];
     let n = file.len().min(FILENAME_LEN);
     filename[..n].copy_from_slice(&file.as_bytes()[..n]);
-    Record::Exec(ExecRecord {
+    ExecRecord {
         header: header(kind::PROCESS_EXEC, ts_ns, pid, cgroup_id),
         old_pid: pid,
         filename_len: n as u32,
         comm: comm(file.rsplit('/').next().unwrap_or(file)),
         filename,
-    })
+    }
+}
+
+/// The exec of a container's init whose environment has the agent-name variable, `value`.
+pub fn exec_with_env(ts_ns: u64, cgroup_id: u64, pid: u32, file: &str, value: &str) -> Record {
+    let exec = exec_record(ts_ns, cgroup_id, pid, file);
+    let mut env = EnvValue {
+        value_len: value.len().min(ENV_VALUE_LEN) as u32,
+        _reserved: 0,
+        value: [0; ENV_VALUE_LEN],
+    };
+    env.value[..env.value_len as usize]
+        .copy_from_slice(&value.as_bytes()[..env.value_len as usize]);
+    Record::ExecEnv(ExecEnvRecord { exec, env })
 }
 
 /// `from` (in `from_cgroup`) sending `sig` with si_code `code` to `to` (in `to_cgroup`).
