@@ -531,6 +531,7 @@ fn storm(env: &Env, _ctx: &Ctx) -> Result<Vec<Section>> {
     )?;
     let cpu = cpu_seconds(tracer.pid())? - cpu_before;
     let host = host_probe_costs(env, &ids)?;
+    let reference = storm_reference_costs(env, &ids, &format!("r{}", env.pid))?;
     let stopped = tracer.stop()?;
     if !stopped.status.success() {
         bail!(
@@ -693,7 +694,7 @@ fn storm(env: &Env, _ctx: &Ctx) -> Result<Vec<Section>> {
          SIGKILL), the programs' filtering fast path. The statistics add two clock reads to every \
          run; the reference programs below show what this kernel charges for next to nothing.\n\n\
          | program | storm runs | storm ns/run | host runs | host ns/run | target |\n|---|---|---|---|---|---|\n",
-        host.seconds, host.processes
+        host.seconds, host.work
     );
     let mut checks = Vec::new();
     let mut programs = Vec::new();
@@ -753,7 +754,7 @@ fn storm(env: &Env, _ctx: &Ctx) -> Result<Vec<Section>> {
     }
     let mut references = Vec::new();
     let _ = writeln!(md, "\nReference programs (bpftrace, same interval as *host*):\n\n| reference | runs | ns/run |\n|---|---|---|");
-    for (name, runs, ns) in probes::delta(&host.calibration_before, &host.calibration_after) {
+    for (name, runs, ns) in probes::delta(&host.peer_before, &host.peer_after) {
         let what = tracer::CALIBRATION_PROGRAMS
             .iter()
             .find(|(n, _)| *n == name)
@@ -769,6 +770,45 @@ fn storm(env: &Env, _ctx: &Ctx) -> Result<Vec<Section>> {
                 None,
             ));
         }
+    }
+    let _ = writeln!(
+        md,
+        "\nWriting records, side by side: {:.0} s more of the storm with bpftrace also attached, \
+         running a script that prints one line per fork, exit and signal (`printf`, bpftrace's \
+         usual way to report an event). Both tools' programs, same interval:\n\n\
+         | hook | clawtrace runs | clawtrace ns/run | bpftrace `printf` runs | bpftrace ns/run |\n|---|---|---|---|---|",
+        reference.seconds
+    );
+    let clawtrace_rows = probes::delta(&reference.before, &reference.after);
+    let peer_rows = probes::delta(&reference.peer_before, &reference.peer_after);
+    let mut side_by_side = Vec::new();
+    for (peer_name, probe, what) in tracer::STORM_REFERENCE_PROGRAMS {
+        let (ours_runs, ours_ns) = clawtrace_rows
+            .iter()
+            .find(|(n, _, _)| n == probe)
+            .map_or((0, 0), |(_, r, t)| (*r, *t));
+        let (peer_runs, peer_ns) = peer_rows
+            .iter()
+            .find(|(n, _, _)| n == peer_name)
+            .map_or((0, 0), |(_, r, t)| (*r, *t));
+        let _ = writeln!(
+            md,
+            "| {what} | {ours_runs} | {:.0} | {peer_runs} | {:.0} |",
+            avg(ours_runs, ours_ns),
+            avg(peer_runs, peer_ns)
+        );
+        checks.push(Check::new(
+            "3 probes",
+            format!("reference: bpftrace printf, {what} ns/run, storm"),
+            format!("{:.0}", avg(peer_runs, peer_ns)),
+            "",
+            None,
+        ));
+        side_by_side.push(json!({
+            "hook": what,
+            "clawtrace_runs": ours_runs, "clawtrace_average_ns": avg(ours_runs, ours_ns),
+            "bpftrace_printf_runs": peer_runs, "bpftrace_printf_average_ns": avg(peer_runs, peer_ns),
+        }));
     }
     for (probe, what) in HOT_PROBES {
         if !rows.iter().any(|(name, _, _)| name == probe) {
@@ -787,9 +827,10 @@ fn storm(env: &Env, _ctx: &Ctx) -> Result<Vec<Section>> {
         title: "Per-probe kernel cost",
         json: json!({
             "host_seconds": host.seconds,
-            "host_processes": host.processes,
+            "host_processes": host.work,
             "programs": programs,
             "references": references,
+            "storm_side_by_side": {"seconds": reference.seconds, "hooks": side_by_side},
         }),
         markdown: md,
         checks,
@@ -797,53 +838,89 @@ fn storm(env: &Env, _ctx: &Ctx) -> Result<Vec<Section>> {
     Ok(vec![storm, probes])
 }
 
-/// Section 3's second interval: BPF statistics while processes outside any container come and
-/// go, for clawtrace's programs `ids` and the bpftrace reference programs.
-struct HostCosts {
+/// BPF statistics over one interval of section 3 for clawtrace's programs and for those of a
+/// bpftrace script run beside them, and what the interval's work returned.
+struct Interval<T> {
     seconds: f64,
-    processes: u64,
     before: BTreeMap<u32, probes::ProgStats>,
     after: BTreeMap<u32, probes::ProgStats>,
-    calibration_before: BTreeMap<u32, probes::ProgStats>,
-    calibration_after: BTreeMap<u32, probes::ProgStats>,
+    peer_before: BTreeMap<u32, probes::ProgStats>,
+    peer_after: BTreeMap<u32, probes::ProgStats>,
+    work: T,
 }
 
-fn host_probe_costs(env: &Env, ids: &[u32]) -> Result<HostCosts> {
-    let script = env.out.join("calibration.bt");
-    fs::write(&script, tracer::CALIBRATION_SCRIPT)
-        .with_context(|| format!("writing {}", script.display()))?;
-    let reference = Tracer::bpftrace(&script, &env.scratch.join("calibration.out"))?;
-    let reference_ids = probes::prog_ids_of(reference.pid())?;
-    let all: Vec<u32> = ids.iter().chain(&reference_ids).copied().collect();
+/// Runs `work` for the interval's length with bpftrace running `script` (written to `name`)
+/// beside clawtrace's programs `ids`, BPF statistics on.
+fn beside_bpftrace<T>(
+    env: &Env,
+    ids: &[u32],
+    name: &str,
+    script: &str,
+    work: impl FnOnce(Duration) -> Result<T>,
+) -> Result<Interval<T>> {
+    let path = env.out.join(name);
+    fs::write(&path, script).with_context(|| format!("writing {}", path.display()))?;
+    let peer = Tracer::bpftrace(&path, &env.scratch.join(name).with_extension("out"))?;
+    let peer_ids = probes::prog_ids_of(peer.pid())?;
+    let all: Vec<u32> = ids.iter().chain(&peer_ids).copied().collect();
     let seconds = if env.options.quick { 1.0 } else { 3.0 };
     let stats = StatsEnabled::on()?;
     let before = probes::snapshot(&all);
-    let processes = workload::run_host(
-        env.options.workers,
-        Duration::from_secs_f64(seconds),
-        &env.stop,
-    );
+    let work = work(Duration::from_secs_f64(seconds));
     let after = probes::snapshot(&all);
     drop(stats);
-    let stopped = reference.stop()?;
+    let stopped = peer.stop()?;
+    let work = work?;
     if !stopped.status.success() {
         bail!("bpftrace exited with {}", stopped.status);
     }
-    let (before, after, processes) = (before?, after?, processes?);
-    let split = |m: &BTreeMap<u32, probes::ProgStats>, want: &[u32]| {
-        m.iter()
-            .filter(|(id, _)| want.contains(id))
-            .map(|(id, s)| (*id, s.clone()))
-            .collect::<BTreeMap<_, _>>()
-    };
-    Ok(HostCosts {
+    let (before, after) = (before?, after?);
+    Ok(Interval {
         seconds,
-        processes,
-        before: split(&before, ids),
-        after: split(&after, ids),
-        calibration_before: split(&before, &reference_ids),
-        calibration_after: split(&after, &reference_ids),
+        before: only(&before, ids),
+        after: only(&after, ids),
+        peer_before: only(&before, &peer_ids),
+        peer_after: only(&after, &peer_ids),
+        work,
     })
+}
+
+/// Section 3's second interval: processes outside any container come and go, with bpftrace's
+/// reference programs beside clawtrace's. `work` is how many processes ran.
+fn host_probe_costs(env: &Env, ids: &[u32]) -> Result<Interval<u64>> {
+    beside_bpftrace(
+        env,
+        ids,
+        "calibration.bt",
+        tracer::CALIBRATION_SCRIPT,
+        |length| workload::run_host(env.options.workers, length, &env.stop),
+    )
+}
+
+/// Section 3's third interval: more of the storm (workload tag `tag`) with bpftrace's
+/// record-writing script beside clawtrace.
+fn storm_reference_costs(env: &Env, ids: &[u32], tag: &str) -> Result<Interval<()>> {
+    beside_bpftrace(
+        env,
+        ids,
+        "storm-reference.bt",
+        tracer::STORM_REFERENCE_SCRIPT,
+        |length| {
+            let outcome =
+                workload::run(&env.spec(tag.to_string(), Until::Elapsed(length), workload::MIX));
+            let swept = workload::sweep(&env.cgroup_root, Some(tag));
+            outcome?;
+            swept.map(drop)
+        },
+    )
+}
+
+/// The statistics of the programs `want` among `m`.
+fn only(m: &BTreeMap<u32, probes::ProgStats>, want: &[u32]) -> BTreeMap<u32, probes::ProgStats> {
+    m.iter()
+        .filter(|(id, _)| want.contains(id))
+        .map(|(id, s)| (*id, s.clone()))
+        .collect()
 }
 
 fn kinds_text(by_kind: &BTreeMap<String, f64>) -> String {
