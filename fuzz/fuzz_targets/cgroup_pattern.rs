@@ -75,7 +75,7 @@ fuzz_target!(|data: &[u8]| {
             // The id is the `id` group or the last path element: part of the path. It is empty
             // only when the path is, or ends with '/' (the kernel reports neither but for the
             // root, which is never made; a corrupt record could).
-            assert!(path.contains(&ident.id), "{path:?}: id {:?}", ident.id);
+            assert!(path.contains(&*ident.id), "{path:?}: id {:?}", ident.id);
             assert!(
                 !ident.id.is_empty() || path.is_empty() || path.ends_with('/'),
                 "{path:?}: empty id"

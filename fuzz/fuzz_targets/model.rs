@@ -99,7 +99,7 @@ fn adopt(
             cgroup_id,
             cgroup_path: format!("/c/{id}"),
             ident: ContainerIdent {
-                id,
+                id: id.into(),
                 runtime: "custom",
                 agent: None,
             },
@@ -281,12 +281,12 @@ fn check_event(event: &Timed, clock: &WallClock) {
     if let Some(c) = container(&event.event) {
         assert_eq!(
             value["cgroup_path"].as_str(),
-            Some(c.cgroup_path.as_str()),
+            Some(&*c.cgroup_path),
             "{line}"
         );
         assert_eq!(
             value["container_id"].as_str(),
-            Some(c.container_id.as_str()),
+            Some(&*c.container_id),
             "{line}"
         );
     }

@@ -1,15 +1,15 @@
 //! Which cgroups are containers: the cgroup layouts of the common runtimes, bare runc (a cgroup
 //! named after a container in runc's state directory), and patterns the user gives.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, sync::Arc};
 
 use regex::Regex;
 
 /// A cgroup recognised as a container.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerIdent {
-    /// The runtime's id for the container.
-    pub id: String,
+    /// The runtime's id for the container (shared by every event about it).
+    pub id: Arc<str>,
     /// `docker`, `containerd`, `cri-o`, `podman`, `runc` or `custom`.
     pub runtime: &'static str,
     /// The `agent` capture of a user pattern, if it has one and it matched.
@@ -116,7 +116,7 @@ impl Recognize for Recognizer {
                     continue;
                 }
                 return Some(ContainerIdent {
-                    id: id.to_string(),
+                    id: id.into(),
                     runtime: "custom",
                     agent: caps.name("agent").map(|m| m.as_str().to_string()),
                 });
@@ -125,7 +125,7 @@ impl Recognize for Recognizer {
         for pattern in &self.builtin {
             if let Some(caps) = pattern.regex.captures(path) {
                 return Some(ContainerIdent {
-                    id: caps.name("id")?.as_str().to_string(),
+                    id: caps.name("id")?.as_str().into(),
                     runtime: pattern.runtime,
                     agent: None,
                 });
@@ -136,7 +136,7 @@ impl Recognize for Recognizer {
             let valid = !name.is_empty() && name != "." && name != "..";
             if valid && root.join(name).is_dir() {
                 return Some(ContainerIdent {
-                    id: name.to_string(),
+                    id: name.into(),
                     runtime: "runc",
                     agent: None,
                 });
@@ -177,7 +177,7 @@ mod tests {
             let got = r
                 .recognize(&path)
                 .unwrap_or_else(|| panic!("{path} not recognised"));
-            assert_eq!((got.id.as_str(), got.runtime), (ID, runtime), "{path}");
+            assert_eq!((&*got.id, got.runtime), (ID, runtime), "{path}");
         }
     }
 
@@ -206,12 +206,12 @@ mod tests {
             r"^/sandboxes/[^/]+$",
         ]);
         let got = r.recognize("/agents/nemo_claw-17").unwrap();
-        assert_eq!(got.id, "17");
+        assert_eq!(&*got.id, "17");
         assert_eq!(got.runtime, "custom");
         assert_eq!(got.agent.as_deref(), Some("nemo_claw"));
         // Without an `id` group the last path element is the id.
         let got = r.recognize("/sandboxes/task-9").unwrap();
-        assert_eq!((got.id.as_str(), got.agent), ("task-9", None));
+        assert_eq!((&*got.id, got.agent), ("task-9", None));
         assert_eq!(r.recognize("/agents/UPPER-1"), None);
     }
 
@@ -231,7 +231,7 @@ mod tests {
         std::fs::create_dir_all(root.join("job-1")).unwrap();
         let r = Recognizer::new(&[], Some(root.clone())).unwrap();
         let got = r.recognize("/job-1").unwrap();
-        assert_eq!((got.id.as_str(), got.runtime), ("job-1", "runc"));
+        assert_eq!((&*got.id, got.runtime), ("job-1", "runc"));
         assert_eq!(r.recognize("/job-2"), None);
         std::fs::remove_dir_all(root).unwrap();
     }

@@ -3,7 +3,10 @@
 //! container's init, and turns records into [`Event`]s. It does no I/O, so recorded streams can
 //! be replayed through it in tests.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 use serde::Serialize;
 use tracer_common::{
@@ -56,7 +59,7 @@ impl Default for ModelConfig {
 pub struct Container {
     pub ident: ContainerIdent,
     pub cgroup_id: u64,
-    pub cgroup_path: String,
+    pub cgroup_path: Arc<str>,
     pub created_ns: u64,
     /// Found by the start-up scan rather than seen being created.
     pub preexisting: bool,
@@ -87,9 +90,9 @@ pub struct Container {
 /// The fields every container event carries.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ContainerRef {
-    pub container_id: String,
+    pub container_id: Arc<str>,
     pub cgroup_id: u64,
-    pub cgroup_path: String,
+    pub cgroup_path: Arc<str>,
     pub runtime: &'static str,
 }
 
@@ -114,7 +117,7 @@ pub struct Sender {
     pub comm: String,
     pub cgroup_id: u64,
     /// The sender's container, when it is in one.
-    pub container_id: Option<String>,
+    pub container_id: Option<Arc<str>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -216,7 +219,7 @@ pub struct GpuSharing {
     pub device: String,
     pub gpu: String,
     /// Every live container using the device, this one included.
-    pub containers: Vec<String>,
+    pub containers: Vec<Arc<str>>,
 }
 
 /// A container's bind mount as it stands when the container starts (its first exec).
@@ -237,7 +240,7 @@ pub struct VolumeViolation {
     pub source: String,
     pub active: bool,
     /// Every live container that binds the source.
-    pub containers: Vec<String>,
+    pub containers: Vec<Arc<str>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -391,7 +394,7 @@ impl<R: Recognize> Model<R> {
         let container = Container {
             ident: found.ident,
             cgroup_id: found.cgroup_id,
-            cgroup_path: found.cgroup_path.clone(),
+            cgroup_path: found.cgroup_path.as_str().into(),
             created_ns: now_ns,
             preexisting: true,
             init: found.init,
@@ -499,7 +502,7 @@ impl<R: Recognize> Model<R> {
         let container = Container {
             ident,
             cgroup_id: r.id,
-            cgroup_path: path.clone(),
+            cgroup_path: path.as_str().into(),
             created_ns: r.header.ts_ns,
             preexisting: false,
             init: None,
@@ -541,7 +544,7 @@ impl<R: Recognize> Model<R> {
         for sub in &c.sub_cgroups {
             self.owner.remove(sub);
         }
-        self.by_path.remove(&c.cgroup_path);
+        self.by_path.remove(&*c.cgroup_path);
         self.device_users.retain(|_, users| {
             users.remove(&r.id);
             !users.is_empty()
@@ -678,7 +681,7 @@ impl<R: Recognize> Model<R> {
             }),
         });
         if first_use && is_gpu && users.len() > 1 {
-            let mut containers: Vec<String> = users
+            let mut containers: Vec<Arc<str>> = users
                 .iter()
                 .filter_map(|id| self.containers.get(id).map(|c| c.ident.id.clone()))
                 .collect();
@@ -768,7 +771,7 @@ impl<R: Recognize> Model<R> {
             .map(|(id, c)| (*id, &c.mounts));
         let (now, sharing) = volumes::violations(started, &self.config.read_only_volumes);
         let now: HashSet<Violation> = now.into_iter().collect();
-        let ids_of = |source: &str, containers: &HashMap<u64, Container>| -> Vec<String> {
+        let ids_of = |source: &str, containers: &HashMap<u64, Container>| -> Vec<Arc<str>> {
             sharing
                 .get(source)
                 .map(|ids| {
@@ -992,10 +995,7 @@ mod tests {
             panic!("{:?}", ev[0])
         };
         assert_eq!(
-            (
-                create.container.container_id.as_str(),
-                create.container.runtime
-            ),
+            (&*create.container.container_id, create.container.runtime),
             (id.as_str(), "docker")
         );
         let Event::ProcessExec(x) = ev[1] else {
@@ -1127,12 +1127,12 @@ mod tests {
         let Event::ProcessExit(e) = ev[3] else {
             panic!("{:?}", ev[3])
         };
-        assert_eq!(e.container.container_id, id);
+        assert_eq!(*e.container.container_id, *id);
         assert!(!e.is_container_init);
         assert_eq!(e.cause, ExitCause::PeerKill);
         assert_eq!(
-            e.sender.as_ref().and_then(|s| s.container_id.clone()),
-            Some(id.clone())
+            e.sender.as_ref().and_then(|s| s.container_id.as_deref()),
+            Some(id.as_str())
         );
         // Removing the sub-cgroup does not delete the container.
         assert_eq!(m.containers().count(), 1);

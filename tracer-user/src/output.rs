@@ -19,30 +19,59 @@ pub enum Format {
 
 /// RFC 3339 UTC time with nanoseconds.
 pub fn rfc3339(unix_ns: i128) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(unix_ns)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| unix_ns.to_string())
+    let mut buf = [0u8; RFC3339_MAX];
+    match format_rfc3339(unix_ns, &mut buf) {
+        Some(text) => text.to_string(),
+        None => unix_ns.to_string(),
+    }
+}
+
+/// Longest RFC 3339 text `format_rfc3339` writes (a year beyond 9999 takes more).
+const RFC3339_MAX: usize = 40;
+
+/// Formats `unix_ns` into `buf`; None when the time cannot be formatted or does not fit.
+fn format_rfc3339(unix_ns: i128, buf: &mut [u8; RFC3339_MAX]) -> Option<&str> {
+    let time = time::OffsetDateTime::from_unix_timestamp_nanos(unix_ns).ok()?;
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    time.format_into(&mut cursor, &time::format_description::well_known::Rfc3339)
+        .ok()?;
+    // Where the writes ended (format_into's own count leaves out the fraction's digits).
+    let len = usize::try_from(cursor.position()).ok()?;
+    std::str::from_utf8(&buf[..len]).ok()
+}
+
+/// An event's time as RFC 3339 text, formatted on the stack while serializing.
+struct Rfc3339(i128);
+
+impl Serialize for Rfc3339 {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut buf = [0u8; RFC3339_MAX];
+        match format_rfc3339(self.0, &mut buf) {
+            Some(text) => serializer.serialize_str(text),
+            None => serializer.serialize_str(&self.0.to_string()),
+        }
+    }
 }
 
 #[derive(Serialize)]
 struct JsonLine<'a> {
     #[serde(flatten)]
     event: &'a Event,
-    time: String,
+    time: Rfc3339,
+}
+
+fn json_line<'a>(event: &'a Timed, clock: &WallClock) -> JsonLine<'a> {
+    JsonLine {
+        event: &event.event,
+        time: Rfc3339(clock.unix_ns(event.ts_ns)),
+    }
 }
 
 /// The JSON object for one event, without a newline.
 pub fn json(event: &Timed, clock: &WallClock) -> String {
-    let line = JsonLine {
-        event: &event.event,
-        time: rfc3339(clock.unix_ns(event.ts_ns)),
-    };
     // Serializing these plain structs cannot fail; keep the stream going if it ever did.
-    serde_json::to_string(&line).unwrap_or_else(|e| format!(r#"{{"event":"error","error":"{e}"}}"#))
+    serde_json::to_string(&json_line(event, clock))
+        .unwrap_or_else(|e| format!(r#"{{"event":"error","error":"{e}"}}"#))
 }
 
 /// Docker-style short form of a container id.
@@ -266,11 +295,14 @@ impl<W: Write> Printer<W> {
     }
 
     pub fn print(&mut self, event: &Timed) -> std::io::Result<()> {
-        let line = match self.format {
-            Format::Text => text(event),
-            Format::Json => json(event, &self.clock),
-        };
-        writeln!(self.out, "{line}")
+        match self.format {
+            Format::Text => writeln!(self.out, "{}", text(event)),
+            Format::Json => {
+                // Straight into the (buffered) stream: no line built on the heap first.
+                serde_json::to_writer(&mut self.out, &json_line(event, &self.clock))?;
+                self.out.write_all(b"\n")
+            }
+        }
     }
 
     pub fn flush(&mut self) -> std::io::Result<()> {
@@ -285,9 +317,9 @@ mod tests {
 
     fn container() -> ContainerRef {
         ContainerRef {
-            container_id: "3f2a9c0e1b7d4a6f8e2c5b9d0a1f3e7c".to_string(),
+            container_id: "3f2a9c0e1b7d4a6f8e2c5b9d0a1f3e7c".into(),
             cgroup_id: 1234,
-            cgroup_path: "/docker/3f2a9c0e1b7d4a6f8e2c5b9d0a1f3e7c".to_string(),
+            cgroup_path: "/docker/3f2a9c0e1b7d4a6f8e2c5b9d0a1f3e7c".into(),
             runtime: "docker",
         }
     }
@@ -342,6 +374,26 @@ mod tests {
             "container 3f2a9c0e1b7d… exited 137: SIGKILL from runc[4121] \
              (outside the container, after SIGTERM 10.0 s earlier)"
         );
+    }
+
+    #[test]
+    fn the_printer_streams_the_same_json_lines() {
+        let clock = WallClock::with_offset(1_795_910_400_123_456_789);
+        let mut printer = Printer::new(Vec::new(), Format::Json, clock);
+        printer.print(&killed()).unwrap();
+        printer.print(&killed()).unwrap();
+        let line = json(&killed(), &clock);
+        assert!(
+            line.contains(r#""time":"2026-11-29T00:00:02.123456789Z""#),
+            "{line}"
+        );
+        assert_eq!(
+            String::from_utf8(printer.out).unwrap(),
+            format!("{line}\n{line}\n")
+        );
+        assert_eq!(rfc3339(-1), "1969-12-31T23:59:59.999999999Z");
+        // Beyond what RFC 3339 can say: the number itself.
+        assert_eq!(rfc3339(i128::MAX), i128::MAX.to_string());
     }
 
     #[test]

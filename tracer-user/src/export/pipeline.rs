@@ -7,7 +7,10 @@
 use std::{
     collections::HashMap,
     net::TcpListener,
-    sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError},
+    sync::{
+        mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError},
+        Arc,
+    },
     thread::JoinHandle,
     time::{Duration, Instant, SystemTime},
 };
@@ -332,7 +335,7 @@ impl Worker {
                 return;
             }
         };
-        let containers: Vec<(u64, String, String)> = self
+        let containers: Vec<(u64, Arc<str>, String)> = self
             .containers
             .iter()
             .filter_map(|(id, t)| Some((*id, t.container.cgroup_path.clone(), t.agent.clone()?)))
@@ -341,7 +344,7 @@ impl Worker {
             let path = cgroup_path_of(pid)?;
             containers
                 .iter()
-                .find(|(_, root, _)| path == *root || path.starts_with(&format!("{root}/")))
+                .find(|(_, root, _)| *path == **root || path.starts_with(&format!("{root}/")))
                 .map(|(id, _, _)| *id)
         });
         let readings = by_container
