@@ -14,7 +14,7 @@ use clawtrace::{
     loader::{Tracer, TracerConfig},
 };
 use support::*;
-use tracer_common::{probe, signal_result};
+use tracer_common::{probe, signal_result, ENV_VALUE_LEN};
 
 /// The tests of this file count records exactly, so they take turns: a test's processes would
 /// otherwise land in the other test's ring buffer.
@@ -232,5 +232,31 @@ fn reads_the_agent_variable_of_the_first_exec_even_if_it_exits_at_once() {
         matches!(execs[1], Record::Exec(e) if e.header.tgid == second_pid),
         "only the first exec in the cgroup is read: {:?}",
         execs[1]
+    );
+
+    // A value longer than the record holds arrives cut to ENV_VALUE_LEN bytes, which says so.
+    let mut long = TestCgroup::new("env-long");
+    let long_id = long.id();
+    let value: String = (0..300)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let mut init = long.spawn(Command::new("true").env_clear().env("AGENT_NAME", &value));
+    assert_eq!(wait_status(&mut init), 0);
+    long.remove();
+    let init_pid = init.id();
+    let records = collect(&mut tracer, |rs| {
+        rs.iter()
+            .any(|r| matches!(r, Record::Exit(e) if e.header.tgid == init_pid))
+    });
+    let Some(Record::ExecEnv(cut)) = records
+        .iter()
+        .find(|r| r.exec().is_some_and(|e| e.header.cgroup_id == long_id))
+    else {
+        panic!("no exec with the value in {records:?}")
+    };
+    assert_eq!(cut.env.value_len as usize, ENV_VALUE_LEN);
+    assert_eq!(
+        sized_str(&cut.env.value, cut.env.value_len),
+        value[..ENV_VALUE_LEN]
     );
 }

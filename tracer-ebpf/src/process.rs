@@ -242,25 +242,34 @@ fn starts_with(bytes: &[u8; ENV_SCAN_LEN], prefix: &[u8; ENV_KEY_LEN], len: usiz
 #[inline(always)]
 unsafe fn fill_env(env: *mut EnvValue) {
     // SAFETY: per the contract; the scratch slot is this CPU's, valid for the program's run. The
-    // copy reads ENV_VALUE_LEN bytes from offset key_len <= ENV_KEY_LEN of the ENV_KEY_LEN +
-    // ENV_VALUE_LEN bytes of the buffer (what lies past the string is dropped by user space,
-    // which keeps `value_len` bytes).
+    // copy reads `value_len` <= ENV_VALUE_LEN bytes from offset key_len <= ENV_KEY_LEN of the
+    // ENV_KEY_LEN + ENV_VALUE_LEN bytes of the buffer. Only the value's own bytes are copied:
+    // nothing of the other variables the scan read leaves the kernel (the rest of `value` is
+    // whatever the ring held; user space keeps `value_len` bytes).
     unsafe {
         (*env)._reserved = 0;
-        let dst = core::ptr::addr_of_mut!((*env).value).cast::<u8>();
-        let dst = core::slice::from_raw_parts_mut(dst, ENV_VALUE_LEN);
+        (*env).value_len = 0;
         let Some(scan) = ENV_SCRATCH.get_ptr(0) else {
-            (*env).value_len = 0;
-            dst.fill(0);
             return;
         };
         let key_len = ((*scan).key_len as usize).min(ENV_KEY_LEN);
         let len = ((*scan).len as usize).min(ENV_SCAN_LEN);
-        (*env).value_len = len.saturating_sub(key_len).min(ENV_VALUE_LEN) as u32;
+        // A longer value is cut to ENV_VALUE_LEN bytes, which says it was cut. (Spelled out for
+        // the verifier, which must see the copy's size bounded.)
+        let mut value_len = len.saturating_sub(key_len);
+        if value_len > ENV_VALUE_LEN {
+            value_len = ENV_VALUE_LEN;
+        }
+        if value_len == 0 {
+            return;
+        }
         let src = core::ptr::addr_of!((*scan).buf)
             .cast::<u8>()
             .wrapping_add(key_len);
-        let _ = bpf_probe_read_kernel_buf(src, dst);
+        let dst = core::ptr::addr_of_mut!((*env).value).cast::<u8>();
+        if bpf_probe_read_kernel_buf(src, core::slice::from_raw_parts_mut(dst, value_len)).is_ok() {
+            (*env).value_len = value_len as u32;
+        }
     }
 }
 
