@@ -91,7 +91,7 @@ pub struct Options {
     #[arg(long, default_value_t = 4)]
     workers: usize,
     /// Interleaved rounds of the overhead comparison (none, clawtrace, bpftrace each).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 9)]
     rounds: usize,
     /// Lifecycles per worker in each overhead run (about 2.5 s per run here: long enough for
     /// stable medians).
@@ -1092,7 +1092,22 @@ fn overhead(env: &Env, _ctx: &Ctx) -> Result<Vec<Section>> {
     let syscall_none = syscall_med(Traced::Nothing);
     let syscall_added = |t: Traced| syscall_med(t) - syscall_none;
     let none = med(Traced::Nothing);
-    let slowdown = |t: Traced| {
+    // Each run against the untraced run of its own round, a few seconds before it: this VM's
+    // speed drifts by several percent over a minute, which a comparison of medians across
+    // rounds takes for tracer cost.
+    let paired = |t: Traced| -> Vec<f64> {
+        let runs = times.get(t.name()).map_or(&[][..], Vec::as_slice);
+        let base = times
+            .get(Traced::Nothing.name())
+            .map_or(&[][..], Vec::as_slice);
+        runs.iter()
+            .zip(base)
+            .filter(|(_, b)| **b > 0.0)
+            .map(|(r, b)| (r / b - 1.0) * 100.0)
+            .collect()
+    };
+    let slowdown = |t: Traced| median(&paired(t));
+    let of_medians = |t: Traced| {
         if none > 0.0 {
             (med(t) / none - 1.0) * 100.0
         } else {
@@ -1112,8 +1127,10 @@ fn overhead(env: &Env, _ctx: &Ctx) -> Result<Vec<Section>> {
          `--no-mount-tracking --no-gpu-open-tracking`, so no syscall tracepoint is attached. \
          bpftrace: `target/bench/peer.bt`, the same six tracepoints, cgroups and \
          tasks followed in maps keyed by id and pid, last signal and sender kept per process, \
-         exit status read from the task, one line printed per event to a file.\n\n\
-         | tracer | runs (s) | median (s) | lifecycles/s | slowdown |\n|---|---|---|---|---|\n",
+         exit status read from the task, one line printed per event to a file. Slowdown: the \
+         median over rounds of each run against the untraced run of its round (this VM's speed \
+         drifts over a minute); the last column compares medians across rounds instead.\n\n\
+         | tracer | runs (s) | median (s) | lifecycles/s | slowdown | median against median |\n|---|---|---|---|---|---|\n",
         o.workers, o.overhead_lifecycles, o.rounds
     );
     let mut configs = Vec::new();
@@ -1124,7 +1141,7 @@ fn overhead(env: &Env, _ctx: &Ctx) -> Result<Vec<Section>> {
         let s = slowdown(traced);
         let _ = writeln!(
             md,
-            "| {} | {} | {m:.3} | {rate:.0} | {} |",
+            "| {} | {} | {m:.3} | {rate:.0} | {} | {} |",
             traced.name(),
             runs.iter()
                 .map(|t| format!("{t:.3}"))
@@ -1134,6 +1151,11 @@ fn overhead(env: &Env, _ctx: &Ctx) -> Result<Vec<Section>> {
                 "–".to_string()
             } else {
                 format!("{s:+.1} %")
+            },
+            if traced == Traced::Nothing {
+                "–".to_string()
+            } else {
+                format!("{:+.1} %", of_medians(traced))
             }
         );
         configs.push(json!({
@@ -1142,6 +1164,8 @@ fn overhead(env: &Env, _ctx: &Ctx) -> Result<Vec<Section>> {
             "median_seconds": m,
             "lifecycles_per_second": rate,
             "slowdown_percent": if traced == Traced::Nothing { Value::Null } else { json!(s) },
+            "paired_slowdowns_percent": paired(traced),
+            "slowdown_of_medians_percent": if traced == Traced::Nothing { Value::Null } else { json!(of_medians(traced)) },
             "syscall_ns_runs": syscalls.get(traced.name()).cloned().unwrap_or_default(),
             "syscall_ns_median": syscall_med(traced),
         }));
