@@ -248,10 +248,10 @@ pub fn run(options: &RunOptions, stop: &Arc<AtomicBool>, out: impl Write) -> Res
                     }
                 }
             }
-            if let Some(exporter) = &exporter {
-                exporter.event(&event);
-            }
             summary.events += 1;
+            if let Some(exporter) = &exporter {
+                exporter.event(event);
+            }
         }
         printer.flush()?;
         if stopping {

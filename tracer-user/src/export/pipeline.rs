@@ -161,8 +161,8 @@ impl Exporter {
         }
     }
 
-    pub fn event(&self, event: &Timed) {
-        self.send(Message::Event(Box::new(event.clone())));
+    pub fn event(&self, event: Timed) {
+        self.send(Message::Event(Box::new(event)));
     }
 
     /// `n` more kernel records of `kind` received.
