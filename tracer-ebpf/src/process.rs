@@ -2,10 +2,7 @@
 //! live in tracked cgroups, what they run, and how each process ends.
 
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel_buf,
-        generated::bpf_probe_read_user_str,
-    },
+    helpers::{bpf_probe_read_kernel_buf, generated::bpf_probe_read_user_str},
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
@@ -15,9 +12,9 @@ use tracer_common::{
 };
 
 use crate::state::{
-    btf_read, current_cgroup_id, current_task, field, group_leader, header_in, is_tracked_cgroup,
-    read_data_loc_str, reserve, task_cgroup_id, task_ids, track_task, wakeup, Task, CGROUPS,
-    ENV_KEY, ENV_SCRATCH, MM_ENV_END, MM_ENV_START, SIGNALS, TASK_EXIT_CODE, TASK_MM,
+    btf_read, current_cgroup_id, current_task, field, group_leader, header_of, is_tracked_cgroup,
+    read_data_loc_str, reserve, task_cgroup_id, task_comm, task_ids, track_task, wakeup, Task,
+    CGROUPS, ENV_KEY, ENV_SCRATCH, MM_ENV_END, MM_ENV_START, SIGNALS, TASK_EXIT_CODE, TASK_MM,
     TASK_REAL_PARENT, TASK_STATE, TASK_TGID,
 };
 
@@ -78,7 +75,9 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i32> {
     };
     // SAFETY: an int of sched_process_exec's record at this (aligned) offset.
     let old_pid = unsafe { field::<i32>(ctx, EXEC_OLD_PID) } as u32;
-    let head = header_in(kind::PROCESS_EXEC, cgroup_id);
+    let task = current_task();
+    // SAFETY: `task` is the running task's BTF pointer.
+    let head = unsafe { header_of(kind::PROCESS_EXEC, task, cgroup_id) };
 
     // The first exec in a cgroup is its container's init: read the agent-name variable from the
     // new image's environment now, while the process surely exists.
@@ -98,7 +97,7 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i32> {
     // that the process was signalled: the exit then looks for a signal track to be sure.
     // (After the environment scan: branches before it would multiply the verifier's states in
     // its loop.)
-    if let Some(entry) = track_task(current_task(), head.pid, head.tgid, cgroup_id) {
+    if let Some(entry) = track_task(task, head.pid, head.tgid, cgroup_id) {
         if old_pid != head.pid {
             // SAFETY: a live task-storage value of the running task.
             unsafe { (*entry).flags |= task_flags::SIGNALED };
@@ -114,7 +113,13 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i32> {
         // SAFETY: `record` points to reserved ring-buffer space of the record's size; every
         // field is written before submit.
         unsafe {
-            fill_exec(ctx, core::ptr::addr_of_mut!((*record).exec), &head, old_pid);
+            fill_exec(
+                ctx,
+                task,
+                core::ptr::addr_of_mut!((*record).exec),
+                &head,
+                old_pid,
+            );
             fill_env(core::ptr::addr_of_mut!((*record).env));
         }
         entry.submit(wakeup::<ExecEnvRecord>());
@@ -124,18 +129,20 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i32> {
         return Ok(());
     };
     // SAFETY: as above.
-    unsafe { fill_exec(ctx, entry.as_mut_ptr(), &head, old_pid) };
+    unsafe { fill_exec(ctx, task, entry.as_mut_ptr(), &head, old_pid) };
     entry.submit(wakeup::<ExecRecord>());
     Ok(())
 }
 
-/// Writes every field of an [`ExecRecord`] about the running task.
+/// Writes every field of an [`ExecRecord`] about the running task, `task`.
 ///
 /// # Safety
-/// `record` must be valid for writes of an `ExecRecord`.
+/// `record` must be valid for writes of an `ExecRecord`; `task` must be the running task's BTF
+/// pointer.
 #[inline(always)]
 unsafe fn fill_exec(
     ctx: &TracePointContext,
+    task: Task,
     record: *mut ExecRecord,
     head: &tracer_common::Header,
     old_pid: u32,
@@ -144,7 +151,7 @@ unsafe fn fill_exec(
     unsafe {
         (*record).header = *head;
         (*record).old_pid = old_pid;
-        (*record).comm = bpf_get_current_comm().unwrap_or_default();
+        (*record).comm = task_comm(task);
         let filename = core::ptr::addr_of_mut!((*record).filename).cast::<u8>();
         (*record).filename_len =
             read_data_loc_str(ctx, EXEC_FILENAME, filename, FILENAME_LEN as u32);
@@ -289,8 +296,8 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<(), i32> {
     }
     // Every process exit on the host passes here: one outside the containers has no entry.
     let task = current_task();
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let (pid, tgid) = (pid_tgid as u32, (pid_tgid >> 32) as u32);
+    // SAFETY: `task` is the current task's BTF pointer. (Two loads instead of a helper call.)
+    let (pid, tgid) = unsafe { task_ids(task) };
     // SAFETY: live task-storage values, read once by copy.
     let mut flags = TASK_STATE.get(task).map(|t| unsafe { (*t).flags });
     if pid != tgid {
@@ -306,7 +313,8 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<(), i32> {
     let Some(flags) = flags else {
         return Ok(());
     };
-    let cgroup_id = current_cgroup_id();
+    // SAFETY: as above.
+    let cgroup_id = unsafe { task_cgroup_id(task) };
     // Only a process some signal or OOM mark was remembered for has a track to look up.
     let track = if flags & task_flags::SIGNALED != 0 {
         SIGNALS.get_ptr(tgid)
@@ -314,7 +322,9 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<(), i32> {
         None
     };
     if is_tracked_cgroup(cgroup_id) {
-        report_exit(&header_in(kind::PROCESS_EXIT, cgroup_id), track);
+        // SAFETY: as above.
+        let head = unsafe { header_of(kind::PROCESS_EXIT, task, cgroup_id) };
+        report_exit(task, &head, track);
     }
     if track.is_some() {
         let _ = SIGNALS.remove(tgid);
@@ -322,8 +332,12 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<(), i32> {
     Ok(())
 }
 
-fn report_exit(head: &tracer_common::Header, track: Option<*const tracer_common::SignalTrack>) {
-    let task = current_task();
+/// `task`: the running task's BTF pointer.
+fn report_exit(
+    task: Task,
+    head: &tracer_common::Header,
+    track: Option<*const tracer_common::SignalTrack>,
+) {
     // SAFETY: typed loads from the running task: `exit_code` is an int, `real_parent` a task
     // pointer, `tgid` a pid_t.
     let (exit_status, parent_tgid) = unsafe {
@@ -335,7 +349,8 @@ fn report_exit(head: &tracer_common::Header, track: Option<*const tracer_common:
         (status as u32, ppid as u32)
     };
 
-    let comm = bpf_get_current_comm().unwrap_or_default();
+    // SAFETY: as above.
+    let comm = unsafe { task_comm(task) };
     match track {
         Some(track) => {
             let Some(mut entry) = reserve::<ExitRecord>(probe::PROCESS_EXIT) else {

@@ -2,16 +2,15 @@
 //! and whether the OOM killer chose it. Both are remembered per process in `SIGNALS` until the
 //! process exits, when `sched_process_exit` copies them into the exit record.
 
-use aya_ebpf::{
-    helpers::bpf_get_current_comm, macros::btf_tracepoint, programs::BtfTracePointContext,
-};
+use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use tracer_common::{
     kind, probe, task_flags, OomRecord, SignalRecord, TrackedTask, COMM_LEN, SIGNAL_SLOTS,
 };
 
 use crate::state::{
-    btf_read, group_leader, header, now_ns, reserve, signal_track, task_comm, wakeup, Task,
-    MM_ANON_RSS, MM_TOTAL_VM, PAGE_KB_SHIFT, SIGINFO_CODE, TASK_MM, TASK_STATE,
+    btf_read, current_task, group_leader, header, header_of, now_ns, reserve, signal_track,
+    task_cgroup_id, task_comm, wakeup, Task, MM_ANON_RSS, MM_TOTAL_VM, PAGE_KB_SHIFT, SIGINFO_CODE,
+    TASK_MM, TASK_STATE,
 };
 
 /// `si_code` of a signal sent without a siginfo (`SEND_SIG_NOINFO`, as by kill(2)).
@@ -77,8 +76,14 @@ fn try_signal_generate(ctx: &BtfTracePointContext) -> Result<(), i32> {
     // SAFETY: `target` is the argument's BTF task pointer.
     let target_comm = unsafe { task_comm(target) };
     // This runs in the sender's context.
-    let head = header(kind::SIGNAL);
-    let sender_comm = bpf_get_current_comm().unwrap_or_default();
+    let sender = current_task();
+    // SAFETY: `sender` is the running task's BTF pointer.
+    let (head, sender_comm) = unsafe {
+        (
+            header_of(kind::SIGNAL, sender, task_cgroup_id(sender)),
+            task_comm(sender),
+        )
+    };
 
     if let Some(track) = signal_track(task.tgid) {
         // SAFETY: `track` points to a live map value; concurrent senders to the same process on

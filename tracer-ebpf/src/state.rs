@@ -4,7 +4,7 @@
 use aya_ebpf::{
     bindings::{bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE, task_struct, BPF_F_NO_PREALLOC},
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        bpf_get_current_cgroup_id, bpf_ktime_get_ns,
         generated::{
             bpf_get_current_task_btf, bpf_probe_read_kernel_str, bpf_task_storage_delete,
             bpf_task_storage_get,
@@ -274,21 +274,30 @@ pub unsafe fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
     unsafe { core::ptr::read((ctx.as_ptr() as *const u8).add(offset) as *const T) }
 }
 
+/// The header of a record about the running task. (Its ids and cgroup are read from the task
+/// by typed loads: one helper call where there were three.)
 #[inline(always)]
 pub fn header(kind: u32) -> Header {
-    header_in(kind, current_cgroup_id())
+    let task = current_task();
+    // SAFETY: `task` is the running task's BTF pointer.
+    unsafe { header_of(kind, task, task_cgroup_id(task)) }
 }
 
-/// The header of a record about the current task, whose cgroup the caller already looked up.
+/// The header of a record about `task`, the running task, whose cgroup the caller already
+/// knows.
+///
+/// # Safety
+/// `task` must be the running task's BTF pointer ([`current_task`]).
 #[inline(always)]
-pub fn header_in(kind: u32, cgroup_id: u64) -> Header {
-    let pid_tgid = bpf_get_current_pid_tgid();
+pub unsafe fn header_of(kind: u32, task: Task, cgroup_id: u64) -> Header {
+    // SAFETY: per the contract.
+    let (pid, tgid) = unsafe { task_ids(task) };
     Header {
         kind,
         _reserved: 0,
         ts_ns: now_ns(),
-        pid: pid_tgid as u32,
-        tgid: (pid_tgid >> 32) as u32,
+        pid,
+        tgid,
         cgroup_id,
     }
 }
