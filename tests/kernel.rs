@@ -37,6 +37,14 @@ fn collect(tracer: &mut Tracer, mut done: impl FnMut(&[Record]) -> bool) -> Vec<
     records
 }
 
+/// Polls until the exit record of process `tgid` has come.
+fn collect_until_exit_of(tracer: &mut Tracer, tgid: u32) -> Vec<Record> {
+    collect(tracer, |rs| {
+        rs.iter()
+            .any(|r| matches!(r, Record::Exit(e) if e.header.tgid == tgid))
+    })
+}
+
 #[test]
 fn records_mkdir_signal_exit_rmdir_of_a_real_cgroup() {
     require_privileged!();
@@ -210,10 +218,7 @@ fn reads_the_agent_variable_of_the_first_exec_even_if_it_exits_at_once() {
     cgroup.remove();
 
     let second_pid = second.id();
-    let records = collect(&mut tracer, |rs| {
-        rs.iter()
-            .any(|r| matches!(r, Record::Exit(e) if e.header.tgid == second_pid))
-    });
+    let records = collect_until_exit_of(&mut tracer, second_pid);
     let execs: Vec<_> = records
         .iter()
         .filter(|r| r.exec().is_some_and(|e| e.header.cgroup_id == cgroup_id))
@@ -244,10 +249,7 @@ fn reads_the_agent_variable_of_the_first_exec_even_if_it_exits_at_once() {
     assert_eq!(wait_status(&mut init), 0);
     long.remove();
     let init_pid = init.id();
-    let records = collect(&mut tracer, |rs| {
-        rs.iter()
-            .any(|r| matches!(r, Record::Exit(e) if e.header.tgid == init_pid))
-    });
+    let records = collect_until_exit_of(&mut tracer, init_pid);
     let Some(Record::ExecEnv(cut)) = records
         .iter()
         .find(|r| r.exec().is_some_and(|e| e.header.cgroup_id == long_id))

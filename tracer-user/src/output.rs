@@ -19,25 +19,29 @@ pub enum Format {
 
 /// RFC 3339 UTC time with nanoseconds.
 pub fn rfc3339(unix_ns: i128) -> String {
-    let mut buf = [0u8; RFC3339_MAX];
-    match format_rfc3339(unix_ns, &mut buf) {
-        Some(text) => text.to_string(),
-        None => unix_ns.to_string(),
-    }
+    with_rfc3339(unix_ns, str::to_string)
 }
 
-/// Longest RFC 3339 text `format_rfc3339` writes (a year beyond 9999 takes more).
+/// Longest RFC 3339 text formatted on the stack (a year beyond 9999 takes more).
 const RFC3339_MAX: usize = 40;
 
-/// Formats `unix_ns` into `buf`; None when the time cannot be formatted or does not fit.
-fn format_rfc3339(unix_ns: i128, buf: &mut [u8; RFC3339_MAX]) -> Option<&str> {
-    let time = time::OffsetDateTime::from_unix_timestamp_nanos(unix_ns).ok()?;
-    let mut cursor = std::io::Cursor::new(&mut buf[..]);
-    time.format_into(&mut cursor, &time::format_description::well_known::Rfc3339)
-        .ok()?;
-    // Where the writes ended (format_into's own count leaves out the fraction's digits).
-    let len = usize::try_from(cursor.position()).ok()?;
-    std::str::from_utf8(&buf[..len]).ok()
+/// Calls `f` with `unix_ns` as RFC 3339 text, formatted on the stack; a time that cannot be
+/// formatted (or does not fit) is given as the number itself.
+fn with_rfc3339<R>(unix_ns: i128, f: impl FnOnce(&str) -> R) -> R {
+    let mut buf = [0u8; RFC3339_MAX];
+    let formatted = time::OffsetDateTime::from_unix_timestamp_nanos(unix_ns)
+        .ok()
+        .and_then(|time| {
+            let mut cursor = std::io::Cursor::new(&mut buf[..]);
+            time.format_into(&mut cursor, &time::format_description::well_known::Rfc3339)
+                .ok()?;
+            // Where the writes ended (format_into's own count leaves out the fraction's digits).
+            usize::try_from(cursor.position()).ok()
+        });
+    match formatted.and_then(|len| std::str::from_utf8(&buf[..len]).ok()) {
+        Some(text) => f(text),
+        None => f(&unix_ns.to_string()),
+    }
 }
 
 /// An event's time as RFC 3339 text, formatted on the stack while serializing.
@@ -45,11 +49,7 @@ struct Rfc3339(i128);
 
 impl Serialize for Rfc3339 {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut buf = [0u8; RFC3339_MAX];
-        match format_rfc3339(self.0, &mut buf) {
-            Some(text) => serializer.serialize_str(text),
-            None => serializer.serialize_str(&self.0.to_string()),
-        }
+        with_rfc3339(self.0, |text| serializer.serialize_str(text))
     }
 }
 
