@@ -1,6 +1,8 @@
 //! How a process died and who caused it, from its wait status and what the kernel remembered
 //! about the signals sent to it. Pure functions: no state, no I/O.
 
+use std::borrow::Cow;
+
 use serde::Serialize;
 use tracer_common::{exit_flags, ExitRecord, SignalOrigin};
 
@@ -58,12 +60,26 @@ const NAMES: [&str; 32] = [
     "SIGSYS",
 ];
 
-/// The signal's conventional name; real-time signals are `SIGRT<n>`.
-pub fn signal_name(signal: u32) -> String {
-    match NAMES.get(signal as usize) {
-        Some(name) => (*name).to_string(),
-        None if (34..=64).contains(&signal) => format!("SIGRT{}", signal - 34),
-        None => format!("SIG{signal}"),
+/// Real-time signals, 34 to 64.
+const RT_NAMES: [&str; 31] = [
+    "SIGRT0", "SIGRT1", "SIGRT2", "SIGRT3", "SIGRT4", "SIGRT5", "SIGRT6", "SIGRT7", "SIGRT8",
+    "SIGRT9", "SIGRT10", "SIGRT11", "SIGRT12", "SIGRT13", "SIGRT14", "SIGRT15", "SIGRT16",
+    "SIGRT17", "SIGRT18", "SIGRT19", "SIGRT20", "SIGRT21", "SIGRT22", "SIGRT23", "SIGRT24",
+    "SIGRT25", "SIGRT26", "SIGRT27", "SIGRT28", "SIGRT29", "SIGRT30",
+];
+
+/// The signal's conventional name; real-time signals are `SIGRT<n>`. Static text (no
+/// allocation per event) for every number the kernel can send.
+pub fn signal_name(signal: u32) -> Cow<'static, str> {
+    if let Some(name) = NAMES.get(signal as usize) {
+        return Cow::Borrowed(name);
+    }
+    match signal
+        .checked_sub(34)
+        .and_then(|rt| RT_NAMES.get(rt as usize))
+    {
+        Some(name) => Cow::Borrowed(name),
+        None => Cow::Owned(format!("SIG{signal}")),
     }
 }
 
@@ -464,6 +480,13 @@ mod tests {
         assert_eq!(signal_name(15), "SIGTERM");
         assert_eq!(signal_name(31), "SIGSYS");
         assert_eq!(signal_name(34), "SIGRT0");
+        assert_eq!(signal_name(50), "SIGRT16");
+        assert_eq!(signal_name(64), "SIGRT30");
+        assert_eq!(signal_name(32), "SIG32");
+        assert_eq!(signal_name(65), "SIG65");
         assert_eq!(signal_name(99), "SIG99");
+        for n in 34..=64 {
+            assert_eq!(signal_name(n), format!("SIGRT{}", n - 34));
+        }
     }
 }

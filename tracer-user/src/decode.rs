@@ -34,18 +34,32 @@ pub enum DecodeError {
     UnknownKind(u32),
 }
 
-/// The records of one poll counted by kind (`Record::kind_name`), in order of first appearance:
-/// how `clawtrace_events_total` is fed.
+/// The names of [`Record::kind_name`], in [`Record::kind_index`] order.
+pub const KIND_NAMES: [&str; 9] = [
+    "cgroup_mkdir",
+    "cgroup_rmdir",
+    "cgroup_attach",
+    "exec",
+    "exit",
+    "signal",
+    "oom_mark",
+    "mount",
+    "device_open",
+];
+
+/// The records of one poll counted by kind (`Record::kind_name`), kinds without records left
+/// out: how `clawtrace_events_total` is fed.
 pub fn count_by_kind(records: &[Record]) -> Vec<(&'static str, u64)> {
-    let mut counts: Vec<(&'static str, u64)> = Vec::new();
+    let mut counts = [0u64; KIND_NAMES.len()];
     for record in records {
-        let kind = record.kind_name();
-        match counts.iter_mut().find(|(k, _)| *k == kind) {
-            Some((_, n)) => *n += 1,
-            None => counts.push((kind, 1)),
-        }
+        counts[record.kind_index()] += 1;
     }
-    counts
+    KIND_NAMES
+        .iter()
+        .zip(counts)
+        .filter(|&(_, n)| n > 0)
+        .map(|(&kind, n)| (kind, n))
+        .collect()
 }
 
 /// Reads a `T` from the front of `bytes` after checking the length.
@@ -157,16 +171,21 @@ impl Record {
 
     /// Short name of the record's kind, as metrics and logs show it.
     pub fn kind_name(&self) -> &'static str {
+        KIND_NAMES[self.kind_index()]
+    }
+
+    /// Where the record's kind is in [`KIND_NAMES`].
+    pub fn kind_index(&self) -> usize {
         match self {
-            Record::CgroupMkdir(_) => "cgroup_mkdir",
-            Record::CgroupRmdir(_) => "cgroup_rmdir",
-            Record::Attach(_) => "cgroup_attach",
-            Record::Exec(_) | Record::ExecEnv(_) => "exec",
-            Record::Exit(_) => "exit",
-            Record::Signal(_) => "signal",
-            Record::Oom(_) => "oom_mark",
-            Record::Mount(_) => "mount",
-            Record::DeviceOpen(_) => "device_open",
+            Record::CgroupMkdir(_) => 0,
+            Record::CgroupRmdir(_) => 1,
+            Record::Attach(_) => 2,
+            Record::Exec(_) | Record::ExecEnv(_) => 3,
+            Record::Exit(_) => 4,
+            Record::Signal(_) => 5,
+            Record::Oom(_) => 6,
+            Record::Mount(_) => 7,
+            Record::DeviceOpen(_) => 8,
         }
     }
 
@@ -502,5 +521,45 @@ mod tests {
         assert_eq!(c_str(b"abcdef"), "abcdef");
         assert_eq!(sized_str(b"/docker/x\0\0", 9), "/docker/x");
         assert_eq!(sized_str(b"ab", 300), "ab");
+    }
+
+    #[test]
+    fn counts_records_by_kind() {
+        let samples = samples();
+        // Three more execs and one more signal than the samples hold once each.
+        let mut records = samples.clone();
+        for record in &samples {
+            let extra = match record.kind_name() {
+                "exec" => 3,
+                "signal" => 1,
+                _ => 0,
+            };
+            for _ in 0..extra {
+                records.push(*record);
+            }
+        }
+        let mut expected: Vec<(&str, u64)> = Vec::new();
+        for record in &records {
+            match expected.iter_mut().find(|(k, _)| *k == record.kind_name()) {
+                Some((_, n)) => *n += 1,
+                None => expected.push((record.kind_name(), 1)),
+            }
+        }
+        let mut counted = count_by_kind(&records);
+        counted.sort();
+        expected.sort();
+        assert_eq!(counted, expected);
+        assert_eq!(
+            counted.iter().map(|(_, n)| n).sum::<u64>(),
+            records.len() as u64
+        );
+        assert!(count_by_kind(&[]).is_empty());
+        for (i, name) in KIND_NAMES.iter().enumerate() {
+            assert_eq!(
+                KIND_NAMES.iter().position(|n| n == name),
+                Some(i),
+                "{name} twice"
+            );
+        }
     }
 }

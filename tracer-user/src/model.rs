@@ -4,6 +4,7 @@
 //! be replayed through it in tests.
 
 use std::{
+    borrow::Cow,
     collections::{HashMap, HashSet},
     sync::Arc,
 };
@@ -247,7 +248,7 @@ pub struct VolumeViolation {
 pub struct SignalSent {
     #[serde(flatten)]
     pub container: ContainerRef,
-    pub signal: String,
+    pub signal: Cow<'static, str>,
     pub target_pid: u32,
     pub target_tid: u32,
     pub target_comm: String,
@@ -273,11 +274,11 @@ pub struct ProcessExit {
     pub is_container_init: bool,
     /// Shell-style: the exit code, or 128 + signal.
     pub exit_code: u32,
-    pub signal: Option<String>,
+    pub signal: Option<Cow<'static, str>>,
     pub core_dumped: bool,
     pub cause: ExitCause,
     pub sender: Option<Sender>,
-    pub escalated_from: Option<String>,
+    pub escalated_from: Option<Cow<'static, str>>,
     pub grace_seconds: Option<f64>,
     /// The raw wait status.
     pub wait_status: u32,
@@ -1007,7 +1008,7 @@ mod tests {
             panic!("{:?}", ev[2])
         };
         assert_eq!(
-            (s.signal.as_str(), s.sender_kind),
+            (&*s.signal, s.sender_kind),
             ("SIGTERM", SenderKind::Outside)
         );
         let Event::ProcessExit(e) = ev[4] else {

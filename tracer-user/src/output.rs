@@ -333,7 +333,7 @@ mod tests {
                 comm: "agent".to_string(),
                 is_container_init: true,
                 exit_code: 137,
-                signal: Some("SIGKILL".to_string()),
+                signal: Some("SIGKILL".into()),
                 core_dumped: false,
                 cause: ExitCause::OrchestratorKill,
                 sender: Some(Sender {
@@ -343,7 +343,7 @@ mod tests {
                     cgroup_id: 1,
                     container_id: None,
                 }),
-                escalated_from: Some("SIGTERM".to_string()),
+                escalated_from: Some("SIGTERM".into()),
                 grace_seconds: Some(10.0),
                 wait_status: 9,
             }),

@@ -228,14 +228,14 @@ pub fn run(options: &RunOptions, stop: &Arc<AtomicBool>, out: impl Write) -> Res
         for id in step.untrack.drain(..) {
             tracer.untrack_cgroup(id);
         }
-        for event in step.events.drain(..) {
-            printer.print(&event)?;
+        for event in &step.events {
+            printer.print(event)?;
             let audited = matches!(
                 event.event,
                 Event::ProcessExit(_) | Event::VolumeViolation(_)
             );
             if let (Some(log), true) = (&mut audit, audited) {
-                if let Err(err) = log.append(&output::json(&event, &clock)) {
+                if let Err(err) = log.append(&output::json(event, &clock)) {
                     summary.audit_errors += 1;
                     if let Some(exporter) = &exporter {
                         exporter.metrics().export_error("audit_log");
@@ -249,9 +249,14 @@ pub fn run(options: &RunOptions, stop: &Arc<AtomicBool>, out: impl Write) -> Res
                 }
             }
             summary.events += 1;
-            if let Some(exporter) = &exporter {
-                exporter.event(event);
+        }
+        match &exporter {
+            // The turn's events go to the worker as they are, in one hand-over.
+            Some(exporter) => {
+                let next = Vec::with_capacity(step.events.len());
+                exporter.events(std::mem::replace(&mut step.events, next));
             }
+            None => step.events.clear(),
         }
         printer.flush()?;
         if stopping {

@@ -8,13 +8,14 @@
 //! endpoint and the OTLP exporters' error accounting.
 
 use std::{
+    borrow::Cow,
     collections::{HashMap, HashSet},
     sync::{Arc, Mutex, OnceLock},
 };
 
 use opentelemetry::{
     metrics::{Counter as OtelCounter, Histogram as OtelHistogram, Meter, UpDownCounter},
-    KeyValue,
+    KeyValue, Value,
 };
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -27,48 +28,55 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
+/// An `agent_name` label value, shared with the export worker's containers: finding a series
+/// copies no text. (Every other label value is static text, or nearly always so.)
+pub type AgentName = Arc<str>;
+
+/// A signal's name: static, but for numbers without a name.
+pub type SignalName = Cow<'static, str>;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ChangeLabels {
-    operation: String,
-    agent_name: String,
+    operation: &'static str,
+    agent_name: AgentName,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ExitLabels {
-    agent_name: String,
-    cause: String,
-    signal: String,
-    exit_code: String,
+    agent_name: AgentName,
+    cause: &'static str,
+    signal: SignalName,
+    exit_code: u32,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SignalLabels {
-    agent_name: String,
-    signal: String,
-    sender: String,
+    agent_name: AgentName,
+    signal: SignalName,
+    sender: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AgentLabel {
-    agent_name: String,
+    agent_name: AgentName,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LifetimeLabels {
-    agent_name: String,
-    cause: String,
+    agent_name: AgentName,
+    cause: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MountLabels {
-    agent_name: String,
-    writable: String,
+    agent_name: AgentName,
+    writable: bool,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ViolationLabels {
-    agent_name: String,
-    kind: String,
+    agent_name: AgentName,
+    kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -85,17 +93,17 @@ struct GpuMemoryLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
-    kind: String,
+    kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProbeLabel {
-    probe: String,
+    probe: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SinkLabel {
-    sink: String,
+    sink: &'static str,
 }
 
 /// 1 ms .. ~65 s: container starts range from a fork to a slow image mount.
@@ -267,9 +275,25 @@ struct Prom {
 /// Which label sets each agent_name has, so its series can be dropped when it is forgotten.
 #[derive(Default)]
 struct SeriesIndex {
-    exits: HashMap<String, HashSet<ExitLabels>>,
-    signals: HashMap<String, HashSet<SignalLabels>>,
-    lifetime: HashMap<String, HashSet<LifetimeLabels>>,
+    exits: HashMap<AgentName, HashSet<ExitLabels>>,
+    signals: HashMap<AgentName, HashSet<SignalLabels>>,
+    lifetime: HashMap<AgentName, HashSet<LifetimeLabels>>,
+}
+
+/// Notes that `agent` has the series `labels` in `index` (a lookup, and a copy only the first
+/// time).
+fn note<L: Clone + Eq + std::hash::Hash>(
+    index: &mut HashMap<AgentName, HashSet<L>>,
+    agent: &AgentName,
+    labels: &L,
+) {
+    if index.get(agent).is_some_and(|known| known.contains(labels)) {
+        return;
+    }
+    index
+        .entry(agent.clone())
+        .or_default()
+        .insert(labels.clone());
 }
 
 /// Every metric clawtrace exports.
@@ -283,8 +307,8 @@ pub struct Metrics {
     index: Arc<Mutex<SeriesIndex>>,
 }
 
-fn kv(key: &'static str, value: &str) -> KeyValue {
-    KeyValue::new(key, value.to_string())
+fn kv(key: &'static str, value: impl Into<Value>) -> KeyValue {
+    KeyValue::new(key, value)
 }
 
 impl Metrics {
@@ -432,153 +456,149 @@ impl Metrics {
         self.index.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn container_created(&self, agent: &str) {
+    pub fn container_created(&self, agent: &AgentName) {
         self.change("create", agent);
         let label = AgentLabel {
-            agent_name: agent.into(),
+            agent_name: agent.clone(),
         };
         self.prom.live.get_or_create(&label).inc();
         // The lingering series starts at 0, so panels show 0 rather than nothing.
         let _ = self.prom.lingering.get_or_create(&label);
         if let Some(o) = self.otel.get() {
-            o.live.add(1, &[kv("agent_name", agent)]);
-            o.lingering.add(0, &[kv("agent_name", agent)]);
+            o.live.add(1, &[kv("agent_name", agent.clone())]);
+            o.lingering.add(0, &[kv("agent_name", agent.clone())]);
         }
     }
 
     pub fn container_deleted(
         &self,
-        agent: &str,
+        agent: &AgentName,
         lifetime_seconds: f64,
-        cause: &str,
+        cause: &'static str,
         was_lingering: bool,
     ) {
         self.change("delete", agent);
         let label = AgentLabel {
-            agent_name: agent.into(),
+            agent_name: agent.clone(),
         };
         self.prom.live.get_or_create(&label).dec();
         if was_lingering {
             self.prom.lingering.get_or_create(&label).dec();
         }
         let lifetime = LifetimeLabels {
-            agent_name: agent.into(),
-            cause: cause.into(),
+            agent_name: agent.clone(),
+            cause,
         };
         self.prom
             .lifetime
             .get_or_create(&lifetime)
             .observe(lifetime_seconds);
-        self.index()
-            .lifetime
-            .entry(agent.into())
-            .or_default()
-            .insert(lifetime);
+        note(&mut self.index().lifetime, agent, &lifetime);
         if let Some(o) = self.otel.get() {
-            o.live.add(-1, &[kv("agent_name", agent)]);
+            o.live.add(-1, &[kv("agent_name", agent.clone())]);
             if was_lingering {
-                o.lingering.add(-1, &[kv("agent_name", agent)]);
+                o.lingering.add(-1, &[kv("agent_name", agent.clone())]);
             }
             o.lifetime.record(
                 lifetime_seconds,
-                &[kv("agent_name", agent), kv("cause", cause)],
+                &[kv("agent_name", agent.clone()), kv("cause", cause)],
             );
         }
     }
 
-    fn change(&self, operation: &str, agent: &str) {
+    fn change(&self, operation: &'static str, agent: &AgentName) {
         self.prom
             .changes
             .get_or_create(&ChangeLabels {
-                operation: operation.into(),
-                agent_name: agent.into(),
+                operation,
+                agent_name: agent.clone(),
             })
             .inc();
         if let Some(o) = self.otel.get() {
-            o.changes
-                .add(1, &[kv("operation", operation), kv("agent_name", agent)]);
+            o.changes.add(
+                1,
+                &[kv("operation", operation), kv("agent_name", agent.clone())],
+            );
         }
     }
 
-    pub fn container_lingering(&self, agent: &str) {
+    pub fn container_lingering(&self, agent: &AgentName) {
         self.prom
             .lingering
             .get_or_create(&AgentLabel {
-                agent_name: agent.into(),
+                agent_name: agent.clone(),
             })
             .inc();
         if let Some(o) = self.otel.get() {
-            o.lingering.add(1, &[kv("agent_name", agent)]);
+            o.lingering.add(1, &[kv("agent_name", agent.clone())]);
         }
     }
 
-    pub fn process_exit(&self, agent: &str, cause: &str, signal: &str, exit_code: u32) {
+    pub fn process_exit(
+        &self,
+        agent: &AgentName,
+        cause: &'static str,
+        signal: SignalName,
+        exit_code: u32,
+    ) {
         let labels = ExitLabels {
-            agent_name: agent.into(),
-            cause: cause.into(),
-            signal: signal.into(),
-            exit_code: exit_code.to_string(),
+            agent_name: agent.clone(),
+            cause,
+            signal,
+            exit_code,
         };
         self.prom.exits.get_or_create(&labels).inc();
-        self.index()
-            .exits
-            .entry(agent.into())
-            .or_default()
-            .insert(labels);
+        note(&mut self.index().exits, agent, &labels);
         if let Some(o) = self.otel.get() {
             o.exits.add(
                 1,
                 &[
-                    kv("agent_name", agent),
+                    kv("agent_name", agent.clone()),
                     kv("cause", cause),
-                    kv("signal", signal),
-                    kv("exit_code", &exit_code.to_string()),
+                    kv("signal", labels.signal),
+                    kv("exit_code", exit_code.to_string()),
                 ],
             );
         }
     }
 
-    pub fn signal(&self, agent: &str, signal: &str, sender: &str) {
+    pub fn signal(&self, agent: &AgentName, signal: SignalName, sender: &'static str) {
         let labels = SignalLabels {
-            agent_name: agent.into(),
-            signal: signal.into(),
-            sender: sender.into(),
+            agent_name: agent.clone(),
+            signal,
+            sender,
         };
         self.prom.signals.get_or_create(&labels).inc();
-        self.index()
-            .signals
-            .entry(agent.into())
-            .or_default()
-            .insert(labels);
+        note(&mut self.index().signals, agent, &labels);
         if let Some(o) = self.otel.get() {
             o.signals.add(
                 1,
                 &[
-                    kv("agent_name", agent),
-                    kv("signal", signal),
+                    kv("agent_name", agent.clone()),
+                    kv("signal", labels.signal),
                     kv("sender", sender),
                 ],
             );
         }
     }
 
-    pub fn start_duration(&self, agent: &str, seconds: f64) {
+    pub fn start_duration(&self, agent: &AgentName, seconds: f64) {
         self.prom
             .start
             .get_or_create(&AgentLabel {
-                agent_name: agent.into(),
+                agent_name: agent.clone(),
             })
             .observe(seconds);
         if let Some(o) = self.otel.get() {
-            o.start.record(seconds, &[kv("agent_name", agent)]);
+            o.start.record(seconds, &[kv("agent_name", agent.clone())]);
         }
     }
 
     /// `n` more kernel records of `kind` received.
-    pub fn events(&self, kind: &str, n: u64) {
+    pub fn events(&self, kind: &'static str, n: u64) {
         self.prom
             .events
-            .get_or_create(&KindLabel { kind: kind.into() })
+            .get_or_create(&KindLabel { kind })
             .inc_by(n);
         if let Some(o) = self.otel.get() {
             o.events.add(n, &[kv("kind", kind)]);
@@ -586,12 +606,10 @@ impl Metrics {
     }
 
     /// `n` more records lost in `probe`.
-    pub fn lost(&self, probe: &str, n: u64) {
+    pub fn lost(&self, probe: &'static str, n: u64) {
         self.prom
             .lost
-            .get_or_create(&ProbeLabel {
-                probe: probe.into(),
-            })
+            .get_or_create(&ProbeLabel { probe })
             .inc_by(n);
         if let Some(o) = self.otel.get() {
             o.lost.add(n, &[kv("probe", probe)]);
@@ -607,41 +625,45 @@ impl Metrics {
     }
 
     /// One failed export to `sink` (`otlp_metrics`, `otlp_traces`, `audit_log`, `queue`, …).
-    pub fn export_error(&self, sink: &str) {
+    pub fn export_error(&self, sink: &'static str) {
+        self.export_errors(sink, 1);
+    }
+
+    /// `n` things `sink` could not export (or, for `queue`, events that did not fit).
+    pub fn export_errors(&self, sink: &'static str, n: u64) {
         self.prom
             .export_errors
-            .get_or_create(&SinkLabel { sink: sink.into() })
-            .inc();
+            .get_or_create(&SinkLabel { sink })
+            .inc_by(n);
         if let Some(o) = self.otel.get() {
-            o.export_errors.add(1, &[kv("sink", sink)]);
+            o.export_errors.add(n, &[kv("sink", sink)]);
         }
     }
 
     /// One mount system call of `seconds` in a container of `agent`.
-    pub fn mount(&self, agent: &str, writable: bool, seconds: f64) {
-        let writable = if writable { "true" } else { "false" };
+    pub fn mount(&self, agent: &AgentName, writable: bool, seconds: f64) {
         self.prom
             .mount
             .get_or_create(&MountLabels {
-                agent_name: agent.into(),
-                writable: writable.into(),
+                agent_name: agent.clone(),
+                writable,
             })
             .observe(seconds);
         if let Some(o) = self.otel.get() {
+            let writable = if writable { "true" } else { "false" };
             o.mount.record(
                 seconds,
-                &[kv("agent_name", agent), kv("writable", writable)],
+                &[kv("agent_name", agent.clone()), kv("writable", writable)],
             );
         }
     }
 
     /// A volume-policy violation began (`active`) or ended.
-    pub fn volume_violation(&self, agent: &str, kind: &str, active: bool) {
+    pub fn volume_violation(&self, agent: &AgentName, kind: &'static str, active: bool) {
         let labels = ViolationLabels {
-            agent_name: agent.into(),
-            kind: kind.into(),
+            agent_name: agent.clone(),
+            kind,
         };
-        let attrs = [kv("agent_name", agent), kv("kind", kind)];
         if active {
             self.prom.violations.get_or_create(&labels).inc();
             self.prom.violations_now.get_or_create(&labels).inc();
@@ -649,6 +671,7 @@ impl Metrics {
             self.prom.violations_now.get_or_create(&labels).dec();
         }
         if let Some(o) = self.otel.get() {
+            let attrs = [kv("agent_name", agent.clone()), kv("kind", kind)];
             if active {
                 o.violations.add(1, &attrs);
             }
@@ -671,21 +694,21 @@ impl Metrics {
         self.prom.gpu_shared.set(shared as i64);
         if let Some(o) = self.otel.get() {
             o.gpu_containers
-                .record(containers as i64, &[kv("gpu", gpu)]);
+                .record(containers as i64, &[kv("gpu", gpu.to_string())]);
             o.gpu_shared.record(shared as i64, &[]);
         }
     }
 
     /// A container of `agent` began using a GPU another live container was using.
-    pub fn gpu_sharing(&self, agent: &str) {
+    pub fn gpu_sharing(&self, agent: &AgentName) {
         self.prom
             .gpu_sharing
             .get_or_create(&AgentLabel {
-                agent_name: agent.into(),
+                agent_name: agent.clone(),
             })
             .inc();
         if let Some(o) = self.otel.get() {
-            o.gpu_sharing.add(1, &[kv("agent_name", agent)]);
+            o.gpu_sharing.add(1, &[kv("agent_name", agent.clone())]);
         }
     }
 
@@ -707,9 +730,9 @@ impl Metrics {
                 o.gpu_memory.record(
                     *bytes,
                     &[
-                        kv("agent_name", agent),
-                        kv("gpu", &gpu.to_string()),
-                        kv("gpu_uuid", uuid),
+                        kv("agent_name", agent.clone()),
+                        kv("gpu", gpu.to_string()),
+                        kv("gpu_uuid", uuid.clone()),
                     ],
                 );
             }
@@ -726,56 +749,54 @@ impl Metrics {
 
     /// Makes sure a series exists for every probe and sink, so dashboards show 0 rather than
     /// nothing before the first loss or error.
-    pub fn declare(&self, probes: &[&str], sinks: &[&str]) {
-        for probe in probes {
-            let _ = self.prom.lost.get_or_create(&ProbeLabel {
-                probe: (*probe).into(),
-            });
+    pub fn declare(&self, probes: &[&'static str], sinks: &[&'static str]) {
+        for &probe in probes {
+            let _ = self.prom.lost.get_or_create(&ProbeLabel { probe });
         }
-        for sink in sinks {
-            let _ = self.prom.export_errors.get_or_create(&SinkLabel {
-                sink: (*sink).into(),
-            });
+        for &sink in sinks {
+            let _ = self.prom.export_errors.get_or_create(&SinkLabel { sink });
         }
     }
 
     /// Drops every series of an agent_name that has no container any more. (The OTLP side keeps
     /// cumulative series until restart; the label cap bounds them.)
     pub fn forget_agent(&self, agent: &str) {
+        let agent: AgentName = agent.into();
         let label = AgentLabel {
-            agent_name: agent.into(),
+            agent_name: agent.clone(),
         };
         self.prom.live.remove(&label);
         self.prom.lingering.remove(&label);
         self.prom.start.remove(&label);
-        for writable in ["true", "false"] {
+        self.prom.gpu_sharing.remove(&label);
+        for writable in [true, false] {
             self.prom.mount.remove(&MountLabels {
-                agent_name: agent.into(),
-                writable: writable.into(),
+                agent_name: agent.clone(),
+                writable,
             });
         }
         for kind in ["shared_writable", "read_only_volume_writable"] {
             let labels = ViolationLabels {
-                agent_name: agent.into(),
-                kind: kind.into(),
+                agent_name: agent.clone(),
+                kind,
             };
             self.prom.violations.remove(&labels);
             self.prom.violations_now.remove(&labels);
         }
         for operation in ["create", "delete"] {
             self.prom.changes.remove(&ChangeLabels {
-                operation: operation.into(),
-                agent_name: agent.into(),
+                operation,
+                agent_name: agent.clone(),
             });
         }
         let mut index = self.index();
-        for labels in index.exits.remove(agent).unwrap_or_default() {
+        for labels in index.exits.remove(&agent).unwrap_or_default() {
             self.prom.exits.remove(&labels);
         }
-        for labels in index.signals.remove(agent).unwrap_or_default() {
+        for labels in index.signals.remove(&agent).unwrap_or_default() {
             self.prom.signals.remove(&labels);
         }
-        for labels in index.lifetime.remove(agent).unwrap_or_default() {
+        for labels in index.lifetime.remove(&agent).unwrap_or_default() {
             self.prom.lifetime.remove(&labels);
         }
     }
@@ -800,12 +821,13 @@ mod tests {
     #[test]
     fn exposition_has_the_dashboard_names() {
         let m = Metrics::new(None);
-        m.container_created("nemo_claw");
-        m.container_lingering("nemo_claw");
-        m.start_duration("nemo_claw", 0.25);
-        m.process_exit("nemo_claw", "orchestrator_kill", "SIGKILL", 137);
-        m.signal("nemo_claw", "SIGTERM", "outside");
-        m.container_deleted("nemo_claw", 12.0, "orchestrator_kill", true);
+        let agent: AgentName = "nemo_claw".into();
+        m.container_created(&agent);
+        m.container_lingering(&agent);
+        m.start_duration(&agent, 0.25);
+        m.process_exit(&agent, "orchestrator_kill", "SIGKILL".into(), 137);
+        m.signal(&agent, "SIGTERM".into(), "outside");
+        m.container_deleted(&agent, 12.0, "orchestrator_kill", true);
         m.events("exit", 3);
         m.lost("signal_generate", 2);
         m.label_overflow(1);
@@ -833,10 +855,18 @@ mod tests {
     #[test]
     fn forgetting_an_agent_drops_its_series() {
         let m = Metrics::new(None);
-        m.container_created("gone");
-        m.process_exit("gone", "exited", "none", 0);
-        m.container_deleted("gone", 1.0, "exited", false);
-        m.container_created("kept");
+        let gone: AgentName = "gone".into();
+        m.container_created(&gone);
+        m.process_exit(&gone, "exited", "none".into(), 0);
+        m.process_exit(&gone, "exited", "none".into(), 0);
+        m.signal(&gone, "SIGTERM".into(), "outside");
+        m.mount(&gone, true, 0.001);
+        m.volume_violation(&gone, "shared_writable", true);
+        m.gpu_sharing(&gone);
+        m.container_deleted(&gone, 1.0, "exited", false);
+        let kept: AgentName = "kept".into();
+        m.container_created(&kept);
+        assert!(m.encode().contains("\"gone\""));
         m.forget_agent("gone");
         let text = m.encode();
         assert!(!text.contains("\"gone\""), "{text}");

@@ -42,7 +42,7 @@ mod tests {
                 _ => format!("plain_{i}").into_bytes(),
             };
             let value = labels.acquire(Some(&raw), now);
-            metrics.container_created(&value);
+            metrics.container_created(&value.into());
         }
         let text = metrics.encode();
         let mut values = HashSet::new();

@@ -1,14 +1,18 @@
 //! The export pipeline: events from the tracing loop go through a bounded queue to one worker
 //! thread that resolves each container's agent_name, keeps the metrics, assembles container
 //! spans, and serves `/metrics`. Nothing here can stall tracing: the queue never blocks the
-//! sender (a full queue is counted as an export error), and slow metadata lookups, HTTP scrapes
-//! and OTLP exports all happen on the worker's side.
+//! sender (events that do not fit are counted as export errors), and slow metadata lookups,
+//! HTTP scrapes and OTLP exports all happen on the worker's side. Events travel in batches, one
+//! per turn of the tracing loop: one hand-over (and at most one wake-up of the worker) per
+//! batch, not per event.
 
 use std::{
+    borrow::Cow,
     collections::HashMap,
     net::TcpListener,
     sync::{
-        mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError},
+        atomic::{AtomicUsize, Ordering},
+        mpsc::{self, Receiver, RecvTimeoutError, Sender},
         Arc,
     },
     thread::JoinHandle,
@@ -24,7 +28,7 @@ use super::{
     agent::{AgentConfig, AgentResolver, ContainerFacts},
     gpu::{cgroup_path_of, memory_by_container, DeviceUsers, GpuSource, NvmlSource},
     labels::{AgentLabels, LabelPolicy},
-    metrics::{Metrics, CONTENT_TYPE},
+    metrics::{AgentName, Metrics, CONTENT_TYPE},
     otlp::{OtlpConfig, Protocol, Providers},
     spans::{system_time, ContainerSpan},
 };
@@ -40,7 +44,8 @@ pub struct ExportConfig {
     pub otlp: Option<OtlpConfig>,
     pub agent: AgentConfig,
     pub labels: LabelPolicy,
-    /// Events waiting for the worker at most.
+    /// Events waiting for the worker at most (a batch that would go past it is dropped, unless
+    /// nothing waits).
     pub queue: usize,
     /// How long a new container waits for its init's exec before its agent_name is settled.
     pub settle_after: Duration,
@@ -49,22 +54,57 @@ pub struct ExportConfig {
 }
 
 enum Message {
-    Event(Box<Timed>),
+    Events(Vec<Timed>),
     Records(&'static str, u64),
     Lost(&'static str, u64),
     Stop,
 }
 
+/// Events handed to the worker and not yet handled, against the queue's bound.
+#[derive(Debug)]
+struct Backlog {
+    waiting: AtomicUsize,
+    limit: usize,
+}
+
+impl Backlog {
+    fn new(limit: usize) -> Backlog {
+        Backlog {
+            waiting: AtomicUsize::new(0),
+            limit,
+        }
+    }
+
+    /// Counts `n` more events in, if they fit (or if nothing waits: a batch larger than the
+    /// whole bound still goes through an empty queue). False if they must be dropped.
+    fn admit(&self, n: usize) -> bool {
+        self.waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |waiting| {
+                (waiting == 0 || waiting.saturating_add(n) <= self.limit).then(|| waiting + n)
+            })
+            .is_ok()
+    }
+
+    /// `n` events handled (or never sent).
+    fn done(&self, n: usize) {
+        self.waiting.fetch_sub(n, Ordering::AcqRel);
+    }
+}
+
 /// The sending side, used by the tracing loop.
 pub struct Exporter {
-    tx: SyncSender<Message>,
+    tx: Sender<Message>,
+    backlog: Arc<Backlog>,
     worker: Option<JoinHandle<()>>,
     metrics: Metrics,
 }
 
 impl Exporter {
     pub fn start(mut config: ExportConfig, clock: WallClock) -> Result<Exporter> {
-        let (tx, rx) = mpsc::sync_channel(config.queue);
+        // Unbounded as a channel: the bound is on events, kept by `Backlog`; the few other
+        // messages (counts, once per turn of the tracing loop, and the stop) always get through.
+        let (tx, rx) = mpsc::channel();
+        let backlog = Arc::new(Backlog::new(config.queue));
         let labels = AgentLabels::open(config.labels.clone()).context("agent labels")?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -132,10 +172,11 @@ impl Exporter {
             }
         };
         let worker = Worker::new(config, labels, metrics.clone(), tracer, gpu, clock);
+        let handled = backlog.clone();
         let handle = std::thread::Builder::new()
             .name("clawtrace-export".into())
             .spawn(move || {
-                worker.run(&rt, rx);
+                worker.run(&rt, rx, &handled);
                 if let Some(providers) = providers {
                     providers.shutdown();
                 }
@@ -144,6 +185,7 @@ impl Exporter {
             .context("starting the export thread")?;
         Ok(Exporter {
             tx,
+            backlog,
             worker: Some(handle),
             metrics,
         })
@@ -154,15 +196,26 @@ impl Exporter {
     }
 
     fn send(&self, message: Message) {
-        match self.tx.try_send(message) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => self.metrics.export_error("queue"),
-            Err(TrySendError::Disconnected(_)) => self.metrics.export_error("queue"),
+        if self.tx.send(message).is_err() {
+            self.metrics.export_errors("queue", 1);
         }
     }
 
-    pub fn event(&self, event: Timed) {
-        self.send(Message::Event(Box::new(event)));
+    /// Hands a turn's events to the worker; those that do not fit in the queue are counted as
+    /// export errors and dropped.
+    pub fn events(&self, events: Vec<Timed>) {
+        let n = events.len();
+        if n == 0 {
+            return;
+        }
+        if !self.backlog.admit(n) {
+            self.metrics.export_errors("queue", n as u64);
+            return;
+        }
+        if self.tx.send(Message::Events(events)).is_err() {
+            self.backlog.done(n);
+            self.metrics.export_errors("queue", n as u64);
+        }
     }
 
     /// `n` more kernel records of `kind` received.
@@ -177,7 +230,6 @@ impl Exporter {
 
     /// Ends the open container spans, flushes every sink and stops the worker.
     pub fn shutdown(mut self) {
-        // Blocking send: the stop must not be dropped because the queue is full.
         let _ = self.tx.send(Message::Stop);
         if let Some(worker) = self.worker.take() {
             let _ = worker.join();
@@ -225,7 +277,7 @@ struct Tracked {
     pattern_agent: Option<String>,
     init_pid: Option<u32>,
     init_env: Option<Vec<u8>>,
-    agent: Option<String>,
+    agent: Option<AgentName>,
     /// Events that came before the agent_name was settled.
     pending: Vec<Timed>,
     deadline: Instant,
@@ -274,11 +326,17 @@ impl Worker {
         }
     }
 
-    fn run(mut self, rt: &tokio::runtime::Runtime, rx: Receiver<Message>) {
+    fn run(mut self, rt: &tokio::runtime::Runtime, rx: Receiver<Message>, backlog: &Backlog) {
         let mut last_tick = Instant::now();
         loop {
             match rx.recv_timeout(TICK) {
-                Ok(Message::Event(event)) => self.on_event(rt, *event),
+                Ok(Message::Events(events)) => {
+                    let n = events.len();
+                    for event in events {
+                        self.on_event(rt, event);
+                    }
+                    backlog.done(n);
+                }
                 Ok(Message::Records(kind, n)) => self.metrics.events(kind, n),
                 Ok(Message::Lost(probe, n)) => self.metrics.lost(probe, n),
                 Ok(Message::Stop) | Err(RecvTimeoutError::Disconnected) => break,
@@ -335,7 +393,7 @@ impl Worker {
                 return;
             }
         };
-        let containers: Vec<(u64, Arc<str>, String)> = self
+        let containers: Vec<(u64, Arc<str>, AgentName)> = self
             .containers
             .iter()
             .filter_map(|(id, t)| Some((*id, t.container.cgroup_path.clone(), t.agent.clone()?)))
@@ -350,7 +408,7 @@ impl Worker {
         let readings = by_container
             .into_iter()
             .filter_map(|((id, gpu, uuid), bytes)| {
-                let agent = containers.iter().find(|(c, _, _)| *c == id)?.2.clone();
+                let agent = containers.iter().find(|(c, _, _)| *c == id)?.2.to_string();
                 Some(((agent, gpu, uuid), bytes))
             })
             .fold(HashMap::new(), |mut acc, (key, bytes)| {
@@ -360,7 +418,7 @@ impl Worker {
         self.metrics.gpu_memory(&readings);
     }
 
-    fn on_event(&mut self, rt: &tokio::runtime::Runtime, event: Timed) {
+    fn on_event(&mut self, rt: &tokio::runtime::Runtime, mut event: Timed) {
         if let Event::ContainerCreate(create) = &event.event {
             let id = create.container.cgroup_id;
             self.containers.insert(
@@ -392,10 +450,11 @@ impl Worker {
         if tracked.agent.is_none() {
             // The init's exec is when every source can answer (its environment exists, the
             // runtime has written its metadata); a deletion ends the wait too.
-            let settles = match &event.event {
+            let settles = match &mut event.event {
                 Event::ProcessExec(e) if e.is_container_init => {
                     tracked.init_pid = Some(e.pid);
-                    tracked.init_env = e.agent_env.clone();
+                    // Only the resolver reads it.
+                    tracked.init_env = e.agent_env.take();
                     true
                 }
                 Event::ContainerDelete(_) => true,
@@ -428,7 +487,7 @@ impl Worker {
                 pattern_agent: tracked.pattern_agent.as_deref(),
             },
         );
-        let agent = self.labels.acquire(raw.as_deref(), Instant::now());
+        let agent: AgentName = self.labels.acquire(raw.as_deref(), Instant::now()).into();
         let overflow = self.labels.overflow_total();
         if overflow > self.overflow_seen {
             self.metrics.label_overflow(overflow - self.overflow_seen);
@@ -465,13 +524,14 @@ impl Worker {
                     self.metrics.start_duration(&agent, seconds);
                 }
             }
-            Event::Signal(s) => self
-                .metrics
-                .signal(&agent, &s.signal, s.sender_kind.as_str()),
+            Event::Signal(s) => {
+                self.metrics
+                    .signal(&agent, s.signal.clone(), s.sender_kind.as_str())
+            }
             Event::ProcessExit(e) => self.metrics.process_exit(
                 &agent,
                 e.cause.as_str(),
-                e.signal.as_deref().unwrap_or("none"),
+                e.signal.clone().unwrap_or(Cow::Borrowed("none")),
                 e.exit_code,
             ),
             Event::ContainerLingering(_) => self.metrics.container_lingering(&agent),
@@ -524,4 +584,26 @@ fn container_of(event: &Event) -> Option<u64> {
         Event::DeviceOpen(e) => e.container.cgroup_id,
         Event::GpuSharing(e) => e.container.cgroup_id,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Backlog;
+
+    #[test]
+    fn backlog_bounds_waiting_events_and_lets_a_batch_through_an_empty_queue() {
+        let backlog = Backlog::new(10);
+        assert!(backlog.admit(6));
+        assert!(backlog.admit(4), "exactly at the bound");
+        assert!(!backlog.admit(1), "past the bound");
+        backlog.done(6);
+        assert!(!backlog.admit(7));
+        assert!(backlog.admit(6));
+        backlog.done(10);
+        // Nothing waits: even a batch larger than the bound goes through, once.
+        assert!(backlog.admit(25));
+        assert!(!backlog.admit(1));
+        backlog.done(25);
+        assert!(backlog.admit(1));
+    }
 }

@@ -12,6 +12,7 @@ use opentelemetry::{
 };
 use opentelemetry_sdk::trace::SdkTracer;
 
+use super::metrics::AgentName;
 use crate::{
     attribution::ExitCause,
     model::{ContainerRef, Event, Sender},
@@ -30,7 +31,7 @@ struct SpanEvent {
 /// What is known of one container's span so far.
 pub struct ContainerSpan {
     container: ContainerRef,
-    agent_name: String,
+    agent_name: AgentName,
     start: SystemTime,
     events: Vec<SpanEvent>,
     dropped: u64,
@@ -67,7 +68,7 @@ fn sender_attributes(prefix: &'static str, sender: &Sender, out: &mut Vec<KeyVal
 }
 
 impl ContainerSpan {
-    pub fn new(container: ContainerRef, agent_name: String, start: SystemTime) -> ContainerSpan {
+    pub fn new(container: ContainerRef, agent_name: AgentName, start: SystemTime) -> ContainerSpan {
         ContainerSpan {
             container,
             agent_name,
