@@ -90,8 +90,10 @@ pub struct Options {
     /// Parallel workload workers (storm, overhead, memory).
     #[arg(long, default_value_t = 4)]
     workers: usize,
-    /// Interleaved rounds of the overhead comparison (none, clawtrace, bpftrace each).
-    #[arg(long, default_value_t = 9)]
+    /// Interleaved rounds of the overhead comparison (each configuration once per round, the
+    /// order rotating by one each round: a multiple of 4 puts each configuration in each
+    /// place equally often).
+    #[arg(long, default_value_t = 12)]
     rounds: usize,
     /// Lifecycles per worker in each overhead run (about 2.5 s per run here: long enough for
     /// stable medians).
@@ -1006,6 +1008,8 @@ struct OverheadRun {
     lost: u64,
     /// [`syscall_ns`] with the tracer attached.
     syscall_ns: f64,
+    /// CPU seconds the tracer's process used while attached (none for the untraced run).
+    tracer_cpu: Option<f64>,
 }
 
 /// One overhead run: starts the tracer (if any), runs the fixed workload, then the system-call
@@ -1024,6 +1028,7 @@ fn overhead_run(env: &Env, traced: Traced, tag: String, script: &Path) -> Result
         )?),
         Traced::Bpftrace => Some(Tracer::bpftrace(script, &out)?),
     };
+    let cpu_before = tracer.as_ref().map(|t| cpu_seconds(t.pid())).transpose()?;
     let outcome = workload::run(&env.spec(
         tag.clone(),
         Until::Lifecycles(env.options.overhead_lifecycles),
@@ -1032,8 +1037,14 @@ fn overhead_run(env: &Env, traced: Traced, tag: String, script: &Path) -> Result
     let swept = workload::sweep(&env.cgroup_root, Some(&tag));
     let syscall_ns = syscall_ns();
     let mut lost = 0;
+    let mut tracer_cpu = None;
     if let Some(tracer) = tracer {
         let name = tracer.name;
+        // Its work on the workload's events is done by now: the system-call loop took longer
+        // than its poll interval.
+        if let Some(before) = cpu_before {
+            tracer_cpu = Some(cpu_seconds(tracer.pid())? - before);
+        }
         let stopped = tracer.stop()?;
         if !stopped.status.success() {
             bail!(
@@ -1053,6 +1064,7 @@ fn overhead_run(env: &Env, traced: Traced, tag: String, script: &Path) -> Result
         seconds: outcome.elapsed.as_secs_f64(),
         lost,
         syscall_ns,
+        tracer_cpu,
     })
 }
 
@@ -1062,13 +1074,19 @@ fn overhead(env: &Env, _ctx: &Ctx) -> Result<Vec<Section>> {
     fs::write(&script, tracer::BPFTRACE_SCRIPT)
         .with_context(|| format!("writing {}", script.display()))?;
     let lifecycles = o.overhead_lifecycles * o.workers as u64;
+    let cores = thread::available_parallelism().map_or(1, |n| n.get());
     // A discarded warm-up run: page cache, cgroup and pid allocations.
     overhead_run(env, Traced::Nothing, format!("o{}-warm", env.pid), &script)?;
     let mut times: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let mut syscalls: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut cpu: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let mut lost_total = 0;
     for round in 0..o.rounds {
-        for traced in Traced::ALL {
+        // Each round starts one configuration further along, so that none always runs in the
+        // same place (first after the previous round's bpftrace teardown, say).
+        let mut order = Traced::ALL;
+        order.rotate_left(round % Traced::ALL.len());
+        for traced in order {
             let tag = format!("o{}-r{round}t{}", env.pid, traced as usize);
             let run = overhead_run(env, traced, tag, &script)?;
             lost_total += run.lost;
@@ -1081,6 +1099,16 @@ fn overhead(env: &Env, _ctx: &Ctx) -> Result<Vec<Section>> {
                 run.syscall_ns
             );
             times.entry(traced.name()).or_default().push(run.seconds);
+            if let Some(seconds) = run.tracer_cpu {
+                // As a share of the machine's time over the run: what the tracer's own
+                // process took from the workload, directly.
+                let machine = run.seconds * cores as f64;
+                if machine > 0.0 {
+                    cpu.entry(traced.name())
+                        .or_default()
+                        .push(seconds / machine * 100.0);
+                }
+            }
             syscalls
                 .entry(traced.name())
                 .or_default()
@@ -1121,16 +1149,22 @@ fn overhead(env: &Env, _ctx: &Ctx) -> Result<Vec<Section>> {
     let mut md = format!(
         "Each run: {} workers × {} lifecycles (the storm's mix: exit, SIGKILL, fork+exit; \
          {lifecycles} containers, wall time measured). Tracers are started before the run and \
-         stopped after it, once attached; {} rounds of none → clawtrace → clawtrace without \
-         syscall hooks → bpftrace after one discarded warm-up run. clawtrace: the release \
+         stopped after it, once attached; {} rounds of none, clawtrace, clawtrace without \
+         syscall hooks and bpftrace after one discarded warm-up run, each round starting one \
+         configuration further along (so no configuration always runs first, or after the \
+         same one). clawtrace: the release \
          build, `--output json` to a file, `/metrics` on; the third configuration adds \
          `--no-mount-tracking --no-gpu-open-tracking`, so no syscall tracepoint is attached. \
          bpftrace: `target/bench/peer.bt`, the same six tracepoints, cgroups and \
          tasks followed in maps keyed by id and pid, last signal and sender kept per process, \
          exit status read from the task, one line printed per event to a file. Slowdown: the \
          median over rounds of each run against the untraced run of its round (this VM's speed \
-         drifts over a minute); the last column compares medians across rounds instead.\n\n\
-         | tracer | runs (s) | median (s) | lifecycles/s | slowdown | median against median |\n|---|---|---|---|---|---|\n",
+         drifts over a minute); the next column compares medians across rounds instead. Tracer \
+         CPU: the tracer's own process (user space: for clawtrace its tracing loop and export \
+         worker; its programs run in the workload's tasks and are not in it), as a share of \
+         the machine's time over the run ({cores} cores × the run's wall time), median over \
+         rounds.\n\n\
+         | tracer | runs (s) | median (s) | lifecycles/s | slowdown | median against median | tracer CPU |\n|---|---|---|---|---|---|---|\n",
         o.workers, o.overhead_lifecycles, o.rounds
     );
     let mut configs = Vec::new();
@@ -1139,9 +1173,11 @@ fn overhead(env: &Env, _ctx: &Ctx) -> Result<Vec<Section>> {
         let m = med(traced);
         let rate = if m > 0.0 { lifecycles as f64 / m } else { 0.0 };
         let s = slowdown(traced);
+        let cpu_runs = cpu.get(traced.name()).cloned().unwrap_or_default();
+        let cpu_share = (!cpu_runs.is_empty()).then(|| median(&cpu_runs));
         let _ = writeln!(
             md,
-            "| {} | {} | {m:.3} | {rate:.0} | {} | {} |",
+            "| {} | {} | {m:.3} | {rate:.0} | {} | {} | {} |",
             traced.name(),
             runs.iter()
                 .map(|t| format!("{t:.3}"))
@@ -1156,7 +1192,8 @@ fn overhead(env: &Env, _ctx: &Ctx) -> Result<Vec<Section>> {
                 "–".to_string()
             } else {
                 format!("{:+.1} %", of_medians(traced))
-            }
+            },
+            cpu_share.map_or("–".to_string(), |c| format!("{c:.2} %"))
         );
         configs.push(json!({
             "tracer": traced.name(),
@@ -1168,6 +1205,8 @@ fn overhead(env: &Env, _ctx: &Ctx) -> Result<Vec<Section>> {
             "slowdown_of_medians_percent": if traced == Traced::Nothing { Value::Null } else { json!(of_medians(traced)) },
             "syscall_ns_runs": syscalls.get(traced.name()).cloned().unwrap_or_default(),
             "syscall_ns_median": syscall_med(traced),
+            "tracer_cpu_percent_of_machine_runs": cpu_runs,
+            "tracer_cpu_percent_of_machine_median": cpu_share,
         }));
     }
     let _ = writeln!(
