@@ -410,6 +410,7 @@ pub const BTF_FIELDS: &[(&str, &str, &str)] = &[
     ("KERNFS_NODE_ID", "kernfs_node", "id"),
     ("SIGINFO_CODE", "kernel_siginfo", "si_code"),
     ("TASK_MM", "task_struct", "mm"),
+    ("TASK_BPF_STORAGE", "task_struct", "bpf_storage"),
     ("MM_ENV_START", "mm_struct", "env_start"),
     ("MM_ENV_END", "mm_struct", "env_end"),
     ("MM_TOTAL_VM", "mm_struct", "total_vm"),

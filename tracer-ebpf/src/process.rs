@@ -69,13 +69,14 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
 fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i32> {
     // Every exec on the host passes here: its cgroup decides, in one lookup (measured cheaper
     // here than a task-storage miss: the host's few cgroups stay in cache).
-    let cgroup_id = current_cgroup_id();
+    let task = current_task();
+    // SAFETY: `task` is the running task's BTF pointer.
+    let cgroup_id = unsafe { task_cgroup_id(task) };
     let Some(state) = CGROUPS.get_ptr_mut(cgroup_id) else {
         return Ok(());
     };
     // SAFETY: an int of sched_process_exec's record at this (aligned) offset.
     let old_pid = unsafe { field::<i32>(ctx, EXEC_OLD_PID) } as u32;
-    let task = current_task();
     // SAFETY: `task` is the running task's BTF pointer.
     let head = unsafe { header_of(kind::PROCESS_EXEC, task, cgroup_id) };
 

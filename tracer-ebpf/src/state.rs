@@ -4,7 +4,7 @@
 use aya_ebpf::{
     bindings::{bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE, task_struct, BPF_F_NO_PREALLOC},
     helpers::{
-        bpf_get_current_cgroup_id, bpf_ktime_get_ns,
+        bpf_ktime_get_ns,
         generated::{
             bpf_get_current_task_btf, bpf_probe_read_kernel_str, bpf_task_storage_delete,
             bpf_task_storage_get,
@@ -79,6 +79,15 @@ impl<T> TaskStorage<T> {
     /// `task`'s value, if it has one.
     #[inline(always)]
     pub fn get(&self, task: Task) -> Option<*mut T> {
+        // A task that no task-storage map has a value for has no local storage at all (the
+        // kernel clears the pointer when its last value goes): one load tells, where the helper
+        // costs a call and its recursion guard. That is the fast path of every fork, exit and
+        // signal outside the containers (unless another tool keeps task storage too).
+        // SAFETY: `task` is a BTF task pointer and `bpf_storage` a pointer field of it, read
+        // whole.
+        if unsafe { btf_read::<u64, _>(task, &TASK_BPF_STORAGE) } == 0 {
+            return None;
+        }
         // SAFETY: the helper checks `task` (a BTF task pointer, or null) and returns null when
         // there is no value; a value stays valid for the program's run.
         let value = unsafe { bpf_task_storage_get(self.as_ptr(), task, core::ptr::null_mut(), 0) };
@@ -139,6 +148,7 @@ btf_offsets!(
     KERNFS_NODE_ID,
     SIGINFO_CODE,
     TASK_MM,
+    TASK_BPF_STORAGE,
     MM_ENV_START,
     MM_ENV_END,
     MM_TOTAL_VM,
@@ -302,10 +312,12 @@ pub unsafe fn header_of(kind: u32, task: Task, cgroup_id: u64) -> Header {
     }
 }
 
+/// The running task's v2 cgroup id, by typed loads (what `bpf_get_current_cgroup_id` reads,
+/// without its call).
 #[inline(always)]
 pub fn current_cgroup_id() -> u64 {
-    // SAFETY: helper without arguments, callable from any tracepoint program.
-    unsafe { bpf_get_current_cgroup_id() }
+    // SAFETY: `current_task()` is the running task's BTF pointer.
+    unsafe { task_cgroup_id(current_task()) }
 }
 
 #[inline(always)]
