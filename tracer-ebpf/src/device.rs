@@ -3,25 +3,30 @@
 //! whether it could.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, generated::bpf_probe_read_user_str},
-    macros::{map, tracepoint},
-    maps::{Array, HashMap, PerCpuArray},
+    helpers::generated::bpf_probe_read_user_str,
+    macros::{btf_map, map, tracepoint},
+    maps::{Array, PerCpuArray},
     programs::TracePointContext,
 };
 use tracer_common::{
-    kind, probe, DeviceOpenRecord, DevicePrefix, DEVICE_PATH_LEN, DEVICE_PREFIXES,
+    kind, probe, untracked, DeviceOpenRecord, DevicePrefix, DEVICE_PATH_LEN, DEVICE_PREFIXES,
     DEVICE_PREFIX_LEN,
 };
 
-use crate::state::{current_cgroup_id, header, is_tracked_cgroup, reserve, wakeup};
+use crate::state::{
+    count_untracked, current_task, header_of, is_tracked_cgroup, reserve, task_cgroup_id,
+    task_comm, wakeup, TaskStorage,
+};
 
 /// The prefixes, written by the loader.
 #[map]
 pub static DEVICE_PREFIX: Array<DevicePrefix> = Array::with_max_entries(DEVICE_PREFIXES, 0);
 
-/// Paths of opens between entry and exit, keyed by thread id.
-#[map]
-static DEVICE_PENDING: HashMap<u32, [u8; DEVICE_PATH_LEN]> = HashMap::with_max_entries(4096, 0);
+/// The path of an open between its entry and exit, beside the thread that makes it (freed with
+/// the thread if it dies inside the call). A thread without local storage has none, so the
+/// exit of every open outside the containers costs one load.
+#[btf_map]
+static DEVICE_PENDING: TaskStorage<[u8; DEVICE_PATH_LEN]> = TaskStorage::new();
 
 #[map]
 static DEVICE_SCRATCH: PerCpuArray<[u8; DEVICE_PATH_LEN]> = PerCpuArray::with_max_entries(1, 0);
@@ -49,15 +54,18 @@ fn matches(path: &[u8; DEVICE_PATH_LEN], prefix: &DevicePrefix) -> bool {
 #[tracepoint]
 pub fn sys_enter_openat(ctx: TracePointContext) -> u32 {
     // Every open on the host passes here: the cgroup test comes first and is one lookup.
-    if !is_tracked_cgroup(current_cgroup_id()) {
+    let task = current_task();
+    // SAFETY: `task` is the running task's BTF pointer.
+    if !is_tracked_cgroup(unsafe { task_cgroup_id(task) }) {
         return 0;
     }
-    let Some(path) = DEVICE_SCRATCH.get_ptr_mut(0) else {
+    let Some(scratch) = DEVICE_SCRATCH.get_ptr_mut(0) else {
         return 0;
     };
     // SAFETY: this CPU's scratch slot; the helper bounds the copy by its size and reads the
     // caller's memory safely.
     let path = unsafe {
+        let path = scratch;
         core::ptr::write_bytes(path, 0, 1);
         let Ok(filename) = ctx.read_at::<u64>(FILENAME) else {
             return 0;
@@ -70,8 +78,15 @@ pub fn sys_enter_openat(ctx: TracePointContext) -> u32 {
     for i in 0..DEVICE_PREFIXES {
         if let Some(prefix) = DEVICE_PREFIX.get(i) {
             if matches(path, prefix) {
-                let tid = bpf_get_current_pid_tgid() as u32;
-                let _ = DEVICE_PENDING.insert(tid, path, 0);
+                // SAFETY: `scratch` is this CPU's slot (`path` is not used again), a whole value
+                // the helper copies when it creates the entry; an entry left by an earlier call
+                // is overwritten.
+                unsafe {
+                    match DEVICE_PENDING.get_or_insert(task, &mut *scratch) {
+                        Some(pending) => core::ptr::copy_nonoverlapping(scratch, pending, 1),
+                        None => count_untracked(untracked::TASK),
+                    }
+                }
                 return 0;
             }
         }
@@ -81,8 +96,8 @@ pub fn sys_enter_openat(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sys_exit_openat(ctx: TracePointContext) -> u32 {
-    let tid = bpf_get_current_pid_tgid() as u32;
-    let Some(path) = DEVICE_PENDING.get_ptr(tid) else {
+    let task = current_task();
+    let Some(path) = DEVICE_PENDING.get(task) else {
         return 0;
     };
     // SAFETY: fixed offset of sys_exit_openat's return value, read through bpf_probe_read.
@@ -92,13 +107,13 @@ pub fn sys_exit_openat(ctx: TracePointContext) -> u32 {
         // SAFETY: reserved ring-buffer space of the record's size, filled before submit from the
         // pending map value, live for this program's run.
         unsafe {
-            (*record).header = header(kind::DEVICE_OPEN);
+            (*record).header = header_of(kind::DEVICE_OPEN, task, task_cgroup_id(task));
             (*record).ret = ret;
-            (*record).comm = bpf_get_current_comm().unwrap_or_default();
+            (*record).comm = task_comm(task);
             core::ptr::copy_nonoverlapping(path, core::ptr::addr_of_mut!((*record).path), 1);
         }
         entry.submit(wakeup::<DeviceOpenRecord>());
     }
-    let _ = DEVICE_PENDING.remove(tid);
+    DEVICE_PENDING.delete(task);
     0
 }
