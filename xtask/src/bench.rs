@@ -986,6 +986,15 @@ fn median(values: &[f64]) -> f64 {
     }
 }
 
+/// The medians of the lower and upper halves of `values` (Tukey's hinges): where the middle
+/// half lies.
+fn hinges(values: &[f64]) -> (f64, f64) {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let half = v.len().div_ceil(2);
+    (median(&v[..half]), median(&v[v.len() - half..]))
+}
+
 /// Plain system calls timed in each overhead run, while the tracer is attached.
 const SYSCALL_LOOP: u32 = 1_000_000;
 
@@ -1163,8 +1172,9 @@ fn overhead(env: &Env, _ctx: &Ctx) -> Result<Vec<Section>> {
          CPU: the tracer's own process (user space: for clawtrace its tracing loop and export \
          worker; its programs run in the workload's tasks and are not in it), as a share of \
          the machine's time over the run ({cores} cores × the run's wall time), median over \
-         rounds.\n\n\
-         | tracer | runs (s) | median (s) | lifecycles/s | slowdown | median against median | tracer CPU |\n|---|---|---|---|---|---|---|\n",
+         rounds. Spread: the middle half of the per-round slowdowns (how much one round \
+         moves).\n\n\
+         | tracer | runs (s) | median (s) | lifecycles/s | slowdown | spread | median against median | tracer CPU |\n|---|---|---|---|---|---|---|---|\n",
         o.workers, o.overhead_lifecycles, o.rounds
     );
     let mut configs = Vec::new();
@@ -1175,9 +1185,10 @@ fn overhead(env: &Env, _ctx: &Ctx) -> Result<Vec<Section>> {
         let s = slowdown(traced);
         let cpu_runs = cpu.get(traced.name()).cloned().unwrap_or_default();
         let cpu_share = (!cpu_runs.is_empty()).then(|| median(&cpu_runs));
+        let (low, high) = hinges(&paired(traced));
         let _ = writeln!(
             md,
-            "| {} | {} | {m:.3} | {rate:.0} | {} | {} | {} |",
+            "| {} | {} | {m:.3} | {rate:.0} | {} | {} | {} | {} |",
             traced.name(),
             runs.iter()
                 .map(|t| format!("{t:.3}"))
@@ -1187,6 +1198,11 @@ fn overhead(env: &Env, _ctx: &Ctx) -> Result<Vec<Section>> {
                 "–".to_string()
             } else {
                 format!("{s:+.1} %")
+            },
+            if traced == Traced::Nothing {
+                "–".to_string()
+            } else {
+                format!("{low:+.1} … {high:+.1} %")
             },
             if traced == Traced::Nothing {
                 "–".to_string()
@@ -1202,6 +1218,7 @@ fn overhead(env: &Env, _ctx: &Ctx) -> Result<Vec<Section>> {
             "lifecycles_per_second": rate,
             "slowdown_percent": if traced == Traced::Nothing { Value::Null } else { json!(s) },
             "paired_slowdowns_percent": paired(traced),
+            "paired_slowdowns_middle_half_percent": [low, high],
             "slowdown_of_medians_percent": if traced == Traced::Nothing { Value::Null } else { json!(of_medians(traced)) },
             "syscall_ns_runs": syscalls.get(traced.name()).cloned().unwrap_or_default(),
             "syscall_ns_median": syscall_med(traced),
@@ -1974,6 +1991,19 @@ mod tests {
                       [x INFO ] stopped: 1234 events, 5 records lost, 0 undecodable\n";
         assert_eq!(stopped_line(stderr), Some((1234, 5, 0)));
         assert_eq!(stopped_line("nothing here"), None);
+    }
+
+    #[test]
+    fn hinges_bound_the_middle_half() {
+        // Eight values: the halves are 1..4 and 5..8.
+        assert_eq!(
+            hinges(&[8.0, 1.0, 7.0, 2.0, 6.0, 3.0, 5.0, 4.0]),
+            (2.5, 6.5)
+        );
+        // Odd: the median belongs to both halves.
+        assert_eq!(hinges(&[5.0, 1.0, 3.0, 2.0, 4.0]), (2.0, 4.0));
+        assert_eq!(hinges(&[7.0]), (7.0, 7.0));
+        assert_eq!(hinges(&[]), (0.0, 0.0));
     }
 
     #[test]
