@@ -91,8 +91,8 @@ pub struct Options {
     #[arg(long, default_value_t = 4)]
     workers: usize,
     /// Interleaved rounds of the overhead comparison (each configuration once per round, the
-    /// order rotating by one each round: a multiple of 4 puts each configuration in each
-    /// place equally often).
+    /// order rotating by one each round and reversed every other cycle of four: a multiple of
+    /// 4 puts each configuration in each place equally often).
     #[arg(long, default_value_t = 12)]
     rounds: usize,
     /// Lifecycles per worker in each overhead run (about 2.5 s per run here: long enough for
@@ -1019,6 +1019,8 @@ struct OverheadRun {
     syscall_ns: f64,
     /// CPU seconds the tracer's process used while attached (none for the untraced run).
     tracer_cpu: Option<f64>,
+    /// Seconds spent waiting for a quiet machine before the workload ([`settle`]).
+    settled: f64,
 }
 
 /// One overhead run: starts the tracer (if any), runs the fixed workload, then the system-call
@@ -1027,6 +1029,7 @@ fn overhead_run(env: &Env, traced: Traced, tag: String, script: &Path) -> Result
     let out = env
         .scratch
         .join(format!("overhead-{}.out", traced as usize));
+    let mut settled = settle();
     let tracer = match traced {
         Traced::Nothing => None,
         Traced::Clawtrace => Some(Tracer::clawtrace(&env.clawtrace, &out, &[])?),
@@ -1037,6 +1040,9 @@ fn overhead_run(env: &Env, traced: Traced, tag: String, script: &Path) -> Result
         )?),
         Traced::Bpftrace => Some(Tracer::bpftrace(script, &out)?),
     };
+    if tracer.is_some() {
+        settled += settle();
+    }
     let cpu_before = tracer.as_ref().map(|t| cpu_seconds(t.pid())).transpose()?;
     let outcome = workload::run(&env.spec(
         tag.clone(),
@@ -1074,6 +1080,7 @@ fn overhead_run(env: &Env, traced: Traced, tag: String, script: &Path) -> Result
         lost,
         syscall_ns,
         tracer_cpu,
+        settled,
     })
 }
 
@@ -1089,12 +1096,17 @@ fn overhead(env: &Env, _ctx: &Ctx) -> Result<Vec<Section>> {
     let mut times: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let mut syscalls: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let mut cpu: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut settled: Vec<f64> = Vec::new();
     let mut lost_total = 0;
     for round in 0..o.rounds {
         // Each round starts one configuration further along, so that none always runs in the
-        // same place (first after the previous round's bpftrace teardown, say).
+        // same place, and every other cycle of rounds runs backwards, so that none always
+        // follows the same one.
         let mut order = Traced::ALL;
         order.rotate_left(round % Traced::ALL.len());
+        if (round / Traced::ALL.len()) % 2 == 1 {
+            order.reverse();
+        }
         for traced in order {
             let tag = format!("o{}-r{round}t{}", env.pid, traced as usize);
             let run = overhead_run(env, traced, tag, &script)?;
@@ -1108,6 +1120,7 @@ fn overhead(env: &Env, _ctx: &Ctx) -> Result<Vec<Section>> {
                 run.syscall_ns
             );
             times.entry(traced.name()).or_default().push(run.seconds);
+            settled.push(run.settled);
             if let Some(seconds) = run.tracer_cpu {
                 // As a share of the machine's time over the run: what the tracer's own
                 // process took from the workload, directly.
@@ -1160,8 +1173,11 @@ fn overhead(env: &Env, _ctx: &Ctx) -> Result<Vec<Section>> {
          {lifecycles} containers, wall time measured). Tracers are started before the run and \
          stopped after it, once attached; {} rounds of none, clawtrace, clawtrace without \
          syscall hooks and bpftrace after one discarded warm-up run, each round starting one \
-         configuration further along (so no configuration always runs first, or after the \
-         same one). clawtrace: the release \
+         configuration further along and every other cycle of four rounds in reverse order (so \
+         no configuration always runs first, or after the same one). Before each run, and \
+         again once its tracer is attached, the bench waits for a quiet machine (at most 5 % \
+         busy over 300 ms; median wait {settle:.1} s): a stopped tracer's programs and maps \
+         are freed by kernel workers after it exits. clawtrace: the release \
          build, `--output json` to a file, `/metrics` on; the third configuration adds \
          `--no-mount-tracking --no-gpu-open-tracking`, so no syscall tracepoint is attached. \
          bpftrace: `target/bench/peer.bt`, the same six tracepoints, cgroups and \
@@ -1175,7 +1191,10 @@ fn overhead(env: &Env, _ctx: &Ctx) -> Result<Vec<Section>> {
          rounds. Spread: the middle half of the per-round slowdowns (how much one round \
          moves).\n\n\
          | tracer | runs (s) | median (s) | lifecycles/s | slowdown | spread | median against median | tracer CPU |\n|---|---|---|---|---|---|---|---|\n",
-        o.workers, o.overhead_lifecycles, o.rounds
+        o.workers,
+        o.overhead_lifecycles,
+        o.rounds,
+        settle = median(&settled),
     );
     let mut configs = Vec::new();
     for traced in Traced::ALL {
@@ -1303,6 +1322,8 @@ fn overhead(env: &Env, _ctx: &Ctx) -> Result<Vec<Section>> {
             "workers": o.workers,
             "lifecycles_per_run": lifecycles,
             "rounds": o.rounds,
+            "settle_seconds_median": median(&settled),
+            "settle_seconds_max": settled.iter().copied().fold(0.0, f64::max),
             "configs": configs,
             "clawtrace_slowdown_percent": claw,
             "clawtrace_no_syscall_hooks_slowdown_percent": core,
@@ -1898,6 +1919,23 @@ fn cpu_jiffies() -> (u64, u64) {
     // idle and iowait are the 4th and 5th.
     let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
     (total.saturating_sub(idle), total)
+}
+
+/// Waits until the machine is quiet (at most 5 % busy over 300 ms), for at most 10 s; returns
+/// the seconds waited. A stopped tracer leaves work to the kernel (its programs and maps are
+/// freed by kernel workers after it exits), and a new one's start leaves some too: neither may
+/// run during the next measured workload.
+fn settle() -> f64 {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(10) {
+        let (busy0, total0) = cpu_jiffies();
+        thread::sleep(Duration::from_millis(300));
+        let (busy1, total1) = cpu_jiffies();
+        if total1 > total0 && (busy1 - busy0) * 100 <= 5 * (total1 - total0) {
+            break;
+        }
+    }
+    started.elapsed().as_secs_f64()
 }
 
 /// How busy the machine is over one second, who keeps it busy, and how many tracepoint
