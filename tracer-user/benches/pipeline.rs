@@ -19,7 +19,7 @@ use clawtrace::{
         pipeline::{ExportConfig, InlineWorker},
     },
     model::{Model, ModelConfig, Output},
-    output,
+    output::{Format, Printer},
     replay::{self, cgroup, comm, exec, exec_with_env, exit, header, HOST_CGROUP, RUNTIME_PID},
     sys::WallClock,
 };
@@ -166,15 +166,15 @@ fn pin_to_one_cpu() {
 }
 
 /// One pass over the recorded stream, a poll's worth of records at a time, as the tracing loop
-/// does: decode, model, count by kind, hand each event to the export worker (and render it as
-/// JSON if `json`).
+/// does: decode, model, count by kind, print each event with `printer` (if any), then hand it
+/// to the export worker.
 fn replay_stream(
     stream: &[Vec<u8>],
     m: &mut Model<Recognizer>,
     worker: &mut InlineWorker,
     batch: &mut Vec<Record>,
     out: &mut Output,
-    json: Option<&WallClock>,
+    mut printer: Option<&mut Printer<std::io::Sink>>,
 ) {
     for chunk in stream.chunks(POLL_BATCH) {
         batch.clear();
@@ -186,11 +186,11 @@ fn replay_stream(
             worker.records(kind, n);
         }
         for event in out.events.drain(..) {
-            if let Some(clock) = json {
-                black_box(output::json(&event, clock));
+            if let Some(printer) = printer.as_deref_mut() {
+                black_box(printer.print(&event)).ok();
             }
-            // The tracing loop hands the worker a copy of each event.
-            worker.event(event.clone());
+            // The tracing loop hands the worker its events by value.
+            worker.event(event);
         }
         out.untrack.clear();
     }
@@ -234,9 +234,11 @@ fn pipeline(c: &mut Criterion) {
         b.iter(|| replay_stream(&stream, &mut m, &mut export, &mut batch, &mut out, None))
     });
 
-    // The same with `--output json`: every event also rendered as a JSON line.
+    // The same with `--output json`: every event also printed as a JSON line, by the printer
+    // the tracing loop uses (into a sink: the bytes are made, not written anywhere).
     let mut m = model();
     let mut export = worker(clock);
+    let mut printer = Printer::new(std::io::sink(), Format::Json, clock);
     group.bench_function("decode_model_aggregate_json", |b| {
         b.iter(|| {
             replay_stream(
@@ -245,7 +247,7 @@ fn pipeline(c: &mut Criterion) {
                 &mut export,
                 &mut batch,
                 &mut out,
-                Some(&clock),
+                Some(&mut printer),
             )
         })
     });
