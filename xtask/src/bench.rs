@@ -95,9 +95,9 @@ pub struct Options {
     /// 4 puts each configuration in each place equally often).
     #[arg(long, default_value_t = 12)]
     rounds: usize,
-    /// Lifecycles per worker in each overhead run (about 2.5 s per run here: long enough for
-    /// stable medians).
-    #[arg(long, default_value_t = 1500)]
+    /// Lifecycles per worker in each overhead run (about 4.5 s per run here). Half as many
+    /// made runs of about 2 s, whose per-round slowdowns spread two to three times as wide.
+    #[arg(long, default_value_t = 3000)]
     overhead_lifecycles: u64,
     /// Containers kept alive in the memory section.
     #[arg(long, default_value_t = 10_000)]
