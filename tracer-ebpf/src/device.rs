@@ -14,7 +14,7 @@ use tracer_common::{
 };
 
 use crate::state::{
-    count_untracked, current_task, header_of, is_tracked_cgroup, reserve, task_cgroup_id,
+    count_untracked, current_task, header_for, is_tracked_cgroup, reserve, task_cgroup_id,
     task_comm, wakeup, TaskStorage,
 };
 
@@ -65,15 +65,16 @@ pub fn sys_enter_openat(ctx: TracePointContext) -> u32 {
     // SAFETY: this CPU's scratch slot; the helper bounds the copy by its size and reads the
     // caller's memory safely.
     let path = unsafe {
-        let path = scratch;
-        core::ptr::write_bytes(path, 0, 1);
+        core::ptr::write_bytes(scratch, 0, 1);
         let Ok(filename) = ctx.read_at::<u64>(FILENAME) else {
             return 0;
         };
-        if bpf_probe_read_user_str(path.cast(), DEVICE_PATH_LEN as u32, filename as *const _) <= 0 {
+        if bpf_probe_read_user_str(scratch.cast(), DEVICE_PATH_LEN as u32, filename as *const _)
+            <= 0
+        {
             return 0;
         }
-        &*path
+        &*scratch
     };
     for i in 0..DEVICE_PREFIXES {
         if let Some(prefix) = DEVICE_PREFIX.get(i) {
@@ -107,7 +108,7 @@ pub fn sys_exit_openat(ctx: TracePointContext) -> u32 {
         // SAFETY: reserved ring-buffer space of the record's size, filled before submit from the
         // pending map value, live for this program's run.
         unsafe {
-            (*record).header = header_of(kind::DEVICE_OPEN, task, task_cgroup_id(task));
+            (*record).header = header_for(kind::DEVICE_OPEN, task);
             (*record).ret = ret;
             (*record).comm = task_comm(task);
             core::ptr::copy_nonoverlapping(path, core::ptr::addr_of_mut!((*record).path), 1);

@@ -67,8 +67,8 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
 }
 
 fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i32> {
-    // Every exec on the host passes here: its cgroup decides, in one lookup (measured cheaper
-    // here than a task-storage miss: the host's few cgroups stay in cache).
+    // Every exec on the host passes here: its cgroup decides, in one lookup (the task's entry
+    // cannot: a task can be in a followed cgroup without one yet, and is followed from here).
     let task = current_task();
     // SAFETY: `task` is the running task's BTF pointer.
     let cgroup_id = unsafe { task_cgroup_id(task) };

@@ -8,9 +8,9 @@ use tracer_common::{
 };
 
 use crate::state::{
-    btf_read, current_task, group_leader, header, header_of, now_ns, reserve, signal_track,
-    task_cgroup_id, task_comm, wakeup, Task, MM_ANON_RSS, MM_TOTAL_VM, PAGE_KB_SHIFT, SIGINFO_CODE,
-    TASK_MM, TASK_STATE,
+    btf_read, current_task, group_leader, header, header_for, now_ns, reserve, signal_track,
+    task_comm, wakeup, Task, MM_ANON_RSS, MM_TOTAL_VM, PAGE_KB_SHIFT, SIGINFO_CODE, TASK_MM,
+    TASK_STATE,
 };
 
 /// `si_code` of a signal sent without a siginfo (`SEND_SIG_NOINFO`, as by kill(2)).
@@ -78,12 +78,7 @@ fn try_signal_generate(ctx: &BtfTracePointContext) -> Result<(), i32> {
     // This runs in the sender's context.
     let sender = current_task();
     // SAFETY: `sender` is the running task's BTF pointer.
-    let (head, sender_comm) = unsafe {
-        (
-            header_of(kind::SIGNAL, sender, task_cgroup_id(sender)),
-            task_comm(sender),
-        )
-    };
+    let (head, sender_comm) = unsafe { (header_for(kind::SIGNAL, sender), task_comm(sender)) };
 
     if let Some(track) = signal_track(task.tgid) {
         // SAFETY: `track` points to a live map value; concurrent senders to the same process on

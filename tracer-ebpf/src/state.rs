@@ -288,8 +288,17 @@ pub unsafe fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
 /// by typed loads: one helper call where there were three.)
 #[inline(always)]
 pub fn header(kind: u32) -> Header {
-    let task = current_task();
-    // SAFETY: `task` is the running task's BTF pointer.
+    // SAFETY: `current_task()` is the running task's BTF pointer.
+    unsafe { header_for(kind, current_task()) }
+}
+
+/// The header of a record about `task`, the running task.
+///
+/// # Safety
+/// `task` must be the running task's BTF pointer ([`current_task`]).
+#[inline(always)]
+pub unsafe fn header_for(kind: u32, task: Task) -> Header {
+    // SAFETY: per the contract.
     unsafe { header_of(kind, task, task_cgroup_id(task)) }
 }
 

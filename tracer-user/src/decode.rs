@@ -115,8 +115,8 @@ fn read_exec(bytes: &[u8]) -> Result<Record, DecodeError> {
         return Ok(Record::Exec(read(bytes, kind::PROCESS_EXEC)?));
     }
     let mut record: ExecEnvRecord = read(bytes, kind::PROCESS_EXEC)?;
-    // The kernel copies a fixed-size window of its scan buffer; only `value_len` bytes are the
-    // value, and nothing past them (another variable's bytes) is kept.
+    // Only `value_len` bytes are the value; the kernel leaves the rest of the field as the ring
+    // held it, and nothing of that is kept.
     let len = (record.env.value_len as usize).min(record.env.value.len());
     record.env.value[len..].fill(0);
     Ok(Record::ExecEnv(record))

@@ -1142,7 +1142,7 @@ fn overhead(env: &Env, _ctx: &Ctx) -> Result<Vec<Section>> {
     let syscall_none = syscall_med(Traced::Nothing);
     let syscall_added = |t: Traced| syscall_med(t) - syscall_none;
     let none = med(Traced::Nothing);
-    // Each run against the untraced run of its own round, a few seconds before it: this VM's
+    // Each run against the untraced run of its own round, seconds away from it: this VM's
     // speed drifts by several percent over a minute, which a comparison of medians across
     // rounds takes for tracer cost.
     let paired = |t: Traced| -> Vec<f64> {
@@ -1184,7 +1184,8 @@ fn overhead(env: &Env, _ctx: &Ctx) -> Result<Vec<Section>> {
          tasks followed in maps keyed by id and pid, last signal and sender kept per process, \
          exit status read from the task, one line printed per event to a file. Slowdown: the \
          median over rounds of each run against the untraced run of its round (this VM's speed \
-         drifts over a minute); the next column compares medians across rounds instead. Tracer \
+         drifts over a minute); \"median against median\" compares medians across rounds instead. \
+         Tracer \
          CPU: the tracer's own process (user space: for clawtrace its tracing loop and export \
          worker; its programs run in the workload's tasks and are not in it), as a share of \
          the machine's time over the run ({cores} cores × the run's wall time), median over \

@@ -197,7 +197,7 @@ impl Exporter {
 
     fn send(&self, message: Message) {
         if self.tx.send(message).is_err() {
-            self.metrics.export_errors("queue", 1);
+            self.metrics.export_error("queue");
         }
     }
 
