@@ -645,6 +645,16 @@ fn containers_running_before_start_are_followed() {
     assert_eq!(create["preexisting"], true);
     assert_eq!(create["cgroup_id"], cgroup.id());
 
+    // A process started in it now is followed from its move into the cgroup through its exec
+    // (the kernel programs find the cgroup by the mark the start-up scan set on it).
+    let mut late = cgroup.spawn(&mut sh("exit 5"));
+    let late_status = wait_status(&mut late);
+    assert_eq!(libc::WEXITSTATUS(late_status), 5);
+    let late_exit = ct.wait_event("process_exit", &id, |v| v["pid"] == late.id());
+    assert_status(&late_exit, late_status);
+    assert_eq!(late_exit["comm"], "sh", "{late_exit}");
+    assert_eq!(late_exit["cause"], "failed", "{late_exit}");
+
     kill(pid, libc::SIGKILL);
     let status = wait_status(&mut child);
     cgroup.remove();

@@ -406,6 +406,8 @@ pub const BTF_FIELDS: &[(&str, &str, &str)] = &[
     ("CSS_SET_DFL_CGRP", "css_set", "dfl_cgrp"),
     ("CGROUP_KN", "cgroup", "kn"),
     ("CGROUP_ROOT", "cgroup", "root"),
+    ("CGROUP_LEVEL", "cgroup", "level"),
+    ("CGROUP_BPF_STORAGE", "cgroup", "bpf_cgrp_storage"),
     ("CGROUP_ROOT_HIERARCHY_ID", "cgroup_root", "hierarchy_id"),
     ("KERNFS_NODE_ID", "kernfs_node", "id"),
     ("SIGINFO_CODE", "kernel_siginfo", "si_code"),

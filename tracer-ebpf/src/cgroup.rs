@@ -11,32 +11,96 @@ use tracer_common::{
 };
 
 use crate::state::{
-    btf_read, cgroup_id, count_untracked, field, header, is_tracked_cgroup, read_data_loc_str,
-    reserve, task_comm, task_ids, track_task, wakeup, Task, CGROUPS, CGROUP_ROOT,
-    CGROUP_ROOT_HIERARCHY_ID, TASK_STATE,
+    btf_read, cgroup_id, count_untracked, data_loc, field, followed_cgroup, header,
+    is_tracked_cgroup, mark_followed, read_kernel_str, reserve, task_comm, task_ids, track_task,
+    wakeup, Task, CGROUPS, CGROUP_LEVEL, CGROUP_ROOT, CGROUP_ROOT_HIERARCHY_ID, TASK_STATE,
 };
 
-// Field offsets in the tracepoints' records (see events/cgroup/*/format); the loader checks them
-// against the running kernel before it loads anything.
+// Field offsets in cgroup_rmdir's record (see events/cgroup/cgroup_rmdir/format); the loader
+// checks them against the running kernel before it loads anything.
 const ROOT: usize = 8;
 const LEVEL: usize = 12;
 const ID: usize = 16;
 const PATH: usize = 24;
 
-#[tracepoint]
-pub fn cgroup_mkdir(ctx: TracePointContext) -> u32 {
-    let _ = try_cgroup_dir(&ctx, kind::CGROUP_MKDIR, probe::CGROUP_MKDIR);
+/// The hierarchy `cgroup` belongs to.
+///
+/// # Safety
+/// `cgroup` must be a BTF `struct cgroup *`.
+#[inline(always)]
+unsafe fn hierarchy_of(cgroup: *const u8) -> i32 {
+    // SAFETY: per the contract; `root` points to the cgroup's hierarchy, whose `hierarchy_id`
+    // is an int.
+    unsafe {
+        let root: *const u8 = btf_read(cgroup, &CGROUP_ROOT);
+        btf_read(root, &CGROUP_ROOT_HIERARCHY_ID)
+    }
+}
+
+/// A BTF tracepoint, for the new cgroup itself: it is marked as followed beside its entry in
+/// the table (see `FOLLOWED`).
+#[btf_tracepoint(function = "cgroup_mkdir")]
+pub fn cgroup_mkdir(ctx: BtfTracePointContext) -> u32 {
+    let _ = try_cgroup_mkdir(&ctx);
     0
+}
+
+fn try_cgroup_mkdir(ctx: &BtfTracePointContext) -> Result<(), i32> {
+    let cgrp: *const u8 = ctx.arg(0);
+    let path: *const u8 = ctx.arg(1);
+    // SAFETY: `cgrp` is the argument's BTF `struct cgroup *`; `level` is an int of it.
+    let (hierarchy, level, id) = unsafe {
+        (
+            hierarchy_of(cgrp),
+            btf_read::<i32, _>(cgrp, &CGROUP_LEVEL),
+            cgroup_id(cgrp),
+        )
+    };
+    if hierarchy != CGROUP_V2_HIERARCHY {
+        return Ok(());
+    }
+    // The mark first: a cgroup in the table always carries one. (A mark without an entry, if
+    // the table is full, is dropped the first time it is asked about.)
+    // SAFETY: as above.
+    if !unsafe { mark_followed(cgrp) } || CGROUPS.insert(id, cgroup_state::NEW, 0).is_err() {
+        count_untracked(untracked::CGROUP);
+    }
+    // SAFETY: `path` is the argument's kernel string.
+    unsafe { submit_dir_record(kind::CGROUP_MKDIR, probe::CGROUP_MKDIR, id, level, path) };
+    Ok(())
+}
+
+/// Writes the record of cgroup `id` (`kind`, for `probe`) at `level`, with its path read from
+/// the kernel string at `path`.
+///
+/// # Safety
+/// `path` must point to a kernel string (the helper reads it safely; a bad one reads empty).
+#[inline(always)]
+unsafe fn submit_dir_record(kind: u32, probe: u32, id: u64, level: i32, path: *const u8) {
+    let Some(mut entry) = reserve::<CgroupRecord>(probe) else {
+        return;
+    };
+    let record = entry.as_mut_ptr();
+    // SAFETY: `record` points to reserved ring-buffer space of the record's size; every field is
+    // written before submit; `path` per the contract.
+    unsafe {
+        (*record).header = header(kind);
+        (*record).id = id;
+        (*record).level = level as u32;
+        let dst = core::ptr::addr_of_mut!((*record).path).cast::<u8>();
+        (*record).path_len = read_kernel_str(dst, CGROUP_PATH_LEN as u32, path);
+    }
+    entry.submit(wakeup::<CgroupRecord>());
 }
 
 #[tracepoint]
 pub fn cgroup_rmdir(ctx: TracePointContext) -> u32 {
-    let _ = try_cgroup_dir(&ctx, kind::CGROUP_RMDIR, probe::CGROUP_RMDIR);
+    let _ = try_cgroup_rmdir(&ctx);
     0
 }
 
-fn try_cgroup_dir(ctx: &TracePointContext, kind: u32, probe: u32) -> Result<(), i32> {
-    // SAFETY: fields of the cgroup tracepoints' records at these (aligned) offsets.
+fn try_cgroup_rmdir(ctx: &TracePointContext) -> Result<(), i32> {
+    // SAFETY: fields of cgroup_rmdir's record at these (aligned) offsets.
     let (root, level, id) = unsafe {
         (
             field::<i32>(ctx, ROOT),
@@ -47,31 +111,16 @@ fn try_cgroup_dir(ctx: &TracePointContext, kind: u32, probe: u32) -> Result<(), 
     if root != CGROUP_V2_HIERARCHY {
         return Ok(());
     }
-    if kind == kind::CGROUP_MKDIR {
-        if CGROUPS.insert(id, cgroup_state::NEW, 0).is_err() {
-            count_untracked(untracked::CGROUP);
-        }
-    } else {
-        // Only the removal of a cgroup that was followed is of interest.
-        if !is_tracked_cgroup(id) {
-            return Ok(());
-        }
-        let _ = CGROUPS.remove(id);
-    }
-    let Some(mut entry) = reserve::<CgroupRecord>(probe) else {
+    // Only the removal of a cgroup that was followed is of interest. (Its mark goes with it.)
+    if !is_tracked_cgroup(id) {
         return Ok(());
-    };
-    let record = entry.as_mut_ptr();
-    // SAFETY: `record` points to reserved ring-buffer space of the record's size; every field is
-    // written before submit.
-    unsafe {
-        (*record).header = header(kind);
-        (*record).id = id;
-        (*record).level = level as u32;
-        let path = core::ptr::addr_of_mut!((*record).path).cast::<u8>();
-        (*record).path_len = read_data_loc_str(ctx, PATH, path, CGROUP_PATH_LEN as u32);
     }
-    entry.submit(wakeup::<CgroupRecord>());
+    let _ = CGROUPS.remove(id);
+    // SAFETY: the path field of the tracepoint's record, a kernel string.
+    unsafe {
+        let path = data_loc(ctx, PATH);
+        submit_dir_record(kind::CGROUP_RMDIR, probe::CGROUP_RMDIR, id, level, path);
+    }
     Ok(())
 }
 
@@ -86,24 +135,18 @@ pub fn cgroup_attach_task(ctx: BtfTracePointContext) -> u32 {
 fn try_cgroup_attach_task(ctx: &BtfTracePointContext) -> Result<(), i32> {
     let dst: *const u8 = ctx.arg(0);
     let task: Task = ctx.arg(2);
-    // SAFETY: `dst` is the argument's BTF `struct cgroup *`; `root` points to its hierarchy,
-    // whose `hierarchy_id` is an int.
-    let hierarchy: i32 = unsafe {
-        let root: *const u8 = btf_read(dst, &CGROUP_ROOT);
-        btf_read(root, &CGROUP_ROOT_HIERARCHY_ID)
-    };
-    if hierarchy != CGROUP_V2_HIERARCHY {
+    // SAFETY: `dst` is the argument's BTF `struct cgroup *`.
+    if unsafe { hierarchy_of(dst) } != CGROUP_V2_HIERARCHY {
         return Ok(());
     }
-    // SAFETY: `dst` is the argument's BTF `struct cgroup *`.
-    let dst_id = unsafe { cgroup_id(dst) };
-    if !is_tracked_cgroup(dst_id) {
+    // SAFETY: as above.
+    let Some((dst_id, _)) = (unsafe { followed_cgroup(dst) }) else {
         // A followed task that leaves the containers is no longer followed.
         if TASK_STATE.get(task).is_some() {
             TASK_STATE.delete(task);
         }
         return Ok(());
-    }
+    };
     // SAFETY: `task` is the argument's BTF task pointer.
     let ((pid, tgid), comm) = unsafe { (task_ids(task), task_comm(task)) };
     track_task(task, pid, tgid, dst_id);

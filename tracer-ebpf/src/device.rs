@@ -14,8 +14,8 @@ use tracer_common::{
 };
 
 use crate::state::{
-    count_untracked, current_task, header_for, is_tracked_cgroup, reserve, task_cgroup_id,
-    task_comm, wakeup, TaskStorage,
+    count_untracked, current_task, followed_cgroup, header_for, reserve, task_cgroup, task_comm,
+    wakeup, TaskStorage,
 };
 
 /// The prefixes, written by the loader.
@@ -53,10 +53,12 @@ fn matches(path: &[u8; DEVICE_PATH_LEN], prefix: &DevicePrefix) -> bool {
 
 #[tracepoint]
 pub fn sys_enter_openat(ctx: TracePointContext) -> u32 {
-    // Every open on the host passes here: the cgroup test comes first and is one lookup.
+    // Every open on the host passes here: the cgroup test comes first, and outside the
+    // containers it is one load past the cgroup.
     let task = current_task();
-    // SAFETY: `task` is the running task's BTF pointer.
-    if !is_tracked_cgroup(unsafe { task_cgroup_id(task) }) {
+    // SAFETY: `task` is the running task's BTF pointer, and the cgroup read from it a BTF
+    // cgroup pointer.
+    if unsafe { followed_cgroup(task_cgroup(task)) }.is_none() {
         return 0;
     }
     let Some(scratch) = DEVICE_SCRATCH.get_ptr_mut(0) else {

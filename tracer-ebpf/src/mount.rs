@@ -14,7 +14,7 @@ use aya_ebpf::{
 };
 use tracer_common::{kind, mount_call, probe, MountRecord, MOUNT_PATH_LEN, MOUNT_TYPE_LEN};
 
-use crate::state::{current_cgroup_id, header, is_tracked_cgroup, now_ns, reserve, wakeup};
+use crate::state::{current_task, followed_cgroup, header, now_ns, reserve, task_cgroup, wakeup};
 
 /// Calls between entry and exit, keyed by thread id (a thread makes one system call at a time).
 #[map]
@@ -54,9 +54,8 @@ fn user_str(dst: *mut u8, len: usize, src: u64) {
 fn begin(call: u32) -> Option<*mut MountRecord> {
     // The clock first: the duration should be the call's, not this program's.
     let start = now_ns();
-    if !is_tracked_cgroup(current_cgroup_id()) {
-        return None;
-    }
+    // SAFETY: the running task's BTF pointer, and the cgroup read from it a BTF cgroup pointer.
+    unsafe { followed_cgroup(task_cgroup(current_task())) }?;
     let entry = MOUNT_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: this CPU's scratch slot, used by nothing else while the program runs.
     unsafe {

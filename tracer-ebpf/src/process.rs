@@ -12,9 +12,9 @@ use tracer_common::{
 };
 
 use crate::state::{
-    btf_read, current_cgroup_id, current_task, field, group_leader, header_of, is_tracked_cgroup,
-    read_data_loc_str, reserve, task_cgroup_id, task_comm, task_ids, track_task, wakeup, Task,
-    CGROUPS, ENV_KEY, ENV_SCRATCH, MM_ENV_END, MM_ENV_START, SIGNALS, TASK_EXIT_CODE, TASK_MM,
+    btf_read, current_task, field, followed_cgroup, group_leader, header_of, is_tracked_cgroup,
+    read_data_loc_str, reserve, task_cgroup, task_cgroup_id, task_comm, task_ids, track_task,
+    wakeup, Task, ENV_KEY, ENV_SCRATCH, MM_ENV_END, MM_ENV_START, SIGNALS, TASK_EXIT_CODE, TASK_MM,
     TASK_REAL_PARENT, TASK_STATE, TASK_TGID,
 };
 
@@ -45,15 +45,12 @@ fn try_task_newtask(ctx: &BtfTracePointContext) -> Result<(), i32> {
     if !followed && !into_cgroup {
         return Ok(());
     }
-    let cgroup_id = if into_cgroup {
-        // SAFETY: `child` is the argument's BTF task pointer.
-        unsafe { task_cgroup_id(child) }
-    } else {
-        current_cgroup_id()
-    };
-    if !is_tracked_cgroup(cgroup_id) {
+    // SAFETY: `child` is the argument's BTF task pointer, `current_task()` the running task's.
+    let cgroup = unsafe { task_cgroup(if into_cgroup { child } else { current_task() }) };
+    // SAFETY: a BTF cgroup pointer read from a task.
+    let Some((cgroup_id, _)) = (unsafe { followed_cgroup(cgroup) }) else {
         return Ok(());
-    }
+    };
     // SAFETY: as above.
     let (pid, tgid) = unsafe { task_ids(child) };
     track_task(child, pid, tgid, cgroup_id);
@@ -67,12 +64,13 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
 }
 
 fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i32> {
-    // Every exec on the host passes here: its cgroup decides, in one lookup (the task's entry
-    // cannot: a task can be in a followed cgroup without one yet, and is followed from here).
+    // Every exec on the host passes here: its cgroup decides, by its mark and then the table
+    // (the task's entry cannot: a task can be in a followed cgroup without one yet, and is
+    // followed from here).
     let task = current_task();
-    // SAFETY: `task` is the running task's BTF pointer.
-    let cgroup_id = unsafe { task_cgroup_id(task) };
-    let Some(state) = CGROUPS.get_ptr_mut(cgroup_id) else {
+    // SAFETY: `task` is the running task's BTF pointer, and the cgroup read from it a BTF
+    // cgroup pointer.
+    let Some((cgroup_id, state)) = (unsafe { followed_cgroup(task_cgroup(task)) }) else {
         return Ok(());
     };
     // SAFETY: an int of sched_process_exec's record at this (aligned) offset.

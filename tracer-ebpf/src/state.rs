@@ -2,7 +2,8 @@
 //! ring-buffer reservation with loss accounting, and `__data_loc` string reads.
 
 use aya_ebpf::{
-    bindings::{bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE, task_struct, BPF_F_NO_PREALLOC},
+    bindings::{bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE, cgroup, task_struct, BPF_F_NO_PREALLOC},
+    btf_maps::CgrpStorage,
     helpers::{
         bpf_ktime_get_ns,
         generated::{
@@ -36,6 +37,15 @@ pub static UNTRACKED: PerCpuArray<u64> = PerCpuArray::with_max_entries(untracked
 /// before the tracer started.
 #[map]
 pub static CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(65536, 0);
+
+/// A mark beside each cgroup that `CGROUPS` holds (set at mkdir by `cgroup_mkdir`, and by the
+/// loader for the cgroups it adds), so that the hot programs' test "is the running task's
+/// cgroup followed?" is, for a cgroup outside the containers, one load: a cgroup that no
+/// cgroup-storage map has a value for has no local storage at all. A mark is only a hint: the
+/// table decides. A cgroup the table no longer holds (user space found it is no container)
+/// loses its mark the next time it is asked about.
+#[btf_map]
+pub static FOLLOWED: CgrpStorage<u64> = CgrpStorage::new();
 
 /// A kernel task (`struct task_struct *`) as the verifier knows it: from
 /// `bpf_get_current_task_btf()` or a BTF tracepoint's argument.
@@ -144,6 +154,8 @@ btf_offsets!(
     CSS_SET_DFL_CGRP,
     CGROUP_KN,
     CGROUP_ROOT,
+    CGROUP_LEVEL,
+    CGROUP_BPF_STORAGE,
     CGROUP_ROOT_HIERARCHY_ID,
     KERNFS_NODE_ID,
     SIGINFO_CODE,
@@ -184,19 +196,71 @@ pub unsafe fn group_leader(task: Task) -> Task {
     unsafe { btf_read(task, &TASK_GROUP_LEADER) }
 }
 
+/// The v2 (default hierarchy) cgroup of `task`: task->cgroups->dfl_cgrp, a BTF
+/// `struct cgroup *`.
+///
+/// # Safety
+/// As for [`group_leader`].
+#[inline(always)]
+pub unsafe fn task_cgroup(task: Task) -> *const u8 {
+    // SAFETY: per the contract; each pointer is read from a field of its BTF type and read
+    // from as such.
+    unsafe {
+        let cset: *const u8 = btf_read(task, &TASK_CGROUPS);
+        btf_read(cset, &CSS_SET_DFL_CGRP)
+    }
+}
+
 /// The v2 (default hierarchy) cgroup id of `task`: task->cgroups->dfl_cgrp->kn->id.
 ///
 /// # Safety
 /// As for [`group_leader`].
 #[inline(always)]
 pub unsafe fn task_cgroup_id(task: Task) -> u64 {
-    // SAFETY: per the contract; each pointer is read from a field of its BTF type and read
-    // from as such.
-    unsafe {
-        let cset: *const u8 = btf_read(task, &TASK_CGROUPS);
-        let cgroup: *const u8 = btf_read(cset, &CSS_SET_DFL_CGRP);
-        cgroup_id(cgroup)
+    // SAFETY: per the contract.
+    unsafe { cgroup_id(task_cgroup(task)) }
+}
+
+/// If `cgroup` is followed: its id and its `CGROUPS` state. A cgroup without local storage
+/// (every cgroup outside the containers, unless another tool keeps cgroup storage) is told
+/// apart by one load, without the table's lookup.
+///
+/// # Safety
+/// `cgroup` must be a BTF `struct cgroup *` (a tracepoint's argument, or read as such).
+#[inline(always)]
+pub unsafe fn followed_cgroup(cgroup: *const u8) -> Option<(u64, *mut u32)> {
+    // SAFETY: per the contract; `bpf_cgrp_storage` is a pointer field of the cgroup, read whole.
+    if unsafe { btf_read::<u64, _>(cgroup, &CGROUP_BPF_STORAGE) } == 0 {
+        return None;
     }
+    // SAFETY: per the contract.
+    let id = unsafe { cgroup_id(cgroup) };
+    match CGROUPS.get_ptr_mut(id) {
+        Some(state) => Some((id, state)),
+        None => {
+            // Marked, but no longer followed (or the storage is another tool's): drop the mark,
+            // so that the next ask is one load again.
+            // SAFETY: the helper checks `cgroup`, a BTF cgroup pointer; deleting a missing
+            // value is a harmless error.
+            let _ = unsafe { FOLLOWED.delete(cgroup.cast_mut().cast::<cgroup>()) };
+            None
+        }
+    }
+}
+
+/// Marks `cgroup` as followed (see [`FOLLOWED`]); false if the kernel could not allocate the
+/// mark.
+///
+/// # Safety
+/// As for [`followed_cgroup`].
+#[inline(always)]
+pub unsafe fn mark_followed(cgroup: *const u8) -> bool {
+    let mut mark = 1u64;
+    // SAFETY: per the contract; the helper checks the pointer and copies `mark`.
+    let value = unsafe {
+        FOLLOWED.get_or_insert_ptr_mut(cgroup.cast_mut().cast::<cgroup>(), Some(&mut mark))
+    };
+    !value.is_null()
 }
 
 /// The id of `cgroup`: cgroup->kn->id.
@@ -321,14 +385,6 @@ pub unsafe fn header_of(kind: u32, task: Task, cgroup_id: u64) -> Header {
     }
 }
 
-/// The running task's v2 cgroup id, by typed loads (what `bpf_get_current_cgroup_id` reads,
-/// without its call).
-#[inline(always)]
-pub fn current_cgroup_id() -> u64 {
-    // SAFETY: `current_task()` is the running task's BTF pointer.
-    unsafe { task_cgroup_id(current_task()) }
-}
-
 #[inline(always)]
 pub fn now_ns() -> u64 {
     // SAFETY: helper without arguments, callable from any tracepoint program.
@@ -404,13 +460,33 @@ pub unsafe fn read_data_loc_str(
     dst: *mut u8,
     len: u32,
 ) -> u32 {
+    // SAFETY: per the contract.
+    unsafe { read_kernel_str(dst, len, data_loc(ctx, field_offset)) }
+}
+
+/// Where the `__data_loc` field at `field_offset` of a tracepoint's record points: its string,
+/// inside the record.
+///
+/// # Safety
+/// `field_offset` must be a `__data_loc` field of the tracepoint's record.
+#[inline(always)]
+pub unsafe fn data_loc(ctx: &TracePointContext, field_offset: usize) -> *const u8 {
     // SAFETY: a u32 of the tracepoint's record, read directly; the offset comes from the
     // tracepoint's format, checked by the loader.
     let loc = unsafe { field::<u32>(ctx, field_offset) };
     // __data_loc: low 16 bits are the offset from the record's start, high 16 bits the length.
-    let src = (ctx.as_ptr() as *const u8).wrapping_add((loc & 0xffff) as usize);
-    // SAFETY: the caller guarantees `dst` holds `len` bytes; the helper bounds the copy by `len`
-    // and NUL-terminates.
+    (ctx.as_ptr() as *const u8).wrapping_add((loc & 0xffff) as usize)
+}
+
+/// Copies the kernel string at `src` into `dst` (`len` bytes, NUL-terminated). Returns the
+/// bytes copied without the NUL, 0 on failure.
+///
+/// # Safety
+/// `dst` must be valid for writes of `len` bytes.
+#[inline(always)]
+pub unsafe fn read_kernel_str(dst: *mut u8, len: u32, src: *const u8) -> u32 {
+    // SAFETY: the caller guarantees `dst` holds `len` bytes; the helper bounds the copy by `len`,
+    // reads kernel memory safely and NUL-terminates.
     let copied = unsafe { bpf_probe_read_kernel_str(dst.cast(), len, src.cast()) };
     if copied > 0 {
         (copied - 1) as u32

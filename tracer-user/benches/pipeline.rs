@@ -12,7 +12,7 @@ use std::{hint::black_box, time::Duration};
 
 use clawtrace::{
     containers::Recognizer,
-    decode::{count_by_kind, Record},
+    decode::{KindCounts, Record},
     export::{
         agent::{AgentConfig, AgentSource},
         labels::LabelPolicy,
@@ -166,23 +166,24 @@ fn pin_to_one_cpu() {
 }
 
 /// One pass over the recorded stream, a poll's worth of records at a time, as the tracing loop
-/// does: decode, model, count by kind, print each event with `printer` (if any), then hand it
-/// to the export worker.
+/// does: decode and model each record as it is read, count by kind, print each event with
+/// `printer` (if any), then hand it to the export worker.
 fn replay_stream(
     stream: &[Vec<u8>],
     m: &mut Model<Recognizer>,
     worker: &mut InlineWorker,
-    batch: &mut Vec<Record>,
     out: &mut Output,
     mut printer: Option<&mut Printer<std::io::Sink>>,
 ) {
     for chunk in stream.chunks(POLL_BATCH) {
-        batch.clear();
-        batch.extend(chunk.iter().filter_map(|bytes| Record::decode(bytes).ok()));
-        for record in batch.iter() {
-            m.handle(record, out);
+        let mut counts = KindCounts::default();
+        for bytes in chunk {
+            if let Ok(record) = Record::decode(bytes) {
+                counts.add(&record);
+                m.handle(&record, out);
+            }
         }
-        for (kind, n) in count_by_kind(batch) {
+        for (kind, n) in counts.iter() {
             worker.records(kind, n);
         }
         for event in out.events.drain(..) {
@@ -229,9 +230,8 @@ fn pipeline(c: &mut Criterion) {
     // The headline figure: decode, model and aggregation.
     let mut m = model();
     let mut export = worker(clock);
-    let mut batch = Vec::with_capacity(POLL_BATCH);
     group.bench_function("decode_model_aggregate", |b| {
-        b.iter(|| replay_stream(&stream, &mut m, &mut export, &mut batch, &mut out, None))
+        b.iter(|| replay_stream(&stream, &mut m, &mut export, &mut out, None))
     });
 
     // The same with `--output json`: every event also printed as a JSON line, by the printer
@@ -240,23 +240,14 @@ fn pipeline(c: &mut Criterion) {
     let mut export = worker(clock);
     let mut printer = Printer::new(std::io::sink(), Format::Json, clock);
     group.bench_function("decode_model_aggregate_json", |b| {
-        b.iter(|| {
-            replay_stream(
-                &stream,
-                &mut m,
-                &mut export,
-                &mut batch,
-                &mut out,
-                Some(&mut printer),
-            )
-        })
+        b.iter(|| replay_stream(&stream, &mut m, &mut export, &mut out, Some(&mut printer)))
     });
 
     // The headline case again with 10,000 other containers alive throughout.
     let mut m = model_with_live(LIVE_BACKGROUND);
     let mut export = worker(clock);
     group.bench_function("decode_model_aggregate_10k_live", |b| {
-        b.iter(|| replay_stream(&stream, &mut m, &mut export, &mut batch, &mut out, None))
+        b.iter(|| replay_stream(&stream, &mut m, &mut export, &mut out, None))
     });
     group.finish();
 }

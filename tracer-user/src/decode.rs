@@ -47,19 +47,33 @@ pub const KIND_NAMES: [&str; 9] = [
     "device_open",
 ];
 
-/// The records of one poll counted by kind (`Record::kind_name`), kinds without records left
-/// out: how `clawtrace_events_total` is fed.
-pub fn count_by_kind(records: &[Record]) -> Vec<(&'static str, u64)> {
-    let mut counts = [0u64; KIND_NAMES.len()];
-    for record in records {
-        counts[record.kind_index()] += 1;
+/// Records counted by kind (`Record::kind_name`): how `clawtrace_events_total` is fed, one
+/// poll at a time.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct KindCounts([u64; KIND_NAMES.len()]);
+
+impl KindCounts {
+    pub fn add(&mut self, record: &Record) {
+        self.0[record.kind_index()] += 1;
     }
-    KIND_NAMES
-        .iter()
-        .zip(counts)
-        .filter(|&(_, n)| n > 0)
-        .map(|(&kind, n)| (kind, n))
-        .collect()
+
+    /// The kinds with records and their counts, in [`KIND_NAMES`] order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        KIND_NAMES
+            .iter()
+            .zip(self.0)
+            .filter(|&(_, n)| n > 0)
+            .map(|(&kind, n)| (kind, n))
+    }
+}
+
+/// `records` counted by kind, kinds without records left out.
+pub fn count_by_kind(records: &[Record]) -> Vec<(&'static str, u64)> {
+    let mut counts = KindCounts::default();
+    for record in records {
+        counts.add(record);
+    }
+    counts.iter().collect()
 }
 
 /// Reads a `T` from the front of `bytes` after checking the length.

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use aya::{
-    maps::{Array, HashMap, Map, MapData, PerCpuArray, RingBuf},
+    maps::{Array, CgrpStorage, HashMap, Map, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
@@ -118,6 +118,8 @@ pub fn env_key(name: &str) -> Result<EnvKey> {
 pub struct Tracer {
     ring: RingBuf<MapData>,
     cgroups: HashMap<MapData, u64, u32>,
+    /// `FOLLOWED`: the mark beside each cgroup in `cgroups`.
+    marks: CgrpStorage<MapData, u64>,
     /// `TASK_STATE`, a task-storage map (which aya loads but does not wrap).
     tasks: MapData,
     lost: PerCpuArray<MapData, u64>,
@@ -210,6 +212,7 @@ impl Tracer {
 
         let ring = RingBuf::try_from(take(&mut ebpf, "EVENTS")?)?;
         let cgroups = HashMap::try_from(take(&mut ebpf, "CGROUPS")?)?;
+        let marks = CgrpStorage::try_from(take(&mut ebpf, "FOLLOWED")?)?;
         let tasks = match take(&mut ebpf, "TASK_STATE")? {
             Map::Unsupported(data) => data,
             other => bail!("map TASK_STATE has an unexpected type: {other:?}"),
@@ -219,6 +222,7 @@ impl Tracer {
         Ok(Tracer {
             ring,
             cgroups,
+            marks,
             tasks,
             lost,
             untracked,
@@ -231,7 +235,13 @@ impl Tracer {
     /// Waits up to `timeout` for records, then appends every record available to `out`.
     /// Returns early (with what it has) when a signal interrupts the wait.
     pub fn poll(&mut self, timeout: Duration, out: &mut Vec<Record>) -> Result<()> {
-        if !self.drain(out) {
+        self.poll_each(timeout, |record| out.push(record))
+    }
+
+    /// Like [`Tracer::poll`], but hands each record to `each` as it is read: no batch of
+    /// records (each the size of the largest kind) is built and moved again.
+    pub fn poll_each(&mut self, timeout: Duration, mut each: impl FnMut(Record)) -> Result<()> {
+        if !self.drain(&mut each) {
             let mut fds = [libc::pollfd {
                 fd: self.ring.as_fd().as_raw_fd(),
                 events: libc::POLLIN,
@@ -246,18 +256,22 @@ impl Tracer {
                     return Err(err).context("waiting on the ring buffer");
                 }
             }
-            self.drain(out);
+            self.drain(&mut each);
         }
         Ok(())
     }
 
-    /// Appends every record in the ring buffer to `out`; true if there was any.
-    fn drain(&mut self, out: &mut Vec<Record>) -> bool {
-        let before = out.len();
+    /// Hands every record in the ring buffer to `each`; true if there was any.
+    fn drain(&mut self, each: &mut impl FnMut(Record)) -> bool {
+        let mut any = false;
         let mut errors = 0;
         while let Some(item) = self.ring.next() {
-            match Record::decode(&item) {
-                Ok(record) => out.push(record),
+            let decoded = Record::decode(&item);
+            // The record is a copy: give its space back to the kernel first.
+            drop(item);
+            any = true;
+            match decoded {
+                Ok(record) => each(record),
                 Err(err) => {
                     errors += 1;
                     log_decode_error(&err, self.decode_errors + errors);
@@ -265,7 +279,7 @@ impl Tracer {
             }
         }
         self.decode_errors += errors;
-        out.len() > before || errors > 0
+        any
     }
 
     /// Programs loaded and attached.
@@ -298,12 +312,24 @@ impl Tracer {
         Ok(self.untracked.get(&untracked::TASK, 0)?.iter().sum())
     }
 
-    /// Follows the processes of cgroup `id` (a container found by scanning, or one of its
-    /// sub-cgroups), which already runs its payload.
-    pub fn track_cgroup(&mut self, id: u64) -> Result<()> {
+    /// Follows the processes of cgroup `id` at `dir` (a container found by scanning, or one of
+    /// its sub-cgroups), which already runs its payload. A cgroup removed meanwhile is skipped.
+    pub fn track_cgroup(&mut self, id: u64, dir: &Path) -> Result<()> {
+        // The entry first, then the mark the programs test before they look for it: a program
+        // that sees the mark finds the entry (one that finds no entry drops the mark).
         self.cgroups
             .insert(id, cgroup_state::STARTED, 0)
-            .with_context(|| format!("tracking cgroup {id}"))
+            .with_context(|| format!("tracking cgroup {id}"))?;
+        let handle = match std::fs::File::open(dir) {
+            Ok(handle) => handle,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(err) => {
+                return Err(err).with_context(|| format!("opening cgroup {}", dir.display()))
+            }
+        };
+        self.marks
+            .insert(&handle, 1, 0)
+            .with_context(|| format!("marking cgroup {} as followed", dir.display()))
     }
 
     /// Stops following cgroup `id`: it is not a container.

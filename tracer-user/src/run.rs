@@ -16,6 +16,7 @@ use tracer_common::probe;
 
 use crate::{
     containers::Recognizer,
+    decode::KindCounts,
     export::{
         agent::{AgentConfig, AgentSource},
         audit::AuditLog,
@@ -152,11 +153,11 @@ pub fn run(options: &RunOptions, stop: &Arc<AtomicBool>, out: impl Write) -> Res
         let mut tracked = std::collections::HashSet::new();
         let now = sys::monotonic_ns();
         for container in found.containers {
-            tracer.track_cgroup(container.cgroup_id)?;
-            tracked.insert(container.cgroup_id);
-            for &sub in &container.sub_cgroups {
-                tracer.track_cgroup(sub)?;
-                tracked.insert(sub);
+            for &id in std::iter::once(&container.cgroup_id).chain(&container.sub_cgroups) {
+                if let Some(dir) = found.dirs.get(&id) {
+                    tracer.track_cgroup(id, dir)?;
+                    tracked.insert(id);
+                }
             }
             model.adopt(container, now, &mut step);
         }
@@ -206,17 +207,16 @@ pub fn run(options: &RunOptions, stop: &Arc<AtomicBool>, out: impl Write) -> Res
         tracer.attached(),
         model.containers().count()
     );
-    let mut records = Vec::new();
     let mut last_housekeeping = Instant::now();
     loop {
         let stopping = stop.load(Ordering::Relaxed);
-        records.clear();
-        tracer.poll(if stopping { Duration::ZERO } else { POLL }, &mut records)?;
-        for record in &records {
-            model.handle(record, &mut step);
-        }
+        let mut counts = KindCounts::default();
+        tracer.poll_each(if stopping { Duration::ZERO } else { POLL }, |record| {
+            counts.add(&record);
+            model.handle(&record, &mut step);
+        })?;
         if let Some(exporter) = &exporter {
-            for (kind, n) in crate::decode::count_by_kind(&records) {
+            for (kind, n) in counts.iter() {
                 exporter.records(kind, n);
             }
         }
@@ -251,9 +251,12 @@ pub fn run(options: &RunOptions, stop: &Arc<AtomicBool>, out: impl Write) -> Res
             summary.events += 1;
         }
         match &exporter {
-            // The turn's events go to the worker as they are, in one hand-over.
+            // The turn's events go to the worker as they are, in one hand-over. The next turn's
+            // vector starts with room for half as many again: growing it event by event
+            // reallocates and moves every event so far, and turns vary.
             Some(exporter) => {
-                let next = Vec::with_capacity(step.events.len());
+                let n = step.events.len();
+                let next = Vec::with_capacity(n + n / 2);
                 exporter.events(std::mem::replace(&mut step.events, next));
             }
             None => step.events.clear(),

@@ -3,7 +3,7 @@
 //! /proc, so they are followed like the ones created later.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     fs,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
@@ -14,11 +14,13 @@ use crate::{containers::Recognize, model::ExistingContainer};
 /// Deepest cgroup nesting walked; real hierarchies are far shallower.
 const MAX_DEPTH: usize = 32;
 
-/// What the scan found: the containers, and every thread in them as `(tid, tgid, cgroup_id)`.
+/// What the scan found: the containers, every thread in them as `(tid, tgid, cgroup_id)`, and
+/// the directory of each of their cgroups (sub-cgroups included) by id.
 #[derive(Debug, Default)]
 pub struct Scan {
     pub containers: Vec<ExistingContainer>,
     pub threads: Vec<(u32, u32, u64)>,
+    pub dirs: HashMap<u64, PathBuf>,
 }
 
 /// Scans the cgroup v2 hierarchy mounted at `root`.
@@ -88,11 +90,14 @@ fn container(
         }
     }
     let init = guess_init(&processes);
+    let sub_cgroups = cgroups.iter().skip(1).map(|(_, id)| *id).collect();
+    scan.dirs
+        .extend(cgroups.into_iter().map(|(dir, id)| (id, dir)));
     Some(ExistingContainer {
         cgroup_id,
         cgroup_path,
         ident,
-        sub_cgroups: cgroups.iter().skip(1).map(|(_, id)| *id).collect(),
+        sub_cgroups,
         processes,
         init,
     })

@@ -54,13 +54,9 @@ pub const HOOKS: &[Hook] = &[
         category: "cgroup",
         name: "cgroup_mkdir",
         program: "cgroup_mkdir",
-        fields: &[
-            f("root", 8, 4),
-            f("level", 12, 4),
-            f("id", 16, 8),
-            f("path", 24, 4),
-        ],
-        btf_args: None,
+        fields: &[],
+        // A BTF tracepoint: the program marks the new cgroup itself (cgroup storage).
+        btf_args: Some(&["struct cgroup *", "const char *"]),
         group: HookGroup::Core,
     },
     Hook {
