@@ -80,11 +80,10 @@ pub mod probe {
     pub const PROCESS_EXIT: u32 = 4;
     pub const SIGNAL_GENERATE: u32 = 5;
     pub const OOM_MARK_VICTIM: u32 = 6;
-    pub const TASK_NEWTASK: u32 = 7;
-    pub const MOUNT_SYSCALLS: u32 = 8;
-    pub const DEVICE_OPEN: u32 = 9;
+    pub const MOUNT_SYSCALLS: u32 = 7;
+    pub const DEVICE_OPEN: u32 = 8;
     /// Number of probes; the size of the `LOST` map.
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 9;
     /// Probe names, indexed by the constants above, as the user side reports them.
     pub const NAMES: [&str; COUNT as usize] = [
         "cgroup_mkdir",
@@ -94,7 +93,6 @@ pub mod probe {
         "sched_process_exit",
         "signal_generate",
         "mark_victim",
-        "task_newtask",
         "mount_syscalls",
         "device_open",
     ];
@@ -200,6 +198,9 @@ pub struct SignalOrigin {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SignalTrack {
+    /// Start time of the process (its leader's `task_struct.start_time`): a track left by an
+    /// earlier process with the same tgid is told apart by it.
+    pub start_ns: u64,
     /// Time `oom:mark_victim` chose this process; 0 if it was never chosen.
     pub oom_ns: u64,
     pub slots: [SignalOrigin; SIGNAL_SLOTS],
@@ -357,36 +358,15 @@ pub struct EnvKey {
     pub prefix: [u8; ENV_KEY_LEN],
 }
 
-/// Value of the `TASK_STATE` task-local storage: a task (thread) the tracer follows, kept by
-/// the kernel beside the task itself and freed with it.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TrackedTask {
-    /// Thread id (global pid namespace).
-    pub pid: u32,
-    pub tgid: u32,
-    /// [`task_flags`] bits.
-    pub flags: u32,
-    pub _reserved: u32,
-    pub cgroup_id: u64,
-}
-
 /// Slots of the kernel's per-CPU `UNTRACKED` counters: what could not be followed.
 pub mod untracked {
-    /// cgroups, because the cgroup table was full.
+    /// cgroups, because the cgroup table was full or the kernel could not allocate their mark.
     pub const CGROUP: u32 = 0;
-    /// Tasks, because the kernel could not allocate their entry.
-    pub const TASK: u32 = 1;
+    /// Device opens, because the kernel could not allocate the entry that holds one between the
+    /// system call's entry and exit.
+    pub const DEVICE_OPEN: u32 = 1;
     /// Number of slots.
     pub const COUNT: u32 = 2;
-}
-
-/// Bits of [`TrackedTask::flags`].
-pub mod task_flags {
-    /// The kernel side keeps a [`SignalTrack`](super::SignalTrack) for this task's process (set
-    /// on the target thread and on its process's leader), so its exit must look it up; exits
-    /// without it skip that lookup.
-    pub const SIGNALED: u32 = 1;
 }
 
 /// Kernel structure fields the programs read (typed loads through BTF pointers, which the
@@ -402,6 +382,7 @@ pub const BTF_FIELDS: &[(&str, &str, &str)] = &[
     ("TASK_GROUP_LEADER", "task_struct", "group_leader"),
     ("TASK_EXIT_CODE", "task_struct", "exit_code"),
     ("TASK_REAL_PARENT", "task_struct", "real_parent"),
+    ("TASK_START_TIME", "task_struct", "start_time"),
     ("TASK_CGROUPS", "task_struct", "cgroups"),
     ("CSS_SET_DFL_CGRP", "css_set", "dfl_cgrp"),
     ("CGROUP_KN", "cgroup", "kn"),
@@ -435,8 +416,6 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for SignalTrack {}
     // SAFETY: as above.
-    unsafe impl aya::Pod for TrackedTask {}
-    // SAFETY: as above.
     unsafe impl aya::Pod for EnvKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for DevicePrefix {}
@@ -450,11 +429,10 @@ const _: () = {
     assert!(size_of::<AttachRecord>() == 32 + 16 + COMM_LEN);
     assert!(size_of::<ExecRecord>() == 32 + 8 + COMM_LEN + FILENAME_LEN);
     assert!(size_of::<SignalOrigin>() == 64);
-    assert!(size_of::<SignalTrack>() == 8 + 64 * SIGNAL_SLOTS);
+    assert!(size_of::<SignalTrack>() == 16 + 64 * SIGNAL_SLOTS);
     assert!(size_of::<ExitRecord>() == 32 + 16 + COMM_LEN + size_of::<SignalTrack>());
     assert!(size_of::<SignalRecord>() == 32 + 32 + 2 * COMM_LEN);
     assert!(size_of::<OomRecord>() == 32 + 32);
-    assert!(size_of::<TrackedTask>() == 24);
     assert!(size_of::<EnvValue>() == 8 + ENV_VALUE_LEN);
     assert!(size_of::<ExecEnvRecord>() == size_of::<ExecRecord>() + size_of::<EnvValue>());
     assert!(size_of::<EnvKey>() == 8 + ENV_KEY_LEN);

@@ -12,8 +12,8 @@ use tracer_common::{
 
 use crate::state::{
     btf_read, cgroup_id, count_untracked, data_loc, field, followed_cgroup, header,
-    is_tracked_cgroup, mark_followed, read_kernel_str, reserve, task_comm, task_ids, track_task,
-    wakeup, Task, CGROUPS, CGROUP_LEVEL, CGROUP_ROOT, CGROUP_ROOT_HIERARCHY_ID, TASK_STATE,
+    is_tracked_cgroup, mark_followed, read_kernel_str, reserve, task_comm, task_ids, wakeup, Task,
+    CGROUPS, CGROUP_LEVEL, CGROUP_ROOT, CGROUP_ROOT_HIERARCHY_ID,
 };
 
 // Field offsets in cgroup_rmdir's record (see events/cgroup/cgroup_rmdir/format); the loader
@@ -141,15 +141,10 @@ fn try_cgroup_attach_task(ctx: &BtfTracePointContext) -> Result<(), i32> {
     }
     // SAFETY: as above.
     let Some((dst_id, _)) = (unsafe { followed_cgroup(dst) }) else {
-        // A followed task that leaves the containers is no longer followed.
-        if TASK_STATE.get(task).is_some() {
-            TASK_STATE.delete(task);
-        }
         return Ok(());
     };
     // SAFETY: `task` is the argument's BTF task pointer.
-    let ((pid, tgid), comm) = unsafe { (task_ids(task), task_comm(task)) };
-    track_task(task, pid, tgid, dst_id);
+    let ((pid, _), comm) = unsafe { (task_ids(task), task_comm(task)) };
 
     let Some(mut entry) = reserve::<AttachRecord>(probe::CGROUP_ATTACH) else {
         return Ok(());

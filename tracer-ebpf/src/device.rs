@@ -87,7 +87,7 @@ pub fn sys_enter_openat(ctx: TracePointContext) -> u32 {
                 unsafe {
                     match DEVICE_PENDING.get_or_insert(task, &mut *scratch) {
                         Some(pending) => core::ptr::copy_nonoverlapping(scratch, pending, 1),
-                        None => count_untracked(untracked::TASK),
+                        None => count_untracked(untracked::DEVICE_OPEN),
                     }
                 }
                 return 0;

@@ -1,6 +1,6 @@
 //! clawtrace's kernel side. Each program is a thin `#[tracepoint]` calling a `try_*` function;
 //! the record layouts are in `tracer-common`. Programs are grouped by hook family:
-//! `cgroup` (container creation and removal), `process` (fork, exec, exit), `signal`
+//! `cgroup` (container creation and removal), `process` (exec, exit), `signal`
 //! (signals and OOM kills), `mount` (mount system calls), `device` (opens of GPU device nodes). `state` owns the maps they share.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]

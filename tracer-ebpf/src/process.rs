@@ -1,61 +1,26 @@
-//! `task:task_newtask`, `sched:sched_process_exec` and `sched:sched_process_exit`: which tasks
-//! live in tracked cgroups, what they run, and how each process ends.
+//! `sched:sched_process_exec` and `sched:sched_process_exit`: what the processes of followed
+//! cgroups run, and how each of them ends. A process is followed while its cgroup is: no program
+//! runs at fork, and nothing is kept per task.
 
 use aya_ebpf::{
     helpers::{bpf_probe_read_kernel_buf, generated::bpf_probe_read_user_str},
-    macros::{btf_tracepoint, tracepoint},
-    programs::{BtfTracePointContext, TracePointContext},
+    macros::tracepoint,
+    programs::TracePointContext,
 };
 use tracer_common::{
-    cgroup_state, exit_flags, kind, probe, task_flags, EnvValue, ExecEnvRecord, ExecRecord,
-    ExitRecord, ENV_KEY_LEN, ENV_SCAN_LEN, ENV_VALUE_LEN, EXIT_RECORD_SHORT_LEN, FILENAME_LEN,
+    cgroup_state, exit_flags, kind, probe, EnvValue, ExecEnvRecord, ExecRecord, ExitRecord,
+    ENV_KEY_LEN, ENV_SCAN_LEN, ENV_VALUE_LEN, EXIT_RECORD_SHORT_LEN, FILENAME_LEN,
 };
 
 use crate::state::{
-    btf_read, current_task, field, followed_cgroup, group_leader, header_of, is_tracked_cgroup,
-    read_data_loc_str, reserve, task_cgroup, task_cgroup_id, task_comm, task_ids, track_task,
-    wakeup, Task, ENV_KEY, ENV_SCRATCH, MM_ENV_END, MM_ENV_START, SIGNALS, TASK_EXIT_CODE, TASK_MM,
-    TASK_REAL_PARENT, TASK_STATE, TASK_TGID,
+    btf_read, current_task, field, followed_cgroup, header_of, process_start, read_data_loc_str,
+    reserve, task_cgroup, task_comm, wakeup, Task, ENV_KEY, ENV_SCRATCH, MM_ENV_END, MM_ENV_START,
+    SIGNALS, TASK_EXIT_CODE, TASK_MM, TASK_REAL_PARENT, TASK_TGID,
 };
 
 const EXEC_FILENAME: usize = 8;
 const EXEC_OLD_PID: usize = 16;
 const EXIT_GROUP_DEAD: usize = 32;
-
-const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
-
-/// Runs in the parent, with the new task as argument: a task created by a followed task (or
-/// placed straight into a followed cgroup by `clone3(CLONE_INTO_CGROUP)`) is followed from
-/// birth, so a signal aimed at it is recognised even before it execs.
-#[btf_tracepoint(function = "task_newtask")]
-pub fn task_newtask(ctx: BtfTracePointContext) -> u32 {
-    let _ = try_task_newtask(&ctx);
-    0
-}
-
-fn try_task_newtask(ctx: &BtfTracePointContext) -> Result<(), i32> {
-    let child: Task = ctx.arg(0);
-    let flags: u64 = ctx.arg(1);
-    // Every fork on the host passes here: a parent outside the containers has no entry. (Nor
-    // has a thread of a process that was already multi-threaded when it was moved into a
-    // container, since the move names the leader only: what it forks is followed from its
-    // exec. Asking the leader here would cost every fork from a host thread another lookup.)
-    let followed = TASK_STATE.get(current_task()).is_some();
-    let into_cgroup = flags & CLONE_INTO_CGROUP != 0;
-    if !followed && !into_cgroup {
-        return Ok(());
-    }
-    // SAFETY: `child` is the argument's BTF task pointer, `current_task()` the running task's.
-    let cgroup = unsafe { task_cgroup(if into_cgroup { child } else { current_task() }) };
-    // SAFETY: a BTF cgroup pointer read from a task.
-    let Some((cgroup_id, _)) = (unsafe { followed_cgroup(cgroup) }) else {
-        return Ok(());
-    };
-    // SAFETY: as above.
-    let (pid, tgid) = unsafe { task_ids(child) };
-    track_task(child, pid, tgid, cgroup_id);
-    Ok(())
-}
 
 #[tracepoint]
 pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
@@ -64,9 +29,7 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
 }
 
 fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i32> {
-    // Every exec on the host passes here: its cgroup decides, by its mark and then the table
-    // (the task's entry cannot: a task can be in a followed cgroup without one yet, and is
-    // followed from here).
+    // Every exec on the host passes here: its cgroup decides, by its mark and then the table.
     let task = current_task();
     // SAFETY: `task` is the running task's BTF pointer, and the cgroup read from it a BTF
     // cgroup pointer.
@@ -88,20 +51,6 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i32> {
         first
     };
     let found = first && scan_init_env();
-
-    // Keep what is known of the task current, and follow from here a task in a followed cgroup
-    // that is not followed yet (its entry could not be allocated, or it was forked before the
-    // start's scan saw its parent). A thread that exec'd in place of its process's leader took
-    // over the leader's pid, and the old leader's entry went with it, perhaps with the note
-    // that the process was signalled: the exit then looks for a signal track to be sure.
-    // (After the environment scan: branches before it would multiply the verifier's states in
-    // its loop.)
-    if let Some(entry) = track_task(task, head.pid, head.tgid, cgroup_id) {
-        if old_pid != head.pid {
-            // SAFETY: a live task-storage value of the running task.
-            unsafe { (*entry).flags |= task_flags::SIGNALED };
-        }
-    }
 
     if found {
         // The value travels in the exec record: one ring-buffer record per container start.
@@ -289,44 +238,31 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<(), i32> {
     // SAFETY: `group_dead` is a bool at this offset of sched_process_exit's record.
     let group_dead = unsafe { field::<u8>(ctx, EXIT_GROUP_DEAD) } != 0;
     if !group_dead {
-        // Not the last thread of its process: the process goes on, nothing to report (a
-        // thread's entry goes with the thread).
+        // Not the last thread of its process: the process goes on, nothing to report.
         return Ok(());
     }
-    // Every process exit on the host passes here: one outside the containers has no entry.
+    // Every process exit on the host passes here: its cgroup decides, by its mark first.
     let task = current_task();
-    // SAFETY: `task` is the current task's BTF pointer. (Two loads instead of a helper call.)
-    let (pid, tgid) = unsafe { task_ids(task) };
-    // SAFETY: live task-storage values, read once by copy.
-    let mut flags = TASK_STATE.get(task).map(|t| unsafe { (*t).flags });
-    if pid != tgid {
-        // The last thread is not the leader: the process is followed if its leader was (a
-        // process moved into a container is announced by its leader only), and a signal aimed
-        // at the process was noted on the leader.
-        // SAFETY: `task` is the current task's BTF pointer.
-        if let Some(leader) = TASK_STATE.get(unsafe { group_leader(task) }) {
-            // SAFETY: as above.
-            flags = Some(flags.unwrap_or(0) | unsafe { (*leader).flags });
-        }
-    }
-    let Some(flags) = flags else {
+    // SAFETY: `task` is the running task's BTF pointer, and the cgroup read from it a BTF
+    // cgroup pointer.
+    let Some((cgroup_id, _)) = (unsafe { followed_cgroup(task_cgroup(task)) }) else {
         return Ok(());
     };
     // SAFETY: as above.
-    let cgroup_id = unsafe { task_cgroup_id(task) };
-    // Only a process some signal or OOM mark was remembered for has a track to look up.
-    let track = if flags & task_flags::SIGNALED != 0 {
-        SIGNALS.get_ptr(tgid)
-    } else {
-        None
+    let (head, start) = unsafe {
+        (
+            header_of(kind::PROCESS_EXIT, task, cgroup_id),
+            process_start(task),
+        )
     };
-    if is_tracked_cgroup(cgroup_id) {
-        // SAFETY: as above.
-        let head = unsafe { header_of(kind::PROCESS_EXIT, task, cgroup_id) };
-        report_exit(task, &head, track);
-    }
+    // What was remembered for the process (signals, the OOM mark), if it is this process's:
+    // a track left by an earlier process with the same tgid started at another time.
+    let track = SIGNALS.get_ptr(head.tgid);
+    // SAFETY: a live map value, read in place.
+    let own = track.filter(|&t| unsafe { (*t).start_ns } == start);
+    report_exit(task, &head, own);
     if track.is_some() {
-        let _ = SIGNALS.remove(tgid);
+        let _ = SIGNALS.remove(head.tgid);
     }
     Ok(())
 }

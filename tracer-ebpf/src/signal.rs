@@ -3,14 +3,12 @@
 //! process exits, when `sched_process_exit` copies them into the exit record.
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
-use tracer_common::{
-    kind, probe, task_flags, OomRecord, SignalRecord, TrackedTask, COMM_LEN, SIGNAL_SLOTS,
-};
+use tracer_common::{kind, probe, OomRecord, SignalRecord, COMM_LEN, SIGNAL_SLOTS};
 
 use crate::state::{
-    btf_read, current_task, group_leader, header, header_for, now_ns, reserve, signal_track,
-    task_comm, wakeup, Task, MM_ANON_RSS, MM_TOTAL_VM, PAGE_KB_SHIFT, SIGINFO_CODE, TASK_MM,
-    TASK_STATE,
+    btf_read, current_task, followed_cgroup, header, header_for, now_ns, process_start, reserve,
+    signal_track, task_cgroup, task_comm, task_ids, wakeup, Task, MM_ANON_RSS, MM_TOTAL_VM,
+    PAGE_KB_SHIFT, SIGINFO_CODE, TASK_MM,
 };
 
 /// `si_code` of a signal sent without a siginfo (`SEND_SIG_NOINFO`, as by kill(2)).
@@ -25,23 +23,6 @@ fn never_fatal(sig: u32) -> bool {
     (17..=23).contains(&sig) || sig == 28
 }
 
-/// Notes on the followed target `entry` (of task `target`), and on its process's leader, that
-/// a [`SignalTrack`](tracer_common::SignalTrack) now exists for the process, so that its exit
-/// looks it up.
-#[inline(always)]
-fn mark_signaled(target: Task, entry: *mut TrackedTask, pid: u32, tgid: u32) {
-    // SAFETY: `entry` is a live task-storage value; a racing update on another CPU can at worst
-    // set the same bit.
-    unsafe { (*entry).flags |= task_flags::SIGNALED };
-    if pid != tgid {
-        // SAFETY: `target` is a tracepoint's BTF task argument.
-        if let Some(leader) = TASK_STATE.get(unsafe { group_leader(target) }) {
-            // SAFETY: as above.
-            unsafe { (*leader).flags |= task_flags::SIGNALED };
-        }
-    }
-}
-
 /// Runs in the sender's context, with the target task as argument.
 #[btf_tracepoint(function = "signal_generate")]
 pub fn signal_generate(ctx: BtfTracePointContext) -> u32 {
@@ -50,18 +31,20 @@ pub fn signal_generate(ctx: BtfTracePointContext) -> u32 {
 }
 
 fn try_signal_generate(ctx: &BtfTracePointContext) -> Result<(), i32> {
-    // Every signal on the host passes here: the signal number and the target's entry decide.
+    // Every signal on the host passes here: the signal number and the target's cgroup decide.
     let sig: i32 = ctx.arg(0);
     let sig = sig as u32;
     if never_fatal(sig) {
         return Ok(());
     }
     let target: Task = ctx.arg(2);
-    let Some(entry) = TASK_STATE.get(target) else {
+    // SAFETY: `target` is the argument's BTF task pointer, and the cgroup read from it a BTF
+    // cgroup pointer.
+    let Some((target_cgroup_id, _)) = (unsafe { followed_cgroup(task_cgroup(target)) }) else {
         return Ok(());
     };
-    // SAFETY: a live task-storage value, read once by copy.
-    let task = unsafe { *entry };
+    // SAFETY: as above.
+    let ((target_pid, target_tgid), start) = unsafe { (task_ids(target), process_start(target)) };
     let info: *const u8 = ctx.arg(1);
     let group: i32 = ctx.arg(3);
     let result: i32 = ctx.arg(4);
@@ -80,11 +63,10 @@ fn try_signal_generate(ctx: &BtfTracePointContext) -> Result<(), i32> {
     // SAFETY: `sender` is the running task's BTF pointer.
     let (head, sender_comm) = unsafe { (header_for(kind::SIGNAL, sender), task_comm(sender)) };
 
-    if let Some(track) = signal_track(task.tgid) {
+    if let Some(track) = signal_track(target_tgid, start) {
         // SAFETY: `track` points to a live map value; concurrent senders to the same process on
         // other CPUs may interleave, which can at worst blur a counter.
         unsafe { remember(&mut *track, sig, code, result as u32, &head, sender_comm) };
-        mark_signaled(target, entry, task.pid, task.tgid);
     }
 
     let Some(mut entry) = reserve::<SignalRecord>(probe::SIGNAL_GENERATE) else {
@@ -95,9 +77,9 @@ fn try_signal_generate(ctx: &BtfTracePointContext) -> Result<(), i32> {
     // written before submit.
     unsafe {
         (*record).header = head;
-        (*record).target_pid = task.pid;
-        (*record).target_tgid = task.tgid;
-        (*record).target_cgroup_id = task.cgroup_id;
+        (*record).target_pid = target_pid;
+        (*record).target_tgid = target_tgid;
+        (*record).target_cgroup_id = target_cgroup_id;
         (*record).signal = sig;
         (*record).code = code;
         (*record).result = result as u32;
@@ -159,15 +141,16 @@ pub fn mark_victim(ctx: BtfTracePointContext) -> u32 {
 
 fn try_mark_victim(ctx: &BtfTracePointContext) -> Result<(), i32> {
     let victim: Task = ctx.arg(0);
-    let Some(entry) = TASK_STATE.get(victim) else {
+    // SAFETY: `victim` is the argument's BTF task pointer, and the cgroup read from it a BTF
+    // cgroup pointer.
+    let Some((victim_cgroup_id, _)) = (unsafe { followed_cgroup(task_cgroup(victim)) }) else {
         return Ok(());
     };
-    // SAFETY: a live task-storage value, read once by copy.
-    let task = unsafe { *entry };
-    if let Some(track) = signal_track(task.tgid) {
+    // SAFETY: as above.
+    let ((victim_pid, victim_tgid), start) = unsafe { (task_ids(victim), process_start(victim)) };
+    if let Some(track) = signal_track(victim_tgid, start) {
         // SAFETY: `track` points to a live map value.
         unsafe { (*track).oom_ns = now_ns() };
-        mark_signaled(victim, entry, task.pid, task.tgid);
     }
     // The figures the tracepoint's own record gives: task->mm's total_vm and anonymous pages,
     // in KiB.
@@ -193,9 +176,9 @@ fn try_mark_victim(ctx: &BtfTracePointContext) -> Result<(), i32> {
     // written before submit.
     unsafe {
         (*record).header = header(kind::OOM_MARK);
-        (*record).victim_pid = task.pid;
-        (*record).victim_tgid = task.tgid;
-        (*record).victim_cgroup_id = task.cgroup_id;
+        (*record).victim_pid = victim_pid;
+        (*record).victim_tgid = victim_tgid;
+        (*record).victim_cgroup_id = victim_cgroup_id;
         (*record).total_vm_kb = total_vm << shift;
         (*record).anon_rss_kb = anon_rss << shift;
     }

@@ -16,7 +16,7 @@ use aya_ebpf::{
     programs::TracePointContext,
     EbpfContext, Global,
 };
-use tracer_common::{probe, untracked, EnvKey, Header, SignalTrack, TrackedTask, ENV_SCAN_LEN};
+use tracer_common::{probe, untracked, EnvKey, Header, SignalTrack, ENV_SCAN_LEN};
 
 /// Records for user space. The loader sets the real size (`--ring-buffer-size`).
 #[map]
@@ -27,7 +27,8 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(probe::COUNT, 0);
 
 /// Per-CPU counts of what could not be followed, by [`untracked`] slot: cgroups because
-/// `CGROUPS` was full, tasks because the kernel could not allocate their `TASK_STATE` entry.
+/// `CGROUPS` was full or their mark could not be allocated, device opens because their
+/// `DEVICE_PENDING` entry could not be.
 #[map]
 pub static UNTRACKED: PerCpuArray<u64> = PerCpuArray::with_max_entries(untracked::COUNT, 0);
 
@@ -91,8 +92,8 @@ impl<T> TaskStorage<T> {
     pub fn get(&self, task: Task) -> Option<*mut T> {
         // A task that no task-storage map has a value for has no local storage at all (the
         // kernel clears the pointer when its last value goes): one load tells, where the helper
-        // costs a call and its recursion guard. That is the fast path of every fork, exit and
-        // signal outside the containers (unless another tool keeps task storage too).
+        // costs a call and its recursion guard. That is the fast path of the exit of every
+        // open on the node that is not a device open (unless another tool keeps task storage).
         // SAFETY: `task` is a BTF task pointer and `bpf_storage` a pointer field of it, read
         // whole.
         if unsafe { btf_read::<u64, _>(task, &TASK_BPF_STORAGE) } == 0 {
@@ -123,14 +124,6 @@ impl<T> TaskStorage<T> {
     }
 }
 
-/// Tasks (threads) followed: their ids, process and last known cgroup, kept by the kernel
-/// beside each task. `signal_generate` runs in the sender's context and finds its target's entry
-/// from the target task; fork, exec and exit find the running task's. A task outside every
-/// container has none, so the hot programs' fast path is one short miss. When the kernel cannot
-/// allocate an entry the task is counted in `UNTRACKED` instead.
-#[btf_map]
-pub static TASK_STATE: TaskStorage<TrackedTask> = TaskStorage::new();
-
 /// Declares the read-only `u64` globals of [`tracer_common::BTF_FIELDS`]: field offsets the
 /// loader sets from the kernel's BTF. Being read-only, their values are constants to the
 /// verifier, which then checks each direct load from a BTF pointer against the field it reads.
@@ -150,6 +143,7 @@ btf_offsets!(
     TASK_GROUP_LEADER,
     TASK_EXIT_CODE,
     TASK_REAL_PARENT,
+    TASK_START_TIME,
     TASK_CGROUPS,
     CSS_SET_DFL_CGRP,
     CGROUP_KN,
@@ -495,35 +489,18 @@ pub unsafe fn read_kernel_str(dst: *mut u8, len: u32, src: *const u8) -> u32 {
     }
 }
 
-/// Starts following `task` (thread `pid` of process `tgid`, in cgroup `cgroup_id`), or
-/// updates what is known of it, keeping its flags. Returns its entry.
+/// The [`SignalTrack`] of process `tgid`, which started at `start_ns`: created empty if there is
+/// none yet, emptied if the one there was left by an earlier process with the same tgid.
 #[inline(always)]
-pub fn track_task(task: Task, pid: u32, tgid: u32, cgroup_id: u64) -> Option<*mut TrackedTask> {
-    let mut init = TrackedTask {
-        pid,
-        tgid,
-        flags: 0,
-        _reserved: 0,
-        cgroup_id,
-    };
-    let Some(entry) = TASK_STATE.get_or_insert(task, &mut init) else {
-        count_untracked(untracked::TASK);
-        return None;
-    };
-    // SAFETY: a live task-storage value; only its owner's programs and signal senders touch
-    // it, and a racing writer can at worst store the same facts.
-    unsafe {
-        (*entry).pid = pid;
-        (*entry).tgid = tgid;
-        (*entry).cgroup_id = cgroup_id;
-    }
-    Some(entry)
-}
-
-/// The [`SignalTrack`] of process `tgid`, created empty if there is none yet.
-#[inline(always)]
-pub fn signal_track(tgid: u32) -> Option<*mut SignalTrack> {
+pub fn signal_track(tgid: u32, start_ns: u64) -> Option<*mut SignalTrack> {
     if let Some(track) = SIGNALS.get_ptr_mut(tgid) {
+        // SAFETY: a live map value, valid for the program's run.
+        unsafe {
+            if (*track).start_ns != start_ns {
+                core::ptr::write_bytes(track, 0, 1);
+                (*track).start_ns = start_ns;
+            }
+        }
         return Some(track);
     }
     let scratch = SCRATCH.get_ptr_mut(0)?;
@@ -531,8 +508,19 @@ pub fn signal_track(tgid: u32) -> Option<*mut SignalTrack> {
     // while the program runs (programs on one CPU do not nest for tracepoints).
     unsafe {
         core::ptr::write_bytes(scratch, 0, 1);
+        (*scratch).start_ns = start_ns;
         // BPF_NOEXIST: if another CPU created it meanwhile, keep theirs.
         let _ = SIGNALS.insert(tgid, &*scratch, 1);
     }
     SIGNALS.get_ptr_mut(tgid)
+}
+
+/// When the process of `task` started: its leader's `start_time`, the same for all its threads.
+///
+/// # Safety
+/// `task` must be a BTF task pointer.
+#[inline(always)]
+pub unsafe fn process_start(task: Task) -> u64 {
+    // SAFETY: per the contract; `start_time` is a u64 of the leader's task_struct.
+    unsafe { btf_read(group_leader(task), &TASK_START_TIME) }
 }

@@ -10,13 +10,13 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use aya::{
-    maps::{Array, CgrpStorage, HashMap, Map, MapData, PerCpuArray, RingBuf},
+    maps::{Array, CgrpStorage, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
 use tracer_common::{
-    cgroup_state, probe, untracked, DevicePrefix, EnvKey, TrackedTask, DEVICE_PREFIXES,
-    DEVICE_PREFIX_LEN, ENV_KEY_LEN,
+    cgroup_state, probe, untracked, DevicePrefix, EnvKey, DEVICE_PREFIXES, DEVICE_PREFIX_LEN,
+    ENV_KEY_LEN,
 };
 
 use crate::{
@@ -120,8 +120,6 @@ pub struct Tracer {
     cgroups: HashMap<MapData, u64, u32>,
     /// `FOLLOWED`: the mark beside each cgroup in `cgroups`.
     marks: CgrpStorage<MapData, u64>,
-    /// `TASK_STATE`, a task-storage map (which aya loads but does not wrap).
-    tasks: MapData,
     lost: PerCpuArray<MapData, u64>,
     untracked: PerCpuArray<MapData, u64>,
     decode_errors: u64,
@@ -163,7 +161,7 @@ impl Tracer {
         let mut ebpf = loader
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
             .map_max_entries("EVENTS", size)
-            // TASK_STATE: aya creates task-storage maps but has no type for them.
+            // DEVICE_PENDING: aya creates task-storage maps but has no type for them.
             .allow_unsupported_maps()
             .load(EBPF_OBJECT)
             .context("loading the eBPF programs into the kernel")?;
@@ -213,17 +211,12 @@ impl Tracer {
         let ring = RingBuf::try_from(take(&mut ebpf, "EVENTS")?)?;
         let cgroups = HashMap::try_from(take(&mut ebpf, "CGROUPS")?)?;
         let marks = CgrpStorage::try_from(take(&mut ebpf, "FOLLOWED")?)?;
-        let tasks = match take(&mut ebpf, "TASK_STATE")? {
-            Map::Unsupported(data) => data,
-            other => bail!("map TASK_STATE has an unexpected type: {other:?}"),
-        };
         let lost = PerCpuArray::try_from(take(&mut ebpf, "LOST")?)?;
         let untracked = PerCpuArray::try_from(take(&mut ebpf, "UNTRACKED")?)?;
         Ok(Tracer {
             ring,
             cgroups,
             marks,
-            tasks,
             lost,
             untracked,
             decode_errors: 0,
@@ -307,9 +300,10 @@ impl Tracer {
         Ok(self.untracked.get(&untracked::CGROUP, 0)?.iter().sum())
     }
 
-    /// Tasks that could not be followed because the kernel could not allocate their entry.
-    pub fn untracked_tasks(&self) -> Result<u64> {
-        Ok(self.untracked.get(&untracked::TASK, 0)?.iter().sum())
+    /// Device opens that could not be followed because the kernel could not allocate the
+    /// entry that holds one between the system call's entry and exit.
+    pub fn untracked_device_opens(&self) -> Result<u64> {
+        Ok(self.untracked.get(&untracked::DEVICE_OPEN, 0)?.iter().sum())
     }
 
     /// Follows the processes of cgroup `id` at `dir` (a container found by scanning, or one of
@@ -336,21 +330,6 @@ impl Tracer {
     pub fn untrack_cgroup(&mut self, id: u64) {
         // Already gone (removed meanwhile) is fine.
         let _ = self.cgroups.remove(&id);
-    }
-
-    /// Follows thread `pid` of process `tgid` living in cgroup `cgroup_id`. A thread the
-    /// kernel already follows (it forked from one) keeps what the kernel knows; a thread that
-    /// is gone is skipped. Returns whether the thread is followed now.
-    pub fn track_task(&mut self, pid: u32, tgid: u32, cgroup_id: u64) -> Result<bool> {
-        let task = TrackedTask {
-            pid,
-            tgid,
-            flags: 0,
-            _reserved: 0,
-            cgroup_id,
-        };
-        sys::task_storage_insert(self.tasks.fd().as_fd(), pid, &task)
-            .with_context(|| format!("tracking task {pid}"))
     }
 }
 

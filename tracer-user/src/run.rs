@@ -30,9 +30,6 @@ use crate::{
     scan, sys,
 };
 
-/// Listings of the containers' threads at start, at most (see `run`).
-const SEED_PASSES: usize = 4;
-
 /// Everything `clawtrace run` is told.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -96,7 +93,7 @@ pub struct RunSummary {
     pub lost: [u64; probe::COUNT as usize],
     pub decode_errors: u64,
     pub untracked_cgroups: u64,
-    pub untracked_tasks: u64,
+    pub untracked_device_opens: u64,
     pub audit_errors: u64,
 }
 
@@ -150,34 +147,14 @@ pub fn run(options: &RunOptions, stop: &Arc<AtomicBool>, out: impl Write) -> Res
     // model ignores a container it already knows.
     if let Some(root) = sys::cgroup2_mount() {
         let found = scan::scan(&root, model.recognizer());
-        let mut tracked = std::collections::HashSet::new();
         let now = sys::monotonic_ns();
         for container in found.containers {
             for &id in std::iter::once(&container.cgroup_id).chain(&container.sub_cgroups) {
                 if let Some(dir) = found.dirs.get(&id) {
                     tracer.track_cgroup(id, dir)?;
-                    tracked.insert(id);
                 }
             }
             model.adopt(container, now, &mut step);
-        }
-        // Then their threads. The kernel follows what a followed thread forks from here on;
-        // what was forked since the scan is found by listing the cgroups again, until a listing
-        // finds nothing new (a task that still slips through is followed at its exec).
-        let mut seen = std::collections::HashSet::new();
-        let mut threads = found.threads;
-        for _ in 0..SEED_PASSES {
-            let mut new = 0;
-            for (tid, tgid, cgroup_id) in threads {
-                if tracked.contains(&cgroup_id) && seen.insert(tid) {
-                    tracer.track_task(tid, tgid, cgroup_id)?;
-                    new += 1;
-                }
-            }
-            if new == 0 {
-                break;
-            }
-            threads = scan::scan(&root, model.recognizer()).threads;
         }
     } else {
         log::warn!("no cgroup v2 mount found: containers already running are not followed");
@@ -296,17 +273,20 @@ fn report_losses(tracer: &Tracer, summary: &mut RunSummary, exporter: Option<&Ex
     }
     if let Ok(n) = tracer.untracked_cgroups() {
         if n > summary.untracked_cgroups {
-            log::warn!("{n} cgroup(s) could not be followed: the kernel's cgroup table is full");
+            log::warn!(
+                "{n} cgroup(s) could not be followed: the kernel's cgroup table is full, or it \
+                 could not allocate their mark"
+            );
             summary.untracked_cgroups = n;
         }
     }
-    if let Ok(n) = tracer.untracked_tasks() {
-        if n > summary.untracked_tasks {
+    if let Ok(n) = tracer.untracked_device_opens() {
+        if n > summary.untracked_device_opens {
             log::warn!(
-                "{n} task(s) in containers could not be followed: the kernel could not allocate \
-                 their entry"
+                "{n} device open(s) in containers could not be followed: the kernel could not \
+                 allocate their entry"
             );
-            summary.untracked_tasks = n;
+            summary.untracked_device_opens = n;
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Finds the containers that already run when clawtrace starts: walks the cgroup v2 tree for
-//! cgroups recognised as containers, and reads their processes and threads from cgroupfs and
-//! /proc, so they are followed like the ones created later.
+//! cgroups recognised as containers, and reads their processes from cgroupfs and /proc, so they
+//! are followed like the ones created later.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -14,12 +14,11 @@ use crate::{containers::Recognize, model::ExistingContainer};
 /// Deepest cgroup nesting walked; real hierarchies are far shallower.
 const MAX_DEPTH: usize = 32;
 
-/// What the scan found: the containers, every thread in them as `(tid, tgid, cgroup_id)`, and
-/// the directory of each of their cgroups (sub-cgroups included) by id.
+/// What the scan found: the containers, and the directory of each of their cgroups
+/// (sub-cgroups included) by id.
 #[derive(Debug, Default)]
 pub struct Scan {
     pub containers: Vec<ExistingContainer>,
-    pub threads: Vec<(u32, u32, u64)>,
     pub dirs: HashMap<u64, PathBuf>,
 }
 
@@ -81,13 +80,8 @@ fn container(
         i += 1;
     }
     let mut processes = Vec::new();
-    for (dir, id) in &cgroups {
-        for tgid in read_pids(&dir.join("cgroup.procs")) {
-            processes.push(tgid);
-            for tid in threads_of(tgid) {
-                scan.threads.push((tid, tgid, *id));
-            }
-        }
+    for (dir, _) in &cgroups {
+        processes.extend(read_pids(&dir.join("cgroup.procs")));
     }
     let init = guess_init(&processes);
     let sub_cgroups = cgroups.iter().skip(1).map(|(_, id)| *id).collect();
@@ -107,16 +101,6 @@ fn read_pids(file: &Path) -> Vec<u32> {
     fs::read_to_string(file)
         .map(|text| text.lines().filter_map(|l| l.trim().parse().ok()).collect())
         .unwrap_or_default()
-}
-
-fn threads_of(tgid: u32) -> Vec<u32> {
-    let Ok(entries) = fs::read_dir(format!("/proc/{tgid}/task")) else {
-        return vec![tgid];
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .collect()
 }
 
 /// `(ppid, start time in clock ticks)` from /proc/<pid>/stat.

@@ -86,15 +86,6 @@ pub const HOOKS: &[Hook] = &[
         group: HookGroup::Core,
     },
     Hook {
-        category: "task",
-        name: "task_newtask",
-        program: "task_newtask",
-        fields: &[],
-        // clone_flags became u64 in Linux 6.17; before, unsigned long (the same on 64-bit).
-        btf_args: Some(&["struct task_struct *", "u64|long unsigned int"]),
-        group: HookGroup::Core,
-    },
-    Hook {
         category: "sched",
         name: "sched_process_exec",
         program: "sched_process_exec",
