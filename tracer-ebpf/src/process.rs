@@ -249,17 +249,12 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<(), i32> {
         return Ok(());
     };
     // SAFETY: as above.
-    let (head, start) = unsafe {
-        (
-            header_of(kind::PROCESS_EXIT, task, cgroup_id),
-            process_start(task),
-        )
-    };
+    let head = unsafe { header_of(kind::PROCESS_EXIT, task, cgroup_id) };
     // What was remembered for the process (signals, the OOM mark), if it is this process's:
     // a track left by an earlier process with the same tgid started at another time.
     let track = SIGNALS.get_ptr(head.tgid);
-    // SAFETY: a live map value, read in place.
-    let own = track.filter(|&t| unsafe { (*t).start_ns } == start);
+    // SAFETY: a live map value, read in place; `task` as above.
+    let own = track.filter(|&t| unsafe { (*t).start_ns == process_start(task) });
     report_exit(task, &head, own);
     if track.is_some() {
         let _ = SIGNALS.remove(head.tgid);
