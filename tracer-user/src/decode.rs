@@ -67,15 +67,6 @@ impl KindCounts {
     }
 }
 
-/// `records` counted by kind, kinds without records left out.
-pub fn count_by_kind(records: &[Record]) -> Vec<(&'static str, u64)> {
-    let mut counts = KindCounts::default();
-    for record in records {
-        counts.add(record);
-    }
-    counts.iter().collect()
-}
-
 /// Reads a `T` from the front of `bytes` after checking the length.
 fn read<T: Copy>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
     let need = size_of::<T>();
@@ -559,7 +550,11 @@ mod tests {
                 None => expected.push((record.kind_name(), 1)),
             }
         }
-        let mut counted = count_by_kind(&records);
+        let mut counts = KindCounts::default();
+        for record in &records {
+            counts.add(record);
+        }
+        let mut counted: Vec<(&str, u64)> = counts.iter().collect();
         counted.sort();
         expected.sort();
         assert_eq!(counted, expected);
@@ -567,7 +562,7 @@ mod tests {
             counted.iter().map(|(_, n)| n).sum::<u64>(),
             records.len() as u64
         );
-        assert!(count_by_kind(&[]).is_empty());
+        assert!(KindCounts::default().iter().next().is_none());
         for (i, name) in KIND_NAMES.iter().enumerate() {
             assert_eq!(
                 KIND_NAMES.iter().position(|n| n == name),
