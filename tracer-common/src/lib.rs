@@ -98,6 +98,10 @@ pub mod probe {
     ];
 }
 
+/// The `si_code` a record carries when the kernel's siginfo could not be read (a probe read
+/// that failed): no sender kind is derived from it.
+pub const SI_CODE_UNREADABLE: i32 = i32::MIN;
+
 /// Value of `signal_generate`'s `result` field (`enum trace_signal_result`).
 pub mod signal_result {
     pub const DELIVERED: u32 = 0;
@@ -184,7 +188,8 @@ pub struct SignalOrigin {
     /// Signal number (0: empty slot).
     pub signal: u32,
     /// `si_code` of the first send: 0 SI_USER (kill), -6 SI_TKILL (tgkill), 0x80 SI_KERNEL,
-    /// positive values are fault codes the kernel raised.
+    /// positive values are fault codes the kernel raised; [`SI_CODE_UNREADABLE`] when the
+    /// siginfo could not be read.
     pub code: i32,
     pub count: u32,
     /// [`signal_result`] of the first send.

@@ -2,8 +2,12 @@
 //! and whether the OOM killer chose it. Both are remembered per process in `SIGNALS` until the
 //! process exits, when `sched_process_exit` copies them into the exit record.
 
-use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
-use tracer_common::{kind, probe, OomRecord, SignalRecord, COMM_LEN, SIGNAL_SLOTS};
+use aya_ebpf::{
+    helpers::bpf_probe_read_kernel, macros::btf_tracepoint, programs::BtfTracePointContext,
+};
+use tracer_common::{
+    kind, probe, OomRecord, SignalRecord, COMM_LEN, SIGNAL_SLOTS, SI_CODE_UNREADABLE,
+};
 
 use crate::state::{
     btf_read, current_task, followed_cgroup, header, header_for, now_ns, process_start, reserve,
@@ -53,8 +57,16 @@ fn try_signal_generate(ctx: &BtfTracePointContext) -> Result<(), i32> {
     let code = match info as usize {
         0 => SI_USER,
         1 => SI_KERNEL,
-        // SAFETY: `info` is the argument's BTF `struct kernel_siginfo *`; si_code is an int.
-        _ => unsafe { btf_read::<i32, _>(info, &SIGINFO_CODE) },
+        // Newer verifiers treat this argument as a scalar, since it may carry one of those two
+        // constants: the field is read with a probe read, not a typed load.
+        // SAFETY: the helper reads kernel memory safely; a bad address reads as an error.
+        _ => unsafe {
+            bpf_probe_read_kernel(
+                info.wrapping_add(SIGINFO_CODE.load() as usize)
+                    .cast::<i32>(),
+            )
+        }
+        .unwrap_or(SI_CODE_UNREADABLE),
     };
     // SAFETY: `target` is the argument's BTF task pointer.
     let target_comm = unsafe { task_comm(target) };
