@@ -56,6 +56,22 @@ macro_rules! require_privileged {
     };
 }
 
+/// Environment variable multiplying every time limit of the tests: slow machines (a kernel
+/// under QEMU's TCG) set it; unset, limits are as written.
+pub const TIME_SCALE: &str = "CLAWTRACE_TIME_SCALE";
+
+/// `d` times [`TIME_SCALE`] (1 when unset).
+pub fn scaled(d: Duration) -> Duration {
+    let scale = std::env::var(TIME_SCALE)
+        .ok()
+        .map(|s| {
+            s.parse::<u32>()
+                .unwrap_or_else(|_| panic!("{TIME_SCALE}={s} is not a whole number"))
+        })
+        .unwrap_or(1);
+    d * scale.max(1)
+}
+
 pub fn cgroup2_root() -> PathBuf {
     clawtrace::sys::cgroup2_mount().expect("no cgroup v2 mount")
 }
@@ -140,7 +156,7 @@ impl TestCgroup {
 
     /// Removes the cgroup; it must be empty.
     pub fn remove(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + scaled(Duration::from_secs(5));
         loop {
             match std::fs::remove_dir(&self.dir) {
                 Ok(()) => break,
@@ -162,7 +178,7 @@ impl Drop for TestCgroup {
             return;
         }
         let _ = std::fs::write(self.dir.join("cgroup.kill"), "1");
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + scaled(Duration::from_secs(5));
         while std::fs::remove_dir(&self.dir).is_err() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -196,8 +212,9 @@ pub fn kill(pid: u32, signal: i32) {
 }
 
 /// Waits until `cond` holds, polling; panics with `what` after `timeout`.
+/// (`timeout` is [`scaled`].)
 pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
+    let deadline = Instant::now() + scaled(timeout);
     while !cond() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(10));
@@ -205,7 +222,8 @@ pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool)
 }
 
 /// Collects a just-started clawtrace's stderr lines and waits until it says its programs are
-/// attached (`tracing: …`); kills it and fails the test if that does not come within 30 s.
+/// attached (`tracing: …`); kills it and fails the test if that does not come within 30 s
+/// ([`scaled`]).
 pub fn await_tracing(child: &mut Child) -> Arc<Mutex<Vec<String>>> {
     let stderr = Arc::new(Mutex::new(Vec::new()));
     let (ready_tx, ready_rx) = mpsc::channel();
@@ -214,13 +232,18 @@ pub fn await_tracing(child: &mut Child) -> Arc<Mutex<Vec<String>>> {
     std::thread::spawn(move || {
         for line in BufReader::new(pipe).lines() {
             let Ok(line) = line else { break };
-            if line.contains("tracing:") {
+            // Kept before it is announced, so the waiter finds the line.
+            let ready = line.contains("tracing:");
+            sink.lock().unwrap().push(line);
+            if ready {
                 let _ = ready_tx.send(());
             }
-            sink.lock().unwrap().push(line);
         }
     });
-    if ready_rx.recv_timeout(Duration::from_secs(30)).is_err() {
+    if ready_rx
+        .recv_timeout(scaled(Duration::from_secs(30)))
+        .is_err()
+    {
         let _ = child.kill();
         panic!("clawtrace did not start: {:?}", stderr.lock().unwrap());
     }
@@ -234,6 +257,7 @@ pub struct Clawtrace {
     stderr: Arc<Mutex<Vec<String>>>,
 }
 
+/// How long a test waits for an event ([`scaled`]).
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Clawtrace {
@@ -323,7 +347,7 @@ impl Clawtrace {
 
     /// Waits for the first event matching `pred`.
     pub fn wait_for(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + EVENT_TIMEOUT;
+        let deadline = Instant::now() + scaled(EVENT_TIMEOUT);
         loop {
             if let Some(v) = self.events.lock().unwrap().iter().find(|v| pred(v)) {
                 return v.clone();
@@ -355,11 +379,11 @@ impl Clawtrace {
     }
 }
 
-/// Sends SIGINT to a running clawtrace and asserts it exits 0 within 5 s (its stderr in the
-/// failure message).
+/// Sends SIGINT to a running clawtrace and asserts it exits 0 within 5 s ([`scaled`]; its
+/// stderr in the failure message).
 pub fn interrupt_and_wait(child: &mut Child, stderr: &Mutex<Vec<String>>) {
     kill(child.id(), libc::SIGINT);
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + scaled(Duration::from_secs(5));
     loop {
         if let Some(status) = child.try_wait().expect("try_wait") {
             assert!(
@@ -416,4 +440,110 @@ pub fn sample(exposition: &str, series: &str) -> Option<f64> {
     exposition
         .lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Debian's python3 (installed by `cargo xtask setup`) rather than a version manager's shim,
+/// which would run extra processes in the container.
+pub fn python(code: &str) -> Command {
+    let python = if have("/usr/bin/python3") {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    };
+    let mut cmd = Command::new(python);
+    cmd.args(["-c", code]);
+    cmd
+}
+
+pub fn sh(script: &str) -> Command {
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", script]);
+    cmd
+}
+
+/// The `SigCgt`/`SigIgn`/… mask of `pid` from /proc.
+pub fn signal_mask(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0)
+}
+
+pub fn has_signal(mask: u64, signal: i32) -> bool {
+    mask & (1 << (signal - 1)) != 0
+}
+
+/// The exit event of the container's init.
+pub fn init_exit(ct: &Clawtrace, cgroup: &TestCgroup, pid: u32) -> Value {
+    ct.wait_event("process_exit", &cgroup.container_id(), |v| v["pid"] == pid)
+}
+
+/// Asserts the parts of an exit that follow from the wait status alone.
+pub fn assert_status(exit: &Value, status: i32) {
+    if libc::WIFEXITED(status) {
+        assert_eq!(exit["exit_code"], libc::WEXITSTATUS(status), "{exit}");
+        assert_eq!(exit["signal"], Value::Null, "{exit}");
+    } else {
+        assert!(libc::WIFSIGNALED(status));
+        assert_eq!(exit["exit_code"], 128 + libc::WTERMSIG(status), "{exit}");
+        assert_eq!(exit["core_dumped"], libc::WCOREDUMP(status), "{exit}");
+    }
+    assert_eq!(exit["wait_status"], status, "{exit}");
+}
+
+/// A memory limit on a test container. Where the memory controller is bound to cgroup v1 (as
+/// on this kind of host) it is a v1 memory cgroup below the one this process is in, which the
+/// container's process joins itself; where v2 holds the controller, `memory.max` of the
+/// container's own cgroup.
+pub enum MemoryLimit {
+    V1 { dir: std::path::PathBuf },
+    V2,
+}
+
+impl MemoryLimit {
+    pub fn new(cgroup: &TestCgroup, limit: u64) -> MemoryLimit {
+        let v2_root = cgroup2_root();
+        let v2_has_memory = std::fs::read_to_string(v2_root.join("cgroup.controllers"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .any(|c| c == "memory");
+        if v2_has_memory {
+            std::fs::write(v2_root.join("cgroup.subtree_control"), "+memory")
+                .expect("enable memory");
+            std::fs::write(cgroup.dir.join("memory.max"), limit.to_string()).expect("memory.max");
+            let _ = std::fs::write(cgroup.dir.join("memory.swap.max"), "0");
+            return MemoryLimit::V2;
+        }
+        let own = std::fs::read_to_string("/proc/self/cgroup").expect("/proc/self/cgroup");
+        let path = own
+            .lines()
+            .find_map(|l| l.split_once(":memory:").map(|(_, p)| p.to_string()))
+            .expect("no memory controller in v1 or v2");
+        let base = std::path::Path::new("/sys/fs/cgroup/memory").join(path.trim_start_matches('/'));
+        let dir = base.join(format!("clawtrace-oom-{}", cgroup.name));
+        std::fs::create_dir_all(&dir).expect("v1 memory cgroup");
+        std::fs::write(dir.join("memory.limit_in_bytes"), limit.to_string()).expect("limit");
+        MemoryLimit::V1 { dir }
+    }
+
+    /// Shell commands that put the shell under the limit.
+    pub fn join_command(&self) -> String {
+        match self {
+            MemoryLimit::V1 { dir } => format!("echo $$ > {};", dir.join("tasks").display()),
+            MemoryLimit::V2 => String::new(),
+        }
+    }
+}
+
+impl Drop for MemoryLimit {
+    fn drop(&mut self) {
+        if let MemoryLimit::V1 { dir } = self {
+            let deadline = Instant::now() + scaled(Duration::from_secs(5));
+            while std::fs::remove_dir(&*dir).is_err() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
 }

@@ -361,6 +361,32 @@ pub struct EnvKey {
     pub len: u32,
     pub _reserved: u32,
     pub prefix: [u8; ENV_KEY_LEN],
+    /// Per little-endian word of `prefix`, the bits in use (all ones up to `len`): the kernel
+    /// compares whole words without a branch per byte. Made by [`EnvKey::new`].
+    pub mask: [u64; ENV_KEY_LEN / 8],
+}
+
+impl EnvKey {
+    /// The key for `prefix` (at most [`ENV_KEY_LEN`] bytes; longer is cut).
+    pub fn new(prefix: &[u8]) -> Self {
+        let len = prefix.len().min(ENV_KEY_LEN);
+        let mut key = EnvKey {
+            len: len as u32,
+            _reserved: 0,
+            prefix: [0; ENV_KEY_LEN],
+            mask: [0; ENV_KEY_LEN / 8],
+        };
+        key.prefix[..len].copy_from_slice(&prefix[..len]);
+        for (i, word) in key.mask.iter_mut().enumerate() {
+            let used = len.saturating_sub(i * 8).min(8);
+            *word = if used == 8 {
+                u64::MAX
+            } else {
+                (1u64 << (used * 8)) - 1
+            };
+        }
+        key
+    }
 }
 
 /// Slots of the kernel's per-CPU `UNTRACKED` counters: what could not be followed.
@@ -374,34 +400,107 @@ pub mod untracked {
     pub const COUNT: u32 = 2;
 }
 
-/// Kernel structure fields the programs read (typed loads through BTF pointers, which the
+/// Kernel features the programs have a faster path for, as bits of the read-only global
+/// [`KERNEL_FEATURES`] that the loader sets from what it probed on the running kernel. One object
+/// serves every kernel: a program tests the bit, and since the global is read-only the verifier
+/// sees a constant and never walks the path this kernel cannot take (a helper, map or field it
+/// lacks). Each missing bit selects a fallback that produces the same records.
+pub mod feature {
+    /// `bpf_get_current_task_btf` (Linux 5.11): the current task is a BTF pointer, so kernel
+    /// objects are read by typed loads. Without it every field is read with
+    /// `bpf_probe_read_kernel`.
+    pub const TASK_BTF: u64 = 1 << 0;
+    /// Task-local storage (`BPF_MAP_TYPE_TASK_STORAGE`, 5.11) and `task_struct.bpf_storage`:
+    /// a device open waits beside its thread. Without it, in a hash map keyed by thread id.
+    pub const TASK_STORAGE: u64 = 1 << 1;
+    /// Cgroup-local storage (`BPF_MAP_TYPE_CGRP_STORAGE`, 6.2) and `cgroup.bpf_cgrp_storage`:
+    /// a followed cgroup carries a mark, so a cgroup outside the containers is told by one load.
+    /// Without it, by a lookup of its id in the cgroup table.
+    pub const CGRP_STORAGE: u64 = 1 << 2;
+    /// `sched_process_exit` has the `group_dead` field: the last thread of a process is told
+    /// by the record. Without it, by the process's live-thread count, claimed once per process.
+    pub const EXIT_GROUP_DEAD: u64 = 1 << 3;
+    /// `oom:mark_victim` passes the victim task. Without it (it passes a pid), the victim is the
+    /// target of the SIGKILL the OOM killer sent just before, on the same CPU.
+    pub const OOM_VICTIM_TASK: u64 = 1 << 4;
+    /// The `mount_setattr` system call (5.12) and its tracepoints. User space only: without it
+    /// the call does not exist, and its hooks are not attached.
+    pub const MOUNT_SETATTR: u64 = 1 << 5;
+}
+
+/// Name of the read-only `u64` global holding the [`feature`] bits the kernel offers.
+pub const KERNEL_FEATURES: &str = "KERNEL_FEATURES";
+
+/// Maps of a type only kernels with a [`feature`] have, by name: on other kernels the loader
+/// puts an inert map in their place, which the programs' fallback paths never touch.
+pub const FEATURE_MAPS: &[(&str, u64)] = &[
+    ("FOLLOWED", feature::CGRP_STORAGE),
+    ("DEVICE_PENDING", feature::TASK_STORAGE),
+];
+
+/// Maps only a [`feature`]'s fallback uses, by name: on kernels with the feature the loader
+/// makes them one entry long, so the fast path costs no memory for them.
+pub const FALLBACK_MAPS: &[(&str, u64)] = &[
+    ("DEVICE_PENDING_BY_TID", feature::TASK_STORAGE),
+    ("EXIT_CLAIMS", feature::EXIT_GROUP_DEAD),
+];
+
+/// A kernel structure field the programs read (typed loads through BTF pointers, which the
 /// verifier checks against the kernel's BTF and which cost less than `bpf_probe_read_kernel`;
-/// aya emits no CO-RE relocations from Rust, so the offsets come from the loader): each offset
-/// is a read-only `u64` global of the eBPF object, named first, set by the loader from
-/// `struct`.`field`. The verifier must see these offsets as constants, hence one global each
-/// rather than a struct. Besides these the loader sets [`MM_ANON_RSS`] and [`PAGE_KB_SHIFT`].
-pub const BTF_FIELDS: &[(&str, &str, &str)] = &[
-    ("TASK_PID", "task_struct", "pid"),
-    ("TASK_TGID", "task_struct", "tgid"),
-    ("TASK_COMM", "task_struct", "comm"),
-    ("TASK_GROUP_LEADER", "task_struct", "group_leader"),
-    ("TASK_EXIT_CODE", "task_struct", "exit_code"),
-    ("TASK_REAL_PARENT", "task_struct", "real_parent"),
-    ("TASK_START_TIME", "task_struct", "start_time"),
-    ("TASK_CGROUPS", "task_struct", "cgroups"),
-    ("CSS_SET_DFL_CGRP", "css_set", "dfl_cgrp"),
-    ("CGROUP_KN", "cgroup", "kn"),
-    ("CGROUP_ROOT", "cgroup", "root"),
-    ("CGROUP_LEVEL", "cgroup", "level"),
-    ("CGROUP_BPF_STORAGE", "cgroup", "bpf_cgrp_storage"),
-    ("CGROUP_ROOT_HIERARCHY_ID", "cgroup_root", "hierarchy_id"),
-    ("KERNFS_NODE_ID", "kernfs_node", "id"),
-    ("SIGINFO_CODE", "kernel_siginfo", "si_code"),
-    ("TASK_MM", "task_struct", "mm"),
-    ("TASK_BPF_STORAGE", "task_struct", "bpf_storage"),
-    ("MM_ENV_START", "mm_struct", "env_start"),
-    ("MM_ENV_END", "mm_struct", "env_end"),
-    ("MM_TOTAL_VM", "mm_struct", "total_vm"),
+/// aya emits no CO-RE relocations from Rust, so the offsets come from the loader).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BtfField {
+    /// The read-only `u64` global of the eBPF object that holds the offset.
+    pub global: &'static str,
+    pub strukt: &'static str,
+    pub field: &'static str,
+    /// The [`feature`] bit that needs this field, 0 for every kernel: a kernel without the
+    /// field lacks the feature, and the global stays 0 (the programs never read it).
+    pub feature: u64,
+}
+
+const fn btf(global: &'static str, strukt: &'static str, field: &'static str) -> BtfField {
+    BtfField {
+        global,
+        strukt,
+        field,
+        feature: 0,
+    }
+}
+
+/// Every field the programs read, each offset in a global of its own (the verifier must see
+/// them as constants, hence one global each rather than a struct). Besides these the loader
+/// sets [`MM_ANON_RSS`] and [`PAGE_KB_SHIFT`].
+pub const BTF_FIELDS: &[BtfField] = &[
+    btf("TASK_PID", "task_struct", "pid"),
+    btf("TASK_TGID", "task_struct", "tgid"),
+    btf("TASK_COMM", "task_struct", "comm"),
+    btf("TASK_GROUP_LEADER", "task_struct", "group_leader"),
+    btf("TASK_EXIT_CODE", "task_struct", "exit_code"),
+    btf("TASK_REAL_PARENT", "task_struct", "real_parent"),
+    btf("TASK_START_TIME", "task_struct", "start_time"),
+    btf("TASK_CGROUPS", "task_struct", "cgroups"),
+    btf("TASK_SIGNAL", "task_struct", "signal"),
+    btf("SIGNAL_LIVE", "signal_struct", "live"),
+    btf("CSS_SET_DFL_CGRP", "css_set", "dfl_cgrp"),
+    btf("CGROUP_KN", "cgroup", "kn"),
+    btf("CGROUP_ROOT", "cgroup", "root"),
+    btf("CGROUP_LEVEL", "cgroup", "level"),
+    BtfField {
+        feature: feature::CGRP_STORAGE,
+        ..btf("CGROUP_BPF_STORAGE", "cgroup", "bpf_cgrp_storage")
+    },
+    btf("CGROUP_ROOT_HIERARCHY_ID", "cgroup_root", "hierarchy_id"),
+    btf("KERNFS_NODE_ID", "kernfs_node", "id"),
+    btf("SIGINFO_CODE", "kernel_siginfo", "si_code"),
+    btf("TASK_MM", "task_struct", "mm"),
+    BtfField {
+        feature: feature::TASK_STORAGE,
+        ..btf("TASK_BPF_STORAGE", "task_struct", "bpf_storage")
+    },
+    btf("MM_ENV_START", "mm_struct", "env_start"),
+    btf("MM_ENV_END", "mm_struct", "env_end"),
+    btf("MM_TOTAL_VM", "mm_struct", "total_vm"),
 ];
 
 /// Global holding the offset of `rss_stat[MM_ANONPAGES].count` in `struct mm_struct`: the
@@ -440,7 +539,7 @@ const _: () = {
     assert!(size_of::<OomRecord>() == 32 + 32);
     assert!(size_of::<EnvValue>() == 8 + ENV_VALUE_LEN);
     assert!(size_of::<ExecEnvRecord>() == size_of::<ExecRecord>() + size_of::<EnvValue>());
-    assert!(size_of::<EnvKey>() == 8 + ENV_KEY_LEN);
+    assert!(size_of::<EnvKey>() == 8 + 2 * ENV_KEY_LEN);
     assert!(size_of::<DeviceOpenRecord>() == 32 + 8 + COMM_LEN + DEVICE_PATH_LEN);
     assert!(size_of::<DevicePrefix>() == 8 + DEVICE_PREFIX_LEN);
     assert!(size_of::<MountRecord>() == 32 + 56 + COMM_LEN + 2 * MOUNT_PATH_LEN + MOUNT_TYPE_LEN);

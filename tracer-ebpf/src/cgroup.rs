@@ -10,10 +10,12 @@ use tracer_common::{
     CGROUP_V2_HIERARCHY,
 };
 
-use crate::state::{
-    btf_read, cgroup_id, count_untracked, data_loc, field, followed_cgroup, header,
-    is_tracked_cgroup, mark_followed, read_kernel_str, reserve, task_comm, task_ids, wakeup, Task,
-    CGROUPS, CGROUP_LEVEL, CGROUP_ROOT, CGROUP_ROOT_HIERARCHY_ID,
+use crate::{
+    kernel::{Cgroup, Task},
+    state::{
+        count_untracked, data_loc, field, followed, header, is_tracked_cgroup, mark_followed,
+        read_kernel_str, reserve, wakeup, CGROUPS,
+    },
 };
 
 // Field offsets in cgroup_rmdir's record (see events/cgroup/cgroup_rmdir/format); the loader
@@ -22,20 +24,6 @@ const ROOT: usize = 8;
 const LEVEL: usize = 12;
 const ID: usize = 16;
 const PATH: usize = 24;
-
-/// The hierarchy `cgroup` belongs to.
-///
-/// # Safety
-/// `cgroup` must be a BTF `struct cgroup *`.
-#[inline(always)]
-unsafe fn hierarchy_of(cgroup: *const u8) -> i32 {
-    // SAFETY: per the contract; `root` points to the cgroup's hierarchy, whose `hierarchy_id`
-    // is an int.
-    unsafe {
-        let root: *const u8 = btf_read(cgroup, &CGROUP_ROOT);
-        btf_read(root, &CGROUP_ROOT_HIERARCHY_ID)
-    }
-}
 
 /// A BTF tracepoint, for the new cgroup itself: it is marked as followed beside its entry in
 /// the table (see `FOLLOWED`).
@@ -46,23 +34,16 @@ pub fn cgroup_mkdir(ctx: BtfTracePointContext) -> u32 {
 }
 
 fn try_cgroup_mkdir(ctx: &BtfTracePointContext) -> Result<(), i32> {
-    let cgrp: *const u8 = ctx.arg(0);
+    // SAFETY: the first argument is the new `struct cgroup *`.
+    let cgrp = unsafe { Cgroup::from_arg(ctx.arg(0)) };
     let path: *const u8 = ctx.arg(1);
-    // SAFETY: `cgrp` is the argument's BTF `struct cgroup *`; `level` is an int of it.
-    let (hierarchy, level, id) = unsafe {
-        (
-            hierarchy_of(cgrp),
-            btf_read::<i32, _>(cgrp, &CGROUP_LEVEL),
-            cgroup_id(cgrp),
-        )
-    };
-    if hierarchy != CGROUP_V2_HIERARCHY {
+    if cgrp.hierarchy() != CGROUP_V2_HIERARCHY {
         return Ok(());
     }
+    let (level, id) = (cgrp.level(), cgrp.id());
     // The mark first: a cgroup in the table always carries one. (A mark without an entry, if
     // the table is full, is dropped the first time it is asked about.)
-    // SAFETY: as above.
-    if !unsafe { mark_followed(cgrp) } || CGROUPS.insert(id, cgroup_state::NEW, 0).is_err() {
+    if !mark_followed(cgrp) || CGROUPS.insert(id, cgroup_state::NEW, 0).is_err() {
         count_untracked(untracked::CGROUP);
     }
     // SAFETY: `path` is the argument's kernel string.
@@ -133,18 +114,16 @@ pub fn cgroup_attach_task(ctx: BtfTracePointContext) -> u32 {
 }
 
 fn try_cgroup_attach_task(ctx: &BtfTracePointContext) -> Result<(), i32> {
-    let dst: *const u8 = ctx.arg(0);
-    let task: Task = ctx.arg(2);
-    // SAFETY: `dst` is the argument's BTF `struct cgroup *`.
-    if unsafe { hierarchy_of(dst) } != CGROUP_V2_HIERARCHY {
+    // SAFETY: the first argument is the destination `struct cgroup *`, the third the
+    // `struct task_struct *` moved.
+    let (dst, task) = unsafe { (Cgroup::from_arg(ctx.arg(0)), Task::from_arg(ctx.arg(2))) };
+    if dst.hierarchy() != CGROUP_V2_HIERARCHY {
         return Ok(());
     }
-    // SAFETY: as above.
-    let Some((dst_id, _)) = (unsafe { followed_cgroup(dst) }) else {
+    let Some((dst_id, _)) = followed(dst) else {
         return Ok(());
     };
-    // SAFETY: `task` is the argument's BTF task pointer.
-    let ((pid, _), comm) = unsafe { (task_ids(task), task_comm(task)) };
+    let ((pid, _), comm) = (task.ids(), task.comm());
 
     let Some(mut entry) = reserve::<AttachRecord>(probe::CGROUP_ATTACH) else {
         return Ok(());

@@ -3,19 +3,19 @@
 //! whether it could.
 
 use aya_ebpf::{
-    helpers::generated::bpf_probe_read_user_str,
+    helpers::{bpf_get_current_pid_tgid, generated::bpf_probe_read_user_str},
     macros::{btf_map, map, tracepoint},
-    maps::{Array, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
     programs::TracePointContext,
 };
 use tracer_common::{
-    kind, probe, untracked, DeviceOpenRecord, DevicePrefix, DEVICE_PATH_LEN, DEVICE_PREFIXES,
-    DEVICE_PREFIX_LEN,
+    feature, kind, probe, untracked, DeviceOpenRecord, DevicePrefix, DEVICE_PATH_LEN,
+    DEVICE_PREFIXES, DEVICE_PREFIX_LEN,
 };
 
-use crate::state::{
-    count_untracked, current_task, followed_cgroup, header_for, reserve, task_cgroup, task_comm,
-    wakeup, TaskStorage,
+use crate::{
+    kernel::{has, Task},
+    state::{count_untracked, current_followed, header_of, reserve, wakeup, TaskStorage},
 };
 
 /// The prefixes, written by the loader.
@@ -24,9 +24,17 @@ pub static DEVICE_PREFIX: Array<DevicePrefix> = Array::with_max_entries(DEVICE_P
 
 /// The path of an open between its entry and exit, beside the thread that makes it (freed with
 /// the thread if it dies inside the call). A thread without local storage has none, so the
-/// exit of every open outside the containers costs one load.
+/// exit of every open outside the containers costs one load. Only on kernels with
+/// [`feature::TASK_STORAGE`]; elsewhere the loader puts an inert map in its place.
 #[btf_map]
 static DEVICE_PENDING: TaskStorage<[u8; DEVICE_PATH_LEN]> = TaskStorage::new();
+
+/// The same on kernels without task storage, keyed by thread id (a thread makes one system
+/// call at a time; an entry a thread left by dying inside the call is overwritten by the next
+/// thread with its id, or stays until then).
+#[map]
+static DEVICE_PENDING_BY_TID: HashMap<u32, [u8; DEVICE_PATH_LEN]> =
+    HashMap::with_max_entries(1024, 0);
 
 #[map]
 static DEVICE_SCRATCH: PerCpuArray<[u8; DEVICE_PATH_LEN]> = PerCpuArray::with_max_entries(1, 0);
@@ -40,11 +48,11 @@ fn matches(path: &[u8; DEVICE_PATH_LEN], prefix: &DevicePrefix) -> bool {
     if len == 0 || len > DEVICE_PREFIX_LEN {
         return false;
     }
-    for i in 0..DEVICE_PREFIX_LEN {
+    for (i, (byte, want)) in path.iter().zip(&prefix.prefix).enumerate() {
         if i >= len {
             return true;
         }
-        if path[i] != prefix.prefix[i] {
+        if byte != want {
             return false;
         }
     }
@@ -54,13 +62,10 @@ fn matches(path: &[u8; DEVICE_PATH_LEN], prefix: &DevicePrefix) -> bool {
 #[tracepoint]
 pub fn sys_enter_openat(ctx: TracePointContext) -> u32 {
     // Every open on the host passes here: the cgroup test comes first, and outside the
-    // containers it is one load past the cgroup.
-    let task = current_task();
-    // SAFETY: `task` is the running task's BTF pointer, and the cgroup read from it a BTF
-    // cgroup pointer.
-    if unsafe { followed_cgroup(task_cgroup(task)) }.is_none() {
+    // containers it is one load past the cgroup (with cgroup storage).
+    let Some((task, _, _)) = current_followed() else {
         return 0;
-    }
+    };
     let Some(scratch) = DEVICE_SCRATCH.get_ptr_mut(0) else {
         return 0;
     };
@@ -81,6 +86,13 @@ pub fn sys_enter_openat(ctx: TracePointContext) -> u32 {
     for i in 0..DEVICE_PREFIXES {
         if let Some(prefix) = DEVICE_PREFIX.get(i) {
             if matches(path, prefix) {
+                if !has(feature::TASK_STORAGE) {
+                    let tid = bpf_get_current_pid_tgid() as u32;
+                    if DEVICE_PENDING_BY_TID.insert(tid, path, 0).is_err() {
+                        count_untracked(untracked::DEVICE_OPEN);
+                    }
+                    return 0;
+                }
                 // SAFETY: `scratch` is this CPU's slot (`path` is not used again), a whole value
                 // the helper copies when it creates the entry; an entry left by an earlier call
                 // is overwritten.
@@ -99,8 +111,15 @@ pub fn sys_enter_openat(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sys_exit_openat(ctx: TracePointContext) -> u32 {
-    let task = current_task();
-    let Some(path) = DEVICE_PENDING.get(task) else {
+    let task = Task::current();
+    let by_tid = !has(feature::TASK_STORAGE);
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let pending = if by_tid {
+        DEVICE_PENDING_BY_TID.get_ptr(tid)
+    } else {
+        DEVICE_PENDING.get(task).map(|p| p.cast_const())
+    };
+    let Some(path) = pending else {
         return 0;
     };
     // SAFETY: fixed offset of sys_exit_openat's return value, read through bpf_probe_read.
@@ -110,13 +129,17 @@ pub fn sys_exit_openat(ctx: TracePointContext) -> u32 {
         // SAFETY: reserved ring-buffer space of the record's size, filled before submit from the
         // pending map value, live for this program's run.
         unsafe {
-            (*record).header = header_for(kind::DEVICE_OPEN, task);
+            (*record).header = header_of(kind::DEVICE_OPEN, task, task.cgroup().id());
             (*record).ret = ret;
-            (*record).comm = task_comm(task);
+            (*record).comm = task.comm();
             core::ptr::copy_nonoverlapping(path, core::ptr::addr_of_mut!((*record).path), 1);
         }
         entry.submit(wakeup::<DeviceOpenRecord>());
     }
-    DEVICE_PENDING.delete(task);
+    if by_tid {
+        let _ = DEVICE_PENDING_BY_TID.remove(tid);
+    } else {
+        DEVICE_PENDING.delete(task);
+    }
     0
 }

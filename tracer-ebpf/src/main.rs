@@ -1,7 +1,8 @@
 //! clawtrace's kernel side. Each program is a thin `#[tracepoint]` calling a `try_*` function;
 //! the record layouts are in `tracer-common`. Programs are grouped by hook family:
 //! `cgroup` (container creation and removal), `process` (exec, exit), `signal`
-//! (signals and OOM kills), `mount` (mount system calls), `device` (opens of GPU device nodes). `state` owns the maps they share.
+//! (signals and OOM kills), `mount` (mount system calls), `device` (opens of GPU device nodes). `state` owns the maps they share, `kernel` the
+//! typed wrappers of the kernel objects they read.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
@@ -9,6 +10,8 @@
 mod cgroup;
 #[cfg(target_arch = "bpf")]
 mod device;
+#[cfg(target_arch = "bpf")]
+mod kernel;
 #[cfg(target_arch = "bpf")]
 mod mount;
 #[cfg(target_arch = "bpf")]

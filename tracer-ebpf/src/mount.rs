@@ -14,7 +14,7 @@ use aya_ebpf::{
 };
 use tracer_common::{kind, mount_call, probe, MountRecord, MOUNT_PATH_LEN, MOUNT_TYPE_LEN};
 
-use crate::state::{current_task, followed_cgroup, header, now_ns, reserve, task_cgroup, wakeup};
+use crate::state::{current_followed, header, now_ns, reserve, wakeup};
 
 /// Calls between entry and exit, keyed by thread id (a thread makes one system call at a time).
 #[map]
@@ -54,8 +54,7 @@ fn user_str(dst: *mut u8, len: usize, src: u64) {
 fn begin(call: u32) -> Option<*mut MountRecord> {
     // The clock first: the duration should be the call's, not this program's.
     let start = now_ns();
-    // SAFETY: the running task's BTF pointer, and the cgroup read from it a BTF cgroup pointer.
-    unsafe { followed_cgroup(task_cgroup(current_task())) }?;
+    current_followed()?;
     let entry = MOUNT_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: this CPU's scratch slot, used by nothing else while the program runs.
     unsafe {
@@ -70,6 +69,8 @@ fn begin(call: u32) -> Option<*mut MountRecord> {
 fn keep(entry: *mut MountRecord) {
     let tid = bpf_get_current_pid_tgid() as u32;
     // SAFETY: `entry` is the scratch slot filled by the caller.
+    // By reference: a copy of the value would not fit the 512-byte stack.
+    #[allow(clippy::needless_borrows_for_generic_args)]
     let _ = MOUNT_PENDING.insert(tid, unsafe { &*entry }, 0);
 }
 

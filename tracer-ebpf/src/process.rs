@@ -4,18 +4,21 @@
 
 use aya_ebpf::{
     helpers::{bpf_probe_read_kernel_buf, generated::bpf_probe_read_user_str},
-    macros::tracepoint,
+    macros::{map, tracepoint},
+    maps::LruHashMap,
     programs::TracePointContext,
 };
 use tracer_common::{
-    cgroup_state, exit_flags, kind, probe, EnvValue, ExecEnvRecord, ExecRecord, ExitRecord,
-    ENV_KEY_LEN, ENV_SCAN_LEN, ENV_VALUE_LEN, EXIT_RECORD_SHORT_LEN, FILENAME_LEN,
+    cgroup_state, exit_flags, feature, kind, probe, EnvKey, EnvValue, ExecEnvRecord, ExecRecord,
+    ExitRecord, ENV_KEY_LEN, ENV_SCAN_LEN, ENV_VALUE_LEN, EXIT_RECORD_SHORT_LEN, FILENAME_LEN,
 };
 
-use crate::state::{
-    btf_read, current_task, field, followed_cgroup, header_of, process_start, read_data_loc_str,
-    reserve, task_cgroup, task_comm, wakeup, Task, ENV_KEY, ENV_SCRATCH, MM_ENV_END, MM_ENV_START,
-    SIGNALS, TASK_EXIT_CODE, TASK_MM, TASK_REAL_PARENT, TASK_TGID,
+use crate::{
+    kernel::{has, Task},
+    state::{
+        current_followed, field, header_of, read_data_loc_str, reserve, wakeup, ENV_KEY,
+        ENV_SCRATCH, SIGNALS,
+    },
 };
 
 const EXEC_FILENAME: usize = 8;
@@ -30,16 +33,12 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
 
 fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i32> {
     // Every exec on the host passes here: its cgroup decides, by its mark and then the table.
-    let task = current_task();
-    // SAFETY: `task` is the running task's BTF pointer, and the cgroup read from it a BTF
-    // cgroup pointer.
-    let Some((cgroup_id, state)) = (unsafe { followed_cgroup(task_cgroup(task)) }) else {
+    let Some((task, cgroup_id, state)) = current_followed() else {
         return Ok(());
     };
     // SAFETY: an int of sched_process_exec's record at this (aligned) offset.
     let old_pid = unsafe { field::<i32>(ctx, EXEC_OLD_PID) } as u32;
-    // SAFETY: `task` is the running task's BTF pointer.
-    let head = unsafe { header_of(kind::PROCESS_EXEC, task, cgroup_id) };
+    let head = header_of(kind::PROCESS_EXEC, task, cgroup_id);
 
     // The first exec in a cgroup is its container's init: read the agent-name variable from the
     // new image's environment now, while the process surely exists.
@@ -85,8 +84,7 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i32> {
 /// Writes every field of an [`ExecRecord`] about the running task, `task`.
 ///
 /// # Safety
-/// `record` must be valid for writes of an `ExecRecord`; `task` must be the running task's BTF
-/// pointer.
+/// `record` must be valid for writes of an `ExecRecord`.
 #[inline(always)]
 unsafe fn fill_exec(
     ctx: &TracePointContext,
@@ -99,7 +97,7 @@ unsafe fn fill_exec(
     unsafe {
         (*record).header = *head;
         (*record).old_pid = old_pid;
-        (*record).comm = task_comm(task);
+        (*record).comm = task.comm();
         let filename = core::ptr::addr_of_mut!((*record).filename).cast::<u8>();
         (*record).filename_len =
             read_data_loc_str(ctx, EXEC_FILENAME, filename, FILENAME_LEN as u32);
@@ -122,18 +120,10 @@ fn scan_init_env() -> bool {
     if key_len == 0 || key_len > ENV_KEY_LEN {
         return false;
     }
-    // SAFETY: typed loads from the running task: `mm` is its mm_struct pointer (null for a
-    // kernel thread), `env_start` and `env_end` are unsigned longs of it.
-    let (mut at, end) = unsafe {
-        let mm: *const u8 = btf_read(current_task(), &TASK_MM);
-        if mm.is_null() {
-            return false;
-        }
-        (
-            btf_read::<u64, _>(mm, &MM_ENV_START),
-            btf_read::<u64, _>(mm, &MM_ENV_END),
-        )
+    let Some(mm) = Task::current().mm() else {
+        return false;
     };
+    let (mut at, end) = mm.env();
     let Some(scan) = ENV_SCRATCH.get_ptr_mut(0) else {
         return false;
     };
@@ -159,9 +149,7 @@ fn scan_init_env() -> bool {
             return false;
         }
         let n = n as usize;
-        // SAFETY: as above; the helper wrote `n` bytes (with the NUL) into `buf`.
-        let bytes = unsafe { &*buf };
-        if !continuing && n > key_len && starts_with(bytes, &key.prefix, key_len) {
+        if !continuing && n > key_len && starts_with(buf, key) {
             // SAFETY: as above.
             unsafe {
                 (*scan).key_len = key_len as u32;
@@ -176,17 +164,26 @@ fn scan_init_env() -> bool {
     false
 }
 
+/// Whether `bytes` starts with `key`'s prefix: whole words compared under the key's masks, with
+/// no branch at all, so that the verifier walks the scan's loop body in few states.
 #[inline(always)]
-fn starts_with(bytes: &[u8; ENV_SCAN_LEN], prefix: &[u8; ENV_KEY_LEN], len: usize) -> bool {
-    for i in 0..ENV_KEY_LEN {
-        if i >= len {
-            return true;
-        }
-        if bytes[i] != prefix[i] {
-            return false;
-        }
+fn starts_with(bytes: *const [u8; ENV_SCAN_LEN], key: &EnvKey) -> bool {
+    let words = bytes.cast::<u64>();
+    let prefix = key.prefix.as_ptr().cast::<u64>();
+    let mut diff = 0u64;
+    for i in 0..ENV_KEY_LEN / 8 {
+        // SAFETY: `bytes` is an 8-aligned `EnvScan::buf` of ENV_SCAN_LEN (> ENV_KEY_LEN) bytes
+        // and `prefix` the 8-aligned ENV_KEY_LEN bytes of an `EnvKey` (it holds u64s), so word
+        // `i` of each is inside it and aligned. (Both little-endian, as the masks are.)
+        let (word, want) = unsafe {
+            (
+                core::ptr::read(words.add(i)),
+                core::ptr::read(prefix.add(i)),
+            )
+        };
+        diff |= (word ^ want) & key.mask[i];
     }
-    true
+    diff == 0
 }
 
 /// Writes the value [`scan_init_env`] found, from the scratch slot: the string's bytes after the
@@ -235,26 +232,49 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
 }
 
 fn try_sched_process_exit(ctx: &TracePointContext) -> Result<(), i32> {
-    // SAFETY: `group_dead` is a bool at this offset of sched_process_exit's record.
-    let group_dead = unsafe { field::<u8>(ctx, EXIT_GROUP_DEAD) } != 0;
-    if !group_dead {
-        // Not the last thread of its process: the process goes on, nothing to report.
-        return Ok(());
+    if has(feature::EXIT_GROUP_DEAD) {
+        // SAFETY: `group_dead` is a bool at this offset of sched_process_exit's record (on
+        // kernels that have the field, checked by the loader).
+        let group_dead = unsafe { field::<u8>(ctx, EXIT_GROUP_DEAD) } != 0;
+        if !group_dead {
+            // Not the last thread of its process: the process goes on, nothing to report.
+            return Ok(());
+        }
     }
     // Every process exit on the host passes here: its cgroup decides, by its mark first.
-    let task = current_task();
-    // SAFETY: `task` is the running task's BTF pointer, and the cgroup read from it a BTF
-    // cgroup pointer.
-    let Some((cgroup_id, _)) = (unsafe { followed_cgroup(task_cgroup(task)) }) else {
+    let Some((task, cgroup_id, _)) = current_followed() else {
         return Ok(());
     };
-    // SAFETY: as above.
-    let head = unsafe { header_of(kind::PROCESS_EXIT, task, cgroup_id) };
+    let start = if has(feature::EXIT_GROUP_DEAD) {
+        None
+    } else {
+        // The last thread is the one whose exit counted the process's live threads down to 0;
+        // threads that exit at the same moment can see 0 too, so the first to claim the
+        // process reports it.
+        if !task.group_dead() {
+            return Ok(());
+        }
+        let start = task.process_start();
+        let key = ProcessKey {
+            tgid: task.ids().1,
+            _reserved: 0,
+            start_ns: start,
+        };
+        // BPF_NOEXIST: only one thread of the process inserts it.
+        if EXIT_CLAIMS.insert(key, 0, 1).is_err() {
+            return Ok(());
+        }
+        Some(start)
+    };
+    let head = header_of(kind::PROCESS_EXIT, task, cgroup_id);
     // What was remembered for the process (signals, the OOM mark), if it is this process's:
     // a track left by an earlier process with the same tgid started at another time.
     let track = SIGNALS.get_ptr(head.tgid);
-    // SAFETY: a live map value, read in place; `task` as above.
-    let own = track.filter(|&t| unsafe { (*t).start_ns == process_start(task) });
+    let own = track.filter(|&t| {
+        let start = start.unwrap_or_else(|| task.process_start());
+        // SAFETY: a live map value, read in place.
+        unsafe { (*t).start_ns == start }
+    });
     report_exit(task, &head, own);
     if track.is_some() {
         let _ = SIGNALS.remove(head.tgid);
@@ -262,25 +282,33 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<(), i32> {
     Ok(())
 }
 
-/// `task`: the running task's BTF pointer.
+/// A process: its id and when it started (ids are reused).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ProcessKey {
+    tgid: u32,
+    _reserved: u32,
+    start_ns: u64,
+}
+
+/// Processes whose exit was reported, on kernels without [`feature::EXIT_GROUP_DEAD`]: a claim
+/// needs to outlive only the moments in which the process's threads exit.
+#[map]
+static EXIT_CLAIMS: LruHashMap<ProcessKey, u8> = LruHashMap::with_max_entries(4096, 0);
+
+/// `task`: the running task. (Inlined: an `Option` argument of a BPF subprogram would be passed
+/// in two registers, one of them unset for `None`, which the verifier refuses to read.)
+#[inline(always)]
 fn report_exit(
     task: Task,
     head: &tracer_common::Header,
     track: Option<*const tracer_common::SignalTrack>,
 ) {
-    // SAFETY: typed loads from the running task: `exit_code` is an int, `real_parent` a task
-    // pointer, `tgid` a pid_t.
-    let (exit_status, parent_tgid) = unsafe {
-        // do_exit() stores the wait status in task->exit_code before this tracepoint fires, and
-        // for a group exit every thread carries the group's code.
-        let status: i32 = btf_read(task, &TASK_EXIT_CODE);
-        let parent: Task = btf_read(task, &TASK_REAL_PARENT);
-        let ppid: i32 = btf_read(parent, &TASK_TGID);
-        (status as u32, ppid as u32)
-    };
-
-    // SAFETY: as above.
-    let comm = unsafe { task_comm(task) };
+    // do_exit() stores the wait status in task->exit_code before this tracepoint fires, and for
+    // a group exit every thread carries the group's code.
+    let exit_status = task.exit_code() as u32;
+    let parent_tgid = task.parent_tgid();
+    let comm = task.comm();
     match track {
         Some(track) => {
             let Some(mut entry) = reserve::<ExitRecord>(probe::PROCESS_EXIT) else {

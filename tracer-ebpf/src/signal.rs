@@ -3,22 +3,50 @@
 //! process exits, when `sched_process_exit` copies them into the exit record.
 
 use aya_ebpf::{
-    helpers::bpf_probe_read_kernel, macros::btf_tracepoint, programs::BtfTracePointContext,
+    helpers::bpf_probe_read_kernel,
+    macros::{btf_tracepoint, map},
+    maps::PerCpuArray,
+    programs::BtfTracePointContext,
 };
 use tracer_common::{
-    kind, probe, OomRecord, SignalRecord, COMM_LEN, SIGNAL_SLOTS, SI_CODE_UNREADABLE,
+    feature, kind, probe, OomRecord, SignalRecord, COMM_LEN, SIGNAL_SLOTS, SI_CODE_UNREADABLE,
 };
 
-use crate::state::{
-    btf_read, current_task, followed_cgroup, header, header_for, now_ns, process_start, reserve,
-    signal_track, task_cgroup, task_comm, task_ids, wakeup, Task, MM_ANON_RSS, MM_TOTAL_VM,
-    PAGE_KB_SHIFT, SIGINFO_CODE, TASK_MM,
+use crate::{
+    kernel::{has, Task, SIGINFO_CODE},
+    state::{followed, header, header_of, now_ns, reserve, signal_track, wakeup},
 };
 
 /// `si_code` of a signal sent without a siginfo (`SEND_SIG_NOINFO`, as by kill(2)).
 const SI_USER: i32 = 0;
 /// `si_code` of a signal the kernel sends (`SEND_SIG_PRIV`).
 const SI_KERNEL: i32 = 0x80;
+
+/// `SIGKILL`.
+const SIGKILL: u32 = 9;
+
+/// The latest SIGKILL the kernel sent (`SEND_SIG_PRIV`) to a followed task on this CPU, for
+/// kernels whose `oom:mark_victim` passes only the victim's pid: the OOM killer sends the victim
+/// SIGKILL and marks it right after, on the same CPU under the victim's task lock, so the mark
+/// is matched to this send by the pid.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PrivKill {
+    /// Thread id of the target (0: none waiting).
+    tid: u32,
+    tgid: u32,
+    cgroup_id: u64,
+    start_ns: u64,
+    at_ns: u64,
+    total_vm_kb: u64,
+    anon_rss_kb: u64,
+}
+
+#[map]
+static PRIV_KILL: PerCpuArray<PrivKill> = PerCpuArray::with_max_entries(1, 0);
+
+/// A mark this long after the kill is not the OOM killer's right after it.
+const PRIV_KILL_MATCH_NS: u64 = 10_000_000;
 
 /// Signals whose default action neither terminates nor dumps core (SIGCHLD, SIGCONT, SIGSTOP,
 /// SIGTSTP, SIGTTIN, SIGTTOU, SIGURG, SIGWINCH): they can never be why a process died.
@@ -41,14 +69,12 @@ fn try_signal_generate(ctx: &BtfTracePointContext) -> Result<(), i32> {
     if never_fatal(sig) {
         return Ok(());
     }
-    let target: Task = ctx.arg(2);
-    // SAFETY: `target` is the argument's BTF task pointer, and the cgroup read from it a BTF
-    // cgroup pointer.
-    let Some((target_cgroup_id, _)) = (unsafe { followed_cgroup(task_cgroup(target)) }) else {
+    // SAFETY: the third argument is the target `struct task_struct *`.
+    let target = unsafe { Task::from_arg(ctx.arg(2)) };
+    let Some((target_cgroup_id, _)) = followed(target.cgroup()) else {
         return Ok(());
     };
-    // SAFETY: as above.
-    let ((target_pid, target_tgid), start) = unsafe { (task_ids(target), process_start(target)) };
+    let ((target_pid, target_tgid), start) = (target.ids(), target.process_start());
     let info: *const u8 = ctx.arg(1);
     let group: i32 = ctx.arg(3);
     let result: i32 = ctx.arg(4);
@@ -68,12 +94,14 @@ fn try_signal_generate(ctx: &BtfTracePointContext) -> Result<(), i32> {
         }
         .unwrap_or(SI_CODE_UNREADABLE),
     };
-    // SAFETY: `target` is the argument's BTF task pointer.
-    let target_comm = unsafe { task_comm(target) };
+    if sig == SIGKILL && info as usize == 1 && !has(feature::OOM_VICTIM_TASK) {
+        remember_priv_kill(target, target_cgroup_id, start);
+    }
+    let target_comm = target.comm();
     // This runs in the sender's context.
-    let sender = current_task();
-    // SAFETY: `sender` is the running task's BTF pointer.
-    let (head, sender_comm) = unsafe { (header_for(kind::SIGNAL, sender), task_comm(sender)) };
+    let sender = Task::current();
+    let head = header_of(kind::SIGNAL, sender, sender.cgroup().id());
+    let sender_comm = sender.comm();
 
     if let Some(track) = signal_track(target_tgid, start) {
         // SAFETY: `track` points to a live map value; concurrent senders to the same process on
@@ -143,57 +171,98 @@ fn remember(
     }
 }
 
+/// Keeps this CPU's latest kernel SIGKILL to a followed task, for `mark_victim_pid`.
+#[inline(always)]
+fn remember_priv_kill(target: Task, cgroup_id: u64, start_ns: u64) {
+    let Some(slot) = PRIV_KILL.get_ptr_mut(0) else {
+        return;
+    };
+    let (tid, tgid) = target.ids();
+    let (total_vm_kb, anon_rss_kb) = target
+        .mm()
+        .map_or((0, 0), |mm| (mm.total_vm_kb(), mm.anon_rss_kb()));
+    // SAFETY: this CPU's slot, valid for the program's run.
+    unsafe {
+        *slot = PrivKill {
+            tid,
+            tgid,
+            cgroup_id,
+            start_ns,
+            at_ns: now_ns(),
+            total_vm_kb,
+            anon_rss_kb,
+        };
+    }
+}
+
 /// Runs in the context of whichever task's allocation invoked the OOM killer, with the
-/// victim as argument.
+/// victim as argument (kernels with [`feature::OOM_VICTIM_TASK`]).
 #[btf_tracepoint(function = "mark_victim")]
 pub fn mark_victim(ctx: BtfTracePointContext) -> u32 {
-    let _ = try_mark_victim(&ctx);
+    // SAFETY: the first argument is the victim's `struct task_struct *`.
+    let victim = unsafe { Task::from_arg(ctx.arg(0)) };
+    let Some((cgroup_id, _)) = followed(victim.cgroup()) else {
+        return 0;
+    };
+    let (total_vm_kb, anon_rss_kb) = victim
+        .mm()
+        .map_or((0, 0), |mm| (mm.total_vm_kb(), mm.anon_rss_kb()));
+    let (tid, tgid) = victim.ids();
+    mark_oom_victim(&PrivKill {
+        tid,
+        tgid,
+        cgroup_id,
+        start_ns: victim.process_start(),
+        at_ns: 0,
+        total_vm_kb,
+        anon_rss_kb,
+    });
     0
 }
 
-fn try_mark_victim(ctx: &BtfTracePointContext) -> Result<(), i32> {
-    let victim: Task = ctx.arg(0);
-    // SAFETY: `victim` is the argument's BTF task pointer, and the cgroup read from it a BTF
-    // cgroup pointer.
-    let Some((victim_cgroup_id, _)) = (unsafe { followed_cgroup(task_cgroup(victim)) }) else {
-        return Ok(());
+/// The same for kernels whose `mark_victim` passes only the victim's pid: the victim is the
+/// target of the SIGKILL the OOM killer sent just before on this CPU (see [`PRIV_KILL`]). A
+/// process the OOM killer picks while it is already exiting gets no SIGKILL, and no mark here.
+#[btf_tracepoint(function = "mark_victim")]
+pub fn mark_victim_pid(ctx: BtfTracePointContext) -> u32 {
+    let pid: i32 = ctx.arg(0);
+    let Some(slot) = PRIV_KILL.get_ptr_mut(0) else {
+        return 0;
     };
+    // SAFETY: this CPU's slot, valid for the program's run.
+    let kill = unsafe { *slot };
+    if kill.tid == 0
+        || kill.tid != pid as u32
+        || now_ns().wrapping_sub(kill.at_ns) > PRIV_KILL_MATCH_NS
+    {
+        return 0;
+    }
     // SAFETY: as above.
-    let ((victim_pid, victim_tgid), start) = unsafe { (task_ids(victim), process_start(victim)) };
-    if let Some(track) = signal_track(victim_tgid, start) {
+    unsafe { (*slot).tid = 0 };
+    mark_oom_victim(&kill);
+    0
+}
+
+/// Remembers the OOM killer's choice of `victim` for its exit, and reports it.
+#[inline(always)]
+fn mark_oom_victim(victim: &PrivKill) {
+    if let Some(track) = signal_track(victim.tgid, victim.start_ns) {
         // SAFETY: `track` points to a live map value.
         unsafe { (*track).oom_ns = now_ns() };
     }
-    // The figures the tracepoint's own record gives: task->mm's total_vm and anonymous pages,
-    // in KiB.
-    // SAFETY: typed loads: the victim's `mm` (null once it has let go of its memory), and
-    // its `total_vm` and `rss_stat[MM_ANONPAGES].count`.
-    let (total_vm, anon_rss) = unsafe {
-        let mm: *const u8 = btf_read(victim, &TASK_MM);
-        if mm.is_null() {
-            (0, 0)
-        } else {
-            (
-                btf_read::<u64, _>(mm, &MM_TOTAL_VM),
-                btf_read::<i64, _>(mm, &MM_ANON_RSS).max(0) as u64,
-            )
-        }
-    };
-    let shift = PAGE_KB_SHIFT.load();
     let Some(mut entry) = reserve::<OomRecord>(probe::OOM_MARK_VICTIM) else {
-        return Ok(());
+        return;
     };
     let record = entry.as_mut_ptr();
     // SAFETY: `record` points to reserved ring-buffer space of the record's size; every field is
     // written before submit.
     unsafe {
         (*record).header = header(kind::OOM_MARK);
-        (*record).victim_pid = victim_pid;
-        (*record).victim_tgid = victim_tgid;
-        (*record).victim_cgroup_id = victim_cgroup_id;
-        (*record).total_vm_kb = total_vm << shift;
-        (*record).anon_rss_kb = anon_rss << shift;
+        (*record).victim_pid = victim.tid;
+        (*record).victim_tgid = victim.tgid;
+        (*record).victim_cgroup_id = victim.cgroup_id;
+        (*record).total_vm_kb = victim.total_vm_kb;
+        (*record).anon_rss_kb = victim.anon_rss_kb;
     }
     entry.submit(wakeup::<OomRecord>());
-    Ok(())
 }

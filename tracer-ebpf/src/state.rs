@@ -2,21 +2,20 @@
 //! ring-buffer reservation with loss accounting, and `__data_loc` string reads.
 
 use aya_ebpf::{
-    bindings::{bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE, cgroup, task_struct, BPF_F_NO_PREALLOC},
+    bindings::{bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE, BPF_F_NO_PREALLOC},
     btf_maps::CgrpStorage,
     helpers::{
         bpf_ktime_get_ns,
-        generated::{
-            bpf_get_current_task_btf, bpf_probe_read_kernel_str, bpf_task_storage_delete,
-            bpf_task_storage_get,
-        },
+        generated::{bpf_probe_read_kernel_str, bpf_task_storage_delete, bpf_task_storage_get},
     },
     macros::{btf_map, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
     EbpfContext, Global,
 };
-use tracer_common::{probe, untracked, EnvKey, Header, SignalTrack, ENV_SCAN_LEN};
+use tracer_common::{feature, probe, untracked, EnvKey, Header, SignalTrack, ENV_SCAN_LEN};
+
+use crate::kernel::{has, Cgroup, Task};
 
 /// Records for user space. The loader sets the real size (`--ring-buffer-size`).
 #[map]
@@ -44,18 +43,16 @@ pub static CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(65536, 0);
 /// cgroup followed?" is, for a cgroup outside the containers, one load: a cgroup that no
 /// cgroup-storage map has a value for has no local storage at all. A mark is only a hint: the
 /// table decides. A cgroup the table no longer holds (user space found it is no container)
-/// loses its mark the next time it is asked about.
+/// loses its mark the next time it is asked about. Only on kernels with
+/// [`feature::CGRP_STORAGE`]; elsewhere the loader puts an inert map in its place.
 #[btf_map]
 pub static FOLLOWED: CgrpStorage<u64> = CgrpStorage::new();
-
-/// A kernel task (`struct task_struct *`) as the verifier knows it: from
-/// `bpf_get_current_task_btf()` or a BTF tracepoint's argument.
-pub type Task = *mut task_struct;
 
 /// A task-local storage map (`BPF_MAP_TYPE_TASK_STORAGE`), in the BTF form loaders read from
 /// the `.maps` section (aya-ebpf 0.2 defines cgroup, inode and socket storage, not this one).
 /// Its values live beside each task, are found from the task in a few pointer steps instead of
-/// a hash-bucket walk, and are freed by the kernel when the task is.
+/// a hash-bucket walk, and are freed by the kernel when the task is. Only for kernels with
+/// [`feature::TASK_STORAGE`].
 #[repr(C)]
 pub struct TaskStorage<T> {
     r#type: *const [i32; BPF_MAP_TYPE_TASK_STORAGE as usize],
@@ -94,14 +91,13 @@ impl<T> TaskStorage<T> {
         // kernel clears the pointer when its last value goes): one load tells, where the helper
         // costs a call and its recursion guard. That is the fast path of the exit of every
         // open on the node that is not a device open (unless another tool keeps task storage).
-        // SAFETY: `task` is a BTF task pointer and `bpf_storage` a pointer field of it, read
-        // whole.
-        if unsafe { btf_read::<u64, _>(task, &TASK_BPF_STORAGE) } == 0 {
+        if !task.has_local_storage() {
             return None;
         }
         // SAFETY: the helper checks `task` (a BTF task pointer, or null) and returns null when
         // there is no value; a value stays valid for the program's run.
-        let value = unsafe { bpf_task_storage_get(self.as_ptr(), task, core::ptr::null_mut(), 0) };
+        let value =
+            unsafe { bpf_task_storage_get(self.as_ptr(), task.as_btf(), core::ptr::null_mut(), 0) };
         (!value.is_null()).then_some(value.cast())
     }
 
@@ -111,7 +107,12 @@ impl<T> TaskStorage<T> {
     pub fn get_or_insert(&self, task: Task, init: &mut T) -> Option<*mut T> {
         // SAFETY: as in `get`; `init` is a whole value on the stack, copied by the helper.
         let value = unsafe {
-            bpf_task_storage_get(self.as_ptr(), task, (init as *mut T).cast(), STORAGE_CREATE)
+            bpf_task_storage_get(
+                self.as_ptr(),
+                task.as_btf(),
+                (init as *mut T).cast(),
+                STORAGE_CREATE,
+            )
         };
         (!value.is_null()).then_some(value.cast())
     }
@@ -120,186 +121,55 @@ impl<T> TaskStorage<T> {
     #[inline(always)]
     pub fn delete(&self, task: Task) {
         // SAFETY: as in `get`; a missing value is not an error worth reporting.
-        let _ = unsafe { bpf_task_storage_delete(self.as_ptr(), task) };
+        let _ = unsafe { bpf_task_storage_delete(self.as_ptr(), task.as_btf()) };
     }
 }
 
-/// Declares the read-only `u64` globals of [`tracer_common::BTF_FIELDS`]: field offsets the
-/// loader sets from the kernel's BTF. Being read-only, their values are constants to the
-/// verifier, which then checks each direct load from a BTF pointer against the field it reads.
-macro_rules! btf_offsets {
-    ($($name:ident),* $(,)?) => {
-        $(
-            #[unsafe(no_mangle)]
-            pub static $name: Global<u64> = Global::new(0);
-        )*
-    };
-}
-
-btf_offsets!(
-    TASK_PID,
-    TASK_TGID,
-    TASK_COMM,
-    TASK_GROUP_LEADER,
-    TASK_EXIT_CODE,
-    TASK_REAL_PARENT,
-    TASK_START_TIME,
-    TASK_CGROUPS,
-    CSS_SET_DFL_CGRP,
-    CGROUP_KN,
-    CGROUP_ROOT,
-    CGROUP_LEVEL,
-    CGROUP_BPF_STORAGE,
-    CGROUP_ROOT_HIERARCHY_ID,
-    KERNFS_NODE_ID,
-    SIGINFO_CODE,
-    TASK_MM,
-    TASK_BPF_STORAGE,
-    MM_ENV_START,
-    MM_ENV_END,
-    MM_TOTAL_VM,
-    // rss_stat[MM_ANONPAGES].count in mm_struct.
-    MM_ANON_RSS,
-    // Not an offset: log2 of the page size in KiB.
-    PAGE_KB_SHIFT,
-);
-
-/// Reads the `T` at `offset` (one of the globals above) of the kernel object `base`, a BTF
-/// pointer (a BTF tracepoint's argument, the current task, or a pointer read this way): one
-/// load, which the verifier checks against the kernel's BTF and the JIT guards (a faulting
-/// address reads as 0).
-///
-/// # Safety
-/// `base` must be a BTF pointer to the structure `offset` belongs to, and `T` the field's type
-/// (or a part of it), so that the address is aligned for `T`. (A pointer must be read whole, by
-/// one load, for the verifier to know what it points to.)
+/// If `cgroup` is followed: its id and its `CGROUPS` state. Where the kernel has cgroup
+/// storage, a cgroup without any (every cgroup outside the containers, unless another tool
+/// keeps cgroup storage) is told apart by one load, without the table's lookup.
 #[inline(always)]
-pub unsafe fn btf_read<T: Copy, B>(base: *const B, offset: &Global<u64>) -> T {
-    // SAFETY: per the contract; the verifier refuses any load that does not match the BTF.
-    unsafe { core::ptr::read((base as *const u8).wrapping_add(offset.load() as usize) as *const T) }
-}
-
-/// The leader of `task`'s process, as a BTF pointer (task storage wants one; a pointer read
-/// with `bpf_probe_read_kernel` would not do).
-///
-/// # Safety
-/// `task` must be a BTF task pointer (the current task or a tracepoint's task argument).
-#[inline(always)]
-pub unsafe fn group_leader(task: Task) -> Task {
-    // SAFETY: per the contract; `group_leader` is a task pointer field.
-    unsafe { btf_read(task, &TASK_GROUP_LEADER) }
-}
-
-/// The v2 (default hierarchy) cgroup of `task`: task->cgroups->dfl_cgrp, a BTF
-/// `struct cgroup *`.
-///
-/// # Safety
-/// As for [`group_leader`].
-#[inline(always)]
-pub unsafe fn task_cgroup(task: Task) -> *const u8 {
-    // SAFETY: per the contract; each pointer is read from a field of its BTF type and read
-    // from as such.
-    unsafe {
-        let cset: *const u8 = btf_read(task, &TASK_CGROUPS);
-        btf_read(cset, &CSS_SET_DFL_CGRP)
-    }
-}
-
-/// The v2 (default hierarchy) cgroup id of `task`: task->cgroups->dfl_cgrp->kn->id.
-///
-/// # Safety
-/// As for [`group_leader`].
-#[inline(always)]
-pub unsafe fn task_cgroup_id(task: Task) -> u64 {
-    // SAFETY: per the contract.
-    unsafe { cgroup_id(task_cgroup(task)) }
-}
-
-/// If `cgroup` is followed: its id and its `CGROUPS` state. A cgroup without local storage
-/// (every cgroup outside the containers, unless another tool keeps cgroup storage) is told
-/// apart by one load, without the table's lookup.
-///
-/// # Safety
-/// `cgroup` must be a BTF `struct cgroup *` (a tracepoint's argument, or read as such).
-#[inline(always)]
-pub unsafe fn followed_cgroup(cgroup: *const u8) -> Option<(u64, *mut u32)> {
-    // SAFETY: per the contract; `bpf_cgrp_storage` is a pointer field of the cgroup, read whole.
-    if unsafe { btf_read::<u64, _>(cgroup, &CGROUP_BPF_STORAGE) } == 0 {
+pub fn followed(cgroup: Cgroup) -> Option<(u64, *mut u32)> {
+    let marks = has(feature::CGRP_STORAGE);
+    if marks && !cgroup.has_local_storage() {
         return None;
     }
-    // SAFETY: per the contract.
-    let id = unsafe { cgroup_id(cgroup) };
+    let id = cgroup.id();
     match CGROUPS.get_ptr_mut(id) {
         Some(state) => Some((id, state)),
         None => {
-            // Marked, but no longer followed (or the storage is another tool's): drop the mark,
-            // so that the next ask is one load again.
-            // SAFETY: the helper checks `cgroup`, a BTF cgroup pointer; deleting a missing
-            // value is a harmless error.
-            let _ = unsafe { FOLLOWED.delete(cgroup.cast_mut().cast::<cgroup>()) };
+            if marks {
+                // Marked, but no longer followed (or the storage is another tool's): drop the
+                // mark, so that the next ask is one load again.
+                // SAFETY: the helper checks the pointer, a BTF cgroup pointer on kernels with
+                // cgroup storage; deleting a missing value is a harmless error.
+                let _ = unsafe { FOLLOWED.delete(cgroup.as_btf()) };
+            }
             None
         }
     }
 }
 
+/// Whether the running task's cgroup is followed.
+#[inline(always)]
+pub fn current_followed() -> Option<(Task, u64, *mut u32)> {
+    let task = Task::current();
+    let (id, state) = followed(task.cgroup())?;
+    Some((task, id, state))
+}
+
 /// Marks `cgroup` as followed (see [`FOLLOWED`]); false if the kernel could not allocate the
-/// mark.
-///
-/// # Safety
-/// As for [`followed_cgroup`].
+/// mark. Nothing to do on kernels without cgroup storage.
 #[inline(always)]
-pub unsafe fn mark_followed(cgroup: *const u8) -> bool {
+pub fn mark_followed(cgroup: Cgroup) -> bool {
+    if !has(feature::CGRP_STORAGE) {
+        return true;
+    }
     let mut mark = 1u64;
-    // SAFETY: per the contract; the helper checks the pointer and copies `mark`.
-    let value = unsafe {
-        FOLLOWED.get_or_insert_ptr_mut(cgroup.cast_mut().cast::<cgroup>(), Some(&mut mark))
-    };
+    // SAFETY: the helper checks the pointer, a BTF cgroup pointer on kernels with cgroup
+    // storage, and copies `mark`.
+    let value = unsafe { FOLLOWED.get_or_insert_ptr_mut(cgroup.as_btf(), Some(&mut mark)) };
     !value.is_null()
-}
-
-/// The id of `cgroup`: cgroup->kn->id.
-///
-/// # Safety
-/// `cgroup` must be a BTF `struct cgroup *` (a tracepoint's argument, or read as such).
-#[inline(always)]
-pub unsafe fn cgroup_id(cgroup: *const u8) -> u64 {
-    // SAFETY: per the contract; `kn` is a kernfs_node pointer, `id` a u64 of it.
-    unsafe {
-        let kn: *const u8 = btf_read(cgroup, &CGROUP_KN);
-        btf_read(kn, &KERNFS_NODE_ID)
-    }
-}
-
-/// Thread id and process id of `task`.
-///
-/// # Safety
-/// As for [`group_leader`].
-#[inline(always)]
-pub unsafe fn task_ids(task: Task) -> (u32, u32) {
-    // SAFETY: per the contract; `pid` and `tgid` are pid_t fields of the task.
-    unsafe {
-        (
-            btf_read::<i32, _>(task, &TASK_PID) as u32,
-            btf_read::<i32, _>(task, &TASK_TGID) as u32,
-        )
-    }
-}
-
-/// The comm of `task`.
-///
-/// # Safety
-/// As for [`group_leader`].
-#[inline(always)]
-pub unsafe fn task_comm(task: Task) -> [u8; tracer_common::COMM_LEN] {
-    // SAFETY: per the contract; `comm` is a char[16] field of the task.
-    unsafe { btf_read(task, &TASK_COMM) }
-}
-
-/// The running task, as a BTF pointer (for task storage).
-#[inline(always)]
-pub fn current_task() -> Task {
-    // SAFETY: helper without arguments, callable from any tracing program.
-    unsafe { bpf_get_current_task_btf() }
 }
 
 /// Signals sent to tracked processes (and OOM marks), keyed by tgid, until the process exits.
@@ -318,7 +188,8 @@ pub static SCRATCH: PerCpuArray<SignalTrack> = PerCpuArray::with_max_entries(1, 
 pub static ENV_KEY: Array<EnvKey> = Array::with_max_entries(1, 0);
 
 /// One environment string while scanning, and where the variable's value is in it once found.
-#[repr(C)]
+/// (8-aligned: the scan compares `buf` a word at a time.)
+#[repr(C, align(8))]
 pub struct EnvScan {
     /// Bytes of the `NAME=` prefix, then of the whole string (without its NUL), in `buf`.
     pub key_len: u32,
@@ -342,33 +213,18 @@ pub unsafe fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
     unsafe { core::ptr::read((ctx.as_ptr() as *const u8).add(offset) as *const T) }
 }
 
-/// The header of a record about the running task. (Its ids and cgroup are read from the task
-/// by typed loads: one helper call where there were three.)
+/// The header of a record about the running task.
 #[inline(always)]
 pub fn header(kind: u32) -> Header {
-    // SAFETY: `current_task()` is the running task's BTF pointer.
-    unsafe { header_for(kind, current_task()) }
-}
-
-/// The header of a record about `task`, the running task.
-///
-/// # Safety
-/// `task` must be the running task's BTF pointer ([`current_task`]).
-#[inline(always)]
-pub unsafe fn header_for(kind: u32, task: Task) -> Header {
-    // SAFETY: per the contract.
-    unsafe { header_of(kind, task, task_cgroup_id(task)) }
+    let task = Task::current();
+    header_of(kind, task, task.cgroup().id())
 }
 
 /// The header of a record about `task`, the running task, whose cgroup the caller already
 /// knows.
-///
-/// # Safety
-/// `task` must be the running task's BTF pointer ([`current_task`]).
 #[inline(always)]
-pub unsafe fn header_of(kind: u32, task: Task, cgroup_id: u64) -> Header {
-    // SAFETY: per the contract.
-    let (pid, tgid) = unsafe { task_ids(task) };
+pub fn header_of(kind: u32, task: Task, cgroup_id: u64) -> Header {
+    let (pid, tgid) = task.ids();
     Header {
         kind,
         _reserved: 0,
@@ -510,17 +366,9 @@ pub fn signal_track(tgid: u32, start_ns: u64) -> Option<*mut SignalTrack> {
         core::ptr::write_bytes(scratch, 0, 1);
         (*scratch).start_ns = start_ns;
         // BPF_NOEXIST: if another CPU created it meanwhile, keep theirs.
+        // By reference: a copy of the value would not fit the 512-byte stack.
+        #[allow(clippy::needless_borrows_for_generic_args)]
         let _ = SIGNALS.insert(tgid, &*scratch, 1);
     }
     SIGNALS.get_ptr_mut(tgid)
-}
-
-/// When the process of `task` started: its leader's `start_time`, the same for all its threads.
-///
-/// # Safety
-/// `task` must be a BTF task pointer.
-#[inline(always)]
-pub unsafe fn process_start(task: Task) -> u64 {
-    // SAFETY: per the contract; `start_time` is a u64 of the leader's task_struct.
-    unsafe { btf_read(group_leader(task), &TASK_START_TIME) }
 }

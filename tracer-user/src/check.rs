@@ -6,6 +6,7 @@ use std::{io::Write, path::Path};
 use aya::maps::MapType;
 
 use crate::{
+    features::{self, KernelFeatures},
     kernel_btf,
     loader::{Tracer, TracerConfig},
     sys,
@@ -19,6 +20,8 @@ pub struct Requirement {
     pub ok: bool,
     /// An optional feature: its absence is reported, not a failure.
     pub optional: bool,
+    /// A kernel feature whose absence a fallback makes up for (reported as `fallback`).
+    pub fallback: bool,
     /// What was found, or what is wrong and how to fix it.
     pub detail: String,
 }
@@ -29,12 +32,14 @@ fn req(name: impl Into<String>, result: Result<String, String>) -> Requirement {
             name: name.into(),
             ok: true,
             optional: false,
+            fallback: false,
             detail,
         },
         Err(detail) => Requirement {
             name: name.into(),
             ok: false,
             optional: false,
+            fallback: false,
             detail,
         },
     }
@@ -63,21 +68,6 @@ pub fn run_checks() -> Vec<Requirement> {
     ));
 
     let btf = kernel_btf::open(Path::new(kernel_btf::VMLINUX_BTF));
-    out.push(req(
-        "kernel BTF",
-        btf.as_ref()
-            .map_err(Clone::clone)
-            .and_then(|btf| {
-                kernel_btf::globals(btf)?;
-                let at = kernel_btf::field_offset(btf, "task_struct", "exit_code")?;
-                Ok(format!(
-                    "{} (task_struct.exit_code at offset {at})",
-                    kernel_btf::VMLINUX_BTF
-                ))
-            })
-            .map_err(|e| e.to_string()),
-    ));
-
     let tracefs = if privileged {
         sys::ensure_tracefs().map_err(|e| e.to_string())
     } else {
@@ -102,10 +92,32 @@ pub fn run_checks() -> Vec<Requirement> {
             .map(|p| p.display().to_string())
             .map_err(|e| e.clone()),
     ));
-    for hook in HOOKS {
+
+    // What the kernel offers decides which programs, fields and tracepoints are needed.
+    let found = match (&tracefs, &btf, privileged) {
+        (Ok(tracefs), Ok(btf), true) => Some(features::probe(tracefs, btf)),
+        _ => None,
+    };
+    out.extend(feature_lines(found.as_ref(), privileged));
+    let bits = found.as_ref().map_or(u64::MAX, |f| f.bits);
+    out.push(req(
+        "kernel BTF",
+        btf.as_ref()
+            .map_err(Clone::clone)
+            .and_then(|btf| {
+                kernel_btf::globals(btf, bits)?;
+                let at = kernel_btf::field_offset(btf, "task_struct", "exit_code")?;
+                Ok(format!(
+                    "{} (task_struct.exit_code at offset {at})",
+                    kernel_btf::VMLINUX_BTF
+                ))
+            })
+            .map_err(|e| e.to_string()),
+    ));
+    for hook in HOOKS.iter().filter(|h| h.when.holds(bits)) {
         let name = format!("tracepoint {}:{}", hook.category, hook.name);
         let result = match &tracefs {
-            Ok(path) => tracepoints::check_hook(path, hook)
+            Ok(path) => tracepoints::check_hook(path, hook, bits)
                 .map_err(|e| e.to_string())
                 .and_then(|()| match (hook.btf_args, &btf) {
                     (None, _) => Ok("present, layout as expected".to_string()),
@@ -162,6 +174,7 @@ pub fn run_checks() -> Vec<Requirement> {
         name: "privilege drop".to_string(),
         ok: setpcap,
         optional: true,
+        fallback: false,
         detail: if setpcap {
             "CAP_SETPCAP held: unneeded capabilities are dropped once the programs are attached".to_string()
         } else {
@@ -178,7 +191,7 @@ pub fn run_checks() -> Vec<Requirement> {
                 ring_buffer_bytes: 1 << 16,
                 ..TracerConfig::default()
             })
-            .map(|_| format!("{} programs loaded, attached and detached", HOOKS.len()))
+            .map(|t| format!("{} programs loaded, attached and detached", t.attached()))
             .map_err(|e| format!("{e:#}"))
         } else {
             Err("not tried: a requirement above is missing".to_string())
@@ -189,6 +202,7 @@ pub fn run_checks() -> Vec<Requirement> {
         name: "Docker Engine API".to_string(),
         ok: socket.exists(),
         optional: true,
+        fallback: false,
         detail: if socket.exists() {
             format!("{} present: Docker labels give agent names", socket.display())
         } else {
@@ -202,6 +216,7 @@ pub fn run_checks() -> Vec<Requirement> {
         name: "NVML".to_string(),
         ok: nvml.is_ok(),
         optional: true,
+        fallback: false,
         detail: match nvml {
             Ok(nvml) => nvml.describe(),
             Err(reason) => format!("not available ({reason})"),
@@ -210,13 +225,46 @@ pub fn run_checks() -> Vec<Requirement> {
     out
 }
 
+/// One line per kernel feature: `ok` where the kernel has it, `fallback` (with what runs
+/// instead and its cost) where it does not.
+fn feature_lines(found: Option<&KernelFeatures>, privileged: bool) -> Vec<Requirement> {
+    let Some(found) = found else {
+        let why = if privileged {
+            "not probed: tracefs or the kernel's BTF is missing (see above)"
+        } else {
+            "not probed: probing loads a program, which needs privilege (run as root)"
+        };
+        return vec![Requirement {
+            name: "kernel features".to_string(),
+            ok: false,
+            optional: true,
+            fallback: false,
+            detail: why.to_string(),
+        }];
+    };
+    found
+        .report()
+        .map(|(feature, result)| Requirement {
+            name: format!("kernel feature {} ({})", feature.key, feature.name),
+            ok: result.is_ok(),
+            optional: true,
+            fallback: true,
+            detail: match result {
+                Ok(()) => "present: the fast path runs".to_string(),
+                Err(why) => format!("{why}; instead {}", feature.without),
+            },
+        })
+        .collect()
+}
+
 /// Writes the report; returns whether every requirement holds.
 pub fn report(requirements: &[Requirement], out: &mut impl Write) -> std::io::Result<bool> {
     for r in requirements {
-        let status = match (r.ok, r.optional) {
-            (true, _) => "ok",
-            (false, true) => "absent",
-            (false, false) => "missing",
+        let status = match (r.ok, r.optional, r.fallback) {
+            (true, _, _) => "ok",
+            (false, true, true) => "fallback",
+            (false, true, false) => "absent",
+            (false, false, _) => "missing",
         };
         writeln!(out, "{status:<8} {}: {}", r.name, r.detail)?;
     }

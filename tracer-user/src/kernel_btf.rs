@@ -100,26 +100,28 @@ fn type_name(btf: &Btf, t: &dyn BtfType, depth: u32) -> String {
     }
 }
 
-/// Parses the BTF at `path`.
+/// Parses the BTF at `path`. The file is read whole first: parsing through a buffered reader
+/// makes a system call per few fields, which some kernels answer slowly for sysfs files.
 pub fn open(path: &Path) -> Result<Btf, BtfError> {
-    Btf::from_file(path).map_err(|e| BtfError::Unreadable {
+    let unreadable = |reason: String| BtfError::Unreadable {
         path: path.display().to_string(),
-        reason: e.to_string(),
-    })
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(|e| unreadable(e.to_string()))?;
+    Btf::from_bytes(&bytes).map_err(|e| unreadable(e.to_string()))
 }
 
-/// Every global the programs need from the kernel's BTF, by name: the offsets of
-/// [`BTF_FIELDS`](tracer_common::BTF_FIELDS), `MM_ANON_RSS` and `PAGE_KB_SHIFT`.
-pub fn globals(btf: &Btf) -> Result<Vec<(&'static str, u64)>, BtfError> {
+/// Every global the programs need from the kernel's BTF, by name, for a kernel with the
+/// [`feature`](tracer_common::feature) bits `features`: the offsets of
+/// [`BTF_FIELDS`](tracer_common::BTF_FIELDS) (those of features the kernel lacks left out: the
+/// programs never read them there), `MM_ANON_RSS` and `PAGE_KB_SHIFT`.
+pub fn globals(btf: &Btf, features: u64) -> Result<Vec<(&'static str, u64)>, BtfError> {
     let mut globals = tracer_common::BTF_FIELDS
         .iter()
-        .map(|&(global, strukt, field)| Ok((global, u64::from(field_offset(btf, strukt, field)?))))
+        .filter(|f| f.feature == 0 || features & f.feature != 0)
+        .map(|f| Ok((f.global, u64::from(field_offset(btf, f.strukt, f.field)?))))
         .collect::<Result<Vec<_>, BtfError>>()?;
-    // rss_stat[MM_ANONPAGES].count: the array's elements are struct percpu_counter.
-    let anon_rss = field_offset(btf, "mm_struct", "rss_stat")?
-        + MM_ANONPAGES * struct_size(btf, "percpu_counter")?
-        + field_offset(btf, "percpu_counter", "count")?;
-    globals.push((tracer_common::MM_ANON_RSS, u64::from(anon_rss)));
+    globals.push((tracer_common::MM_ANON_RSS, u64::from(anon_rss_offset(btf)?)));
     globals.push((tracer_common::PAGE_KB_SHIFT, u64::from(page_kb_shift())));
     Ok(globals)
 }
@@ -134,6 +136,23 @@ fn page_kb_shift() -> u32 {
 
 /// `MM_ANONPAGES` of `enum mm_counter_type`.
 const MM_ANONPAGES: u32 = 1;
+
+/// Where `mm_struct` keeps its count of anonymous pages, `rss_stat[MM_ANONPAGES]`: since Linux
+/// 6.2 an array of `struct percpu_counter` (whose `count` is the sum so far), before that a
+/// `struct mm_rss_stat` of `atomic_long_t count[]`.
+fn anon_rss_offset(btf: &Btf) -> Result<u32, BtfError> {
+    let rss_stat = field_offset(btf, "mm_struct", "rss_stat")?;
+    let strukt = find_struct(btf, "mm_struct")?;
+    let member = find_member_type(btf, &strukt, "rss_stat", 0)
+        .ok_or_else(|| BtfError::NoField("mm_struct".to_string(), "rss_stat".to_string()))?;
+    match member {
+        Type::Array(_) => Ok(rss_stat
+            + MM_ANONPAGES * struct_size(btf, "percpu_counter")?
+            + field_offset(btf, "percpu_counter", "count")?),
+        // atomic_long_t: 8 bytes on the 64-bit kernels clawtrace runs on.
+        _ => Ok(rss_stat + field_offset(btf, "mm_rss_stat", "count")? + MM_ANONPAGES * 8),
+    }
+}
 
 /// `sizeof(struct name)`.
 pub fn struct_size(btf: &Btf, name: &str) -> Result<u32, BtfError> {
@@ -185,6 +204,29 @@ fn find_member(btf: &Btf, strukt: &btf_rs::Struct, field: &str, base: u32) -> Op
     None
 }
 
+/// The type of `field` in `strukt`, looking through anonymous members.
+fn find_member_type(btf: &Btf, strukt: &btf_rs::Struct, field: &str, depth: u32) -> Option<Type> {
+    if depth > 8 {
+        return None;
+    }
+    for member in &strukt.members {
+        let name = btf.resolve_name(member).unwrap_or_default();
+        if name == field {
+            return resolve_through_modifiers(btf, member);
+        }
+        if name.is_empty() {
+            if let Some(Type::Struct(inner) | Type::Union(inner)) =
+                resolve_through_modifiers(btf, member)
+            {
+                if let Some(found) = find_member_type(btf, &inner, field, depth + 1) {
+                    return Some(found);
+                }
+            }
+        }
+    }
+    None
+}
+
 fn resolve_through_modifiers(btf: &Btf, member: &dyn BtfType) -> Option<Type> {
     let mut ty = btf.resolve_chained_type(member).ok()?;
     // const/volatile/typedef wrappers around an anonymous aggregate.
@@ -222,7 +264,7 @@ mod tests {
         let Some(btf) = running_kernel_btf() else {
             return;
         };
-        let globals = globals(&btf).expect("globals");
+        let globals = globals(&btf, u64::MAX).expect("globals");
         let get = |name: &str| {
             globals
                 .iter()
@@ -260,10 +302,19 @@ mod tests {
             tracepoint_args(&btf, "sched_process_exit").unwrap()[0],
             "struct task_struct *"
         );
-        for hook in crate::tracepoints::HOOKS {
-            if let Some(want) = hook.btf_args {
-                check_tracepoint_args(&btf, hook.name, want).unwrap();
-            }
+        // Where programs for kernels with and without a feature share a tracepoint, exactly one
+        // of them fits this kernel's prototype.
+        for hook in crate::tracepoints::HOOKS
+            .iter()
+            .filter(|h| h.btf_args.is_some())
+        {
+            let fitting = crate::tracepoints::HOOKS
+                .iter()
+                .filter(|h| h.name == hook.name)
+                .filter_map(|h| h.btf_args)
+                .filter(|want| check_tracepoint_args(&btf, hook.name, want).is_ok())
+                .count();
+            assert_eq!(fitting, 1, "{}", hook.name);
         }
         assert!(matches!(
             check_tracepoint_args(&btf, "task_newtask", &["struct task_struct *", "int"]),

@@ -2,6 +2,7 @@
 //! into a ring buffer; this library loads it and carries records one way through
 //! decode → lifecycle model → sinks.
 //!
+//! - [`features`]: what the running kernel offers, probed; which paths the programs take.
 //! - [`loader`]: load, attach, read the ring buffer, talk to the kernel's maps.
 //! - [`decode`]: ring-buffer bytes to typed records.
 //! - [`containers`]: which cgroups are containers.
@@ -18,6 +19,7 @@ pub mod cli;
 pub mod containers;
 pub mod decode;
 pub mod export;
+pub mod features;
 pub mod kernel_btf;
 pub mod loader;
 pub mod model;
@@ -25,6 +27,7 @@ pub mod output;
 pub mod replay;
 pub mod run;
 pub mod scan;
+mod standin;
 pub mod sys;
 #[cfg(test)]
 mod test_dir;

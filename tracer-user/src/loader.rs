@@ -21,7 +21,10 @@ use tracer_common::{
 
 use crate::{
     decode::{DecodeError, Record},
-    kernel_btf, sys,
+    features::{self, KernelFeatures},
+    kernel_btf,
+    standin::StandIns,
+    sys,
     tracepoints::{self, HookGroup, HOOKS},
 };
 
@@ -45,13 +48,15 @@ pub struct TracerConfig {
 }
 
 impl TracerConfig {
-    /// Whether `hook` is attached under this configuration.
-    pub fn wants(&self, hook: &tracepoints::Hook) -> bool {
-        match hook.group {
+    /// Whether `hook` is attached under this configuration, on a kernel with the
+    /// [`feature`](tracer_common::feature) bits `features`.
+    pub fn wants(&self, hook: &tracepoints::Hook, features: u64) -> bool {
+        let group = match hook.group {
             HookGroup::Core => true,
             HookGroup::Mounts => self.trace_mounts,
             HookGroup::DeviceOpens => self.trace_device_opens,
-        }
+        };
+        group && hook.when.holds(features)
     }
 }
 
@@ -104,13 +109,7 @@ pub fn env_key(name: &str) -> Result<EnvKey> {
             ENV_KEY_LEN - 1
         );
     }
-    let mut key = EnvKey {
-        len: prefix.len() as u32,
-        _reserved: 0,
-        prefix: [0; ENV_KEY_LEN],
-    };
-    key.prefix[..prefix.len()].copy_from_slice(prefix.as_bytes());
-    Ok(key)
+    Ok(EnvKey::new(prefix.as_bytes()))
 }
 
 /// The loaded and attached programs with the maps user space talks to. Dropping it detaches
@@ -118,8 +117,9 @@ pub fn env_key(name: &str) -> Result<EnvKey> {
 pub struct Tracer {
     ring: RingBuf<MapData>,
     cgroups: HashMap<MapData, u64, u32>,
-    /// `FOLLOWED`: the mark beside each cgroup in `cgroups`.
-    marks: CgrpStorage<MapData, u64>,
+    /// `FOLLOWED`: the mark beside each cgroup in `cgroups`, on kernels with cgroup storage.
+    marks: Option<CgrpStorage<MapData, u64>>,
+    features: KernelFeatures,
     lost: PerCpuArray<MapData, u64>,
     untracked: PerCpuArray<MapData, u64>,
     decode_errors: u64,
@@ -138,13 +138,15 @@ impl Tracer {
         sys::require_bpf_privileges()?;
         let tracefs = sys::ensure_tracefs()?;
         let btf = kernel_btf::open(Path::new(kernel_btf::VMLINUX_BTF))?;
-        for hook in HOOKS.iter().filter(|h| config.wants(h)) {
-            tracepoints::check_hook(&tracefs, hook)?;
+        let found = features::probe(&tracefs, &btf);
+        let bits = found.bits;
+        for hook in HOOKS.iter().filter(|h| config.wants(h, bits)) {
+            tracepoints::check_hook(&tracefs, hook, bits)?;
             if let Some(args) = hook.btf_args {
                 kernel_btf::check_tracepoint_args(&btf, hook.name, args)?;
             }
         }
-        let globals = kernel_btf::globals(&btf)?;
+        let globals = kernel_btf::globals(&btf, bits)?;
         drop(btf);
         let aya_btf = Btf::from_sys_fs().context("reading the kernel's BTF for BTF tracepoints")?;
         let env_key = config.init_env_var.as_deref().map(env_key).transpose()?;
@@ -158,13 +160,38 @@ impl Tracer {
         for (global, value) in &globals {
             loader.override_global(global, value, true);
         }
+        let lacking: Vec<&'static str> = tracer_common::FEATURE_MAPS
+            .iter()
+            .filter(|(_, bit)| !found.has(*bit))
+            .map(|(name, _)| *name)
+            .collect();
+        let standins = if lacking.is_empty() {
+            None
+        } else {
+            let why = found.fallbacks().join(", ");
+            Some(StandIns::pin(
+                &lacking,
+                &format!("this kernel lacks {why}"),
+            )?)
+        };
+        for (name, path) in standins.iter().flat_map(StandIns::pins) {
+            loader.map_pin_path(name, path);
+        }
+        for (name, bit) in tracer_common::FALLBACK_MAPS {
+            if found.has(*bit) {
+                loader.map_max_entries(name, 1);
+            }
+        }
         let mut ebpf = loader
+            .override_global(tracer_common::KERNEL_FEATURES, &bits, true)
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
             .map_max_entries("EVENTS", size)
             // DEVICE_PENDING: aya creates task-storage maps but has no type for them.
             .allow_unsupported_maps()
             .load(EBPF_OBJECT)
             .context("loading the eBPF programs into the kernel")?;
+        // The programs hold the stand-ins now: their pins can go.
+        drop(standins);
         if let Some(key) = env_key {
             let mut map: Array<_, EnvKey> = Array::try_from(
                 ebpf.map_mut("ENV_KEY")
@@ -184,7 +211,7 @@ impl Tracer {
             }
         }
         let mut attached = 0;
-        for hook in HOOKS.iter().filter(|h| config.wants(h)) {
+        for hook in HOOKS.iter().filter(|h| config.wants(h, bits)) {
             let program = ebpf.program_mut(hook.program).with_context(|| {
                 format!("program {} missing from the eBPF object", hook.program)
             })?;
@@ -210,13 +237,18 @@ impl Tracer {
 
         let ring = RingBuf::try_from(take(&mut ebpf, "EVENTS")?)?;
         let cgroups = HashMap::try_from(take(&mut ebpf, "CGROUPS")?)?;
-        let marks = CgrpStorage::try_from(take(&mut ebpf, "FOLLOWED")?)?;
+        let marks = if found.has(tracer_common::feature::CGRP_STORAGE) {
+            Some(CgrpStorage::try_from(take(&mut ebpf, "FOLLOWED")?)?)
+        } else {
+            None
+        };
         let lost = PerCpuArray::try_from(take(&mut ebpf, "LOST")?)?;
         let untracked = PerCpuArray::try_from(take(&mut ebpf, "UNTRACKED")?)?;
         Ok(Tracer {
             ring,
             cgroups,
             marks,
+            features: found,
             lost,
             untracked,
             decode_errors: 0,
@@ -280,6 +312,11 @@ impl Tracer {
         self.attached
     }
 
+    /// What the running kernel offers, and so which paths the programs take.
+    pub fn features(&self) -> &KernelFeatures {
+        &self.features
+    }
+
     /// Records that could not be decoded since start.
     pub fn decode_errors(&self) -> u64 {
         self.decode_errors
@@ -314,6 +351,9 @@ impl Tracer {
         self.cgroups
             .insert(id, cgroup_state::STARTED, 0)
             .with_context(|| format!("tracking cgroup {id}"))?;
+        let Some(marks) = self.marks.as_mut() else {
+            return Ok(());
+        };
         let handle = match std::fs::File::open(dir) {
             Ok(handle) => handle,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -321,7 +361,7 @@ impl Tracer {
                 return Err(err).with_context(|| format!("opening cgroup {}", dir.display()))
             }
         };
-        self.marks
+        marks
             .insert(&handle, 1, 0)
             .with_context(|| format!("marking cgroup {} as followed", dir.display()))
     }

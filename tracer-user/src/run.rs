@@ -179,10 +179,24 @@ pub fn run(options: &RunOptions, stop: &Arc<AtomicBool>, out: impl Write) -> Res
     } else {
         None
     };
+    for (feature, why) in &tracer.features().missing {
+        log::info!(
+            "kernel feature {} ({}) absent: {why}; instead {}",
+            feature.key,
+            feature.name,
+            feature.without
+        );
+    }
+    let fallbacks = tracer.features().fallbacks();
     log::info!(
-        "tracing: {} programs attached, {} running container(s) found",
+        "tracing: {} programs attached, {} running container(s) found, kernel fallbacks: {}",
         tracer.attached(),
-        model.containers().count()
+        model.containers().count(),
+        if fallbacks.is_empty() {
+            "none".to_string()
+        } else {
+            fallbacks.join(",")
+        }
     );
     let mut last_housekeeping = Instant::now();
     loop {

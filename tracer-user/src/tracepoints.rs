@@ -9,12 +9,37 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use tracer_common::feature;
+
 /// One field a program reads: its name in the tracepoint's `format` file and expected offset/size.
 #[derive(Debug, Clone, Copy)]
 pub struct Field {
     pub name: &'static str,
     pub offset: usize,
     pub size: usize,
+    /// The [`feature`] bit whose fast path reads it, 0 if every kernel's program does: the
+    /// field is checked only where the kernel has the feature.
+    pub feature: u64,
+}
+
+/// Which kernels a hook's program is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    Always,
+    /// Kernels with the [`feature`] bit.
+    Has(u64),
+    /// Kernels without it (the program is another's fallback on the same tracepoint).
+    Lacks(u64),
+}
+
+impl When {
+    pub fn holds(self, features: u64) -> bool {
+        match self {
+            When::Always => true,
+            When::Has(bit) => features & bit != 0,
+            When::Lacks(bit) => features & bit == 0,
+        }
+    }
 }
 
 /// A tracepoint, the program attached to it, and the fields the program reads.
@@ -30,6 +55,8 @@ pub struct Hook {
     pub btf_args: Option<&'static [&'static str]>,
     /// The feature the hook serves; only [`HookGroup::Core`] hooks are always attached.
     pub group: HookGroup,
+    /// The kernels the program is for.
+    pub when: When,
 }
 
 /// What a hook serves. The system-call hooks can be left out: while any syscall tracepoint is
@@ -45,7 +72,12 @@ pub enum HookGroup {
 }
 
 const fn f(name: &'static str, offset: usize, size: usize) -> Field {
-    Field { name, offset, size }
+    Field {
+        name,
+        offset,
+        size,
+        feature: 0,
+    }
 }
 
 /// Every hook, in attach order. Offsets must match the constants in tracer-ebpf.
@@ -58,6 +90,7 @@ pub const HOOKS: &[Hook] = &[
         // A BTF tracepoint: the program marks the new cgroup itself (cgroup storage).
         btf_args: Some(&["struct cgroup *", "const char *"]),
         group: HookGroup::Core,
+        when: When::Always,
     },
     Hook {
         category: "cgroup",
@@ -71,6 +104,7 @@ pub const HOOKS: &[Hook] = &[
         ],
         btf_args: None,
         group: HookGroup::Core,
+        when: When::Always,
     },
     Hook {
         category: "cgroup",
@@ -84,6 +118,7 @@ pub const HOOKS: &[Hook] = &[
             "bool",
         ]),
         group: HookGroup::Core,
+        when: When::Always,
     },
     Hook {
         category: "sched",
@@ -92,14 +127,23 @@ pub const HOOKS: &[Hook] = &[
         fields: &[f("filename", 8, 4), f("pid", 12, 4), f("old_pid", 16, 4)],
         btf_args: None,
         group: HookGroup::Core,
+        when: When::Always,
     },
     Hook {
         category: "sched",
         name: "sched_process_exit",
         program: "sched_process_exit",
-        fields: &[f("comm", 8, 16), f("pid", 24, 4), f("group_dead", 32, 1)],
+        fields: &[
+            f("comm", 8, 16),
+            f("pid", 24, 4),
+            Field {
+                feature: feature::EXIT_GROUP_DEAD,
+                ..f("group_dead", 32, 1)
+            },
+        ],
         btf_args: None,
         group: HookGroup::Core,
+        when: When::Always,
     },
     Hook {
         category: "signal",
@@ -114,6 +158,7 @@ pub const HOOKS: &[Hook] = &[
             "int",
         ]),
         group: HookGroup::Core,
+        when: When::Always,
     },
     Hook {
         category: "oom",
@@ -122,6 +167,16 @@ pub const HOOKS: &[Hook] = &[
         fields: &[],
         btf_args: Some(&["struct task_struct *", "uid_t"]),
         group: HookGroup::Core,
+        when: When::Has(feature::OOM_VICTIM_TASK),
+    },
+    Hook {
+        category: "oom",
+        name: "mark_victim",
+        program: "mark_victim_pid",
+        fields: &[],
+        btf_args: Some(&["int"]),
+        group: HookGroup::Core,
+        when: When::Lacks(feature::OOM_VICTIM_TASK),
     },
     syscall(
         "sys_enter_mount",
@@ -135,16 +190,22 @@ pub const HOOKS: &[Hook] = &[
     syscall("sys_exit_mount", EXIT),
     syscall("sys_enter_umount", &[f("name", 16, 8), f("flags", 24, 8)]),
     syscall("sys_exit_umount", EXIT),
-    syscall(
-        "sys_enter_mount_setattr",
-        &[
-            f("dfd", 16, 8),
-            f("path", 24, 8),
-            f("flags", 32, 8),
-            f("uattr", 40, 8),
-        ],
-    ),
-    syscall("sys_exit_mount_setattr", EXIT),
+    Hook {
+        when: When::Has(feature::MOUNT_SETATTR),
+        ..syscall(
+            "sys_enter_mount_setattr",
+            &[
+                f("dfd", 16, 8),
+                f("path", 24, 8),
+                f("flags", 32, 8),
+                f("uattr", 40, 8),
+            ],
+        )
+    },
+    Hook {
+        when: When::Has(feature::MOUNT_SETATTR),
+        ..syscall("sys_exit_mount_setattr", EXIT)
+    },
     syscall(
         "sys_enter_open_tree",
         &[f("dfd", 16, 8), f("filename", 24, 8), f("flags", 32, 8)],
@@ -192,6 +253,7 @@ const fn syscall(name: &'static str, fields: &'static [Field]) -> Hook {
         fields,
         btf_args: None,
         group: HookGroup::Mounts,
+        when: When::Always,
     }
 }
 
@@ -260,16 +322,40 @@ pub fn parse_format(text: &str) -> Vec<(String, usize, usize)> {
     fields
 }
 
-/// Checks one hook against the format file under `tracefs`.
-pub fn check_hook(tracefs: &Path, hook: &Hook) -> Result<(), LayoutError> {
+/// The first hook on tracepoint `category:name`.
+pub fn find(category: &str, name: &str) -> Option<&'static Hook> {
+    HOOKS
+        .iter()
+        .find(|h| h.category == category && h.name == name)
+}
+
+/// The fields of `hook`'s tracepoint, from its format file under `tracefs`.
+pub fn read_format(
+    tracefs: &Path,
+    hook: &Hook,
+) -> Result<Vec<(String, usize, usize)>, LayoutError> {
     let path = format_path(tracefs, hook);
     let text = fs::read_to_string(&path)
         .map_err(|_| LayoutError::Missing(hook.category, hook.name, path.display().to_string()))?;
-    check_fields(hook, &parse_format(&text))
+    Ok(parse_format(&text))
 }
 
-fn check_fields(hook: &Hook, fields: &[(String, usize, usize)]) -> Result<(), LayoutError> {
-    for want in hook.fields {
+/// Checks one hook against the format file under `tracefs`, for a kernel with the
+/// [`feature`] bits `features`.
+pub fn check_hook(tracefs: &Path, hook: &Hook, features: u64) -> Result<(), LayoutError> {
+    check_fields(hook, &read_format(tracefs, hook)?, features)
+}
+
+fn check_fields(
+    hook: &Hook,
+    fields: &[(String, usize, usize)],
+    features: u64,
+) -> Result<(), LayoutError> {
+    for want in hook
+        .fields
+        .iter()
+        .filter(|f| f.feature == 0 || features & f.feature != 0)
+    {
         let Some((_, offset, size)) = fields.iter().find(|(n, _, _)| n == want.name) else {
             return Err(LayoutError::NoField {
                 category: hook.category,
@@ -334,7 +420,7 @@ print fmt: \"comm=%s pid=%d prio=%d group_dead=%s\"
     #[test]
     fn accepts_matching_layout() {
         assert_eq!(
-            check_fields(exit_hook(), &parse_format(EXIT_FORMAT)),
+            check_fields(exit_hook(), &parse_format(EXIT_FORMAT), u64::MAX),
             Ok(())
         );
     }
@@ -343,7 +429,7 @@ print fmt: \"comm=%s pid=%d prio=%d group_dead=%s\"
     fn refuses_moved_and_missing_fields() {
         let moved = EXIT_FORMAT.replace("offset:32;\tsize:1", "offset:36;\tsize:1");
         assert!(matches!(
-            check_fields(exit_hook(), &parse_format(&moved)),
+            check_fields(exit_hook(), &parse_format(&moved), u64::MAX),
             Err(LayoutError::Moved {
                 field: "group_dead",
                 offset: 36,
@@ -352,11 +438,20 @@ print fmt: \"comm=%s pid=%d prio=%d group_dead=%s\"
         ));
         let old_kernel = EXIT_FORMAT.replace("bool group_dead", "bool other");
         assert!(matches!(
-            check_fields(exit_hook(), &parse_format(&old_kernel)),
+            check_fields(exit_hook(), &parse_format(&old_kernel), u64::MAX),
             Err(LayoutError::NoField {
                 field: "group_dead",
                 ..
             })
         ));
+        // A kernel without the feature is not asked for the field its fast path reads.
+        assert_eq!(
+            check_fields(
+                exit_hook(),
+                &parse_format(&old_kernel),
+                !feature::EXIT_GROUP_DEAD
+            ),
+            Ok(())
+        );
     }
 }

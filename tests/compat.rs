@@ -1,0 +1,742 @@
+//! The kernel-compatibility set: what every kernel clawtrace supports (Linux 5.10 and newer)
+//! must show, whichever path each kernel feature takes there. `cargo xtask test` runs it on the
+//! host kernel and `cargo xtask vm-test` inside VMs booting other kernels. Each test makes its
+//! own container (a real cgroup v2 sub-cgroup with processes placed in it), runs the real
+//! `clawtrace` binary or the library's loader, and checks what it reports against the ground
+//! truth the test holds: the status `waitpid` returned, the pid that sent a signal, the times it
+//! sent them, the records it caused, the maps the kernel holds for the running tracer.
+//!
+//! The tests take turns: the overflow test counts every record its programs lose, and the
+//! others' containers would add records of their own.
+
+mod support;
+
+use std::{
+    collections::BTreeSet,
+    ffi::CString,
+    io::{BufRead, BufReader},
+    os::unix::fs::PermissionsExt as _,
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use clawtrace::{
+    decode::Record,
+    loader::{Tracer, TracerConfig},
+};
+use serde_json::Value;
+use support::*;
+use tracer_common::probe;
+
+/// The fallbacks this kernel is expected to need, comma-separated feature keys (empty: none).
+/// Set by `cargo xtask vm-test` per kernel, and by CI for the host; unset, the test only checks
+/// that what `clawtrace check` finds is what the running tracer does.
+const EXPECT_FALLBACKS: &str = "CLAWTRACE_EXPECT_FALLBACKS";
+
+/// Where to write the fallbacks found (one line, comma-separated keys), for vm-test's summary.
+const COMPAT_REPORT: &str = "CLAWTRACE_COMPAT_REPORT";
+
+static EXCLUSIVE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn turn() -> std::sync::MutexGuard<'static, ()> {
+    EXCLUSIVE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Every feature key `clawtrace check` reports, each as present (`ok`) or `fallback`.
+fn checked_features() -> (BTreeSet<String>, BTreeSet<String>) {
+    let out = Command::new(env!("CARGO_BIN_EXE_clawtrace"))
+        .arg("check")
+        .output()
+        .expect("run clawtrace check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (mut present, mut fallback) = (BTreeSet::new(), BTreeSet::new());
+    for line in text.lines() {
+        let Some((status, rest)) = line.split_once(' ') else {
+            continue;
+        };
+        let Some(rest) = rest.trim_start().strip_prefix("kernel feature ") else {
+            continue;
+        };
+        let key = rest
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        match status {
+            "ok" => present.insert(key),
+            "fallback" => fallback.insert(key),
+            other => panic!("kernel feature line with status {other}: {line}\n{text}"),
+        };
+    }
+    (present, fallback)
+}
+
+/// The maps (name, type, max_entries) and program names the process `pid` holds, from the
+/// kernel: map and program ids from its file descriptors' fdinfo, names and types from bpftool.
+fn bpf_objects_of(pid: u32) -> (Vec<(String, String, u64)>, Vec<String>) {
+    let (mut map_ids, mut prog_ids) = (BTreeSet::new(), BTreeSet::new());
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).expect("fdinfo") {
+        let info = std::fs::read_to_string(entry.expect("fdinfo entry").path()).unwrap_or_default();
+        for line in info.lines() {
+            if let Some(id) = line.strip_prefix("map_id:") {
+                map_ids.insert(id.trim().parse::<u64>().expect("map id"));
+            } else if let Some(id) = line.strip_prefix("prog_id:") {
+                prog_ids.insert(id.trim().parse::<u64>().expect("prog id"));
+            }
+        }
+    }
+    let show = |what: &str| -> Vec<Value> {
+        let out = Command::new("bpftool")
+            .args(["-j", what, "show"])
+            .output()
+            .expect("run bpftool (cargo xtask setup installs it)");
+        assert!(out.status.success(), "bpftool {what} show: {out:?}");
+        serde_json::from_slice(&out.stdout).expect("bpftool's JSON")
+    };
+    let maps = show("map")
+        .into_iter()
+        .filter(|m| map_ids.contains(&m["id"].as_u64().unwrap_or(0)))
+        .map(|m| {
+            // bpftool names the types it knows; older ones print the number.
+            let kind = match &m["type"] {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            (
+                m["name"].as_str().unwrap_or_default().to_string(),
+                kind,
+                m["max_entries"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    let progs = show("prog")
+        .into_iter()
+        .filter(|p| prog_ids.contains(&p["id"].as_u64().unwrap_or(0)))
+        .map(|p| p["name"].as_str().unwrap_or_default().to_string())
+        .collect();
+    (maps, progs)
+}
+
+/// The map the kernel names `name` (names are cut to 15 bytes).
+fn map<'a>(maps: &'a [(String, String, u64)], name: &str) -> &'a (String, String, u64) {
+    let short = &name[..name.len().min(15)];
+    let found: Vec<_> = maps.iter().filter(|m| m.0 == short).collect();
+    assert_eq!(found.len(), 1, "map {name}: {maps:?}");
+    found[0]
+}
+
+#[test]
+fn each_kernel_feature_takes_the_path_the_kernel_allows() {
+    require_privileged!();
+    let _turn = turn();
+    let (present, fallback) = checked_features();
+    let all: BTreeSet<String> = present.union(&fallback).cloned().collect();
+    let keys = [
+        "task-btf",
+        "task-storage",
+        "cgroup-storage",
+        "exit-group-dead",
+        "oom-victim-task",
+        "mount-setattr",
+    ];
+    assert_eq!(
+        all,
+        keys.iter().map(|k| k.to_string()).collect(),
+        "check's feature lines"
+    );
+    let found = fallback.iter().cloned().collect::<Vec<_>>().join(",");
+    if let Some(path) = std::env::var_os(COMPAT_REPORT) {
+        std::fs::write(&path, format!("{found}\n")).expect("write the compatibility report");
+    }
+    eprintln!(
+        "kernel fallbacks: {}",
+        if found.is_empty() { "none" } else { &found }
+    );
+    if let Ok(want) = std::env::var(EXPECT_FALLBACKS) {
+        let want: BTreeSet<String> = want
+            .split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(String::from)
+            .collect();
+        assert_eq!(
+            fallback, want,
+            "fallbacks found, and those {EXPECT_FALLBACKS} expects"
+        );
+    }
+
+    // The running tracer says the same, and holds the maps of the paths it took.
+    let ct = Clawtrace::start(&[]);
+    let stderr = ct.stderr();
+    let tracing = stderr
+        .iter()
+        .find(|l| l.contains("tracing:"))
+        .expect("tracing line");
+    let logged = tracing
+        .rsplit("kernel fallbacks: ")
+        .next()
+        .unwrap_or_default();
+    let logged: BTreeSet<String> = match logged {
+        "none" => BTreeSet::new(),
+        list => list.split(',').map(String::from).collect(),
+    };
+    assert_eq!(logged, fallback, "{tracing}");
+    for key in &fallback {
+        assert!(
+            stderr
+                .iter()
+                .any(|l| l.contains(&format!("kernel feature {key} (")) && l.contains("instead")),
+            "no start-up line says what {key} costs: {stderr:?}"
+        );
+    }
+    let (maps, progs) = bpf_objects_of(ct.pid());
+    let has = |key: &str| present.contains(key);
+    // Cgroup marks in cgroup storage, else an inert one-entry stand-in (the cgroup table decides).
+    let followed = map(&maps, "FOLLOWED");
+    if has("cgroup-storage") {
+        assert!(
+            followed.1 == "cgrp_storage" || followed.1 == "32",
+            "{followed:?}"
+        );
+    } else {
+        assert_eq!(
+            (followed.1.as_str(), followed.2),
+            ("array", 1),
+            "{followed:?}"
+        );
+    }
+    // Pending device opens beside the task, else in a table keyed by thread id.
+    let pending = map(&maps, "DEVICE_PENDING");
+    let by_tid = map(&maps, "DEVICE_PENDING_BY_TID");
+    if has("task-storage") {
+        assert!(
+            pending.1 == "task_storage" || pending.1 == "29",
+            "{pending:?}"
+        );
+        assert_eq!(by_tid.2, 1, "the fallback table costs nothing: {by_tid:?}");
+    } else {
+        assert_eq!((pending.1.as_str(), pending.2), ("array", 1), "{pending:?}");
+        assert!(by_tid.2 > 1, "{by_tid:?}");
+    }
+    // Process exits told by group_dead, else claimed once per process in a table.
+    let claims = map(&maps, "EXIT_CLAIMS");
+    if has("exit-group-dead") {
+        assert_eq!(claims.2, 1, "{claims:?}");
+    } else {
+        assert!(claims.2 > 1, "{claims:?}");
+    }
+    // mount_setattr's programs only where the call exists (names may be cut to 15 bytes:
+    // `sys_enter_mount` and `sys_enter_mount_setattr` both start so).
+    let mount_enters = progs
+        .iter()
+        .filter(|p| p.starts_with("sys_enter_mount"))
+        .count();
+    let want = if has("mount-setattr") { 2 } else { 1 };
+    assert_eq!(mount_enters, want, "{progs:?}");
+    ct.stop();
+}
+
+#[test]
+fn clean_exit_zero() {
+    require_privileged!();
+    let _turn = turn();
+    let ct = Clawtrace::start(&[]);
+    let mut cgroup = TestCgroup::new("exit0");
+    let mut child = cgroup.spawn(&mut Command::new("true"));
+    let status = wait_status(&mut child);
+    assert_eq!(status, 0);
+    cgroup.remove();
+
+    let id = cgroup.container_id();
+    let create = ct.wait_event("container_create", &id, |_| true);
+    assert_eq!(create["cgroup_id"], cgroup.id());
+    assert_eq!(create["cgroup_path"], format!("/{}", cgroup.name));
+    assert_eq!(create["preexisting"], false);
+    let exit = init_exit(&ct, &cgroup, child.id());
+    assert_status(&exit, status);
+    assert_eq!(exit["is_container_init"], true);
+    assert_eq!(exit["cause"], "exited");
+    assert_eq!(exit["sender"], Value::Null);
+    assert_eq!(exit["comm"], "true");
+    let delete = ct.wait_event("container_delete", &id, |_| true);
+    assert_eq!(delete["exit_code"], 0);
+    assert_eq!(delete["cause"], "exited");
+    ct.stop();
+}
+
+#[test]
+fn exit_three_is_failed() {
+    require_privileged!();
+    let _turn = turn();
+    let ct = Clawtrace::start(&[]);
+    let mut cgroup = TestCgroup::new("exit3");
+    let mut child = cgroup.spawn(&mut sh("exit 3"));
+    let status = wait_status(&mut child);
+    assert_eq!(libc::WEXITSTATUS(status), 3);
+    cgroup.remove();
+    let exit = init_exit(&ct, &cgroup, child.id());
+    assert_status(&exit, status);
+    assert_eq!(exit["cause"], "failed");
+    assert_eq!(exit["exit_code"], 3);
+    ct.stop();
+}
+
+#[test]
+fn sigkill_from_outside_is_an_orchestrator_kill() {
+    require_privileged!();
+    let _turn = turn();
+    let ct = Clawtrace::start(&[]);
+    let mut cgroup = TestCgroup::new("kill");
+    let mut child = cgroup.spawn(Command::new("sleep").arg("1000"));
+    kill(child.id(), libc::SIGKILL);
+    let status = wait_status(&mut child);
+    cgroup.remove();
+
+    let exit = init_exit(&ct, &cgroup, child.id());
+    assert_status(&exit, status);
+    assert_eq!(exit["cause"], "orchestrator_kill");
+    assert_eq!(exit["signal"], "SIGKILL");
+    assert_eq!(exit["exit_code"], 137);
+    let sender = &exit["sender"];
+    assert_eq!(sender["pid"], std::process::id(), "{exit}");
+    assert_eq!(sender["container_id"], Value::Null);
+    assert_eq!(exit["escalated_from"], Value::Null);
+    let signal = ct.wait_event("signal", &cgroup.container_id(), |v| {
+        v["target_pid"] == child.id()
+    });
+    assert_eq!(signal["sender_kind"], "outside");
+    assert_eq!(signal["signal"], "SIGKILL");
+    ct.stop();
+}
+
+#[test]
+fn sigterm_handled_then_exit_zero() {
+    require_privileged!();
+    let _turn = turn();
+    let ct = Clawtrace::start(&[]);
+    let mut cgroup = TestCgroup::new("term");
+    let mut child = cgroup.spawn(&mut sh("trap 'exit 0' TERM; while :; do sleep 0.05; done"));
+    let pid = child.id();
+    wait_until("the TERM trap", Duration::from_secs(5), || {
+        has_signal(signal_mask(pid, "SigCgt"), libc::SIGTERM)
+    });
+    kill(pid, libc::SIGTERM);
+    let status = wait_status(&mut child);
+    assert_eq!(status, 0);
+    cgroup.kill_all();
+    cgroup.remove();
+
+    let exit = init_exit(&ct, &cgroup, pid);
+    assert_status(&exit, status);
+    assert_eq!(exit["cause"], "exited");
+    let signal = ct.wait_event("signal", &cgroup.container_id(), |v| v["target_pid"] == pid);
+    assert_eq!(signal["signal"], "SIGTERM");
+    assert_eq!(signal["sender"]["pid"], std::process::id());
+    ct.stop();
+}
+
+#[test]
+fn sigterm_ignored_then_sigkill_is_an_escalation() {
+    require_privileged!();
+    let _turn = turn();
+    let ct = Clawtrace::start(&[]);
+    let mut cgroup = TestCgroup::new("escalate");
+    // sleep inherits the ignored SIGTERM across exec.
+    let mut child = cgroup.spawn(&mut sh("trap '' TERM; exec sleep 1000"));
+    let pid = child.id();
+    wait_until("sleep with SIGTERM ignored", Duration::from_secs(5), || {
+        std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .unwrap_or_default()
+            .trim()
+            == "sleep"
+            && has_signal(signal_mask(pid, "SigIgn"), libc::SIGTERM)
+    });
+    kill(pid, libc::SIGTERM);
+    let term_at = Instant::now();
+    std::thread::sleep(Duration::from_secs(1));
+    kill(pid, libc::SIGKILL);
+    let grace = term_at.elapsed().as_secs_f64();
+    let status = wait_status(&mut child);
+    cgroup.remove();
+
+    let exit = init_exit(&ct, &cgroup, pid);
+    assert_status(&exit, status);
+    assert_eq!(exit["cause"], "orchestrator_kill");
+    assert_eq!(exit["escalated_from"], "SIGTERM");
+    let reported = exit["grace_seconds"].as_f64().expect("grace_seconds");
+    // Both times are taken just after each kill returns; a slow machine may be descheduled
+    // between the call and the clock read.
+    let tolerance = scaled(Duration::from_millis(50)).as_secs_f64().min(0.5);
+    assert!(
+        (reported - grace).abs() < tolerance,
+        "grace {reported} s, measured {grace} s"
+    );
+    ct.stop();
+}
+
+#[test]
+fn segmentation_fault_is_a_crash() {
+    require_privileged!();
+    let _turn = turn();
+    let ct = Clawtrace::start(&[]);
+    let mut cgroup = TestCgroup::new("segv");
+    let mut child = cgroup.spawn(&mut python(
+        "import ctypes, resource; resource.setrlimit(resource.RLIMIT_CORE, (0, 0)); ctypes.string_at(0)",
+    ));
+    let status = wait_status(&mut child);
+    assert!(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSEGV);
+    cgroup.remove();
+
+    let exit = init_exit(&ct, &cgroup, child.id());
+    assert_status(&exit, status);
+    assert_eq!(exit["cause"], "crash");
+    assert_eq!(exit["signal"], "SIGSEGV");
+    assert_eq!(
+        exit["sender"]["pid"],
+        child.id(),
+        "the fault is raised in the process itself"
+    );
+    ct.stop();
+}
+
+#[test]
+fn abort_is_a_self_signal() {
+    require_privileged!();
+    let _turn = turn();
+    let ct = Clawtrace::start(&[]);
+    let mut cgroup = TestCgroup::new("abort");
+    let mut child = cgroup.spawn(&mut python(
+        "import os, resource; resource.setrlimit(resource.RLIMIT_CORE, (0, 0)); os.abort()",
+    ));
+    let status = wait_status(&mut child);
+    assert!(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGABRT);
+    cgroup.remove();
+
+    let exit = init_exit(&ct, &cgroup, child.id());
+    assert_status(&exit, status);
+    assert_eq!(exit["cause"], "self_signal");
+    assert_eq!(exit["signal"], "SIGABRT");
+    assert_eq!(exit["sender"]["pid"], child.id());
+    ct.stop();
+}
+
+#[test]
+fn sigkill_from_a_peer_in_the_same_container() {
+    require_privileged!();
+    let _turn = turn();
+    let ct = Clawtrace::start(&[]);
+    let mut cgroup = TestCgroup::new("peer");
+    let mut child = cgroup.spawn(
+        sh("sleep 1000 & p=$!; echo $p; sleep 0.2; kill -KILL $p; wait $p 2>/dev/null; exit 0")
+            .stdout(Stdio::piped()),
+    );
+    let shell = child.id();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("victim pid");
+    let victim: u32 = line.trim().parse().expect("pid");
+    assert_eq!(wait_status(&mut child), 0);
+    cgroup.remove();
+
+    let exit = ct.wait_event("process_exit", &cgroup.container_id(), |v| {
+        v["pid"] == victim
+    });
+    assert_eq!(exit["is_container_init"], false);
+    assert_eq!(exit["cause"], "peer_kill");
+    assert_eq!(exit["signal"], "SIGKILL");
+    assert_eq!(exit["sender"]["pid"], shell);
+    assert_eq!(exit["sender"]["container_id"], cgroup.container_id());
+    let init = init_exit(&ct, &cgroup, shell);
+    assert_eq!(
+        (init["is_container_init"].clone(), init["cause"].clone()),
+        (Value::Bool(true), "exited".into())
+    );
+    ct.stop();
+}
+
+#[test]
+fn oom_kill_in_a_memory_limited_cgroup() {
+    require_privileged!();
+    let _turn = turn();
+    let ct = Clawtrace::start(&[]);
+    let mut cgroup = TestCgroup::new("oom");
+    let memory = MemoryLimit::new(&cgroup, 64 << 20);
+    // Join the limit from inside the child, then allocate and touch 512 MiB.
+    let script = format!(
+        "{} exec /usr/bin/python3 -c 'b = bytearray(512 << 20); b[::4096] = b\"x\" * (len(b) // 4096); print(len(b))'",
+        memory.join_command()
+    );
+    let mut child = cgroup.spawn(&mut sh(&script));
+    let status = wait_status(&mut child);
+    assert!(
+        libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL,
+        "the OOM killer did not kill the child: status {status:#x}"
+    );
+    cgroup.remove();
+
+    let exit = init_exit(&ct, &cgroup, child.id());
+    assert_status(&exit, status);
+    assert_eq!(exit["cause"], "oom_kill");
+    assert_eq!(exit["signal"], "SIGKILL");
+    let mark = ct.wait_event("oom_mark", &cgroup.container_id(), |_| true);
+    assert_eq!(mark["pid"], child.id());
+    // What the victim held when chosen, read from its mm as the kernel's own tracepoint does:
+    // it had touched more than the 64 MiB it may keep, and python's own heap is a few MiB.
+    let rss = mark["anon_rss_kb"].as_u64().expect("anon_rss_kb");
+    assert!((16 << 10..=80 << 10).contains(&rss), "{mark}");
+    ct.stop();
+    drop(memory);
+}
+
+#[test]
+fn a_full_ring_buffer_loses_records_and_counts_each_one() {
+    require_privileged!();
+    let _turn = turn();
+    // The smallest ring buffer, not read while the workload runs: most records cannot fit.
+    let mut tracer = Tracer::start(&TracerConfig {
+        ring_buffer_bytes: 4096,
+        ..TracerConfig::default()
+    })
+    .expect("load and attach");
+    let lost_before = tracer.lost_records().expect("lost counters");
+
+    const PROCESSES: u32 = 60;
+    let mut cgroup = TestCgroup::new("overflow");
+    let cgroup_id = cgroup.id();
+    let mut pids = Vec::new();
+    for _ in 0..PROCESSES {
+        let mut child = cgroup.spawn(&mut Command::new("true"));
+        pids.push(child.id());
+        assert_eq!(wait_status(&mut child), 0);
+    }
+    cgroup.remove();
+
+    let mut records = Vec::new();
+    // Drain until the ring buffer stays empty.
+    loop {
+        let before = records.len();
+        tracer
+            .poll(scaled(Duration::from_millis(200)), &mut records)
+            .expect("poll");
+        if records.len() == before {
+            break;
+        }
+    }
+    let lost = tracer.lost_records().expect("lost counters");
+    let execs = records
+        .iter()
+        .filter_map(Record::exec)
+        .filter(|e| pids.contains(&e.header.tgid) && e.header.cgroup_id == cgroup_id)
+        .count() as u64;
+    let exits = records
+        .iter()
+        .filter(|r| matches!(r, Record::Exit(e) if pids.contains(&e.header.tgid)))
+        .count() as u64;
+    let lost_execs = lost[probe::PROCESS_EXEC as usize] - lost_before[probe::PROCESS_EXEC as usize];
+    let lost_exits = lost[probe::PROCESS_EXIT as usize] - lost_before[probe::PROCESS_EXIT as usize];
+    assert!(
+        lost_execs + lost_exits > 0,
+        "nothing was lost; the test did not overflow"
+    );
+    // Each process exec'd once and exited once in the cgroup, the only one followed now: what
+    // arrived plus what was counted lost is exactly that.
+    assert_eq!(
+        execs + lost_execs,
+        PROCESSES as u64,
+        "execs {execs} + lost {lost_execs}"
+    );
+    assert_eq!(
+        exits + lost_exits,
+        PROCESSES as u64,
+        "exits {exits} + lost {lost_exits}"
+    );
+}
+
+/// Folders under the temporary directory (or another base), removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str, subdirs: &[&str]) -> Scratch {
+        Scratch::new_under(std::env::temp_dir(), tag, subdirs)
+    }
+
+    fn new_under(base: PathBuf, tag: &str, subdirs: &[&str]) -> Scratch {
+        let dir = base.join(format!("clawtrace-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for sub in subdirs {
+            std::fs::create_dir_all(dir.join(sub)).expect("scratch folder");
+        }
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        Scratch(dir)
+    }
+
+    fn path(&self, sub: &str) -> String {
+        self.0.join(sub).to_string_lossy().to_string()
+    }
+}
+
+/// /dev/shm when it is a writable folder, else the temporary directory.
+fn shm_or_temp() -> PathBuf {
+    let shm = PathBuf::from("/dev/shm");
+    let probe = shm.join(format!(".clawtrace-{}", std::process::id()));
+    if std::fs::write(&probe, b"").is_ok() {
+        let _ = std::fs::remove_file(&probe);
+        shm
+    } else {
+        std::env::temp_dir()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn cstring(s: &str) -> CString {
+    CString::new(s).expect("no NUL")
+}
+
+/// The mount options (`ro`/`rw`, …) of the mount at `target` in the mount namespace of `pid`.
+fn mount_options(pid: u32, target: &str) -> String {
+    let info = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).expect("mountinfo");
+    info.lines()
+        .find_map(|l| {
+            let fields: Vec<&str> = l.split(' ').collect();
+            (fields.get(4) == Some(&target)).then(|| fields[5].to_string())
+        })
+        .unwrap_or_else(|| panic!("{target} is not mounted for {pid}:\n{info}"))
+}
+
+#[test]
+fn a_bind_mount_made_read_only_by_remount_is_reported_read_only() {
+    require_privileged!();
+    let _turn = turn();
+    let dirs = Scratch::new("binds", &["rw", "ro", "mnt/rw", "mnt/ro"]);
+    let ct = Clawtrace::start(&[]);
+    let cgroup = TestCgroup::new("binds");
+    // As runtimes set up a container where there is no mount_setattr (and runc still does): in
+    // the container, before the payload's exec, a private mount namespace, a bind, and a bind
+    // remounted read-only.
+    let procs = cstring(&cgroup.dir.join("cgroup.procs").to_string_lossy());
+    let root = cstring("/");
+    let (rw, mrw) = (cstring(&dirs.path("rw")), cstring(&dirs.path("mnt/rw")));
+    let (ro, mro) = (cstring(&dirs.path("ro")), cstring(&dirs.path("mnt/ro")));
+    let mut cmd = Command::new("sleep");
+    cmd.arg("1000");
+    // SAFETY: the closure runs in the forked child before exec and only makes system calls
+    // (open, write, close, unshare, mount) on memory prepared before fork; it allocates nothing.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(move || {
+            let null = std::ptr::null::<libc::c_char>();
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::close(fd);
+            let ok = libc::unshare(libc::CLONE_NEWNS) == 0
+                && libc::mount(
+                    null,
+                    root.as_ptr(),
+                    null,
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ) == 0
+                && libc::mount(
+                    rw.as_ptr(),
+                    mrw.as_ptr(),
+                    null,
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ) == 0
+                && libc::mount(
+                    ro.as_ptr(),
+                    mro.as_ptr(),
+                    null,
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ) == 0
+                && libc::mount(
+                    null,
+                    mro.as_ptr(),
+                    null,
+                    libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY,
+                    std::ptr::null(),
+                ) == 0;
+            if ok {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let mut child = cmd.spawn().expect("start the container");
+    let pid = child.id();
+    // What the kernel made of it, as the payload sees it.
+    wait_until("the payload's exec", Duration::from_secs(5), || {
+        std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .unwrap_or_default()
+            .trim()
+            == "sleep"
+    });
+    let kernel_says = |sub: &str| mount_options(pid, &dirs.path(sub));
+    assert!(
+        kernel_says("mnt/rw").starts_with("rw"),
+        "{}",
+        kernel_says("mnt/rw")
+    );
+    assert!(
+        kernel_says("mnt/ro").starts_with("ro"),
+        "{}",
+        kernel_says("mnt/ro")
+    );
+    for (source, want) in [("rw", "no"), ("ro", "yes")] {
+        let path = dirs.path(source);
+        let v = ct.wait_event("volume_mount", &cgroup.container_id(), |v| {
+            v["source"] == path.as_str()
+        });
+        assert_eq!(v["read_only"], want, "{source}: {v}");
+        assert_eq!(v["target"], dirs.path(&format!("mnt/{source}")), "{v}");
+    }
+    kill(pid, libc::SIGKILL);
+    wait_status(&mut child);
+    let mut cgroup = cgroup;
+    cgroup.remove();
+    ct.stop();
+}
+
+#[test]
+fn a_device_open_in_a_container_is_reported_with_its_opener() {
+    require_privileged!();
+    let _turn = turn();
+    // Device prefixes are short (48 bytes): under /dev/shm where there is one, not a long
+    // temporary directory.
+    let dirs = Scratch::new_under(shm_or_temp(), "devices", &["dev"]);
+    let device = dirs.path("dev/gpu0");
+    std::fs::write(&device, b"").expect("device stand-in");
+    let prefix = dirs.path("dev/gpu");
+    let ct = Clawtrace::start(&["--gpu-device-prefix", &prefix]);
+    let mut cgroup = TestCgroup::new("device");
+    let missing = dirs.path("dev/gpu9");
+    let mut child = cgroup.spawn(Command::new("sh").args([
+        "-c",
+        &format!("exec 3< '{device}'; exec 2>/dev/null; exec 4< '{missing}'; exit 0"),
+    ]));
+    let pid = child.id();
+    let status = wait_status(&mut child);
+    assert_ne!(status, 0, "the missing device must fail to open");
+    let open = ct.wait_event("device_open", &cgroup.container_id(), |v| {
+        v["pid"] == pid && v["device"] == device.as_str()
+    });
+    assert_eq!(open["gpu"], "gpu0", "{open}");
+    assert!(open["result"].as_i64().expect("result") >= 0, "{open}");
+    let failed = ct.wait_event("device_open", &cgroup.container_id(), |v| {
+        v["pid"] == pid && v["device"] == missing.as_str()
+    });
+    assert_eq!(failed["result"], -libc::ENOENT, "{failed}");
+    cgroup.remove();
+    ct.stop();
+}

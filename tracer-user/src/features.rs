@@ -1,0 +1,218 @@
+//! What the running kernel offers the programs, found by probing it (helpers, map types, BTF
+//! fields, tracepoint layouts and prototypes), never by its version. Each feature the kernel
+//! lacks selects a fallback in the programs that produces the same records, at a cost this
+//! module names; the loader hands the bits to the programs as one read-only global.
+
+use std::path::Path;
+
+use aya::{
+    maps::MapType,
+    programs::ProgramType,
+    sys::{is_helper_supported, is_map_supported, BpfHelper},
+};
+use btf_rs::Btf;
+use tracer_common::feature;
+
+use crate::{kernel_btf, tracepoints};
+
+/// One feature: its bit, what it is, and what the user loses without it.
+#[derive(Debug)]
+pub struct Feature {
+    pub bit: u64,
+    /// A short stable name, for logs and tests (`cgroup-storage`).
+    pub key: &'static str,
+    /// What the kernel offers, as a user would look it up.
+    pub name: &'static str,
+    /// What runs without it, and what that costs (or, for an absent call, what is not seen).
+    pub without: &'static str,
+    how: Probe,
+}
+
+/// How a feature is found.
+#[derive(Debug)]
+enum Probe {
+    /// A helper, callable from tracepoint programs.
+    Helper(BpfHelper, &'static str),
+    /// A map type, plus the kernel field its fast path reads; needs typed reads too.
+    LocalStorage(MapType, &'static str, &'static str, &'static str),
+    /// A field of a tracepoint's record.
+    TracepointField(&'static str, &'static str, &'static str),
+    /// The first argument type of a BTF tracepoint.
+    FirstArg(&'static str, &'static str),
+    /// A tracepoint.
+    Tracepoint(&'static str, &'static str),
+}
+
+/// Every feature, in the order they are reported.
+pub const FEATURES: &[Feature] = &[
+    Feature {
+        bit: feature::TASK_BTF,
+        key: "task-btf",
+        name: "bpf_get_current_task_btf (typed reads of kernel objects)",
+        without: "every kernel field is read with bpf_probe_read_kernel, a helper call per read",
+        how: Probe::Helper(
+            BpfHelper::BPF_FUNC_get_current_task_btf,
+            "bpf_get_current_task_btf",
+        ),
+    },
+    Feature {
+        bit: feature::TASK_STORAGE,
+        key: "task-storage",
+        name: "task local storage (BPF_MAP_TYPE_TASK_STORAGE)",
+        without: "device opens wait in a table keyed by thread id: one lookup at the exit of \
+                  every openat on the node",
+        how: Probe::LocalStorage(
+            MapType::TaskStorage,
+            "BPF_MAP_TYPE_TASK_STORAGE",
+            "task_struct",
+            "bpf_storage",
+        ),
+    },
+    Feature {
+        bit: feature::CGRP_STORAGE,
+        key: "cgroup-storage",
+        name: "cgroup local storage (BPF_MAP_TYPE_CGRP_STORAGE)",
+        without: "every exec, exit, signal, open and mount outside the containers is told apart \
+                  by a lookup of its cgroup id instead of one load",
+        how: Probe::LocalStorage(
+            MapType::CgrpStorage,
+            "BPF_MAP_TYPE_CGRP_STORAGE",
+            "cgroup",
+            "bpf_cgrp_storage",
+        ),
+    },
+    Feature {
+        bit: feature::EXIT_GROUP_DEAD,
+        key: "exit-group-dead",
+        name: "group_dead in sched_process_exit",
+        without: "a process's last thread is told by its live-thread count, and its exit \
+                  claimed in a table: one insert per process exit in the containers",
+        how: Probe::TracepointField("sched", "sched_process_exit", "group_dead"),
+    },
+    Feature {
+        bit: feature::OOM_VICTIM_TASK,
+        key: "oom-victim-task",
+        name: "mark_victim's task argument",
+        without: "the OOM victim is the target of the SIGKILL the OOM killer sent just before; \
+                  a process it picks while already exiting gets no OOM mark",
+        how: Probe::FirstArg("mark_victim", "struct task_struct *"),
+    },
+    Feature {
+        bit: feature::MOUNT_SETATTR,
+        key: "mount-setattr",
+        name: "the mount_setattr system call",
+        without: "the kernel has no mount_setattr: no process can call it, nothing is missed",
+        how: Probe::Tracepoint("syscalls", "sys_enter_mount_setattr"),
+    },
+];
+
+/// The feature of `bit`.
+pub fn feature(bit: u64) -> Option<&'static Feature> {
+    FEATURES.iter().find(|f| f.bit == bit)
+}
+
+/// What was found: the bits the kernel offers, and for each feature it lacks, why.
+#[derive(Debug, Clone, Default)]
+pub struct KernelFeatures {
+    pub bits: u64,
+    pub missing: Vec<(&'static Feature, String)>,
+}
+
+impl KernelFeatures {
+    pub fn has(&self, bit: u64) -> bool {
+        self.bits & bit != 0
+    }
+
+    /// Every feature: whether the kernel has it, else why not.
+    pub fn report(&self) -> impl Iterator<Item = (&'static Feature, Result<(), &str>)> + '_ {
+        FEATURES.iter().map(
+            |f| match self.missing.iter().find(|(m, _)| m.bit == f.bit) {
+                Some((_, why)) => (f, Err(why.as_str())),
+                None => (f, Ok(())),
+            },
+        )
+    }
+
+    /// Keys of the features the kernel lacks, for one line.
+    pub fn fallbacks(&self) -> Vec<&'static str> {
+        self.missing.iter().map(|(f, _)| f.key).collect()
+    }
+}
+
+/// Probes the running kernel. Helper and map probes load a program and create a map, so they
+/// need the privileges loading does.
+pub fn probe(tracefs: &Path, btf: &Btf) -> KernelFeatures {
+    let mut found = KernelFeatures::default();
+    for f in FEATURES {
+        match probe_one(f, &found, tracefs, btf) {
+            Ok(()) => found.bits |= f.bit,
+            Err(why) => found.missing.push((f, why)),
+        }
+    }
+    found
+}
+
+/// Probes the running kernel through its tracefs and BTF (mounting tracefs if needed).
+pub fn probe_running_kernel() -> anyhow::Result<KernelFeatures> {
+    let tracefs = crate::sys::ensure_tracefs()?;
+    let btf = kernel_btf::open(Path::new(kernel_btf::VMLINUX_BTF))?;
+    Ok(probe(&tracefs, &btf))
+}
+
+fn probe_one(
+    f: &Feature,
+    so_far: &KernelFeatures,
+    tracefs: &Path,
+    btf: &Btf,
+) -> Result<(), String> {
+    match f.how {
+        Probe::Helper(helper, name) => match is_helper_supported(ProgramType::TracePoint, helper) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(format!("the kernel has no helper {name}")),
+            Err(e) => Err(format!("probing helper {name} failed: {e}")),
+        },
+        Probe::LocalStorage(map, map_name, strukt, field) => {
+            if !so_far.has(feature::TASK_BTF) {
+                return Err("needs bpf_get_current_task_btf".to_string());
+            }
+            match is_map_supported(map) {
+                Ok(true) => {}
+                Ok(false) => return Err(format!("the kernel has no {map_name}")),
+                Err(e) => return Err(format!("probing {map_name} failed: {e}")),
+            }
+            kernel_btf::field_offset(btf, strukt, field)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+        Probe::TracepointField(category, name, field) => {
+            let hook = tracepoints::find(category, name)
+                .ok_or_else(|| format!("no hook for {category}:{name}"))?;
+            let fields = tracepoints::read_format(tracefs, hook).map_err(|e| e.to_string())?;
+            if fields.iter().any(|(n, _, _)| n == field) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "tracepoint {category}:{name} has no field `{field}`"
+                ))
+            }
+        }
+        Probe::FirstArg(name, want) => {
+            let args = kernel_btf::tracepoint_args(btf, name).map_err(|e| e.to_string())?;
+            match args.first() {
+                Some(first) if first == want => Ok(()),
+                _ => Err(format!(
+                    "tracepoint {name} has arguments ({})",
+                    args.join(", ")
+                )),
+            }
+        }
+        Probe::Tracepoint(category, name) => {
+            let dir = tracefs.join("events").join(category).join(name);
+            if dir.join("format").exists() {
+                Ok(())
+            } else {
+                Err(format!("the kernel has no tracepoint {category}:{name}"))
+            }
+        }
+    }
+}
