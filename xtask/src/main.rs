@@ -9,6 +9,9 @@
 //!   `--fuzz [SECONDS]` then runs each cargo-fuzz target of `fuzz/` for SECONDS (default 60;
 //!   `--fuzz-only` skips the tests; see `fuzz.rs`).
 //! - `bench [--quick]`: performance benchmarks as root; report in `target/bench/` (see `bench.rs`).
+//! - `vm-test [--kernel VERSION]... [--timeout SECONDS] [-- FILTER]`: the kernel-compatibility
+//!   tests (`tests/compat.rs`) in TCG virtual machines booting Debian's kernels (5.10, 6.1,
+//!   6.12); installs qemu and virtme-ng, caches the kernels in `target/vm/` (see `vm.rs`).
 //!
 //! Every command that builds, installs or runs something is printed before it runs
 //! (`xtask: running: …`); read-only probes (`dpkg-query`, `rustup component list`, …) are not.
@@ -29,6 +32,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod fuzz;
+mod vm;
 
 /// The bpf-linker release this project builds with (it loads the toolchain's libLLVM at run time).
 const BPF_LINKER_VERSION: &str = "0.10.4";
@@ -103,6 +107,8 @@ enum Task {
     /// Benchmarks as root: lifecycle storm, overhead against bpftrace, per-probe cost,
     /// user-space pipeline, memory; report in target/bench/report.{md,json}.
     Bench(bench::Options),
+    /// The kernel-compatibility tests in VMs booting Debian's kernels (TCG, virtme-ng).
+    VmTest(vm::Options),
 }
 
 fn main() -> ExitCode {
@@ -151,6 +157,7 @@ fn run_task(task: Task) -> Result<ExitCode> {
             }
         }
         Task::Bench(options) => return bench::run(&ctx, options),
+        Task::VmTest(options) => return vm::run(ctx, options),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -388,17 +395,26 @@ impl Ctx {
     // ----- setup: Debian packages -----
 
     /// Installs the Debian packages of [`PACKAGES`] that are not installed yet.
-    fn setup_packages(&self) -> Result<()> {
-        let names: Vec<&str> = PACKAGES.iter().map(|(name, _, _)| *name).collect();
+    pub(crate) fn setup_packages(&self) -> Result<()> {
+        self.ensure_packages(PACKAGES, " (or pass --no-packages to only build)")
+    }
+
+    /// Installs those of `packages` (package, optional, what for) that are not installed yet;
+    /// `hint` ends the error when there is no apt at all.
+    pub(crate) fn ensure_packages(
+        &self,
+        packages: &[(&str, bool, &str)],
+        hint: &str,
+    ) -> Result<()> {
+        let names: Vec<&str> = packages.iter().map(|(name, _, _)| *name).collect();
         if self.which("dpkg-query").is_none() || self.which("apt-get").is_none() {
             bail!(
-                "setup: no dpkg-query/apt-get (not Debian?); install by other means: {} \
-                 (or pass --no-packages to only build)",
+                "setup: no dpkg-query/apt-get (not Debian?); install by other means: {}{hint}",
                 names.join(" ")
             );
         }
         let mut missing = Vec::new();
-        for &(name, optional, why) in PACKAGES {
+        for &(name, optional, why) in packages {
             if self.package_installed(name)? {
                 println!("setup: package {name}: present");
             } else {
