@@ -267,12 +267,29 @@ fn text_output_and_clean_stop_on_sigterm() {
             "container {id} exec sleep[{}] /usr/bin/sleep (init)",
             victim.id()
         ),
-        format!(
-            "container {id} exited 137: SIGKILL from {}[{}] (outside the container)",
-            me.trim(),
-            std::process::id()
-        ),
     ];
+    // Then who started this process, as /proc says, nearest first, and the sender's class.
+    let exit_line = format!(
+        "container {id} exited 137: SIGKILL from {}[{}] ← ",
+        me.trim(),
+        std::process::id()
+    );
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with(&exit_line))
+        .unwrap_or_else(|| panic!("no line starting {exit_line:?} in:\n{stdout}"));
+    let status = std::fs::read_to_string("/proc/self/status").expect("status");
+    let ppid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .map(str::trim)
+        .expect("PPid");
+    let parent = std::fs::read_to_string(format!("/proc/{ppid}/comm")).expect("parent comm");
+    assert!(
+        line[exit_line.len()..].starts_with(&format!("{}[{ppid}]", parent.trim())),
+        "{line}"
+    );
+    assert!(line.ends_with(", outside the container)"), "{line}");
     for want in expected {
         assert!(
             stdout.lines().any(|l| l == want),

@@ -319,3 +319,296 @@ fn containers_running_before_start_are_followed() {
     ct.wait_event("container_delete", &id, |_| true);
     ct.stop();
 }
+
+#[test]
+fn the_kernel_killing_at_the_cpu_hard_limit_is_an_rlimit_policy_kill() {
+    require_privileged!();
+    let ct = Clawtrace::start(&[]);
+    let mut cgroup = TestCgroup::new("rlimit-cpu");
+    // One second of CPU, soft and hard: the kernel sends SIGKILL when the process has used it.
+    let mut child = cgroup.spawn(&mut python(
+        "import resource\nresource.setrlimit(resource.RLIMIT_CPU, (1, 1))\nwhile True: pass",
+    ));
+    let status = wait_status(&mut child);
+    assert!(
+        libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL,
+        "status {status:#x}"
+    );
+    cgroup.remove();
+    let exit = init_exit(&ct, &cgroup, child.id());
+    assert_status(&exit, status);
+    assert_eq!(exit["cause"], "policy_kill", "{exit}");
+    assert_eq!(exit["policy"], "rlimit", "{exit}");
+    assert_eq!(exit["limit"], "cpu", "{exit}");
+    assert_eq!(
+        exit["sender"]["pid"],
+        child.id(),
+        "sent in its own context: {exit}"
+    );
+    ct.stop();
+}
+
+#[test]
+fn a_kill_through_bpf_send_signal_is_a_kernel_policy_kill() {
+    require_privileged!();
+    if !have("/usr/bin/bpftrace") {
+        panic!("bpftrace is missing: `cargo xtask setup` installs it");
+    }
+    let ct = Clawtrace::start(&[]);
+    let mut cgroup = TestCgroup::new("bpf-signal");
+    // The victim asks for its parent's pid in a loop; an eBPF program of bpftrace's, on that
+    // system call, kills it with bpf_send_signal (bpftrace's signal()), as enforcers do.
+    let mut child = cgroup.spawn(
+        python("import os, sys\nprint(os.getpid(), flush=True)\nsys.stdin.readline()\nwhile True: os.getppid()")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped()),
+    );
+    let pid = child.id();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("the victim's pid");
+    assert_eq!(line.trim(), pid.to_string());
+    let script = format!(
+        "tracepoint:syscalls:sys_enter_getppid /pid == {pid}/ {{ signal(\"SIGKILL\"); exit(); }} \
+         BEGIN {{ printf(\"attached\\n\"); }}"
+    );
+    let mut enforcer = Command::new("bpftrace")
+        .args(["--unsafe", "-e", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start bpftrace");
+    // bpftrace says "Attaching N probes..." first; BEGIN runs once they are attached.
+    let attached = BufReader::new(enforcer.stdout.take().expect("bpftrace stdout"))
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.trim() == "attached");
+    assert!(attached, "bpftrace did not attach");
+    // Go: the first getppid is the victim's last.
+    drop(child.stdin.take());
+    let status = wait_status(&mut child);
+    let _ = enforcer.kill();
+    let _ = enforcer.wait();
+    assert!(
+        libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL,
+        "status {status:#x}"
+    );
+    cgroup.remove();
+    let exit = init_exit(&ct, &cgroup, pid);
+    assert_status(&exit, status);
+    assert_eq!(exit["cause"], "policy_kill", "{exit}");
+    assert_eq!(exit["policy"], "kernel", "{exit}");
+    assert_eq!(exit["sender"]["pid"], pid, "{exit}");
+    ct.stop();
+}
+
+/// The command line of `pid`, its arguments joined by spaces.
+fn cmdline(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap_or_default()
+        .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[test]
+fn processes_killed_when_their_pid_namespace_init_exits_name_that_init() {
+    require_privileged!();
+    let ct = Clawtrace::start(&[]);
+    let mut cgroup = TestCgroup::new("pidns");
+    // A pid namespace of its own whose init (the shell) leaves a child behind, then exits 0 when
+    // told to: the kernel then kills the child.
+    let mut unshare = cgroup.spawn(
+        Command::new("unshare")
+            .args(["--pid", "--fork", "sh", "-c", "sleep 1001 & read x; exit 0"])
+            .stdin(Stdio::piped()),
+    );
+    let mut found = (None, None);
+    wait_until(
+        "the namespace's init and its child",
+        Duration::from_secs(5),
+        || {
+            for pid in cgroup.procs() {
+                match cmdline(pid).as_str() {
+                    "sh -c sleep 1001 & read x; exit 0" => found.0 = Some(pid),
+                    "sleep 1001" => found.1 = Some(pid),
+                    _ => {}
+                }
+            }
+            found.0.is_some() && found.1.is_some()
+        },
+    );
+    let (init, child) = (found.0.unwrap_or(0), found.1.unwrap_or(0));
+    drop(unshare.stdin.take());
+    assert_eq!(wait_status(&mut unshare), 0);
+    wait_until("the child gone", Duration::from_secs(5), || {
+        !std::path::Path::new(&format!("/proc/{child}")).exists()
+    });
+    cgroup.kill_all();
+    cgroup.remove();
+    let id = cgroup.container_id();
+    let exit = ct.wait_event("process_exit", &id, |v| v["pid"] == child);
+    assert_eq!(exit["cause"], "init_exited", "{exit}");
+    assert_eq!(exit["signal"], "SIGKILL", "{exit}");
+    assert_eq!(exit["sender"]["pid"], init, "{exit}");
+    assert_eq!(exit["init"]["pid"], init, "{exit}");
+    assert_eq!(exit["init"]["comm"], "sh", "{exit}");
+    // Pid 1 of the container's pid namespace is its init, not `unshare`, which exec'd first in
+    // the cgroup and is a helper, as a runtime's are: its exit is no process of the container.
+    assert_eq!(exit["init"]["cause"], "exited", "{exit}");
+    let init_exit = ct.wait_event("process_exit", &id, |v| v["pid"] == init);
+    assert_eq!(init_exit["is_container_init"], true, "{init_exit}");
+    let delete = ct.wait_event("container_delete", &id, |_| true);
+    assert_eq!(
+        (delete["exit_code"].clone(), delete["cause"].clone()),
+        (0.into(), "exited".into())
+    );
+    let helper = unshare.id();
+    assert!(
+        ct.matching(|v| v["event"] == "process_exit" && v["pid"] == helper)
+            .is_empty(),
+        "unshare, the helper, reported as a process of the container"
+    );
+    ct.stop();
+}
+
+/// `(pid, comm)` of `pid`'s parent, from /proc.
+fn parent_of(pid: u32) -> Option<(u32, String)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let ppid: u32 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))?
+        .trim()
+        .parse()
+        .ok()?;
+    let comm = std::fs::read_to_string(format!("/proc/{ppid}/comm")).ok()?;
+    (ppid != 0).then(|| (ppid, comm.trim().to_string()))
+}
+
+#[test]
+fn a_kill_from_a_shell_names_the_senders_ancestry() {
+    require_privileged!();
+    let ct = Clawtrace::start(&[]);
+    let mut cgroup = TestCgroup::new("chain");
+    let mut victim = cgroup.spawn(Command::new("sleep").arg("1000"));
+    let pid = victim.id();
+    // The kill chain as /proc tells it now: this process, its parent, and so on.
+    let me = std::process::id();
+    let own_comm = std::fs::read_to_string(format!("/proc/{me}/comm")).expect("own comm");
+    let mut chain = vec![(me, own_comm.trim().to_string())];
+    while chain.len() < 7 {
+        let Some(parent) = parent_of(chain[chain.len() - 1].0) else {
+            break;
+        };
+        chain.push(parent);
+    }
+    let mut shell = Command::new("sh")
+        .args(["-c", &format!("kill -KILL {pid}")])
+        .spawn()
+        .expect("sh");
+    assert!(shell.wait().expect("wait sh").success());
+    let status = wait_status(&mut victim);
+    cgroup.remove();
+    let exit = init_exit(&ct, &cgroup, pid);
+    assert_status(&exit, status);
+    let sender = &exit["sender"];
+    assert_eq!(sender["pid"], shell.id(), "{exit}");
+    assert_eq!(sender["comm"], "sh", "{exit}");
+    let ancestry: Vec<(u32, String)> = sender["ancestry"]
+        .as_array()
+        .expect("ancestry")
+        .iter()
+        .map(|a| {
+            (
+                a["pid"].as_u64().unwrap_or(0) as u32,
+                a["comm"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ancestry[..chain.len()],
+        chain[..],
+        "the sender's ancestry, nearest first"
+    );
+    // A shell started the kill and no runtime or orchestrator did (unless this test runs
+    // under one).
+    let managed = chain.iter().any(|(_, c)| {
+        [
+            "dockerd",
+            "containerd",
+            "kubelet",
+            "podman",
+            "crio",
+            "runc",
+            "conmon",
+        ]
+        .contains(&c.as_str())
+            || c.starts_with("containerd-shim")
+    });
+    if !managed {
+        assert_eq!(sender["class"], "operator", "{exit}");
+    }
+    let signal = ct.wait_event("signal", &cgroup.container_id(), |v| v["target_pid"] == pid);
+    assert_eq!(signal["sender"]["ancestry"], sender["ancestry"]);
+    ct.stop();
+}
+
+#[test]
+fn a_shell_init_reporting_its_childs_segfault_gets_the_childs_verdict() {
+    require_privileged!();
+    let ct = Clawtrace::start(&[]);
+    let mut cgroup = TestCgroup::new("verdict-shell");
+    // The shell waits for its child (`; exit $?` keeps it from exec'ing it), then exits 139.
+    let mut init = cgroup.spawn(&mut sh("/usr/bin/python3 -c 'import ctypes, resource; \
+         resource.setrlimit(resource.RLIMIT_CORE, (0, 0)); ctypes.string_at(0)'; exit $?"));
+    let status = wait_status(&mut init);
+    assert_eq!(
+        libc::WEXITSTATUS(status),
+        128 + libc::SIGSEGV,
+        "{status:#x}"
+    );
+    cgroup.remove();
+    let id = cgroup.container_id();
+    let child = ct.wait_event("process_exit", &id, |v| v["comm"] == "python3");
+    assert_eq!(child["cause"], "crash", "{child}");
+    let delete = ct.wait_event("container_delete", &id, |_| true);
+    // The runtime's view stays the init's: exit 139, failed; the verdict is the child's.
+    assert_eq!(delete["exit_code"], 139, "{delete}");
+    assert_eq!(delete["cause"], "failed", "{delete}");
+    assert_eq!(delete["verdict"], "crash", "{delete}");
+    assert_eq!(delete["verdict_process"]["pid"], child["pid"], "{delete}");
+    assert_eq!(delete["verdict_process"]["comm"], "python3", "{delete}");
+    ct.stop();
+}
+
+#[test]
+fn an_init_failing_after_the_oom_killer_took_its_child_gets_an_oom_verdict() {
+    require_privileged!();
+    let ct = Clawtrace::start(&[]);
+    let mut cgroup = TestCgroup::new("verdict-oom");
+    let memory = MemoryLimit::new(&cgroup, 64 << 20);
+    let script = format!(
+        "{} /usr/bin/python3 -c 'b = bytearray(512 << 20); b[::4096] = b\"x\" * (len(b) // 4096)'; exit $?",
+        memory.join_command()
+    );
+    let mut init = cgroup.spawn(&mut sh(&script));
+    let status = wait_status(&mut init);
+    assert_eq!(
+        libc::WEXITSTATUS(status),
+        128 + libc::SIGKILL,
+        "{status:#x}"
+    );
+    cgroup.remove();
+    let id = cgroup.container_id();
+    let child = ct.wait_event("process_exit", &id, |v| v["comm"] == "python3");
+    assert_eq!(child["cause"], "oom_kill", "{child}");
+    let delete = ct.wait_event("container_delete", &id, |_| true);
+    assert_eq!(delete["exit_code"], 137, "{delete}");
+    assert_eq!(delete["verdict"], "oom_kill", "{delete}");
+    assert_eq!(delete["verdict_process"]["pid"], child["pid"], "{delete}");
+    ct.stop();
+    drop(memory);
+}

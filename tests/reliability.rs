@@ -262,8 +262,12 @@ fn killed_mid_storm_and_started_again_it_finds_the_live_containers() {
         assert_eq!(exit["is_container_init"], true);
         second.wait_event("container_delete", &cgroup.container_id(), |_| true);
     }
-    let metrics = scrape(&listen);
-    assert!(total(&metrics, "container_changes_total", r#"operation="delete""#) >= 5.0);
+    // The export thread counts them after the events are printed: wait for it.
+    let mut metrics = scrape(&listen);
+    wait_until("the deletions counted", Duration::from_secs(5), || {
+        metrics = scrape(&listen);
+        total(&metrics, "container_changes_total", r#"operation="delete""#) >= 5.0
+    });
     // No gauge goes negative.
     for line in metrics.lines().filter(|l| l.starts_with("containers_")) {
         let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();

@@ -344,6 +344,19 @@ fn docker_kill_and_failed_exit() {
     found.check(sender["pid"] != init, || {
         format!("docker kill's sender is the container's init itself: {sender}")
     });
+    // The kill chain: the runtime, started by the shim (containerd's), nearest first.
+    found.check(sender["class"] == "runtime", || {
+        format!("docker kill's sender should be classed runtime: {sender}")
+    });
+    let chain: Vec<&str> = sender["ancestry"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|p| p["comm"].as_str()).collect())
+        .unwrap_or_default();
+    eprintln!("docker kill: kill chain {chain:?}");
+    found.check(
+        chain.iter().any(|c| c.starts_with("containerd-shim")),
+        || format!("docker kill's sender should descend from a containerd shim: {chain:?}"),
+    );
     found.check(sender["cgroup_id"] != cgid, || {
         format!("docker kill's sender is inside the container: {sender}")
     });
@@ -453,7 +466,60 @@ fn docker_kill_and_failed_exit() {
         },
     );
 
-    found.finish(&trace, &[&killed, &failed]);
+    // (c) A seccomp profile whose kill action fires: `mkdir` (and `mkdirat`, whichever the
+    // payload's libc calls) kill the process; docker reports 159 (128 + SIGSYS).
+    let profile = daemon.dir().join("seccomp-kill-mkdir.json");
+    std::fs::write(
+        &profile,
+        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_KILL_PROCESS"}]}"#,
+    )
+    .expect("write the seccomp profile");
+    let name = test_name("seccomp");
+    let refused = daemon.run_detached(&[
+        "--name",
+        &name,
+        "--network",
+        "none",
+        "--security-opt",
+        &format!("seccomp={}", profile.display()),
+        image,
+        "mkdir",
+        "/refused",
+    ]);
+    let id = refused.as_str();
+    assert_eq!(
+        daemon.docker(&["wait", id]),
+        "159",
+        "docker wait of the refused mkdir"
+    );
+    assert_eq!(daemon.inspect(id, "{{.State.ExitCode}}"), "159");
+    let exit = trace.wait_event("process_exit", id, |v| v["comm"] == "mkdir");
+    found.check_event(
+        "process_exit of a payload a seccomp profile killed",
+        &exit,
+        &[
+            ("/cause", json!("policy_kill")),
+            ("/policy", json!("seccomp")),
+            ("/signal", json!("SIGSYS")),
+            ("/exit_code", json!(159)),
+        ],
+    );
+    let call = &exit["syscall"];
+    eprintln!("seccomp profile kill: {} refused {call}", exit["comm"]);
+    let (number, name) = (call["number"].as_u64(), call["name"].as_str());
+    found.check(
+        matches!(
+            (number, name),
+            (Some(83), Some("mkdir")) | (Some(258), Some("mkdirat"))
+        ),
+        || format!("the refused call should be mkdir (83) or mkdirat (258): {call}"),
+    );
+    found.check(exit["sender"]["pid"] == exit["pid"], || {
+        format!("the kernel raises SIGSYS in the process's own context: {exit}")
+    });
+    daemon.docker(&["rm", id]);
+
+    found.finish(&trace, &[&killed, &failed, &refused]);
     // The container labelled agent_name=nemo_claw is counted under that label, read from
     // dockerd's API; the unlabelled one under `unknown`.
     let metrics = http_get(&listen, "/metrics").expect("scrape /metrics");

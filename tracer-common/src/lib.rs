@@ -167,6 +167,10 @@ pub struct ExecRecord {
     pub old_pid: u32,
     /// Bytes of `filename` in use; `FILENAME_LEN` means truncated.
     pub filename_len: u32,
+    /// The process's pid in its own pid namespace (1: that namespace's init).
+    pub ns_pid: u32,
+    /// The depth of its pid namespace (0: the initial one).
+    pub ns_level: u32,
     pub comm: [u8; COMM_LEN],
     pub filename: [u8; FILENAME_LEN],
 }
@@ -194,7 +198,22 @@ pub struct SignalOrigin {
     pub count: u32,
     /// [`signal_result`] of the first send.
     pub result: u32,
+    /// For SIGSYS from a seccomp filter (`si_code` SYS_SECCOMP): the refused system call's
+    /// number, from the siginfo; else 0.
+    pub syscall: u32,
+    /// [`signal_evidence`] bits the kernel held at the first send.
+    pub evidence: u32,
     pub sender_comm: [u8; COMM_LEN],
+}
+
+/// What the kernel held when it sent a signal on its own behalf (`si_code` SI_KERNEL): the bits
+/// of [`SignalOrigin::evidence`].
+pub mod signal_evidence {
+    /// The sender was exiting (`PF_EXITING`): a pid namespace's init taking its namespace down.
+    pub const SENDER_EXITING: u32 = 1 << 0;
+    /// A SIGKILL to a process from its own context, when its CPU time (user + system, the
+    /// process CPU timer's sample) had reached its RLIMIT_CPU hard limit.
+    pub const OVER_CPU_LIMIT: u32 = 1 << 1;
 }
 
 /// What the kernel remembers about a tracked process until it exits: the signals sent to it and
@@ -230,7 +249,8 @@ pub struct ExitRecord {
     pub flags: u32,
     /// The process's parent (`real_parent->tgid`) when it exited.
     pub parent_tgid: u32,
-    pub _reserved: u32,
+    /// The depth of its pid namespace (0: the initial one).
+    pub ns_level: u32,
     pub comm: [u8; COMM_LEN],
     pub track: SignalTrack,
 }
@@ -258,6 +278,23 @@ pub struct SignalRecord {
     pub group: u32,
     pub sender_comm: [u8; COMM_LEN],
     pub target_comm: [u8; COMM_LEN],
+    /// Entries of `ancestry` in use.
+    pub ancestry_len: u32,
+    pub _reserved: u32,
+    /// The sender's parent, its parent, and so on (`real_parent`), nearest first: up to
+    /// [`ANCESTRY_LEN`] processes, ending early at the host's init.
+    pub ancestry: [Ancestor; ANCESTRY_LEN],
+}
+
+/// Processes of a sender's ancestry a [`SignalRecord`] carries at most.
+pub const ANCESTRY_LEN: usize = 8;
+
+/// One process of a sender's ancestry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ancestor {
+    pub tgid: u32,
+    pub comm: [u8; COMM_LEN],
 }
 
 /// `oom:mark_victim` for a tracked task. The header is the task that ran the OOM killer.
@@ -453,6 +490,7 @@ pub struct BtfField {
     /// The read-only `u64` global of the eBPF object that holds the offset.
     pub global: &'static str,
     pub strukt: &'static str,
+    /// The field, or a path of fields through nested members (`_sifields._sigsys._syscall`).
     pub field: &'static str,
     /// The [`feature`] bit that needs this field, 0 for every kernel: a kernel without the
     /// field lacks the feature, and the global stays 0 (the programs never read it).
@@ -470,7 +508,7 @@ const fn btf(global: &'static str, strukt: &'static str, field: &'static str) ->
 
 /// Every field the programs read, each offset in a global of its own (the verifier must see
 /// them as constants, hence one global each rather than a struct). Besides these the loader
-/// sets [`MM_ANON_RSS`] and [`PAGE_KB_SHIFT`].
+/// sets [`MM_ANON_RSS`], [`PAGE_KB_SHIFT`] and [`UPID_SHIFT`].
 pub const BTF_FIELDS: &[BtfField] = &[
     btf("TASK_PID", "task_struct", "pid"),
     btf("TASK_TGID", "task_struct", "tgid"),
@@ -493,6 +531,14 @@ pub const BTF_FIELDS: &[BtfField] = &[
     btf("CGROUP_ROOT_HIERARCHY_ID", "cgroup_root", "hierarchy_id"),
     btf("KERNFS_NODE_ID", "kernfs_node", "id"),
     btf("SIGINFO_CODE", "kernel_siginfo", "si_code"),
+    btf(
+        "SIGINFO_SYSCALL",
+        "kernel_siginfo",
+        "_sifields._sigsys._syscall",
+    ),
+    btf("TASK_FLAGS", "task_struct", "flags"),
+    btf("SIGNAL_RLIM", "signal_struct", "rlim"),
+    btf("SIGNAL_CPUTIMER", "signal_struct", "cputimer"),
     btf("TASK_MM", "task_struct", "mm"),
     BtfField {
         feature: feature::TASK_STORAGE,
@@ -501,6 +547,9 @@ pub const BTF_FIELDS: &[BtfField] = &[
     btf("MM_ENV_START", "mm_struct", "env_start"),
     btf("MM_ENV_END", "mm_struct", "env_end"),
     btf("MM_TOTAL_VM", "mm_struct", "total_vm"),
+    btf("TASK_THREAD_PID", "task_struct", "thread_pid"),
+    btf("PID_LEVEL", "pid", "level"),
+    btf("PID_NUMBERS", "pid", "numbers"),
 ];
 
 /// Global holding the offset of `rss_stat[MM_ANONPAGES].count` in `struct mm_struct`: the
@@ -508,6 +557,9 @@ pub const BTF_FIELDS: &[BtfField] = &[
 pub const MM_ANON_RSS: &str = "MM_ANON_RSS";
 /// Global holding log2 of the page size in KiB (pages to KiB: `<< PAGE_KB_SHIFT`).
 pub const PAGE_KB_SHIFT: &str = "PAGE_KB_SHIFT";
+/// Global holding log2 of the size of `struct upid`, the entries of `struct pid`'s `numbers`
+/// (a shift, which the verifier bounds, where a multiplication it may not).
+pub const UPID_SHIFT: &str = "UPID_SHIFT";
 
 #[cfg(feature = "user")]
 mod pod {
@@ -531,11 +583,15 @@ const _: () = {
     assert!(size_of::<Header>() == 32);
     assert!(size_of::<CgroupRecord>() == 32 + 16 + CGROUP_PATH_LEN);
     assert!(size_of::<AttachRecord>() == 32 + 16 + COMM_LEN);
-    assert!(size_of::<ExecRecord>() == 32 + 8 + COMM_LEN + FILENAME_LEN);
-    assert!(size_of::<SignalOrigin>() == 64);
-    assert!(size_of::<SignalTrack>() == 16 + 64 * SIGNAL_SLOTS);
+    assert!(size_of::<ExecRecord>() == 32 + 16 + COMM_LEN + FILENAME_LEN);
+    assert!(size_of::<SignalOrigin>() == 72);
+    assert!(size_of::<SignalTrack>() == 16 + 72 * SIGNAL_SLOTS);
     assert!(size_of::<ExitRecord>() == 32 + 16 + COMM_LEN + size_of::<SignalTrack>());
-    assert!(size_of::<SignalRecord>() == 32 + 32 + 2 * COMM_LEN);
+    assert!(
+        size_of::<SignalRecord>()
+            == 32 + 32 + 2 * COMM_LEN + 8 + ANCESTRY_LEN * size_of::<Ancestor>()
+    );
+    assert!(size_of::<Ancestor>() == 4 + COMM_LEN);
     assert!(size_of::<OomRecord>() == 32 + 32);
     assert!(size_of::<EnvValue>() == 8 + ENV_VALUE_LEN);
     assert!(size_of::<ExecEnvRecord>() == size_of::<ExecRecord>() + size_of::<EnvValue>());

@@ -57,6 +57,10 @@ btf_offsets!(
     CGROUP_ROOT_HIERARCHY_ID,
     KERNFS_NODE_ID,
     SIGINFO_CODE,
+    SIGINFO_SYSCALL,
+    TASK_FLAGS,
+    SIGNAL_RLIM,
+    SIGNAL_CPUTIMER,
     TASK_MM,
     TASK_BPF_STORAGE,
     MM_ENV_START,
@@ -66,6 +70,11 @@ btf_offsets!(
     MM_ANON_RSS,
     // Not an offset: log2 of the page size in KiB.
     PAGE_KB_SHIFT,
+    TASK_THREAD_PID,
+    PID_LEVEL,
+    PID_NUMBERS,
+    // Not an offset: log2 of the size of `struct upid`.
+    UPID_SHIFT,
 );
 
 /// Reads the `T` at `offset` (one of the globals above) of the kernel object at `base`.
@@ -180,8 +189,29 @@ impl Task {
     /// The process id of the task's parent (`real_parent->tgid`).
     #[inline(always)]
     pub fn parent_tgid(self) -> u32 {
-        let parent = Task(self.read(&TASK_REAL_PARENT));
-        parent.read::<i32>(&TASK_TGID) as u32
+        self.parent().read::<i32>(&TASK_TGID) as u32
+    }
+
+    /// The task's pid namespace depth (0: the initial namespace) and its pid there:
+    /// `thread_pid->level` and `thread_pid->numbers[level].nr`.
+    #[inline(always)]
+    pub fn pid_ns(self) -> (u32, u32) {
+        /// MAX_PID_NS_LEVEL.
+        const MAX_LEVEL: u32 = 32;
+        let pid: *const u8 = self.read(&TASK_THREAD_PID);
+        // SAFETY: `pid` is the task's `struct pid *`, read whole as such; `level` is its
+        // unsigned int field.
+        let level = unsafe { read::<u32>(pid, &PID_LEVEL) }.min(MAX_LEVEL);
+        // numbers[] is indexed by the level: a probe read, which takes any address.
+        let at = PID_NUMBERS.load() as usize + ((level as usize) << UPID_SHIFT.load());
+        let nr: i32 = probe_read(pid.wrapping_add(at).cast::<i32>());
+        (level, nr as u32)
+    }
+
+    /// The task's parent (`real_parent`).
+    #[inline(always)]
+    pub fn parent(self) -> Task {
+        Task(self.read(&TASK_REAL_PARENT))
     }
 
     /// Whether no thread of the task's process is left alive (`signal->live` is 0): true for
@@ -192,6 +222,40 @@ impl Task {
         // SAFETY: `signal` is the task's `struct signal_struct *`, read whole as such; `live`
         // is an atomic_t, whose counter is its first int.
         unsafe { read::<i32>(signal, &SIGNAL_LIVE) == 0 }
+    }
+
+    /// Whether the task is exiting (`PF_EXITING` in `task->flags`).
+    #[inline(always)]
+    pub fn exiting(self) -> bool {
+        /// `PF_EXITING`.
+        const PF_EXITING: u32 = 0x4;
+        self.read::<u32>(&TASK_FLAGS) & PF_EXITING != 0
+    }
+
+    /// Whether the task's process has used its RLIMIT_CPU hard limit: its CPU time as the
+    /// process CPU timer samples it (`signal->cputimer`, user + system nanoseconds, which the
+    /// kernel keeps running while the limit is set) against `signal->rlim[RLIMIT_CPU].rlim_max`
+    /// seconds, as the kernel's own check does before it sends SIGKILL.
+    #[inline(always)]
+    pub fn over_cpu_limit(self) -> bool {
+        let signal: *const u8 = self.read(&TASK_SIGNAL);
+        // rlim[RLIMIT_CPU] (index 0) is `struct rlimit { rlim_cur, rlim_max }`.
+        let hard: u64 = probe_read(
+            signal
+                .wrapping_add(SIGNAL_RLIM.load() as usize + 8)
+                .cast::<u64>(),
+        );
+        // RLIM_INFINITY (and anything no CPU time could reach) is no limit.
+        const NS_PER_S: u64 = 1_000_000_000;
+        if hard == 0 || hard > u64::MAX / NS_PER_S {
+            return false;
+        }
+        // cputimer.cputime_atomic: atomic64_t utime, stime, sum_exec_runtime (probe reads: older
+        // verifiers do not walk atomic types).
+        let timer = signal.wrapping_add(SIGNAL_CPUTIMER.load() as usize);
+        let utime: u64 = probe_read(timer.cast::<u64>());
+        let stime: u64 = probe_read(timer.wrapping_add(8).cast::<u64>());
+        utime.saturating_add(stime) >= hard * NS_PER_S
     }
 
     /// The task's v2 (default hierarchy) cgroup: task->cgroups->dfl_cgrp.

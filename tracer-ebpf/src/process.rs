@@ -97,6 +97,9 @@ unsafe fn fill_exec(
     unsafe {
         (*record).header = *head;
         (*record).old_pid = old_pid;
+        let (ns_level, ns_pid) = task.pid_ns();
+        (*record).ns_level = ns_level;
+        (*record).ns_pid = ns_pid;
         (*record).comm = task.comm();
         let filename = core::ptr::addr_of_mut!((*record).filename).cast::<u8>();
         (*record).filename_len =
@@ -130,8 +133,10 @@ fn scan_init_env() -> bool {
     // SAFETY: this CPU's scratch slot, valid for the program's run.
     let buf = unsafe { core::ptr::addr_of_mut!((*scan).buf) };
     // A string longer than the buffer is read in pieces; only a piece that starts a string can
-    // be the variable.
-    let mut continuing = false;
+    // be the variable. The body decides with arithmetic, not branches, so that every way
+    // through one string is one state for the verifier, whatever the string.
+    let key_len = key_len as u64;
+    let mut continuing = 0u64;
     for _ in 0..MAX_ENV_STRINGS {
         if at == 0 || at >= end {
             return false;
@@ -148,8 +153,12 @@ fn scan_init_env() -> bool {
         if n <= 0 {
             return false;
         }
-        let n = n as usize;
-        if !continuing && n > key_len && starts_with(buf, key) {
+        // 1 ≤ n ≤ ENV_SCAN_LEN, and 1 ≤ key_len ≤ ENV_KEY_LEN: the differences below stay
+        // small, so their top bit is their sign.
+        let n = n as u64;
+        let longer = key_len.wrapping_sub(n) >> 63; // n > key_len
+        let found = (continuing ^ 1) & longer & is_zero(mismatch(buf, key));
+        if found != 0 {
             // SAFETY: as above.
             unsafe {
                 (*scan).key_len = key_len as u32;
@@ -158,16 +167,22 @@ fn scan_init_env() -> bool {
             return true;
         }
         // `n` counts the NUL; a full buffer means the string goes on past it.
-        continuing = n == ENV_SCAN_LEN;
-        at += if continuing { (n - 1) as u64 } else { n as u64 };
+        continuing = is_zero(n ^ ENV_SCAN_LEN as u64);
+        at += n - continuing;
     }
     false
 }
 
-/// Whether `bytes` starts with `key`'s prefix: whole words compared under the key's masks, with
-/// no branch at all, so that the verifier walks the scan's loop body in few states.
+/// 1 when `x` is 0, else 0, without a branch.
 #[inline(always)]
-fn starts_with(bytes: *const [u8; ENV_SCAN_LEN], key: &EnvKey) -> bool {
+fn is_zero(x: u64) -> u64 {
+    ((x | x.wrapping_neg()) >> 63) ^ 1
+}
+
+/// The bits in which `bytes` differs from `key`'s prefix (0: it starts with it): whole words
+/// compared under the key's masks, with no branch at all.
+#[inline(always)]
+fn mismatch(bytes: *const [u8; ENV_SCAN_LEN], key: &EnvKey) -> u64 {
     let words = bytes.cast::<u64>();
     let prefix = key.prefix.as_ptr().cast::<u64>();
     let mut diff = 0u64;
@@ -183,7 +198,7 @@ fn starts_with(bytes: *const [u8; ENV_SCAN_LEN], key: &EnvKey) -> bool {
         };
         diff |= (word ^ want) & key.mask[i];
     }
-    diff == 0
+    diff
 }
 
 /// Writes the value [`scan_init_env`] found, from the scratch slot: the string's bytes after the
@@ -308,6 +323,7 @@ fn report_exit(
     // a group exit every thread carries the group's code.
     let exit_status = task.exit_code() as u32;
     let parent_tgid = task.parent_tgid();
+    let ns_level = task.pid_ns().0;
     let comm = task.comm();
     match track {
         Some(track) => {
@@ -323,6 +339,7 @@ fn report_exit(
                     head,
                     exit_status,
                     parent_tgid,
+                    ns_level,
                     exit_flags::HAS_TRACK,
                     comm,
                 );
@@ -338,7 +355,7 @@ fn report_exit(
             let record = entry.as_mut_ptr().cast::<ExitRecord>();
             // SAFETY: the reserved space holds the ExitRecord fields before `track`
             // (EXIT_RECORD_SHORT_LEN bytes), which are the only ones written.
-            unsafe { fill_exit(record, head, exit_status, parent_tgid, 0, comm) };
+            unsafe { fill_exit(record, head, exit_status, parent_tgid, ns_level, 0, comm) };
             entry.submit(wakeup::<ShortExit>());
         }
     }
@@ -360,6 +377,7 @@ unsafe fn fill_exit(
     head: &tracer_common::Header,
     exit_status: u32,
     parent_tgid: u32,
+    ns_level: u32,
     flags: u32,
     comm: [u8; tracer_common::COMM_LEN],
 ) {
@@ -370,7 +388,7 @@ unsafe fn fill_exit(
         core::ptr::addr_of_mut!((*record).exit_status).write(exit_status);
         core::ptr::addr_of_mut!((*record).flags).write(flags);
         core::ptr::addr_of_mut!((*record).parent_tgid).write(parent_tgid);
-        core::ptr::addr_of_mut!((*record)._reserved).write(0);
+        core::ptr::addr_of_mut!((*record).ns_level).write(ns_level);
         core::ptr::addr_of_mut!((*record).comm).write(comm);
     }
 }

@@ -9,11 +9,12 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use tracer_common::{
-    feature, kind, probe, OomRecord, SignalRecord, COMM_LEN, SIGNAL_SLOTS, SI_CODE_UNREADABLE,
+    feature, kind, probe, signal_evidence, Ancestor, OomRecord, SignalRecord, ANCESTRY_LEN,
+    COMM_LEN, SIGNAL_SLOTS, SI_CODE_UNREADABLE,
 };
 
 use crate::{
-    kernel::{has, Task, SIGINFO_CODE},
+    kernel::{has, Task, SIGINFO_CODE, SIGINFO_SYSCALL},
     state::{followed, header, header_of, now_ns, reserve, signal_track, wakeup},
 };
 
@@ -24,6 +25,9 @@ const SI_KERNEL: i32 = 0x80;
 
 /// `SIGKILL`.
 const SIGKILL: u32 = 9;
+/// `SIGSYS`, and its `si_code` when a seccomp filter raised it.
+const SIGSYS: u32 = 31;
+const SYS_SECCOMP: i32 = 1;
 
 /// The latest SIGKILL the kernel sent (`SEND_SIG_PRIV`) to a followed task on this CPU, for
 /// kernels whose `oom:mark_victim` passes only the victim's pid: the OOM killer sends the victim
@@ -104,9 +108,40 @@ fn try_signal_generate(ctx: &BtfTracePointContext) -> Result<(), i32> {
     let sender_comm = sender.comm();
 
     if let Some(track) = signal_track(target_tgid, start) {
+        let why = Why {
+            syscall: if sig == SIGSYS && code == SYS_SECCOMP {
+                // SAFETY: `info` is a real siginfo (its code was read from it); the helper
+                // reads kernel memory safely.
+                unsafe {
+                    bpf_probe_read_kernel(
+                        info.wrapping_add(SIGINFO_SYSCALL.load() as usize)
+                            .cast::<u32>(),
+                    )
+                }
+                .unwrap_or(0)
+            } else {
+                0
+            },
+            // Only for the kernel's own sends, which are rare: what it held when it sent.
+            evidence: if code == SI_KERNEL {
+                evidence(sender, head.tgid == target_tgid, sig, target)
+            } else {
+                0
+            },
+        };
         // SAFETY: `track` points to a live map value; concurrent senders to the same process on
         // other CPUs may interleave, which can at worst blur a counter.
-        unsafe { remember(&mut *track, sig, code, result as u32, &head, sender_comm) };
+        unsafe {
+            remember(
+                &mut *track,
+                sig,
+                code,
+                result as u32,
+                &head,
+                sender_comm,
+                why,
+            )
+        };
     }
 
     let Some(mut entry) = reserve::<SignalRecord>(probe::SIGNAL_GENERATE) else {
@@ -126,9 +161,51 @@ fn try_signal_generate(ctx: &BtfTracePointContext) -> Result<(), i32> {
         (*record).group = group as u32;
         (*record).sender_comm = sender_comm;
         (*record).target_comm = target_comm;
+        (*record)._reserved = 0;
+        // The kill chain: who started the sender, nearest first, up to the host's init.
+        let mut task = sender;
+        let mut len = 0u32;
+        for i in 0..ANCESTRY_LEN {
+            task = task.parent();
+            let tgid = task.ids().1;
+            if tgid == 0 {
+                break;
+            }
+            // The process's name (its leader's): the parent may be one of its threads.
+            (*record).ancestry[i] = Ancestor {
+                tgid,
+                comm: task.leader().comm(),
+            };
+            len += 1;
+            if tgid == 1 {
+                break;
+            }
+        }
+        (*record).ancestry_len = len;
     }
     entry.submit(wakeup::<SignalRecord>());
     Ok(())
+}
+
+/// What a send carries besides who sent it: see [`tracer_common::SignalOrigin`].
+#[derive(Clone, Copy)]
+struct Why {
+    syscall: u32,
+    evidence: u32,
+}
+
+/// [`signal_evidence`] bits for a signal the kernel sends on its own behalf.
+#[inline(always)]
+fn evidence(sender: Task, from_target: bool, sig: u32, target: Task) -> u32 {
+    let mut bits = 0;
+    if sender.exiting() {
+        bits |= signal_evidence::SENDER_EXITING;
+    }
+    // The RLIMIT_CPU kill runs in the process's own context (its CPU timer's work).
+    if sig == SIGKILL && from_target && target.over_cpu_limit() {
+        bits |= signal_evidence::OVER_CPU_LIMIT;
+    }
+    bits
 }
 
 /// Keeps the first send of each distinct signal (the one that takes effect) and counts repeats.
@@ -141,6 +218,7 @@ fn remember(
     result: u32,
     head: &tracer_common::Header,
     sender_comm: [u8; COMM_LEN],
+    why: Why,
 ) {
     let mut victim = 0usize;
     let mut oldest = u64::MAX;
@@ -167,6 +245,8 @@ fn remember(
         slot.code = code;
         slot.count = 1;
         slot.result = result;
+        slot.syscall = why.syscall;
+        slot.evidence = why.evidence;
         slot.sender_comm = sender_comm;
     }
 }

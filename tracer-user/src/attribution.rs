@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 
 use serde::Serialize;
-use tracer_common::{exit_flags, ExitRecord, SignalOrigin};
+use tracer_common::{exit_flags, signal_evidence, ExitRecord, SignalOrigin};
 
 /// Signal numbers this module names (x86-64 / generic Linux numbering).
 pub mod sig {
@@ -19,8 +19,13 @@ pub mod sig {
     pub const SIGKILL: u32 = 9;
     pub const SIGSEGV: u32 = 11;
     pub const SIGTERM: u32 = 15;
+    pub const SIGXCPU: u32 = 24;
+    pub const SIGXFSZ: u32 = 25;
     pub const SIGSYS: u32 = 31;
 }
+
+/// `si_code` of a SIGSYS a seccomp filter raised (`SECCOMP_RET_KILL_*`, `SECCOMP_RET_TRAP`).
+pub const SYS_SECCOMP: i32 = 1;
 
 /// `si_code` the kernel uses for signals it sends on its own behalf (OOM killer, namespace teardown).
 pub const SI_KERNEL: i32 = 0x80;
@@ -83,11 +88,12 @@ pub fn signal_name(signal: u32) -> Cow<'static, str> {
     }
 }
 
-/// Signals the kernel raises synchronously for a fault of the running task.
+/// Signals the kernel raises synchronously for a fault of the running task. (SIGSYS is not
+/// one: the kernel raises it for a seccomp filter, a policy.)
 pub fn is_fault_signal(signal: u32) -> bool {
     matches!(
         signal,
-        sig::SIGSEGV | sig::SIGBUS | sig::SIGILL | sig::SIGFPE | sig::SIGTRAP | sig::SIGSYS
+        sig::SIGSEGV | sig::SIGBUS | sig::SIGILL | sig::SIGFPE | sig::SIGTRAP
     )
 }
 
@@ -153,6 +159,10 @@ pub enum ExitCause {
     Crash,
     /// Chosen by the OOM killer.
     OomKill,
+    /// Killed by the kernel to enforce a policy or a limit: see [`Policy`].
+    PolicyKill,
+    /// Killed by the kernel because the init of its pid namespace exited.
+    InitExited,
     /// Killed by a signal whose origin could not be established.
     Unknown,
 }
@@ -167,7 +177,32 @@ impl ExitCause {
             ExitCause::SelfSignal => "self_signal",
             ExitCause::Crash => "crash",
             ExitCause::OomKill => "oom_kill",
+            ExitCause::PolicyKill => "policy_kill",
+            ExitCause::InitExited => "init_exited",
             ExitCause::Unknown => "unknown",
+        }
+    }
+}
+
+/// The policy a [`ExitCause::PolicyKill`] enforced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// A seccomp filter refused a system call (SIGSYS, `si_code` SYS_SECCOMP).
+    Seccomp { syscall: u32 },
+    /// A resource limit: RLIMIT_CPU (SIGXCPU at the soft limit, SIGKILL at the hard one, told
+    /// by the process's CPU time against its limit when the kernel sent it).
+    Rlimit { limit: &'static str },
+    /// Any other kill the kernel sent on its own behalf in the process's own context that is
+    /// no fault, no OOM kill and none of the above: an eBPF enforcer's `bpf_send_signal`.
+    Kernel,
+}
+
+impl Policy {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Policy::Seccomp { .. } => "seccomp",
+            Policy::Rlimit { .. } => "rlimit",
+            Policy::Kernel => "kernel",
         }
     }
 }
@@ -207,7 +242,7 @@ impl SenderKind {
         same_container: bool,
     ) -> SenderKind {
         let fault = code > 0 && is_fault_signal(signal);
-        if fault || code == SI_KERNEL {
+        if fault || code == SI_KERNEL || (signal == sig::SIGSYS && code == SYS_SECCOMP) {
             SenderKind::Kernel
         } else if sender_tgid == target_tgid {
             SenderKind::Own
@@ -215,6 +250,107 @@ impl SenderKind {
             SenderKind::Peer
         } else {
             SenderKind::Outside
+        }
+    }
+}
+
+/// Who a signal's sender is, from its own name and its ancestry's (nearest first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SenderClass {
+    /// A container runtime: runc, crun, a containerd shim, conmon.
+    Runtime,
+    /// An orchestrator: dockerd, containerd, kubelet, podman, cri-o.
+    Orchestrator,
+    /// A person: a shell, sshd or a terminal in the ancestry, and no orchestrator.
+    Operator,
+    /// Another process of the same container.
+    Peer,
+    /// The process itself.
+    #[serde(rename = "self")]
+    Own,
+    /// The kernel.
+    Kernel,
+    /// None of these.
+    Other,
+}
+
+/// Command names (`comm`, at most 15 bytes) of each class.
+fn is_runtime(comm: &str) -> bool {
+    matches!(comm, "runc" | "crun" | "conmon" | "youki" | "runsc")
+        || comm.starts_with("containerd-shim")
+        || comm.starts_with("runc:[")
+}
+
+fn is_orchestrator(comm: &str) -> bool {
+    matches!(
+        comm,
+        "dockerd" | "containerd" | "kubelet" | "podman" | "crio" | "cri-o" | "docker"
+    )
+}
+
+fn is_operator(comm: &str) -> bool {
+    matches!(
+        comm,
+        "sh" | "bash"
+            | "dash"
+            | "zsh"
+            | "fish"
+            | "ash"
+            | "ksh"
+            | "sshd"
+            | "tmux"
+            | "tmux: server"
+            | "screen"
+            | "login"
+            | "su"
+            | "sudo"
+            | "gnome-terminal-"
+            | "xterm"
+            | "konsole"
+    )
+}
+
+impl SenderClass {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SenderClass::Runtime => "runtime",
+            SenderClass::Orchestrator => "orchestrator",
+            SenderClass::Operator => "operator",
+            SenderClass::Peer => "peer",
+            SenderClass::Own => "self",
+            SenderClass::Kernel => "kernel",
+            SenderClass::Other => "other",
+        }
+    }
+
+    /// The class of a sender of `kind` named `comm`, started by `ancestry` (nearest first): the
+    /// sender's own name decides first, then the nearest runtime or orchestrator above it; an
+    /// operator is one whose ancestry holds a shell, sshd or a terminal and no orchestrator.
+    pub fn of<'a>(
+        kind: SenderKind,
+        comm: &'a str,
+        ancestry: impl IntoIterator<Item = &'a str> + Clone,
+    ) -> SenderClass {
+        match kind {
+            SenderKind::Peer => return SenderClass::Peer,
+            SenderKind::Own => return SenderClass::Own,
+            SenderKind::Kernel => return SenderClass::Kernel,
+            SenderKind::Outside => {}
+        }
+        let chain = std::iter::once(comm).chain(ancestry.clone());
+        for name in chain {
+            if is_runtime(name) {
+                return SenderClass::Runtime;
+            }
+            if is_orchestrator(name) {
+                return SenderClass::Orchestrator;
+            }
+        }
+        if std::iter::once(comm).chain(ancestry).any(is_operator) {
+            SenderClass::Operator
+        } else {
+            SenderClass::Other
         }
     }
 }
@@ -228,6 +364,8 @@ pub struct Attribution {
     pub killer: Option<SignalOrigin>,
     /// For a SIGKILL after a graceful stop signal: that earlier send.
     pub escalated_from: Option<SignalOrigin>,
+    /// For a [`ExitCause::PolicyKill`]: which policy.
+    pub policy: Option<Policy>,
 }
 
 impl Attribution {
@@ -263,18 +401,36 @@ pub fn attribute(exit: &ExitRecord, same_container: impl Fn(u64) -> bool) -> Att
             cause,
             killer: None,
             escalated_from: None,
+            policy: None,
         };
     };
 
     let killer = find(signal);
     let oom = has_track && exit.track.oom_ns != 0;
+    let mut policy = None;
     let cause = if oom && signal == sig::SIGKILL {
         ExitCause::OomKill
     } else if let Some(k) = killer {
         let from_self = k.sender_tgid == tgid;
-        let kernel_sent = k.code == SI_KERNEL || (k.code > 0 && is_fault_signal(signal));
-        if from_self && kernel_sent {
+        let fault = k.code > 0 && is_fault_signal(signal);
+        let kernel_sent = k.code == SI_KERNEL || fault;
+        if signal == sig::SIGSYS && k.code == SYS_SECCOMP {
+            policy = Some(Policy::Seccomp { syscall: k.syscall });
+            ExitCause::PolicyKill
+        } else if from_self && fault {
             ExitCause::Crash
+        } else if k.code == SI_KERNEL && k.evidence & signal_evidence::SENDER_EXITING != 0 {
+            // zap_pid_ns_processes: the exiting init of the pid namespace kills what is left.
+            ExitCause::InitExited
+        } else if from_self && k.code == SI_KERNEL {
+            policy = Some(match signal {
+                sig::SIGXCPU => Policy::Rlimit { limit: "cpu" },
+                sig::SIGKILL if k.evidence & signal_evidence::OVER_CPU_LIMIT != 0 => {
+                    Policy::Rlimit { limit: "cpu" }
+                }
+                _ => Policy::Kernel,
+            });
+            ExitCause::PolicyKill
         } else if from_self {
             ExitCause::SelfSignal
         } else if same_container(k.sender_cgroup_id) {
@@ -307,6 +463,7 @@ pub fn attribute(exit: &ExitRecord, same_container: impl Fn(u64) -> bool) -> Att
         cause,
         killer,
         escalated_from,
+        policy,
     }
 }
 
@@ -330,6 +487,8 @@ mod tests {
             code,
             count: 1,
             result: 0,
+            syscall: 0,
+            evidence: 0,
             sender_comm: [0; 16],
         }
     }
@@ -356,7 +515,7 @@ mod tests {
                 exit_flags::HAS_TRACK
             },
             parent_tgid: 1,
-            _reserved: 0,
+            ns_level: 0,
             comm: [0; 16],
             track,
         }
@@ -445,6 +604,93 @@ mod tests {
             4,
         ));
         assert_eq!(a.cause, ExitCause::OomKill);
+    }
+
+    fn with(mut o: SignalOrigin, syscall: u32, evidence: u32) -> SignalOrigin {
+        o.syscall = syscall;
+        o.evidence = evidence;
+        o
+    }
+
+    #[test]
+    fn sender_classes_follow_the_kill_chain() {
+        let of = |comm: &str, chain: &[&str]| {
+            SenderClass::of(SenderKind::Outside, comm, chain.iter().copied())
+        };
+        // docker kill: runc started by the shim, started by containerd.
+        assert_eq!(
+            of("runc", &["containerd-shim", "containerd"]),
+            SenderClass::Runtime
+        );
+        assert_eq!(of("dockerd", &["systemd"]), SenderClass::Orchestrator);
+        // kill from a terminal.
+        assert_eq!(
+            of("kill", &["bash", "sshd", "systemd"]),
+            SenderClass::Operator
+        );
+        // A script run by kubelet is the orchestrator's, shell or not.
+        assert_eq!(of("sh", &["kubelet", "systemd"]), SenderClass::Orchestrator);
+        assert_eq!(of("cron-job", &["cron", "systemd"]), SenderClass::Other);
+        assert_eq!(
+            SenderClass::of(SenderKind::Peer, "runc", std::iter::empty()),
+            SenderClass::Peer
+        );
+    }
+
+    #[test]
+    fn policy_kills_and_namespace_teardown() {
+        // A seccomp filter's kill: SIGSYS with SYS_SECCOMP, raised in the process, core dumped.
+        let seccomp = with(
+            origin(sig::SIGSYS, SYS_SECCOMP, CHILD, CONTAINER_CG, 5),
+            83,
+            0,
+        );
+        let a = verdict(&exit(31 | 0x80, &[seccomp], 0));
+        assert_eq!(a.cause, ExitCause::PolicyKill);
+        assert_eq!(a.policy, Some(Policy::Seccomp { syscall: 83 }));
+        // kill(getpid(), SIGSYS) is the process's own doing.
+        let a = verdict(&exit(
+            31,
+            &[origin(sig::SIGSYS, 0, CHILD, CONTAINER_CG, 5)],
+            0,
+        ));
+        assert_eq!(a.cause, ExitCause::SelfSignal);
+        // RLIMIT_CPU: the kernel's SIGKILL in the process's context, over its hard limit.
+        let over = signal_evidence::OVER_CPU_LIMIT;
+        let cpu = with(
+            origin(sig::SIGKILL, SI_KERNEL, CHILD, CONTAINER_CG, 5),
+            0,
+            over,
+        );
+        let a = verdict(&exit(9, &[cpu], 0));
+        assert_eq!(
+            (a.cause, a.policy),
+            (ExitCause::PolicyKill, Some(Policy::Rlimit { limit: "cpu" }))
+        );
+        // The soft limit's SIGXCPU.
+        let xcpu = origin(sig::SIGXCPU, SI_KERNEL, CHILD, CONTAINER_CG, 5);
+        let a = verdict(&exit(24 | 0x80, &[xcpu], 0));
+        assert_eq!(a.policy, Some(Policy::Rlimit { limit: "cpu" }));
+        // The same SIGKILL under the limit: the kernel on another's behalf (bpf_send_signal).
+        let ebpf = origin(sig::SIGKILL, SI_KERNEL, CHILD, CONTAINER_CG, 5);
+        let a = verdict(&exit(9, &[ebpf], 0));
+        assert_eq!(
+            (a.cause, a.policy),
+            (ExitCause::PolicyKill, Some(Policy::Kernel))
+        );
+        // The exiting init of the pid namespace kills the rest: not a peer's kill.
+        let exiting = signal_evidence::SENDER_EXITING;
+        let zap = with(
+            origin(sig::SIGKILL, SI_KERNEL, 600, CONTAINER_CG, 5),
+            0,
+            exiting,
+        );
+        let a = verdict(&exit(9, &[zap], 0));
+        assert_eq!((a.cause, a.policy), (ExitCause::InitExited, None));
+        assert_eq!(a.killer.map(|k| k.sender_tgid), Some(600));
+        // A peer's plain kill stays a peer kill, exiting or not.
+        let peer = with(origin(sig::SIGKILL, 0, 600, CONTAINER_CG, 5), 0, 0);
+        assert_eq!(verdict(&exit(9, &[peer], 0)).cause, ExitCause::PeerKill);
     }
 
     #[test]

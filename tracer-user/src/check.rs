@@ -191,7 +191,18 @@ pub fn run_checks() -> Vec<Requirement> {
                 ring_buffer_bytes: 1 << 16,
                 ..TracerConfig::default()
             })
-            .map(|t| format!("{} programs loaded, attached and detached", t.attached()))
+            .map(|t| {
+                let margin = match t.largest_verification() {
+                    Some((name, n)) => format!(
+                        "; the verifier walked at most {n} instructions ({name}) of its 1000000"
+                    ),
+                    None => String::new(),
+                };
+                format!(
+                    "{} programs loaded, attached and detached{margin}",
+                    t.attached()
+                )
+            })
             .map_err(|e| format!("{e:#}"))
         } else {
             Err("not tried: a requirement above is missing".to_string())

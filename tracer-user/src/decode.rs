@@ -238,8 +238,8 @@ pub fn sized_str(bytes: &[u8], len: u32) -> String {
 mod tests {
     use super::*;
     use tracer_common::{
-        mount_call, EnvValue, SignalOrigin, SignalTrack, CGROUP_PATH_LEN, COMM_LEN,
-        DEVICE_PATH_LEN, ENV_VALUE_LEN, FILENAME_LEN, MOUNT_PATH_LEN, MOUNT_TYPE_LEN,
+        mount_call, Ancestor, EnvValue, SignalOrigin, SignalTrack, ANCESTRY_LEN, CGROUP_PATH_LEN,
+        COMM_LEN, DEVICE_PATH_LEN, ENV_VALUE_LEN, FILENAME_LEN, MOUNT_PATH_LEN, MOUNT_TYPE_LEN,
     };
 
     fn head(kind: u32) -> Header {
@@ -285,6 +285,8 @@ mod tests {
             code: 0,
             count: 1,
             result: 0,
+            syscall: 0,
+            evidence: 0,
             sender_comm: comm("runc"),
         };
         vec![
@@ -301,6 +303,8 @@ mod tests {
                 header: head(kind::PROCESS_EXEC),
                 old_pid: 42,
                 filename_len: 7,
+                ns_pid: 1,
+                ns_level: 1,
                 comm: comm("sh"),
                 filename,
             }),
@@ -309,7 +313,7 @@ mod tests {
                 exit_status: 9,
                 flags: 1,
                 parent_tgid: 40,
-                _reserved: 0,
+                ns_level: 1,
                 comm: comm("sleep"),
                 track,
             }),
@@ -324,6 +328,16 @@ mod tests {
                 group: 1,
                 sender_comm: comm("runc"),
                 target_comm: comm("sleep"),
+                ancestry_len: 2,
+                _reserved: 0,
+                ancestry: {
+                    let mut chain = [Ancestor::default(); ANCESTRY_LEN];
+                    chain[0].tgid = 40;
+                    chain[0].comm = comm("containerd-shim");
+                    chain[1].tgid = 1;
+                    chain[1].comm = comm("systemd");
+                    chain
+                },
             }),
             Record::Oom(OomRecord {
                 header: head(kind::OOM_MARK),
@@ -364,6 +378,8 @@ mod tests {
                     header: head(kind::PROCESS_EXEC),
                     old_pid: 42,
                     filename_len: 7,
+                    ns_pid: 1,
+                    ns_level: 1,
                     comm: comm("sh"),
                     filename,
                 },

@@ -22,6 +22,8 @@ pub enum BtfError {
     NoField(String, String),
     #[error("kernel BTF: field {0}.{1} is a bit field, which the programs cannot read")]
     BitField(String, String),
+    #[error("kernel BTF: struct {0} is {1} bytes, not a power of two as the programs need")]
+    Size(String, u32),
     #[error(
         "kernel BTF has no prototype for tracepoint {0} (btf_trace_{0}); clawtrace needs BTF \
          tracepoints (tp_btf, Linux 5.5 or later)"
@@ -123,6 +125,11 @@ pub fn globals(btf: &Btf, features: u64) -> Result<Vec<(&'static str, u64)>, Btf
         .collect::<Result<Vec<_>, BtfError>>()?;
     globals.push((tracer_common::MM_ANON_RSS, u64::from(anon_rss_offset(btf)?)));
     globals.push((tracer_common::PAGE_KB_SHIFT, u64::from(page_kb_shift())));
+    let upid = struct_size(btf, "upid")?;
+    if !upid.is_power_of_two() {
+        return Err(BtfError::Size("upid".to_string(), upid));
+    }
+    globals.push((tracer_common::UPID_SHIFT, u64::from(upid.trailing_zeros())));
     Ok(globals)
 }
 
@@ -175,9 +182,20 @@ fn find_struct(btf: &Btf, name: &str) -> Result<btf_rs::Struct, BtfError> {
 
 /// Byte offset of `field` in `struct name`, looking through anonymous structs and unions.
 pub fn field_offset(btf: &Btf, name: &str, field: &str) -> Result<u32, BtfError> {
-    let strukt = find_struct(btf, name)?;
-    let bits = find_member(btf, &strukt, field, 0)
-        .ok_or_else(|| BtfError::NoField(name.to_string(), field.to_string()))?;
+    let missing = || BtfError::NoField(name.to_string(), field.to_string());
+    let mut strukt = find_struct(btf, name)?;
+    let mut bits = 0;
+    // A path (`a.b.c`) goes down through each named member's struct or union.
+    let mut steps = field.split('.').peekable();
+    while let Some(step) = steps.next() {
+        bits = find_member(btf, &strukt, step, bits).ok_or_else(missing)?;
+        if steps.peek().is_some() {
+            strukt = match find_member_type(btf, &strukt, step, 0) {
+                Some(Type::Struct(inner) | Type::Union(inner)) => inner,
+                _ => return Err(missing()),
+            };
+        }
+    }
     if bits % 8 != 0 {
         return Err(BtfError::BitField(name.to_string(), field.to_string()));
     }
@@ -272,7 +290,12 @@ mod tests {
                 .map(|&(_, v)| v)
                 .unwrap_or_else(|| panic!("{name} missing from {globals:?}"))
         };
-        assert_eq!(globals.len(), tracer_common::BTF_FIELDS.len() + 2);
+        // The fields, plus MM_ANON_RSS, PAGE_KB_SHIFT and UPID_SHIFT.
+        assert_eq!(globals.len(), tracer_common::BTF_FIELDS.len() + 3);
+        // struct upid { int nr; struct pid_namespace *ns; } on 64-bit kernels.
+        assert_eq!(get("UPID_SHIFT"), 4);
+        // The seccomp syscall sits in the siginfo's union after its three ints.
+        assert!(get("SIGINFO_SYSCALL") > get("SIGINFO_CODE"));
         // exit_code sits well inside task_struct, past the scheduler fields.
         assert!(get("TASK_EXIT_CODE") > 64);
         assert!(matches!(

@@ -112,6 +112,13 @@ pub fn env_key(name: &str) -> Result<EnvKey> {
     Ok(EnvKey::new(prefix.as_bytes()))
 }
 
+/// What the kernel says its verifier walked for a program (Linux 5.16 and newer say it).
+fn verified_insns(
+    info: Result<aya::programs::ProgramInfo, aya::programs::ProgramError>,
+) -> Option<u32> {
+    info.ok()?.verified_instruction_count()
+}
+
 /// The loaded and attached programs with the maps user space talks to. Dropping it detaches
 /// every program.
 pub struct Tracer {
@@ -124,6 +131,8 @@ pub struct Tracer {
     untracked: PerCpuArray<MapData, u64>,
     decode_errors: u64,
     attached: usize,
+    /// Per program, the instructions the verifier walked to accept it (None: not reported).
+    verified: Vec<(&'static str, Option<u32>)>,
     // Kept last so the maps above are released before the programs are detached.
     _ebpf: Ebpf,
 }
@@ -211,6 +220,7 @@ impl Tracer {
             }
         }
         let mut attached = 0;
+        let mut verified = Vec::new();
         for hook in HOOKS.iter().filter(|h| config.wants(h, bits)) {
             let program = ebpf.program_mut(hook.program).with_context(|| {
                 format!("program {} missing from the eBPF object", hook.program)
@@ -222,12 +232,14 @@ impl Tracer {
                     format!("program {} is not a BTF tracepoint program", hook.program)
                 })?;
                 program.load(hook.name, &aya_btf).with_context(refused)?;
+                verified.push((hook.program, verified_insns(program.info())));
                 program.attach().with_context(attaching)?;
             } else {
                 let program: &mut TracePoint = program.try_into().with_context(|| {
                     format!("program {} is not a tracepoint program", hook.program)
                 })?;
                 program.load().with_context(refused)?;
+                verified.push((hook.program, verified_insns(program.info())));
                 program
                     .attach(hook.category, hook.name)
                     .with_context(attaching)?;
@@ -253,6 +265,7 @@ impl Tracer {
             untracked,
             decode_errors: 0,
             attached,
+            verified,
             _ebpf: ebpf,
         })
     }
@@ -310,6 +323,15 @@ impl Tracer {
     /// Programs loaded and attached.
     pub fn attached(&self) -> usize {
         self.attached
+    }
+
+    /// The program whose verification walked the most instructions, and how many: how close
+    /// the programs come to the verifier's limit of 1,000,000 on this kernel.
+    pub fn largest_verification(&self) -> Option<(&'static str, u32)> {
+        self.verified
+            .iter()
+            .filter_map(|&(name, n)| Some((name, n?)))
+            .max_by_key(|&(_, n)| n)
     }
 
     /// What the running kernel offers, and so which paths the programs take.

@@ -16,7 +16,7 @@ use tracer_common::{
 };
 
 use crate::{
-    attribution::{attribute, signal_name, ExitCause, SenderKind, WaitStatus},
+    attribution::{attribute, signal_name, ExitCause, Policy, SenderClass, SenderKind, WaitStatus},
     containers::{ContainerIdent, Recognize},
     decode::{c_str, sized_str, Record},
     volumes::{
@@ -44,6 +44,9 @@ pub struct ModelConfig {
     pub linger_after_ns: u64,
     /// Host paths that must only ever be bind-mounted read-only (`--read-only-volume`).
     pub read_only_volumes: Vec<String>,
+    /// The depth of the host's pid namespace, where the tracer runs: a process deeper than
+    /// this is in a container's own pid namespace.
+    pub host_ns_level: u32,
 }
 
 impl Default for ModelConfig {
@@ -51,6 +54,7 @@ impl Default for ModelConfig {
         ModelConfig {
             linger_after_ns: 30_000_000_000,
             read_only_volumes: Vec::new(),
+            host_ns_level: 0,
         }
     }
 }
@@ -69,8 +73,23 @@ pub struct Container {
     pub init: Option<u32>,
     /// When the first process of the payload exec'd inside the container.
     pub first_exec_ns: Option<u64>,
+    /// Whether `init` is pid 1 of the container's own pid namespace, as the kernel said at its
+    /// exec (else it is the first process to exec in the container, for containers that share
+    /// the host's pid namespace).
+    pub init_by_ns: bool,
     /// The init's exit: when, and the verdict.
     pub init_exit: Option<(u64, WaitStatus, ExitCause)>,
+    /// The init that exited, as the processes its pid namespace's teardown killed name it.
+    pub exited_init: Option<InitRef>,
+    /// The init's own end, for the verdict.
+    pub init_ending: Option<Ending>,
+    /// The latest end of a child of the init before the init's own.
+    pub last_child_ending: Option<Ending>,
+    /// The first process of the container the OOM killer killed.
+    pub oom_victim: Option<ProcessRef>,
+    /// The first send of each signal to each of its processes (target, signal): when, and the
+    /// sender's ancestry; kept until the target exits.
+    pub sends: HashMap<(u32, u32), FirstSend>,
     /// Processes of the container's payload known to be alive.
     pub processes: HashSet<u32>,
     /// Processes moved into the container that have not exec'd in it: the runtime's helpers
@@ -119,6 +138,21 @@ pub struct Sender {
     pub cgroup_id: u64,
     /// The sender's container, when it is in one.
     pub container_id: Option<Arc<str>>,
+    /// Who started the sender, nearest first, as the kernel read it when the signal was sent
+    /// (up to 8 processes, or up to the host's init); empty when that send was not seen.
+    pub ancestry: Arc<[AncestorRef]>,
+    /// What kind of sender it is, from its name and ancestry.
+    pub class: SenderClass,
+}
+
+/// When a signal was first sent to a process, and the sender's ancestry then.
+pub type FirstSend = (u64, Arc<[AncestorRef]>);
+
+/// One process of a sender's ancestry.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AncestorRef {
+    pub pid: u32,
+    pub comm: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -137,10 +171,46 @@ pub struct ContainerDelete {
     #[serde(flatten)]
     pub container: ContainerRef,
     pub lifetime_seconds: f64,
-    /// The init's exit code (shell style) and cause: the container's outcome.
+    /// The init's exit code (shell style, as the runtime reports it) and cause.
     pub exit_code: Option<u32>,
     pub cause: Option<ExitCause>,
+    /// Why the container ended: the init's cause, except where the init only reports another
+    /// death (an init wrapper, or a shell exiting 128+N after its child died of signal N: that
+    /// child's cause), or where the OOM killer killed a process of the container and the
+    /// init's exit followed from it (`oom_kill`). Null when the init's exit was not seen.
+    pub verdict: Option<ExitCause>,
+    /// The process the verdict is about.
+    pub verdict_process: Option<ProcessRef>,
     pub was_lingering: bool,
+}
+
+/// A process, by pid and command name.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProcessRef {
+    pub pid: u32,
+    pub comm: String,
+}
+
+/// Init wrappers (`docker run --init`'s tini, dumb-init, catatonit): they forward their
+/// child's death as their own exit.
+fn is_init_wrapper(comm: &str) -> bool {
+    matches!(comm, "tini" | "docker-init" | "dumb-init" | "catatonit")
+}
+
+/// Shells, which exit 128+N after a child they waited for died of signal N.
+fn is_shell(comm: &str) -> bool {
+    matches!(
+        comm,
+        "sh" | "bash" | "dash" | "ash" | "zsh" | "ksh" | "busybox"
+    )
+}
+
+/// A process's end, as the verdict rules need it.
+#[derive(Debug, Clone)]
+pub struct Ending {
+    pub process: ProcessRef,
+    pub status: WaitStatus,
+    pub cause: ExitCause,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -277,11 +347,47 @@ pub struct ProcessExit {
     pub signal: Option<Cow<'static, str>>,
     pub core_dumped: bool,
     pub cause: ExitCause,
+    /// For a `policy_kill`: `seccomp`, `rlimit` or `kernel`.
+    pub policy: Option<&'static str>,
+    /// For a seccomp kill: the system call the filter refused.
+    pub syscall: Option<SyscallRef>,
+    /// For an rlimit kill: which limit (`cpu`).
+    pub limit: Option<&'static str>,
+    /// For `init_exited`: the init whose exit took the pid namespace down, with its own cause
+    /// and sender.
+    pub init: Option<InitRef>,
     pub sender: Option<Sender>,
     pub escalated_from: Option<Cow<'static, str>>,
     pub grace_seconds: Option<f64>,
     /// The raw wait status.
     pub wait_status: u32,
+}
+
+/// A system call, by the number the kernel reported and its name on this architecture.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SyscallRef {
+    pub number: u32,
+    /// None for a number this architecture has no call for.
+    pub name: Option<&'static str>,
+}
+
+impl SyscallRef {
+    pub fn of(number: u32) -> SyscallRef {
+        SyscallRef {
+            number,
+            name: syscalls::Sysno::new(number as usize).map(|s| s.name()),
+        }
+    }
+}
+
+/// A pid namespace's init that exited, and how.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InitRef {
+    pub pid: u32,
+    pub comm: String,
+    /// Its own cause and sender, when it is the container's init the tracer saw exit.
+    pub cause: Option<ExitCause>,
+    pub sender: Option<Sender>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -400,7 +506,13 @@ impl<R: Recognize> Model<R> {
             preexisting: true,
             init: found.init,
             first_exec_ns: None,
+            init_by_ns: false,
             init_exit: None,
+            exited_init: None,
+            init_ending: None,
+            last_child_ending: None,
+            oom_victim: None,
+            sends: HashMap::new(),
             processes: found.processes.into_iter().collect(),
             bootstrap: HashSet::new(),
             init_env: None,
@@ -508,7 +620,13 @@ impl<R: Recognize> Model<R> {
             preexisting: false,
             init: None,
             first_exec_ns: None,
+            init_by_ns: false,
             init_exit: None,
+            exited_init: None,
+            init_ending: None,
+            last_child_ending: None,
+            oom_victim: None,
+            sends: HashMap::new(),
             processes: HashSet::new(),
             bootstrap: HashSet::new(),
             init_env: None,
@@ -559,6 +677,10 @@ impl<R: Recognize> Model<R> {
             Some((_, status, cause)) => (Some(status.shell_code()), Some(cause)),
             None => (None, None),
         };
+        let (verdict, verdict_process) = match verdict(&c) {
+            Some((cause, process)) => (Some(cause), Some(process)),
+            None => (None, None),
+        };
         out.events.push(Timed {
             ts_ns: r.header.ts_ns,
             event: Event::ContainerDelete(ContainerDelete {
@@ -566,6 +688,8 @@ impl<R: Recognize> Model<R> {
                 lifetime_seconds: seconds(r.header.ts_ns.saturating_sub(c.created_ns)),
                 exit_code,
                 cause,
+                verdict,
+                verdict_process,
                 was_lingering: c.lingering,
             }),
         });
@@ -607,6 +731,16 @@ impl<R: Recognize> Model<R> {
         };
         let tgid = r.header.tgid;
         c.bootstrap.remove(&tgid);
+        if r.ns_level > self.config.host_ns_level && r.ns_pid == 1 && !c.init_by_ns {
+            // Pid 1 of the container's own pid namespace is its init, whatever exec'd in the
+            // cgroup before it: that was a runtime's helper (a bootstrap stage, conmon, …).
+            if let Some(helper) = c.init.filter(|&old| old != tgid) {
+                c.processes.remove(&helper);
+                c.bootstrap.insert(helper);
+            }
+            c.init = Some(tgid);
+            c.init_by_ns = true;
+        }
         let init = *c.init.get_or_insert(tgid);
         c.processes.insert(tgid);
         let first = c.first_exec_ns.is_none() && !c.preexisting;
@@ -815,15 +949,27 @@ impl<R: Recognize> Model<R> {
         self.gone.clear();
     }
 
-    fn sender(&self, pid: u32, tgid: u32, comm: &[u8], cgroup_id: u64) -> Sender {
+    fn sender(
+        &self,
+        pid: u32,
+        tgid: u32,
+        comm: &[u8],
+        cgroup_id: u64,
+        kind: SenderKind,
+        ancestry: Arc<[AncestorRef]>,
+    ) -> Sender {
+        let comm = c_str(comm);
+        let class = SenderClass::of(kind, &comm, ancestry.iter().map(|a| a.comm.as_str()));
         Sender {
             pid: tgid,
             tid: pid,
-            comm: c_str(comm),
+            comm,
             cgroup_id,
             container_id: self
                 .container_of_cgroup(cgroup_id)
                 .map(|c| c.ident.id.clone()),
+            ancestry,
+            class,
         }
     }
 
@@ -836,16 +982,39 @@ impl<R: Recognize> Model<R> {
         };
         let h = &r.header;
         let same = self.owner.get(&h.cgroup_id) == Some(&target);
+        let kind = SenderKind::of(r.signal, r.code, h.tgid, r.target_tgid, same);
+        let len = (r.ancestry_len as usize).min(r.ancestry.len());
+        let ancestry: Arc<[AncestorRef]> = r.ancestry[..len]
+            .iter()
+            .map(|a| AncestorRef {
+                pid: a.tgid,
+                comm: c_str(&a.comm),
+            })
+            .collect();
         let event = SignalSent {
             container: ContainerRef::of(c),
             signal: signal_name(r.signal),
             target_pid: r.target_tgid,
             target_tid: r.target_pid,
             target_comm: c_str(&r.target_comm),
-            sender: self.sender(h.pid, h.tgid, &r.sender_comm, h.cgroup_id),
-            sender_kind: SenderKind::of(r.signal, r.code, h.tgid, r.target_tgid, same),
+            sender: self.sender(
+                h.pid,
+                h.tgid,
+                &r.sender_comm,
+                h.cgroup_id,
+                kind,
+                Arc::clone(&ancestry),
+            ),
+            sender_kind: kind,
             si_code: r.code,
         };
+        // The kernel keeps the first send of each signal for the exit; so does this, with the
+        // ancestry the exit record has no room for.
+        if let Some(c) = self.containers.get_mut(&target) {
+            c.sends
+                .entry((r.target_tgid, r.signal))
+                .or_insert((h.ts_ns, ancestry));
+        }
         out.events.push(Timed {
             ts_ns: h.ts_ns,
             event: Event::Signal(event),
@@ -871,30 +1040,84 @@ impl<R: Recognize> Model<R> {
             return;
         };
         let verdict = attribute(r, |cg| self.owner.get(&cg) == Some(&owner));
+        let tgid = r.header.tgid;
         let sender = verdict.killer.map(|k| {
+            let same = self.owner.get(&k.sender_cgroup_id) == Some(&owner);
+            let kind = SenderKind::of(k.signal, k.code, k.sender_tgid, tgid, same);
+            let ancestry = self
+                .containers
+                .get(&owner)
+                .and_then(|c| c.sends.get(&(tgid, k.signal)))
+                .filter(|(ts, _)| *ts == k.first_ns)
+                .map(|(_, a)| Arc::clone(a))
+                .unwrap_or_else(|| Arc::from([]));
             self.sender(
                 k.sender_pid,
                 k.sender_tgid,
                 &k.sender_comm,
                 k.sender_cgroup_id,
+                kind,
+                ancestry,
             )
         });
         let Some(c) = self.containers.get_mut(&owner) else {
             return;
         };
-        let tgid = r.header.tgid;
+        c.sends.retain(|(target, _), _| *target != tgid);
         // A runtime's helper that never ran the payload, or its child that did not either
-        // (runc's bootstrap stages): not a process of the container.
-        if c.bootstrap.remove(&tgid)
-            || (c.bootstrap.contains(&r.parent_tgid) && !c.processes.contains(&tgid))
+        // (runc's bootstrap stages), or, once the container's init is pid 1 of its own pid
+        // namespace, any process outside that namespace that did not exec the payload: not a
+        // process of the container. (Helpers stay known until the container goes, so that a
+        // helper's child that outlives its parent is still told apart.)
+        let payload = c.processes.contains(&tgid);
+        if !payload
+            && (c.bootstrap.contains(&tgid)
+                || c.bootstrap.contains(&r.parent_tgid)
+                || (c.init_by_ns && r.ns_level <= self.config.host_ns_level))
         {
+            c.bootstrap.insert(tgid);
             return;
         }
         let is_init = c.init == Some(tgid);
         c.processes.remove(&tgid);
+        let ending = Ending {
+            process: ProcessRef {
+                pid: tgid,
+                comm: c_str(&r.comm),
+            },
+            status: verdict.status,
+            cause: verdict.cause,
+        };
+        if verdict.cause == ExitCause::OomKill && c.oom_victim.is_none() {
+            c.oom_victim = Some(ending.process.clone());
+        }
+        if is_init {
+            c.init_ending = Some(ending);
+        } else if c.init == Some(r.parent_tgid) && c.init_ending.is_none() {
+            c.last_child_ending = Some(ending);
+        }
         if is_init {
             c.init_exit = Some((r.header.ts_ns, verdict.status, verdict.cause));
+            c.exited_init = Some(InitRef {
+                pid: tgid,
+                comm: c_str(&r.comm),
+                cause: Some(verdict.cause),
+                sender: sender.clone(),
+            });
         }
+        let init = match (verdict.cause, verdict.killer) {
+            (ExitCause::InitExited, Some(k)) => Some(match &c.exited_init {
+                Some(init) if init.pid == k.sender_tgid => init.clone(),
+                // An init of a pid namespace of the container's own, not its init.
+                _ => InitRef {
+                    pid: k.sender_tgid,
+                    comm: c_str(&k.sender_comm),
+                    cause: None,
+                    sender: None,
+                },
+            }),
+            _ => None,
+        };
         let (signal, core_dumped) = match verdict.status {
             WaitStatus::Exited(_) => (None, false),
             WaitStatus::Signaled {
@@ -913,6 +1136,16 @@ impl<R: Recognize> Model<R> {
                 signal,
                 core_dumped,
                 cause: verdict.cause,
+                policy: verdict.policy.map(|p| p.as_str()),
+                syscall: match verdict.policy {
+                    Some(Policy::Seccomp { syscall }) => Some(SyscallRef::of(syscall)),
+                    _ => None,
+                },
+                limit: match verdict.policy {
+                    Some(Policy::Rlimit { limit }) => Some(limit),
+                    _ => None,
+                },
+                init,
                 sender,
                 escalated_from: verdict.escalated_from.map(|s| signal_name(s.signal)),
                 grace_seconds: verdict.grace_ns().map(seconds),
@@ -920,6 +1153,35 @@ impl<R: Recognize> Model<R> {
             }),
         });
     }
+}
+
+/// The container's verdict and the process it is about (see [`ContainerDelete::verdict`]).
+fn verdict(c: &Container) -> Option<(ExitCause, ProcessRef)> {
+    let init = c.init_ending.as_ref()?;
+    // The init's exit followed from an OOM kill in the container: its own, or a child's that
+    // it then reported by failing (or was killed along with).
+    if init.cause != ExitCause::Exited {
+        if let Some(victim) = &c.oom_victim {
+            return Some((ExitCause::OomKill, victim.clone()));
+        }
+    }
+    if let Some(child) = &c.last_child_ending {
+        let forwarded = match (init.status, child.status) {
+            // A wrapper passes the child's end on: 128+N for a signal, or its exit code.
+            (WaitStatus::Exited(code), WaitStatus::Signaled { signal, .. }) => {
+                u32::from(code) == 128 + signal
+            }
+            (WaitStatus::Exited(code), WaitStatus::Exited(child_code)) => {
+                is_init_wrapper(&init.process.comm) && code == child_code
+            }
+            _ => false,
+        };
+        let reporter = is_init_wrapper(&init.process.comm) || is_shell(&init.process.comm);
+        if forwarded && reporter {
+            return Some((child.cause, child.process.clone()));
+        }
+    }
+    Some((init.cause, init.process.clone()))
 }
 
 #[cfg(test)]
@@ -962,6 +1224,131 @@ mod tests {
 
     fn events(out: &Output) -> Vec<&Event> {
         out.events.iter().map(|t| &t.event).collect()
+    }
+
+    /// The verdict of a container whose init (pid 500, named `init`) ends with `init_status`
+    /// after its child (pid 501) ended with `child_status` and `child_slots`.
+    fn verdict_of(
+        init: &str,
+        init_status: u32,
+        child_status: u32,
+        child_slots: &[SignalOrigin],
+        oom: bool,
+    ) -> (Option<ExitCause>, Option<u32>, Option<u32>) {
+        use crate::replay::named;
+        let path = format!("/docker/{}", id64('c'));
+        let mut m = model();
+        let mut child = exit_of_child(2 * SECOND, 100, 501, 500, child_status, child_slots);
+        if oom {
+            if let Record::Exit(r) = &mut child {
+                r.track.oom_ns = 2 * SECOND - 10;
+                r.flags |= tracer_common::exit_flags::HAS_TRACK;
+            }
+        }
+        let out = replay(
+            &mut m,
+            &[
+                cgroup(kind::CGROUP_MKDIR, SECOND, 100, &path),
+                named(exec(SECOND + 10, 100, 500, "/init"), init),
+                child,
+                named(
+                    exit_of_child(3 * SECOND, 100, 500, 1, init_status, &[]),
+                    init,
+                ),
+                cgroup(kind::CGROUP_RMDIR, 4 * SECOND, 100, &path),
+            ],
+        );
+        let d = events(&out)
+            .into_iter()
+            .find_map(|e| match e {
+                Event::ContainerDelete(d) => Some(d.clone()),
+                _ => None,
+            })
+            .expect("delete");
+        (d.verdict, d.verdict_process.map(|p| p.pid), d.exit_code)
+    }
+
+    #[test]
+    fn the_verdict_looks_through_what_the_init_only_reports() {
+        let segv = origin(2 * SECOND - 5, 501, 100, 11, 1);
+        // tini forwards its payload's SIGSEGV as 139: the payload crashed.
+        assert_eq!(
+            verdict_of("tini", 139 << 8, 11, &[segv], false),
+            (Some(ExitCause::Crash), Some(501), Some(139))
+        );
+        // So does a shell that ran it.
+        assert_eq!(
+            verdict_of("sh", 139 << 8, 11, &[segv], false),
+            (Some(ExitCause::Crash), Some(501), Some(139))
+        );
+        // A wrapper's plain exit code is its child's too.
+        assert_eq!(
+            verdict_of("dumb-init", 3 << 8, 3 << 8, &[], false),
+            (Some(ExitCause::Failed), Some(501), Some(3))
+        );
+        // A shell exiting 139 for another reason than its child is taken at its word.
+        assert_eq!(
+            verdict_of("sh", 139 << 8, 0, &[], false),
+            (Some(ExitCause::Failed), Some(500), Some(139))
+        );
+        // Not a reporter: the init's own cause.
+        assert_eq!(
+            verdict_of("agent", 139 << 8, 11, &[segv], false),
+            (Some(ExitCause::Failed), Some(500), Some(139))
+        );
+        // The OOM killer took the child, and the init failed after it.
+        let kill = origin(2 * SECOND - 5, 42, HOST_CG, 9, 0x80);
+        assert_eq!(
+            verdict_of("agent", 1 << 8, 9, &[kill], true),
+            (Some(ExitCause::OomKill), Some(501), Some(1))
+        );
+        // A clean exit after it stays clean.
+        assert_eq!(
+            verdict_of("agent", 0, 9, &[kill], true),
+            (Some(ExitCause::Exited), Some(500), Some(0))
+        );
+    }
+
+    #[test]
+    fn pid_1_of_the_containers_pid_namespace_is_its_init_not_the_helper_before_it() {
+        use crate::replay::{exec_in_ns, exit_in_ns};
+        let path = format!("/docker/{}", id64('b'));
+        let mut m = model();
+        let (helper, payload, child) = (700, 701, 702);
+        let out = replay(
+            &mut m,
+            &[
+                cgroup(kind::CGROUP_MKDIR, SECOND, 100, &path),
+                // A helper execs in the cgroup first, in the host's pid namespace…
+                exec_in_ns(SECOND + 10, 100, helper, "/usr/bin/conmon", helper, 0),
+                // …then pid 1 of the container's own namespace, and a child of the helper.
+                exec_in_ns(SECOND + 20, 100, payload, "/bin/agent", 1, 1),
+                exit_in_ns(SECOND + 25, 100, child, helper, 0, 0),
+                exit_in_ns(2 * SECOND, 100, payload, helper, 3 << 8, 1),
+                exit_in_ns(2 * SECOND + 5, 100, helper, 1, 0, 0),
+                cgroup(kind::CGROUP_RMDIR, 3 * SECOND, 100, &path),
+            ],
+        );
+        let exits: Vec<&ProcessExit> = events(&out)
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::ProcessExit(x) => Some(x),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(exits.len(), 1, "only the payload's exit: {exits:#?}");
+        assert_eq!((exits[0].pid, exits[0].is_container_init), (payload, true));
+        let delete = events(&out)
+            .into_iter()
+            .find_map(|e| match e {
+                Event::ContainerDelete(d) => Some(d),
+                _ => None,
+            })
+            .expect("delete");
+        assert_eq!(
+            (delete.exit_code, delete.cause),
+            (Some(3), Some(ExitCause::Failed))
+        );
     }
 
     #[test]

@@ -84,8 +84,14 @@ pub fn short_id(id: &str) -> String {
     }
 }
 
+/// `runc[4121] ← containerd-shim-runc-v2[4100] ← containerd[900]`: the sender, then who
+/// started it.
 fn who(sender: &Sender) -> String {
-    format!("{}[{}]", sender.comm, sender.pid)
+    let mut chain = format!("{}[{}]", sender.comm, sender.pid);
+    for a in sender.ancestry.iter() {
+        chain.push_str(&format!(" ← {}[{}]", a.comm, a.pid));
+    }
+    chain
 }
 
 fn kind_phrase(kind: SenderKind) -> &'static str {
@@ -106,6 +112,8 @@ fn cause_phrase(cause: ExitCause) -> &'static str {
         ExitCause::SelfSignal => "sent to itself",
         ExitCause::Crash => "crash",
         ExitCause::OomKill => "OOM killer",
+        ExitCause::PolicyKill => "policy kill",
+        ExitCause::InitExited => "its pid namespace's init exited",
         ExitCause::Unknown => "cause unknown",
     }
 }
@@ -118,7 +126,28 @@ fn exit_text(e: &ProcessExit) -> String {
             _ => format!("exited {}", e.exit_code),
         };
     };
-    let mut notes = vec![cause_phrase(e.cause).to_string()];
+    let mut notes = Vec::new();
+    match &e.sender {
+        Some(sender) if e.cause != ExitCause::OomKill => {
+            notes.push(sender.class.as_str().to_string())
+        }
+        _ => {}
+    }
+    notes.push(cause_phrase(e.cause).to_string());
+    if let Some(policy) = e.policy {
+        notes.push(match (&e.syscall, e.limit) {
+            (Some(call), _) => format!(
+                "{policy}: {} ({})",
+                call.name.unwrap_or("unknown system call"),
+                call.number
+            ),
+            (None, Some(limit)) => format!("{policy}: {limit}"),
+            (None, None) => policy.to_string(),
+        });
+    }
+    if let Some(init) = &e.init {
+        notes.push(format!("init {}[{}]", init.comm, init.pid));
+    }
     if e.core_dumped {
         notes.push("core dumped".to_string());
     }
@@ -170,10 +199,18 @@ fn event_text(event: &Timed) -> String {
             if e.preexisting { ", already running" } else { "" }
         ),
         Event::ContainerDelete(e) => {
-            let outcome = match (e.exit_code, e.cause) {
+            let mut outcome = match (e.exit_code, e.cause) {
                 (Some(code), Some(cause)) => format!(", init exited {code}, {}", cause.as_str()),
                 _ => String::new(),
             };
+            if let (Some(verdict), Some(p)) = (e.verdict, &e.verdict_process) {
+                outcome.push_str(&format!(
+                    "; verdict {} ({}[{}])",
+                    verdict.as_str(),
+                    p.comm,
+                    p.pid
+                ));
+            }
             format!(
                 "container {} deleted after {:.1} s{outcome}",
                 short_id(&e.container.container_id),
@@ -189,12 +226,13 @@ fn event_text(event: &Timed) -> String {
             if e.is_container_init { " (init)" } else { "" }
         ),
         Event::Signal(e) => format!(
-            "container {} {} to {}[{}] from {} ({})",
+            "container {} {} to {}[{}] from {} ({}, {})",
             short_id(&e.container.container_id),
             e.signal,
             e.target_comm,
             e.target_pid,
             who(&e.sender),
+            e.sender.class.as_str(),
             kind_phrase(e.sender_kind)
         ),
         Event::OomMark(e) => format!(
@@ -313,7 +351,8 @@ impl<W: Write> Printer<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{ContainerCreate, ContainerRef};
+    use crate::attribution::SenderClass;
+    use crate::model::{AncestorRef, ContainerCreate, ContainerRef};
 
     fn container() -> ContainerRef {
         ContainerRef {
@@ -336,12 +375,22 @@ mod tests {
                 signal: Some("SIGKILL".into()),
                 core_dumped: false,
                 cause: ExitCause::OrchestratorKill,
+                policy: None,
+                syscall: None,
+                limit: None,
+                init: None,
                 sender: Some(Sender {
                     pid: 4121,
                     tid: 4121,
                     comm: "runc".to_string(),
                     cgroup_id: 1,
                     container_id: None,
+                    ancestry: vec![AncestorRef {
+                        pid: 4100,
+                        comm: "containerd-shim".to_string(),
+                    }]
+                    .into(),
+                    class: SenderClass::Runtime,
                 }),
                 escalated_from: Some("SIGTERM".into()),
                 grace_seconds: Some(10.0),
@@ -371,8 +420,8 @@ mod tests {
     fn text_line_says_who_killed_what() {
         assert_eq!(
             text(&killed()),
-            "container 3f2a9c0e1b7d… exited 137: SIGKILL from runc[4121] \
-             (outside the container, after SIGTERM 10.0 s earlier)"
+            "container 3f2a9c0e1b7d… exited 137: SIGKILL from runc[4121] ← containerd-shim[4100] \
+             (runtime, outside the container, after SIGTERM 10.0 s earlier)"
         );
     }
 
@@ -418,7 +467,10 @@ mod tests {
             ("cause", serde_json::json!("orchestrator_kill")),
             (
                 "sender",
-                serde_json::json!({"pid": 4121, "tid": 4121, "comm": "runc", "cgroup_id": 1, "container_id": null}),
+                serde_json::json!({
+                    "pid": 4121, "tid": 4121, "comm": "runc", "cgroup_id": 1, "container_id": null,
+                    "ancestry": [{"pid": 4100, "comm": "containerd-shim"}], "class": "runtime"
+                }),
             ),
             ("escalated_from", serde_json::json!("SIGTERM")),
             ("grace_seconds", serde_json::json!(10.0)),

@@ -2,9 +2,9 @@
 //! the model's tests, the pipeline benchmark and the fuzz targets build their streams here.
 
 use tracer_common::{
-    exit_flags, kind, AttachRecord, CgroupRecord, EnvValue, ExecEnvRecord, ExecRecord, ExitRecord,
-    Header, SignalOrigin, SignalRecord, SignalTrack, CGROUP_PATH_LEN, COMM_LEN, ENV_VALUE_LEN,
-    FILENAME_LEN,
+    exit_flags, kind, Ancestor, AttachRecord, CgroupRecord, EnvValue, ExecEnvRecord, ExecRecord,
+    ExitRecord, Header, SignalOrigin, SignalRecord, SignalTrack, ANCESTRY_LEN, CGROUP_PATH_LEN,
+    COMM_LEN, ENV_VALUE_LEN, FILENAME_LEN,
 };
 
 use crate::decode::Record;
@@ -68,6 +68,52 @@ pub fn exec(ts_ns: u64, cgroup_id: u64, pid: u32, file: &str) -> Record {
     Record::Exec(exec_record(ts_ns, cgroup_id, pid, file))
 }
 
+/// As [`exec`], by a process that is `ns_pid` in a pid namespace `level` deep.
+pub fn exec_in_ns(
+    ts_ns: u64,
+    cgroup_id: u64,
+    pid: u32,
+    file: &str,
+    ns_pid: u32,
+    level: u32,
+) -> Record {
+    let mut r = exec_record(ts_ns, cgroup_id, pid, file);
+    r.ns_pid = ns_pid;
+    r.ns_level = level;
+    Record::Exec(r)
+}
+
+/// `record` (an exec or an exit) of a process named `name`.
+pub fn named(record: Record, name: &str) -> Record {
+    match record {
+        Record::Exec(mut r) => {
+            r.comm = comm(name);
+            Record::Exec(r)
+        }
+        Record::Exit(mut r) => {
+            r.comm = comm(name);
+            Record::Exit(r)
+        }
+        other => other,
+    }
+}
+
+/// As [`exit`], of a process in a pid namespace `level` deep.
+pub fn exit_in_ns(
+    ts_ns: u64,
+    cgroup_id: u64,
+    pid: u32,
+    parent: u32,
+    status: u32,
+    level: u32,
+) -> Record {
+    let Record::Exit(mut r) = exit(ts_ns, cgroup_id, pid, parent, status, &[]) else {
+        unreachable!("exit makes an exit record")
+    };
+    r.ns_level = level;
+    Record::Exit(r)
+}
+
 fn exec_record(ts_ns: u64, cgroup_id: u64, pid: u32, file: &str) -> ExecRecord {
     let mut filename = [0u8; FILENAME_LEN];
     let n = file.len().min(FILENAME_LEN);
@@ -76,6 +122,9 @@ fn exec_record(ts_ns: u64, cgroup_id: u64, pid: u32, file: &str) -> ExecRecord {
         header: header(kind::PROCESS_EXEC, ts_ns, pid, cgroup_id),
         old_pid: pid,
         filename_len: n as u32,
+        // In the host's pid namespace, as a container that shares it.
+        ns_pid: pid,
+        ns_level: 0,
         comm: comm(file.rsplit('/').next().unwrap_or(file)),
         filename,
     }
@@ -115,6 +164,16 @@ pub fn signal(
         group: 1,
         sender_comm: comm("runc"),
         target_comm: comm("agent"),
+        ancestry_len: 1,
+        _reserved: 0,
+        ancestry: {
+            let mut chain = [Ancestor::default(); ANCESTRY_LEN];
+            chain[0] = Ancestor {
+                tgid: 1,
+                comm: comm("systemd"),
+            };
+            chain
+        },
     })
 }
 
@@ -130,6 +189,8 @@ pub fn origin(ts_ns: u64, from: u32, from_cgroup: u64, sig: u32, code: i32) -> S
         code,
         count: 1,
         result: 0,
+        syscall: 0,
+        evidence: 0,
         sender_comm: comm("runc"),
     }
 }
@@ -156,7 +217,7 @@ pub fn exit(
             exit_flags::HAS_TRACK
         },
         parent_tgid: parent,
-        _reserved: 0,
+        ns_level: 0,
         comm: comm("agent"),
         track,
     })

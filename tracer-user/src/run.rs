@@ -138,6 +138,7 @@ pub fn run(options: &RunOptions, stop: &Arc<AtomicBool>, out: impl Write) -> Res
                 .iter()
                 .map(|p| crate::volumes::normalize(p))
                 .collect(),
+            host_ns_level: crate::sys::pid_ns_level(),
         },
     );
     let mut summary = RunSummary::default();

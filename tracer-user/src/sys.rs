@@ -203,6 +203,19 @@ impl WallClock {
     }
 }
 
+/// The depth of this process's pid namespace (0: the initial one), from the `NSpid:` line of
+/// /proc/self/status (one pid per level); 0 when the kernel does not say.
+pub fn pid_ns_level() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find_map(|l| l.strip_prefix("NSpid:"))?;
+            let levels = line.split_whitespace().count() as u32;
+            levels.checked_sub(1)
+        })
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,6 +40,8 @@ pub struct ContainerSpan {
     init_exe: Option<String>,
     init_exit: Option<Vec<KeyValue>>,
     init_cause: Option<ExitCause>,
+    /// The container's verdict, and the pid and name of the process it is about.
+    verdict: Option<(ExitCause, u32, String)>,
     start_seconds: Option<f64>,
     /// Of that start, the seconds spent in mount system calls.
     mount_seconds: Option<f64>,
@@ -79,6 +81,7 @@ impl ContainerSpan {
             init_exe: None,
             init_exit: None,
             init_cause: None,
+            verdict: None,
             start_seconds: None,
             mount_seconds: None,
             devices: Vec::new(),
@@ -235,7 +238,12 @@ impl ContainerSpan {
                     KeyValue::new("clawtrace.gpu.containers", g.containers.join(",")),
                 ],
             ),
-            Event::ContainerCreate(_) | Event::ContainerDelete(_) => {}
+            Event::ContainerDelete(d) => {
+                if let (Some(cause), Some(p)) = (d.verdict, &d.verdict_process) {
+                    self.verdict = Some((cause, p.pid, p.comm.clone()));
+                }
+            }
+            Event::ContainerCreate(_) => {}
         }
     }
 
@@ -280,6 +288,11 @@ impl ContainerSpan {
                     .cloned(),
             );
         }
+        if let Some((cause, pid, comm)) = &self.verdict {
+            attributes.push(KeyValue::new("clawtrace.verdict", cause.as_str()));
+            attributes.push(KeyValue::new("clawtrace.verdict.pid", i64::from(*pid)));
+            attributes.push(KeyValue::new("clawtrace.verdict.comm", comm.clone()));
+        }
         if self.dropped > 0 {
             attributes.push(KeyValue::new(
                 "clawtrace.events_dropped",
@@ -298,8 +311,13 @@ impl ContainerSpan {
         for event in self.events {
             span.add_event_with_timestamp(event.name, event.at, event.attributes);
         }
-        match self.init_cause {
-            Some(cause @ (ExitCause::Crash | ExitCause::OomKill | ExitCause::Failed)) => {
+        match self.verdict.as_ref().map(|v| v.0).or(self.init_cause) {
+            Some(
+                cause @ (ExitCause::Crash
+                | ExitCause::OomKill
+                | ExitCause::PolicyKill
+                | ExitCause::Failed),
+            ) => {
                 span.set_status(Status::error(cause.as_str()));
             }
             Some(_) => span.set_status(Status::Ok),
