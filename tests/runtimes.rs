@@ -519,7 +519,40 @@ fn docker_kill_and_failed_exit() {
     });
     daemon.docker(&["rm", id]);
 
-    found.finish(&trace, &[&killed, &failed, &refused]);
+    // (d) docker stop -t 2 of a container whose init does not act on SIGTERM (a pid
+    // namespace's init without a handler): SIGTERM, then SIGKILL from the runtime 2 s later.
+    let name = test_name("stop");
+    let stopped =
+        daemon.run_detached(&["--name", &name, "--network", "none", image, "sleep", "1000"]);
+    let id = stopped.as_str();
+    let init: u32 = daemon
+        .inspect(id, "{{.State.Pid}}")
+        .parse()
+        .expect("State.Pid");
+    trace.wait_event("process_exec", id, |v| v["pid"] == init);
+    let asked = Instant::now();
+    daemon.docker(&["stop", "-t", "2", id]);
+    let took = asked.elapsed().as_secs_f64();
+    assert_eq!(daemon.inspect(id, "{{.State.ExitCode}}"), "137");
+    let exit = trace.wait_event("process_exit", id, |v| v["pid"] == init);
+    found.check_event(
+        "process_exit of a container `docker stop -t 2` had to kill",
+        &exit,
+        &[
+            ("/cause", json!("orchestrator_kill")),
+            ("/signal", json!("SIGKILL")),
+            ("/escalated_from", json!("SIGTERM")),
+            ("/exit_code", json!(137)),
+        ],
+    );
+    let grace = exit["grace_seconds"].as_f64().unwrap_or(-1.0);
+    eprintln!("docker stop -t 2: grace {grace:.3} s, the command took {took:.3} s");
+    found.check((2.0..took).contains(&grace), || {
+        format!("docker stop -t 2: grace {grace} s, not within 2 s and the {took} s it took")
+    });
+    daemon.docker(&["rm", id]);
+
+    found.finish(&trace, &[&killed, &failed, &refused, &stopped]);
     // The container labelled agent_name=nemo_claw is counted under that label, read from
     // dockerd's API; the unlabelled one under `unknown`.
     let metrics = http_get(&listen, "/metrics").expect("scrape /metrics");
