@@ -152,6 +152,31 @@ fn program_loaded(id: u32) -> bool {
         .success()
 }
 
+/// A running clawtrace, killed on drop if the test ends (or fails) before it exited.
+struct Running(std::process::Child);
+
+impl std::ops::Deref for Running {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Reads clawtrace's stderr until its "tracing:" line (all programs attached). Returns the line
 /// and the stderr reader, which the caller keeps open until clawtrace has exited.
 fn await_tracing_line(
@@ -173,18 +198,20 @@ fn await_tracing_line(
 fn without_mount_and_gpu_open_tracking_no_syscall_hook_is_loaded() {
     require_privileged!();
     let pattern = test_pattern();
-    let mut child = clawtrace()
-        .args([
-            "run",
-            "--container-cgroup-pattern",
-            &pattern,
-            "--no-mount-tracking",
-            "--no-gpu-open-tracking",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start clawtrace");
+    let mut child = Running(
+        clawtrace()
+            .args([
+                "run",
+                "--container-cgroup-pattern",
+                &pattern,
+                "--no-mount-tracking",
+                "--no-gpu-open-tracking",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start clawtrace"),
+    );
     let pid = child.id();
     let (line, _stderr) = await_tracing_line(&mut child);
     let bits = clawtrace::features::probe_running_kernel()
@@ -208,12 +235,14 @@ fn without_mount_and_gpu_open_tracking_no_syscall_hook_is_loaded() {
 fn text_output_and_clean_stop_on_sigterm() {
     require_privileged!();
     let pattern = test_pattern();
-    let mut child = clawtrace()
-        .args(["run", "--container-cgroup-pattern", &pattern])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start clawtrace");
+    let mut child = Running(
+        clawtrace()
+            .args(["run", "--container-cgroup-pattern", &pattern])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start clawtrace"),
+    );
     let pid = child.id();
     let (_, _stderr) = await_tracing_line(&mut child);
     let bits = clawtrace::features::probe_running_kernel()

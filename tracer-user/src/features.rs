@@ -106,11 +106,6 @@ pub const FEATURES: &[Feature] = &[
     },
 ];
 
-/// The feature of `bit`.
-pub fn feature(bit: u64) -> Option<&'static Feature> {
-    FEATURES.iter().find(|f| f.bit == bit)
-}
-
 /// What was found: the bits the kernel offers, and for each feature it lacks, why.
 #[derive(Debug, Clone, Default)]
 pub struct KernelFeatures {

@@ -87,9 +87,9 @@ pub struct Container {
     pub last_child_ending: Option<Ending>,
     /// The first process of the container the OOM killer killed.
     pub oom_victim: Option<ProcessRef>,
-    /// The first send of each signal to each of its processes (target, signal): when, and the
-    /// sender's ancestry; kept until the target exits.
-    pub sends: HashMap<(u32, u32), FirstSend>,
+    /// Per process, the first send of each signal to it: the signal, when, and the sender's
+    /// ancestry; kept until the process exits.
+    pub sends: HashMap<u32, Vec<FirstSend>>,
     /// Processes of the container's payload known to be alive.
     pub processes: HashSet<u32>,
     /// Processes moved into the container that have not exec'd in it: the runtime's helpers
@@ -145,8 +145,8 @@ pub struct Sender {
     pub class: SenderClass,
 }
 
-/// When a signal was first sent to a process, and the sender's ancestry then.
-pub type FirstSend = (u64, Arc<[AncestorRef]>);
+/// A signal first sent to a process: the signal, when, and the sender's ancestry then.
+pub type FirstSend = (u32, u64, Arc<[AncestorRef]>);
 
 /// One process of a sender's ancestry.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -1011,9 +1011,10 @@ impl<R: Recognize> Model<R> {
         // The kernel keeps the first send of each signal for the exit; so does this, with the
         // ancestry the exit record has no room for.
         if let Some(c) = self.containers.get_mut(&target) {
-            c.sends
-                .entry((r.target_tgid, r.signal))
-                .or_insert((h.ts_ns, ancestry));
+            let sends = c.sends.entry(r.target_tgid).or_default();
+            if !sends.iter().any(|(signal, _, _)| *signal == r.signal) {
+                sends.push((r.signal, h.ts_ns, ancestry));
+            }
         }
         out.events.push(Timed {
             ts_ns: h.ts_ns,
@@ -1047,9 +1048,13 @@ impl<R: Recognize> Model<R> {
             let ancestry = self
                 .containers
                 .get(&owner)
-                .and_then(|c| c.sends.get(&(tgid, k.signal)))
-                .filter(|(ts, _)| *ts == k.first_ns)
-                .map(|(_, a)| Arc::clone(a))
+                .and_then(|c| c.sends.get(&tgid))
+                .and_then(|sends| {
+                    sends
+                        .iter()
+                        .find(|(signal, ts, _)| *signal == k.signal && *ts == k.first_ns)
+                })
+                .map(|(_, _, a)| Arc::clone(a))
                 .unwrap_or_else(|| Arc::from([]));
             self.sender(
                 k.sender_pid,
@@ -1063,7 +1068,7 @@ impl<R: Recognize> Model<R> {
         let Some(c) = self.containers.get_mut(&owner) else {
             return;
         };
-        c.sends.retain(|(target, _), _| *target != tgid);
+        c.sends.remove(&tgid);
         // A runtime's helper that never ran the payload, or its child that did not either
         // (runc's bootstrap stages), or, once the container's init is pid 1 of its own pid
         // namespace, any process outside that namespace that did not exec the payload: not a

@@ -88,23 +88,11 @@ fn bpffs_dir() -> Result<(PathBuf, bool)> {
         .mode(0o700)
         .create(&dir)
         .with_context(|| format!("making {}", dir.display()))?;
-    let target = CString::new(dir.as_os_str().as_bytes())?;
-    let fstype = CString::new("bpf")?;
-    let options = CString::new("mode=0700")?;
-    // SAFETY: all pointers are valid NUL-terminated strings that outlive the call.
-    let rc = unsafe {
-        libc::mount(
-            fstype.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-            options.as_ptr().cast(),
-        )
-    };
-    if rc == 0 {
+    let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    let Err(mount_error) = crate::sys::mount_fs("bpf", &dir, "bpf", flags, Some("mode=0700"))
+    else {
         return Ok((dir, true));
-    }
-    let mount_error = std::io::Error::last_os_error();
+    };
     let _ = fs::remove_dir(&dir);
     let Some(host) = host_bpffs() else {
         bail!("mounting one failed ({mount_error}) and none is mounted");

@@ -105,21 +105,7 @@ pub fn mounted_tracefs() -> Option<PathBuf> {
 }
 
 fn mount_tracefs() -> Result<()> {
-    let target = CString::new(TRACEFS)?;
-    let fstype = CString::new("tracefs")?;
-    let source = CString::new("nodev")?;
-    // SAFETY: all pointers are valid NUL-terminated strings that outlive the call; no data.
-    let rc = unsafe {
-        libc::mount(
-            source.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        let err = std::io::Error::last_os_error();
+    if let Err(err) = mount_fs("nodev", std::path::Path::new(TRACEFS), "tracefs", 0, None) {
         bail!(
             "tracefs is not mounted and mounting it at {TRACEFS} failed ({err}); \
              mount it with: mount -t tracefs nodev {TRACEFS}"
@@ -127,6 +113,40 @@ fn mount_tracefs() -> Result<()> {
     }
     log::info!("mounted tracefs at {TRACEFS}");
     Ok(())
+}
+
+/// mount(2) of a file system of type `fstype` from `source` at `target`.
+pub fn mount_fs(
+    source: &str,
+    target: &std::path::Path,
+    fstype: &str,
+    flags: libc::c_ulong,
+    options: Option<&str>,
+) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let invalid = |_| std::io::Error::from(std::io::ErrorKind::InvalidInput);
+    let source = CString::new(source).map_err(invalid)?;
+    let target = CString::new(target.as_os_str().as_bytes()).map_err(invalid)?;
+    let fstype = CString::new(fstype).map_err(invalid)?;
+    let options = options.map(CString::new).transpose().map_err(invalid)?;
+    // SAFETY: all pointers are valid NUL-terminated strings (or null for no options) that
+    // outlive the call.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            flags,
+            options
+                .as_ref()
+                .map_or(std::ptr::null(), |o| o.as_ptr().cast()),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// Raises RLIMIT_MEMLOCK for kernels that still charge BPF memory to it. Never fatal: recent
