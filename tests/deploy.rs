@@ -224,6 +224,11 @@ const FAMILIES: &[(&str, &str, &[&str])] = &[
     (
         "container_exits_total",
         "counter",
+        &["agent_name", "verdict", "exit_code"],
+    ),
+    (
+        "container_process_exits_total",
+        "counter",
         &["agent_name", "cause", "signal", "exit_code"],
     ),
     (
@@ -241,7 +246,7 @@ const FAMILIES: &[(&str, &str, &[&str])] = &[
     (
         "container_lifetime_seconds",
         "histogram",
-        &["agent_name", "cause"],
+        &["agent_name", "verdict"],
     ),
     ("clawtrace_events_total", "counter", &["kind"]),
     ("clawtrace_events_lost_total", "counter", &["probe"]),
@@ -886,6 +891,23 @@ fn sample_exposition(n: u64) -> String {
         "counter",
         "Container exits.",
     );
+    for (agent, verdict, code) in [
+        ("nemo", "exited", "0"),
+        ("nemo", "oom_kill", "137"),
+        ("openclaw", "crash", "139"),
+        ("openclaw", "init_exit_unseen", "none"),
+    ] {
+        let _ = writeln!(
+            s,
+            "container_exits_total{{agent_name=\"{agent}\",verdict=\"{verdict}\",exit_code=\"{code}\"}} {n}"
+        );
+    }
+    family(
+        &mut s,
+        "container_process_exits_total",
+        "counter",
+        "Process exits.",
+    );
     for (agent, cause, signal, code) in [
         ("nemo", "exited", "none", "0"),
         ("nemo", "failed", "none", "3"),
@@ -895,7 +917,7 @@ fn sample_exposition(n: u64) -> String {
     ] {
         let _ = writeln!(
             s,
-            "container_exits_total{{agent_name=\"{agent}\",cause=\"{cause}\",signal=\"{signal}\",exit_code=\"{code}\"}} {n}"
+            "container_process_exits_total{{agent_name=\"{agent}\",cause=\"{cause}\",signal=\"{signal}\",exit_code=\"{code}\"}} {n}"
         );
     }
     family(
@@ -937,8 +959,8 @@ fn sample_exposition(n: u64) -> String {
             "container_lifetime_seconds",
             "From cgroup creation to the container's end.",
             [
-                "agent_name=\"nemo\",cause=\"exited\"",
-                "agent_name=\"openclaw\",cause=\"orchestrator_kill\"",
+                "agent_name=\"nemo\",verdict=\"exited\"",
+                "agent_name=\"openclaw\",verdict=\"orchestrator_kill\"",
             ],
         ),
     ] {
@@ -1339,7 +1361,7 @@ fn at_least(what: &'static str, query: &str, value: f64) -> Expect {
 }
 
 /// The workload's totals after `creates` containers were made, `deletes` removed and `exits`
-/// ended (agents alpha and beta of this test only).
+/// processes ended (agents alpha and beta of this test only; each container has one process).
 fn totals(creates: f64, deletes: f64, exits: f64) -> Vec<Expect> {
     vec![
         exactly(
@@ -1352,9 +1374,15 @@ fn totals(creates: f64, deletes: f64, exits: f64) -> Vec<Expect> {
             "sum(container_changes_total{operation=\"delete\", agent_name=~\"alpha|beta\"})",
             deletes,
         ),
+        // One per container, at its deletion.
         exactly(
-            "exits",
+            "container exits",
             "sum(container_exits_total{agent_name=~\"alpha|beta\"})",
+            deletes,
+        ),
+        exactly(
+            "process exits",
+            "sum(container_process_exits_total{agent_name=~\"alpha|beta\"})",
             exits,
         ),
         exactly(
@@ -1547,6 +1575,21 @@ fn dashboard_queries_return_data_from_clawtrace() {
             "non-zero exits",
             "sum(container_exits_total{agent_name=\"beta\", exit_code!=\"0\"})",
             4.0,
+        ),
+        exactly(
+            "containers that failed",
+            "sum(container_exits_total{agent_name=\"beta\", verdict=\"failed\", exit_code=\"3\"})",
+            2.0,
+        ),
+        exactly(
+            "containers killed from outside",
+            "sum(container_exits_total{agent_name=\"beta\", verdict=\"orchestrator_kill\", exit_code=\"137\"})",
+            2.0,
+        ),
+        exactly(
+            "processes killed from outside",
+            "sum(container_process_exits_total{agent_name=\"beta\", cause=\"orchestrator_kill\", signal=\"SIGKILL\"})",
+            2.0,
         ),
         // The SIGKILLs at least; the ignored SIGTERMs too if clawtrace counts those.
         at_least(

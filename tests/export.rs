@@ -238,7 +238,7 @@ fn check_otlp(protocol: Protocol) {
         ] {
             let exits = otlp::latest_sum(
                 r,
-                "container_exits",
+                "container_process_exits",
                 &[
                     ("agent_name", agent),
                     ("cause", cause),
@@ -247,6 +247,21 @@ fn check_otlp(protocol: Protocol) {
                 ],
             );
             assert_eq!(exits.map(|p| otlp::point_value(&p)), Some(1.0), "{cause}");
+            // Each container has one process: its verdict is that process's cause.
+            let containers = otlp::latest_sum(
+                r,
+                "container_exits",
+                &[
+                    ("agent_name", agent),
+                    ("verdict", cause),
+                    ("exit_code", code),
+                ],
+            );
+            assert_eq!(
+                containers.map(|p| otlp::point_value(&p)),
+                Some(1.0),
+                "container verdict {cause}"
+            );
         }
         let signals = otlp::latest_sum(
             r,

@@ -137,16 +137,15 @@ fn runc_kill_is_an_orchestrator_kill() {
             ("/cgroup_id", json!(cgid)),
             ("/exit_code", json!(137)),
             ("/was_lingering", json!(false)),
+            ("/cause", json!("orchestrator_kill")),
         ],
     );
-    found.check(
-        delete["cause"].is_null() || delete["cause"] == "orchestrator_kill",
-        || {
-            format!(
-                "container_delete cause is {}, expected orchestrator_kill or null",
-                delete["cause"]
-            )
-        },
+    found.check_verdict(
+        "the verdict of the killed container",
+        &delete,
+        "orchestrator_kill",
+        json!(init),
+        "sleep",
     );
     found.finish(&trace, &[&id]);
     trace.stop();
@@ -243,6 +242,7 @@ fn docker_kill_and_failed_exit() {
         "runc",
         "busybox",
         "tar",
+        "gcc",
     ];
     let Some(tools) = runtime_tools(module_path!(), &tools) else {
         return;
@@ -251,6 +251,7 @@ fn docker_kill_and_failed_exit() {
     let daemon = DockerDaemon::start(&tools);
     let rootfs = daemon.dir().join("rootfs");
     runtimes::busybox_rootfs(&rootfs, tools.get("busybox"));
+    runtimes::install_payload(&rootfs, tools.get("gcc"));
     let image = "clawtrace-busybox:test";
     daemon.import(&rootfs, tools.get("tar"), image);
     let socket = daemon.socket().to_string_lossy().to_string();
@@ -384,16 +385,15 @@ fn docker_kill_and_failed_exit() {
             ("/cgroup_id", json!(cgid)),
             ("/exit_code", json!(137)),
             ("/was_lingering", json!(false)),
+            ("/cause", json!("orchestrator_kill")),
         ],
     );
-    found.check(
-        delete["cause"].is_null() || delete["cause"] == "orchestrator_kill",
-        || {
-            format!(
-                "container_delete cause is {}, expected orchestrator_kill or null",
-                delete["cause"]
-            )
-        },
+    found.check_verdict(
+        "the verdict of the killed container",
+        &delete,
+        "orchestrator_kill",
+        json!(init),
+        "sleep",
     );
 
     // (b) sh -c 'exit 3': a failure, exit code 3 as docker tells it.
@@ -454,16 +454,15 @@ fn docker_kill_and_failed_exit() {
             ("/cgroup_id", create["cgroup_id"].clone()),
             ("/exit_code", json!(3)),
             ("/was_lingering", json!(false)),
+            ("/cause", json!("failed")),
         ],
     );
-    found.check(
-        delete["cause"].is_null() || delete["cause"] == "failed",
-        || {
-            format!(
-                "container_delete cause is {}, expected failed or null",
-                delete["cause"]
-            )
-        },
+    found.check_verdict(
+        "the verdict of the failed container",
+        &delete,
+        "failed",
+        exit["pid"].clone(),
+        "sh",
     );
 
     // (c) A seccomp profile whose kill action fires: `mkdir` (and `mkdirat`, whichever the
@@ -552,7 +551,110 @@ fn docker_kill_and_failed_exit() {
     });
     daemon.docker(&["rm", id]);
 
-    found.finish(&trace, &[&killed, &failed, &refused, &stopped]);
+    // (e) docker run --init: tini (docker-init) is pid 1 and reports its child's SIGSEGV as
+    // its own exit 139; the verdict looks through it to the child's crash.
+    let go = "/tmp/go";
+    let name = test_name("init-segv");
+    let wrapped = daemon.run_detached(&[
+        "--name",
+        &name,
+        "--network",
+        "none",
+        "--init",
+        image,
+        runtimes::PAYLOAD,
+        "segv",
+        go,
+    ]);
+    let id = wrapped.as_str();
+    let init: u32 = daemon
+        .inspect(id, "{{.State.Pid}}")
+        .parse()
+        .expect("State.Pid");
+    assert_eq!(runtimes::comm_of(init), "docker-init", "--init's pid 1");
+    let payload = runtimes::other_procs(&format!("/docker/{id}"), init);
+    assert_eq!(payload.len(), 1, "docker-init's one child: {payload:?}");
+    let payload = payload[0];
+    assert_eq!(runtimes::comm_of(payload), runtimes::PAYLOAD);
+    runtimes::release_payload(payload, go);
+    assert_eq!(daemon.docker(&["wait", id]), "139", "docker wait of --init");
+    assert_eq!(daemon.inspect(id, "{{.State.ExitCode}}"), "139");
+    let exit = trace.wait_event("process_exit", id, |v| v["pid"] == payload);
+    found.check_event(
+        "process_exit of the payload that segfaulted under docker-init",
+        &exit,
+        &[
+            ("/cause", json!("crash")),
+            ("/signal", json!("SIGSEGV")),
+            ("/is_container_init", json!(false)),
+        ],
+    );
+    let exit = trace.wait_event("process_exit", id, |v| v["pid"] == init);
+    found.check_event(
+        "process_exit of docker-init, forwarding 139",
+        &exit,
+        &[
+            ("/cause", json!("failed")),
+            ("/exit_code", json!(139)),
+            ("/is_container_init", json!(true)),
+        ],
+    );
+    daemon.docker(&["rm", id]);
+    let delete = trace.wait_event("container_delete", id, |_| true);
+    let what = "the verdict of a container whose payload segfaulted under --init";
+    found.check_event(
+        what,
+        &delete,
+        &[("/exit_code", json!(139)), ("/cause", json!("failed"))],
+    );
+    found.check_verdict(what, &delete, "crash", json!(payload), runtimes::PAYLOAD);
+
+    // (f) docker run -m: the OOM killer takes the shell's child; the shell exits 137, and
+    // docker reports OOMKilled.
+    let name = test_name("oom");
+    let script = format!("{} hog {go}; exit $?", runtimes::PAYLOAD);
+    let starved = daemon.run_detached(&[
+        "--name",
+        &name,
+        "--network",
+        "none",
+        "--memory",
+        "32m",
+        "--memory-swap",
+        "32m",
+        image,
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let id = starved.as_str();
+    let init: u32 = daemon
+        .inspect(id, "{{.State.Pid}}")
+        .parse()
+        .expect("State.Pid");
+    let hog = runtimes::other_procs(&format!("/docker/{id}"), init);
+    assert_eq!(hog.len(), 1, "the shell's one child: {hog:?}");
+    let hog = hog[0];
+    runtimes::release_payload(hog, go);
+    assert_eq!(daemon.docker(&["wait", id]), "137", "docker wait of -m");
+    assert_eq!(daemon.inspect(id, "{{.State.ExitCode}}"), "137");
+    assert_eq!(daemon.inspect(id, "{{.State.OOMKilled}}"), "true");
+    let exit = trace.wait_event("process_exit", id, |v| v["pid"] == hog);
+    found.check_event(
+        "process_exit of the payload the OOM killer took",
+        &exit,
+        &[("/cause", json!("oom_kill")), ("/signal", json!("SIGKILL"))],
+    );
+    daemon.docker(&["rm", id]);
+    let delete = trace.wait_event("container_delete", id, |_| true);
+    let what = "the verdict of a container docker reports OOMKilled";
+    found.check_event(what, &delete, &[("/exit_code", json!(137))]);
+    found.check_verdict(what, &delete, "oom_kill", json!(hog), runtimes::PAYLOAD);
+
+    found.finish(
+        &trace,
+        &[&killed, &failed, &refused, &stopped, &wrapped, &starved],
+    );
     // The container labelled agent_name=nemo_claw is counted under that label, read from
     // dockerd's API; the unlabelled one under `unknown`.
     let metrics = http_get(&listen, "/metrics").expect("scrape /metrics");
@@ -566,11 +668,15 @@ fn docker_kill_and_failed_exit() {
             1.0,
         ),
         (
-            r#"container_exits_total{agent_name="nemo_claw",cause="orchestrator_kill",signal="SIGKILL",exit_code="137"}"#,
+            r#"container_exits_total{agent_name="nemo_claw",verdict="orchestrator_kill",exit_code="137"}"#,
             1.0,
         ),
         (
-            r#"container_exits_total{agent_name="unknown",cause="failed",signal="none",exit_code="3"}"#,
+            r#"container_process_exits_total{agent_name="nemo_claw",cause="orchestrator_kill",signal="SIGKILL",exit_code="137"}"#,
+            1.0,
+        ),
+        (
+            r#"container_exits_total{agent_name="unknown",verdict="failed",exit_code="3"}"#,
             1.0,
         ),
     ] {

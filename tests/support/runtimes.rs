@@ -206,6 +206,27 @@ impl Findings {
         }
     }
 
+    /// Checks a `container_delete`'s verdict: its cause and the process (pid, comm) it is taken
+    /// from.
+    pub fn check_verdict(
+        &mut self,
+        what: &str,
+        delete: &Value,
+        verdict: &str,
+        pid: Value,
+        comm: &str,
+    ) {
+        self.check_event(
+            what,
+            delete,
+            &[
+                ("/verdict", json!(verdict)),
+                ("/verdict_process/pid", pid),
+                ("/verdict_process/comm", json!(comm)),
+            ],
+        );
+    }
+
     /// Records `finding` unless `ok`.
     pub fn check(&mut self, ok: bool, finding: impl FnOnce() -> String) {
         if !ok {
@@ -363,6 +384,97 @@ pub fn busybox_rootfs(dir: &Path, busybox: &Path) {
         std::os::unix::fs::symlink("busybox", bin.join(applet))
             .unwrap_or_else(|e| panic!("symlink {applet}: {e}"));
     }
+}
+
+/// The source of `ctpayload`, a static payload for containers whose death the tests choose:
+/// `ctpayload segv|hog FILE` waits until FILE exists (so that a test can read its host pid
+/// first), then faults on a null pointer (`segv`, with no core dump) or allocates and touches
+/// memory until something stops it (`hog`).
+const PAYLOAD_C: &str = r#"
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+int main(int argc, char **argv) {
+    struct stat st;
+    struct rlimit none = {0, 0};
+    if (argc != 3)
+        return 2;
+    while (stat(argv[2], &st) != 0)
+        usleep(10000);
+    if (strcmp(argv[1], "segv") == 0) {
+        setrlimit(RLIMIT_CORE, &none);
+        *(volatile int *)0 = 1;
+    }
+    if (strcmp(argv[1], "hog") == 0) {
+        for (;;) {
+            char *p = malloc(1 << 20);
+            if (p == NULL)
+                return 1;
+            memset(p, 1, 1 << 20);
+        }
+    }
+    return 2;
+}
+"#;
+
+/// The command name of [`install_payload`]'s program.
+pub const PAYLOAD: &str = "ctpayload";
+
+/// Builds `ctpayload` (see [`PAYLOAD_C`]) statically with `gcc` into `rootfs`'s /bin.
+pub fn install_payload(rootfs: &Path, gcc: &Path) {
+    let source = rootfs.join("tmp").join("ctpayload.c");
+    fs::write(&source, PAYLOAD_C).expect("write ctpayload.c");
+    run_ok(
+        Command::new(gcc)
+            .args(["-static", "-O0", "-o"])
+            .arg(rootfs.join("bin").join(PAYLOAD))
+            .arg(&source),
+    );
+    fs::remove_file(&source).expect("remove ctpayload.c");
+}
+
+/// The processes of a cgroup (a path below the cgroup v2 root) other than `except`, once there
+/// is one (10 s at most).
+pub fn other_procs(cgroup: &str, except: u32) -> Vec<u32> {
+    let file = cgroup2_root()
+        .join(cgroup.trim_start_matches('/'))
+        .join("cgroup.procs");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let pids: Vec<u32> = fs::read_to_string(&file)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .filter(|&p| p != except)
+            .collect();
+        if !pids.is_empty() {
+            return pids;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no process but {except} in {}",
+            file.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The command name of a process.
+pub fn comm_of(pid: u32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// Lets a waiting `ctpayload` (pid `pid`, host view) go on: creates its FILE, through the
+/// process's own root.
+pub fn release_payload(pid: u32, file: &str) {
+    let path = format!("/proc/{pid}/root{file}");
+    fs::write(&path, b"").unwrap_or_else(|e| panic!("create {path}: {e}"));
 }
 
 /// runc with a private state directory (`runc --root`).

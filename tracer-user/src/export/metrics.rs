@@ -49,6 +49,15 @@ struct ExitLabels {
     exit_code: u32,
 }
 
+/// A container's end: its verdict and the exit code the runtime reports (`none` when the
+/// init's exit was not seen).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ContainerExitLabels {
+    agent_name: AgentName,
+    verdict: &'static str,
+    exit_code: Cow<'static, str>,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SignalLabels {
     agent_name: AgentName,
@@ -64,7 +73,7 @@ struct AgentLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LifetimeLabels {
     agent_name: AgentName,
-    cause: &'static str,
+    verdict: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -133,10 +142,18 @@ fn lifetime_buckets() -> Histogram {
     Histogram::new(lifetime_boundaries())
 }
 
+const CONTAINER_EXITS_HELP: &str = "Containers that ended, one per container, by verdict";
+const PROCESS_EXITS_HELP: &str = "Processes of containers' payloads that ended, by cause";
+
+/// The verdict label of a container whose init's exit was not seen (it ended while clawtrace
+/// was not running, or its records were lost).
+pub const VERDICT_UNSEEN: &str = "init_exit_unseen";
+
 /// The OpenTelemetry side of every metric.
 struct Otel {
     changes: OtelCounter<u64>,
     exits: OtelCounter<u64>,
+    process_exits: OtelCounter<u64>,
     signals: OtelCounter<u64>,
     live: UpDownCounter<i64>,
     lingering: UpDownCounter<i64>,
@@ -165,7 +182,11 @@ impl Otel {
                 .build(),
             exits: meter
                 .u64_counter("container_exits")
-                .with_description("Processes that ended in containers, by cause")
+                .with_description(CONTAINER_EXITS_HELP)
+                .build(),
+            process_exits: meter
+                .u64_counter("container_process_exits")
+                .with_description(PROCESS_EXITS_HELP)
                 .build(),
             signals: meter
                 .u64_counter("container_signals")
@@ -252,7 +273,8 @@ impl Otel {
 
 struct Prom {
     changes: Family<ChangeLabels, Counter>,
-    exits: Family<ExitLabels, Counter>,
+    exits: Family<ContainerExitLabels, Counter>,
+    process_exits: Family<ExitLabels, Counter>,
     signals: Family<SignalLabels, Counter>,
     live: Family<AgentLabel, Gauge>,
     lingering: Family<AgentLabel, Gauge>,
@@ -275,7 +297,8 @@ struct Prom {
 /// Which label sets each agent_name has, so its series can be dropped when it is forgotten.
 #[derive(Default)]
 struct SeriesIndex {
-    exits: HashMap<AgentName, HashSet<ExitLabels>>,
+    exits: HashMap<AgentName, HashSet<ContainerExitLabels>>,
+    process_exits: HashMap<AgentName, HashSet<ExitLabels>>,
     signals: HashMap<AgentName, HashSet<SignalLabels>>,
     lifetime: HashMap<AgentName, HashSet<LifetimeLabels>>,
 }
@@ -317,6 +340,7 @@ impl Metrics {
         let prom = Prom {
             changes: Family::default(),
             exits: Family::default(),
+            process_exits: Family::default(),
             signals: Family::default(),
             live: Family::default(),
             lingering: Family::default(),
@@ -341,10 +365,11 @@ impl Metrics {
             "Containers created and deleted",
             prom.changes.clone(),
         );
+        registry.register("container_exits", CONTAINER_EXITS_HELP, prom.exits.clone());
         registry.register(
-            "container_exits",
-            "Processes that ended in containers, by cause",
-            prom.exits.clone(),
+            "container_process_exits",
+            PROCESS_EXITS_HELP,
+            prom.process_exits.clone(),
         );
         registry.register(
             "container_signals",
@@ -474,10 +499,19 @@ impl Metrics {
         &self,
         agent: &AgentName,
         lifetime_seconds: f64,
-        cause: &'static str,
+        verdict: Option<&'static str>,
+        exit_code: Option<u32>,
         was_lingering: bool,
     ) {
         self.change("delete", agent);
+        let verdict = verdict.unwrap_or(VERDICT_UNSEEN);
+        let exits = ContainerExitLabels {
+            agent_name: agent.clone(),
+            verdict,
+            exit_code: exit_code.map_or(Cow::Borrowed("none"), |c| Cow::Owned(c.to_string())),
+        };
+        self.prom.exits.get_or_create(&exits).inc();
+        note(&mut self.index().exits, agent, &exits);
         let label = AgentLabel {
             agent_name: agent.clone(),
         };
@@ -487,7 +521,7 @@ impl Metrics {
         }
         let lifetime = LifetimeLabels {
             agent_name: agent.clone(),
-            cause,
+            verdict,
         };
         self.prom
             .lifetime
@@ -499,9 +533,17 @@ impl Metrics {
             if was_lingering {
                 o.lingering.add(-1, &[kv("agent_name", agent.clone())]);
             }
+            o.exits.add(
+                1,
+                &[
+                    kv("agent_name", agent.clone()),
+                    kv("verdict", verdict),
+                    kv("exit_code", exits.exit_code),
+                ],
+            );
             o.lifetime.record(
                 lifetime_seconds,
-                &[kv("agent_name", agent.clone()), kv("cause", cause)],
+                &[kv("agent_name", agent.clone()), kv("verdict", verdict)],
             );
         }
     }
@@ -547,10 +589,10 @@ impl Metrics {
             signal,
             exit_code,
         };
-        self.prom.exits.get_or_create(&labels).inc();
-        note(&mut self.index().exits, agent, &labels);
+        self.prom.process_exits.get_or_create(&labels).inc();
+        note(&mut self.index().process_exits, agent, &labels);
         if let Some(o) = self.otel.get() {
-            o.exits.add(
+            o.process_exits.add(
                 1,
                 &[
                     kv("agent_name", agent.clone()),
@@ -793,6 +835,9 @@ impl Metrics {
         for labels in index.exits.remove(&agent).unwrap_or_default() {
             self.prom.exits.remove(&labels);
         }
+        for labels in index.process_exits.remove(&agent).unwrap_or_default() {
+            self.prom.process_exits.remove(&labels);
+        }
         for labels in index.signals.remove(&agent).unwrap_or_default() {
             self.prom.signals.remove(&labels);
         }
@@ -823,25 +868,29 @@ mod tests {
         let m = Metrics::new(None);
         let agent: AgentName = "nemo_claw".into();
         m.container_created(&agent);
+        m.container_created(&agent);
         m.container_lingering(&agent);
         m.start_duration(&agent, 0.25);
         m.process_exit(&agent, "orchestrator_kill", "SIGKILL".into(), 137);
         m.signal(&agent, "SIGTERM".into(), "outside");
-        m.container_deleted(&agent, 12.0, "orchestrator_kill", true);
+        m.container_deleted(&agent, 12.0, Some("orchestrator_kill"), Some(137), true);
+        m.container_deleted(&agent, 1.0, None, None, false);
         m.events("exit", 3);
         m.lost("signal_generate", 2);
         m.label_overflow(1);
         m.export_error("otlp_traces");
         let text = m.encode();
         for line in [
-            r#"container_changes_total{operation="create",agent_name="nemo_claw"} 1"#,
-            r#"container_changes_total{operation="delete",agent_name="nemo_claw"} 1"#,
-            r#"container_exits_total{agent_name="nemo_claw",cause="orchestrator_kill",signal="SIGKILL",exit_code="137"} 1"#,
+            r#"container_changes_total{operation="create",agent_name="nemo_claw"} 2"#,
+            r#"container_changes_total{operation="delete",agent_name="nemo_claw"} 2"#,
+            r#"container_process_exits_total{agent_name="nemo_claw",cause="orchestrator_kill",signal="SIGKILL",exit_code="137"} 1"#,
+            r#"container_exits_total{agent_name="nemo_claw",verdict="orchestrator_kill",exit_code="137"} 1"#,
+            r#"container_exits_total{agent_name="nemo_claw",verdict="init_exit_unseen",exit_code="none"} 1"#,
             r#"container_signals_total{agent_name="nemo_claw",signal="SIGTERM",sender="outside"} 1"#,
             r#"containers_live{agent_name="nemo_claw"} 0"#,
             r#"containers_lingering{agent_name="nemo_claw"} 0"#,
             r#"container_start_duration_seconds_count{agent_name="nemo_claw"} 1"#,
-            r#"container_lifetime_seconds_count{agent_name="nemo_claw",cause="orchestrator_kill"} 1"#,
+            r#"container_lifetime_seconds_count{agent_name="nemo_claw",verdict="orchestrator_kill"} 1"#,
             r#"clawtrace_events_total{kind="exit"} 3"#,
             r#"clawtrace_events_lost_total{probe="signal_generate"} 2"#,
             r#"clawtrace_label_overflow_total 1"#,
@@ -863,7 +912,7 @@ mod tests {
         m.mount(&gone, true, 0.001);
         m.volume_violation(&gone, "shared_writable", true);
         m.gpu_sharing(&gone);
-        m.container_deleted(&gone, 1.0, "exited", false);
+        m.container_deleted(&gone, 1.0, Some("exited"), Some(0), false);
         let kept: AgentName = "kept".into();
         m.container_created(&kept);
         assert!(m.encode().contains("\"gone\""));

@@ -536,9 +536,13 @@ impl Worker {
             ),
             Event::ContainerLingering(_) => self.metrics.container_lingering(&agent),
             Event::ContainerDelete(d) => {
-                let cause = d.cause.map(|c| c.as_str()).unwrap_or("none");
-                self.metrics
-                    .container_deleted(&agent, d.lifetime_seconds, cause, d.was_lingering);
+                self.metrics.container_deleted(
+                    &agent,
+                    d.lifetime_seconds,
+                    d.verdict.map(|v| v.as_str()),
+                    d.exit_code,
+                    d.was_lingering,
+                );
                 self.labels.release(&agent, Instant::now());
                 for (gpu, users) in self.device_users.remove(id) {
                     self.metrics
