@@ -21,8 +21,8 @@ use serde_json::{json, Value};
 use support::{free_port, http_get, sample};
 
 use runtimes::{
-    cgroup_id, cgroup_of, run_ok, runtime_tools, DockerDaemon, Findings, Runc, RuncContainer,
-    TempDir,
+    cgroup_id, cgroup_of, run_ok, runtime_tools, DockerDaemon, Findings, Podman, Runc,
+    RuncContainer, TempDir,
 };
 use support::Clawtrace;
 
@@ -690,6 +690,172 @@ fn docker_kill_and_failed_exit() {
     drop(daemon);
     eprintln!(
         "docker test took {:.1?} (daemons stopped and cleaned up)",
+        started.elapsed()
+    );
+}
+
+/// Podman (with runc, as it runs on this machine kind): runc's `runc init` is moved into the
+/// container's cgroup and re-executes itself there before its stages fork the payload, so the
+/// first exec in the cgroup is runc's, not the container's. The init is pid 1 of the
+/// container's pid namespace: a payload's exit 3 and a `podman kill` are told as `podman
+/// inspect` tells them, and none of runc's stages is a process of the container.
+#[test]
+fn podman_exit_and_kill() {
+    require_privileged!();
+    let tools = ["podman", "conmon", "runc", "busybox", "tar", "gcc"];
+    let Some(tools) = runtime_tools(module_path!(), &tools) else {
+        return;
+    };
+    let started = Instant::now();
+    let podman = Podman::new(&tools);
+    let rootfs = podman.dir().join("rootfs");
+    runtimes::busybox_rootfs(&rootfs, tools.get("busybox"));
+    runtimes::install_payload(&rootfs, tools.get("gcc"));
+    let image = "localhost/clawtrace-busybox:test";
+    podman.import(&rootfs, tools.get("tar"), image);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let trace = Clawtrace::start(&["--prometheus-listen", &listen]);
+    let mut found = Findings::default();
+    let go = "/tmp/go";
+
+    // (a) The payload, the container's init, exits 3.
+    let name = test_name("pm-exit3");
+    let failed = podman.run_detached(&[
+        "--name",
+        &name,
+        "--env",
+        "AGENT_NAME=podman_claw",
+        image,
+        runtimes::PAYLOAD,
+        "exit3",
+        go,
+    ]);
+    let id = failed.as_str();
+    let init: u32 = podman
+        .inspect(id, "{{.State.Pid}}")
+        .parse()
+        .expect("State.Pid");
+    let path = cgroup_of(init);
+    assert_eq!(
+        path,
+        format!("/libpod_parent/libpod-{id}"),
+        "podman put the container's init elsewhere"
+    );
+    let create = trace.wait_event("container_create", id, |_| true);
+    found.check_event(
+        "container_create of the podman container",
+        &create,
+        &[
+            ("/runtime", json!("podman")),
+            ("/cgroup_path", json!(path)),
+            ("/cgroup_id", json!(cgroup_id(&path))),
+        ],
+    );
+    let exec = trace.wait_event("process_exec", id, |v| v["pid"] == init);
+    found.check_event(
+        &format!("process_exec of the podman container's init (pid {init}, State.Pid)"),
+        &exec,
+        &[
+            ("/is_container_init", json!(true)),
+            ("/comm", json!(runtimes::PAYLOAD)),
+        ],
+    );
+    runtimes::release_payload(init, go);
+    assert_eq!(podman.podman(&["wait", id]), "3", "podman wait of exit 3");
+    assert_eq!(podman.inspect(id, "{{.State.ExitCode}}"), "3");
+    let exit = trace.wait_event("process_exit", id, |v| v["pid"] == init);
+    found.check_event(
+        "process_exit of the podman container's init",
+        &exit,
+        &[
+            ("/is_container_init", json!(true)),
+            ("/cause", json!("failed")),
+            ("/exit_code", json!(3)),
+        ],
+    );
+    podman.podman(&["rm", id]);
+    let delete = trace.wait_event("container_delete", id, |_| true);
+    let what = "the verdict of the podman container whose payload exited 3";
+    found.check_event(what, &delete, &[("/exit_code", json!(3))]);
+    found.check_verdict(what, &delete, "failed", json!(init), runtimes::PAYLOAD);
+
+    // (b) podman kill: SIGKILL sent by the runc that podman runs, from outside.
+    let name = test_name("pm-kill");
+    let killed = podman.run_detached(&["--name", &name, image, "sleep", "1000"]);
+    let id = killed.as_str();
+    let init: u32 = podman
+        .inspect(id, "{{.State.Pid}}")
+        .parse()
+        .expect("State.Pid");
+    trace.wait_event("process_exec", id, |v| v["pid"] == init);
+    podman.podman(&["kill", id]);
+    assert_eq!(
+        podman.podman(&["wait", id]),
+        "137",
+        "podman wait after kill"
+    );
+    assert_eq!(podman.inspect(id, "{{.State.ExitCode}}"), "137");
+    let exit = trace.wait_event("process_exit", id, |v| v["pid"] == init);
+    found.check_event(
+        &format!("process_exit of the podman container's init (pid {init}) after podman kill"),
+        &exit,
+        &[
+            ("/is_container_init", json!(true)),
+            ("/cause", json!("orchestrator_kill")),
+            ("/signal", json!("SIGKILL")),
+            ("/sender/comm", json!("runc")),
+            ("/sender/class", json!("runtime")),
+        ],
+    );
+    let ancestry = exit["sender"]["ancestry"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    found.check(ancestry.iter().any(|a| a["comm"] == "podman"), || {
+        format!("podman is not in the ancestry of the runc that killed: {ancestry:?}")
+    });
+    podman.podman(&["rm", id]);
+    let delete = trace.wait_event("container_delete", id, |_| true);
+    let what = "the verdict of the podman container that podman kill killed";
+    found.check_event(what, &delete, &[("/exit_code", json!(137))]);
+    found.check_verdict(what, &delete, "orchestrator_kill", json!(init), "sleep");
+
+    // runc's re-exec and its stages, and conmon, are no process of either container.
+    for id in [&failed, &killed] {
+        let execs = trace.matching(|v| {
+            (v["event"] == "process_exec" || v["event"] == "process_exit")
+                && v["container_id"] == id.as_str()
+        });
+        let strays: Vec<&Value> = execs
+            .iter()
+            .filter(|v| {
+                let comm = v["comm"].as_str().unwrap_or_default();
+                comm.starts_with("runc") || comm == "conmon" || comm == "exe"
+            })
+            .collect();
+        found.check(strays.is_empty(), || {
+            format!("runtime helpers reported as the container's processes: {strays:#?}")
+        });
+    }
+    found.finish(&trace, &[&failed, &killed]);
+
+    // The agent-name variable is read from the init's environment, not from runc's.
+    let metrics = http_get(&listen, "/metrics").expect("scrape /metrics");
+    for series in [
+        r#"container_changes_total{operation="create",agent_name="podman_claw"}"#,
+        r#"container_exits_total{agent_name="podman_claw",verdict="failed",exit_code="3"}"#,
+        r#"container_process_exits_total{agent_name="podman_claw",cause="failed",signal="none",exit_code="3"}"#,
+    ] {
+        assert_eq!(
+            sample(&metrics, series),
+            Some(1.0),
+            "{series} in\n{metrics}"
+        );
+    }
+    trace.stop();
+    drop(podman);
+    eprintln!(
+        "podman test took {:.1?} (containers removed and cleaned up)",
         started.elapsed()
     );
 }

@@ -387,9 +387,9 @@ pub fn busybox_rootfs(dir: &Path, busybox: &Path) {
 }
 
 /// The source of `ctpayload`, a static payload for containers whose death the tests choose:
-/// `ctpayload segv|hog FILE` waits until FILE exists (so that a test can read its host pid
-/// first), then faults on a null pointer (`segv`, with no core dump) or allocates and touches
-/// memory until something stops it (`hog`).
+/// `ctpayload segv|hog|exit3 FILE` waits until FILE exists (so that a test can read its host
+/// pid first), then faults on a null pointer (`segv`, with no core dump), allocates and touches
+/// memory until something stops it (`hog`), or exits with code 3 (`exit3`).
 const PAYLOAD_C: &str = r#"
 #include <stdlib.h>
 #include <string.h>
@@ -408,6 +408,8 @@ int main(int argc, char **argv) {
         setrlimit(RLIMIT_CORE, &none);
         *(volatile int *)0 = 1;
     }
+    if (strcmp(argv[1], "exit3") == 0)
+        return 3;
     if (strcmp(argv[1], "hog") == 0) {
         for (;;) {
             char *p = malloc(1 << 20);
@@ -613,6 +615,29 @@ impl Drop for RuncContainer {
     }
 }
 
+/// Runs `run` (a `docker run -d` or `podman run -d`), which must print the new container's
+/// full id; the id is remembered in `containers` for clean-up.
+fn run_detached(run: &mut Command, containers: &Mutex<Vec<String>>) -> String {
+    let out = output_within(run, COMMAND_TIMEOUT);
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !id.is_empty() {
+        containers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(id.clone());
+    }
+    assert!(
+        out.status.success(),
+        "{run:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{run:?} printed {id:?}, not a container id"
+    );
+    id
+}
+
 /// Host paths that containerd or dockerd create whatever their options say: the ones that did
 /// not exist before the daemons started are removed again, children before parents.
 const HOST_PATHS: &[&str] = &[
@@ -628,6 +653,11 @@ const HOST_PATHS: &[&str] = &[
 
 /// The `docker` cgroup (dockerd's default cgroup parent) in every hierarchy, v1 and v2.
 fn docker_parent_cgroups() -> Vec<PathBuf> {
+    parent_cgroups("docker")
+}
+
+/// Cgroup `name` below the root of every hierarchy, v1 and v2.
+fn parent_cgroups(name: &str) -> Vec<PathBuf> {
     let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     text.lines()
         .filter_map(|line| {
@@ -635,7 +665,7 @@ fn docker_parent_cgroups() -> Vec<PathBuf> {
             let fstype = right.split(' ').next()?;
             let mount = left.split(' ').nth(4)?;
             (fstype == "cgroup" || fstype == "cgroup2")
-                .then(|| PathBuf::from(unescape_mountinfo(mount)).join("docker"))
+                .then(|| PathBuf::from(unescape_mountinfo(mount)).join(name))
         })
         .collect()
 }
@@ -923,24 +953,7 @@ impl DockerDaemon {
 
     /// `docker run -d ARGS`: the new container's full id, remembered for clean-up.
     pub fn run_detached(&self, args: &[&str]) -> String {
-        let out = output_within(self.cmd().args(["run", "-d"]).args(args), COMMAND_TIMEOUT);
-        let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        if !id.is_empty() {
-            self.containers
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(id.clone());
-        }
-        assert!(
-            out.status.success(),
-            "docker run -d {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()),
-            "docker run printed {id:?}, not a container id"
-        );
-        id
+        run_detached(self.cmd().args(["run", "-d"]).args(args), &self.containers)
     }
 
     /// `docker inspect -f FORMAT ID`.
@@ -1004,5 +1017,167 @@ impl Drop for DockerDaemon {
     fn drop(&mut self) {
         self.cleanup();
         // `dir` (a TempDir) then unmounts what dockerd left mounted and removes the state.
+    }
+}
+
+/// Host paths that podman (or the runc it runs) creates whatever its options say: the ones
+/// that did not exist before are removed again, children before parents.
+const PODMAN_HOST_PATHS: &[&str] = &[
+    "/run/containers/networks",
+    "/run/containers",
+    "/run/runc",
+    "/var/lib/containers/cache/blob-info-cache-v1.boltdb",
+    "/var/lib/containers/cache",
+    "/var/lib/containers",
+];
+
+/// Podman as its users run it, daemonless, with all its state under one temporary folder:
+/// runc as its runtime (its default crun refuses this machine kind's hybrid cgroups) and the
+/// cgroupfs manager, so its containers are `/libpod_parent/libpod-<id>`. Dropping it removes
+/// its containers, their cgroups and what it created on the host.
+pub struct Podman {
+    podman: PathBuf,
+    runc: PathBuf,
+    containers: Mutex<Vec<String>>,
+    created_host_paths: Vec<PathBuf>,
+    created_cgroups: Vec<PathBuf>,
+    /// Dropped last: unmounts and removes the state.
+    dir: TempDir,
+}
+
+impl Podman {
+    /// The ulimits a container needs on this machine kind (podman's defaults exceed the hard
+    /// limits here).
+    const ULIMITS: [&'static str; 4] = [
+        "--ulimit",
+        "nofile=20000:20000",
+        "--ulimit",
+        "nproc=32768:32768",
+    ];
+
+    pub fn new(tools: &Tools) -> Podman {
+        Podman {
+            podman: tools.get("podman").to_path_buf(),
+            runc: tools.get("runc").to_path_buf(),
+            containers: Mutex::new(Vec::new()),
+            created_host_paths: PODMAN_HOST_PATHS
+                .iter()
+                .map(PathBuf::from)
+                .filter(|p| !p.exists())
+                .collect(),
+            created_cgroups: parent_cgroups("libpod_parent")
+                .into_iter()
+                .filter(|p| !p.exists())
+                .collect(),
+            dir: TempDir::new("podman"),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A `podman` command on this instance's state.
+    pub fn cmd(&self) -> Command {
+        let d = self.dir.path();
+        let mut cmd = Command::new(&self.podman);
+        cmd.arg("--root")
+            .arg(d.join("root"))
+            .arg("--runroot")
+            .arg(d.join("runroot"))
+            .arg("--tmpdir")
+            .arg(d.join("tmp"))
+            .arg("--network-config-dir")
+            .arg(d.join("networks"))
+            .arg("--runtime")
+            .arg(&self.runc)
+            .args([
+                "--storage-driver",
+                "vfs",
+                "--cgroup-manager",
+                "cgroupfs",
+                "--events-backend",
+                "file",
+            ])
+            .env("TMPDIR", d.join("tmp"))
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// `podman ARGS`, which must succeed; its standard output, trimmed.
+    pub fn podman(&self, args: &[&str]) -> String {
+        run_ok(self.cmd().args(args))
+    }
+
+    /// `podman import` of a tarball of `rootfs` as image `tag`.
+    pub fn import(&self, rootfs: &Path, tar: &Path, tag: &str) {
+        fs::create_dir_all(self.dir.path().join("tmp")).expect("mkdir podman tmp");
+        let archive = self.dir.path().join("rootfs.tar");
+        run_ok(
+            Command::new(tar)
+                .arg("-C")
+                .arg(rootfs)
+                .arg("-cf")
+                .arg(&archive)
+                .arg("."),
+        );
+        run_ok(self.cmd().arg("import").arg(&archive).arg(tag));
+    }
+
+    /// `podman run -d ARGS` (with [`Podman::ULIMITS`] and no network): the new container's full
+    /// id, remembered for clean-up.
+    pub fn run_detached(&self, args: &[&str]) -> String {
+        run_detached(
+            self.cmd()
+                .args(["run", "-d", "--network", "none"])
+                .args(Self::ULIMITS)
+                .args(args),
+            &self.containers,
+        )
+    }
+
+    /// `podman inspect -f FORMAT ID`.
+    pub fn inspect(&self, id: &str, format: &str) -> String {
+        self.podman(&["inspect", "-f", format, id])
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let ids = std::mem::take(&mut *self.containers.lock().unwrap_or_else(|e| e.into_inner()));
+        for id in &ids {
+            best_effort(self.cmd().args(["rm", "--force", id]), COMMAND_TIMEOUT);
+        }
+        // What a failed removal leaves: the container's processes, then its conmon.
+        let v2 = cgroup2_root();
+        for id in &ids {
+            let _ = fs::write(
+                v2.join("libpod_parent")
+                    .join(format!("libpod-{id}"))
+                    .join("cgroup.kill"),
+                "1",
+            );
+        }
+        let needle = self.dir.path().display().to_string();
+        for pid in pids_mentioning(&needle) {
+            eprintln!("clean-up: killing leftover process {pid} of the private podman");
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        for parent in parent_cgroups("libpod_parent") {
+            for id in &ids {
+                remove_cgroup(&parent.join(format!("libpod-{id}")));
+            }
+        }
+        for parent in &self.created_cgroups {
+            remove_cgroup(&parent.join("conmon"));
+            remove_cgroup(parent);
+        }
+        for path in &self.created_host_paths {
+            if path.exists() {
+                remove_host_path(path);
+            }
+        }
+        // `dir` (a TempDir) then unmounts what podman left mounted and removes the state.
     }
 }

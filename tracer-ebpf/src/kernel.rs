@@ -208,6 +208,13 @@ impl Task {
         (level, nr as u32)
     }
 
+    /// Whether the task is pid 1 of a pid namespace below the initial one.
+    #[inline(always)]
+    pub fn is_pid_ns_init(self) -> bool {
+        let (level, nr) = self.pid_ns();
+        level > 0 && nr == 1
+    }
+
     /// The task's parent (`real_parent`).
     #[inline(always)]
     pub fn parent(self) -> Task {

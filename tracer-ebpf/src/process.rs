@@ -40,8 +40,9 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i32> {
     let old_pid = unsafe { field::<i32>(ctx, EXEC_OLD_PID) } as u32;
     let head = header_of(kind::PROCESS_EXEC, task, cgroup_id);
 
-    // The first exec in a cgroup is its container's init: read the agent-name variable from the
-    // new image's environment now, while the process surely exists.
+    // The container's init is pid 1 of its own pid namespace, or, where it shares the host's,
+    // the first exec in its cgroup: read the agent-name variable from the new image's
+    // environment at either, while the process surely exists (user space prefers pid 1's).
     // SAFETY: a live map value of this program's map; a racing exec on another CPU could at
     // worst scan a second environment, which user space ignores.
     let first = unsafe {
@@ -49,7 +50,7 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i32> {
         *state = cgroup_state::STARTED;
         first
     };
-    let found = first && scan_init_env();
+    let found = (first || task.is_pid_ns_init()) && scan_init_env();
 
     if found {
         // The value travels in the exec record: one ring-buffer record per container start.

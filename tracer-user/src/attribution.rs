@@ -276,7 +276,7 @@ pub enum SenderClass {
 }
 
 /// Command names (`comm`, at most 15 bytes) of each class.
-fn is_runtime(comm: &str) -> bool {
+pub(crate) fn is_runtime(comm: &str) -> bool {
     matches!(comm, "runc" | "crun" | "conmon" | "youki" | "runsc")
         || comm.starts_with("containerd-shim")
         || comm.starts_with("runc:[")

@@ -12,11 +12,13 @@ use std::{
 use serde::Serialize;
 use tracer_common::{
     mount_call, AttachRecord, CgroupRecord, DeviceOpenRecord, EnvValue, ExecRecord, ExitRecord,
-    Header, MountRecord, OomRecord, SignalRecord,
+    MountRecord, OomRecord, SignalRecord,
 };
 
 use crate::{
-    attribution::{attribute, signal_name, ExitCause, Policy, SenderClass, SenderKind, WaitStatus},
+    attribution::{
+        attribute, is_runtime, signal_name, ExitCause, Policy, SenderClass, SenderKind, WaitStatus,
+    },
     containers::{ContainerIdent, Recognize},
     decode::{c_str, sized_str, Record},
     volumes::{
@@ -548,7 +550,7 @@ impl<R: Recognize> Model<R> {
             Record::Attach(r) => self.on_attach(r),
             Record::Exec(r) => self.on_exec(r, out),
             Record::ExecEnv(r) => {
-                self.on_init_env(&r.exec.header, &r.env);
+                self.on_init_env(&r.exec, &r.env);
                 self.on_exec(&r.exec, out);
             }
             Record::Signal(r) => self.on_signal(r, out),
@@ -708,20 +710,30 @@ impl<R: Recognize> Model<R> {
         }
     }
 
-    fn on_init_env(&mut self, header: &Header, env: &EnvValue) {
+    /// The agent-name variable, as the kernel side read it at the first exec in the cgroup or at
+    /// the exec of pid 1 of a nested pid namespace: the latter's is the init's and wins.
+    fn on_init_env(&mut self, r: &ExecRecord, env: &EnvValue) {
+        let ns_init = self.is_ns_init(r);
         let Some(c) = self
             .owner
-            .get(&header.cgroup_id)
+            .get(&r.header.cgroup_id)
             .and_then(|id| self.containers.get_mut(id))
         else {
             return;
         };
         let len = (env.value_len as usize).min(env.value.len());
-        c.init_env
-            .get_or_insert((header.tgid, env.value[..len].to_vec()));
+        if c.init_env.is_none() || ns_init {
+            c.init_env = Some((r.header.tgid, env.value[..len].to_vec()));
+        }
+    }
+
+    /// Whether an exec is by pid 1 of a pid namespace below the host's: a container's init.
+    fn is_ns_init(&self, r: &ExecRecord) -> bool {
+        r.ns_level > self.config.host_ns_level && r.ns_pid == 1
     }
 
     fn on_exec(&mut self, r: &ExecRecord, out: &mut Output) {
+        let ns_init = self.is_ns_init(r);
         let Some(c) = self
             .owner
             .get(&r.header.cgroup_id)
@@ -730,8 +742,16 @@ impl<R: Recognize> Model<R> {
             return;
         };
         let tgid = r.header.tgid;
+        let comm = c_str(&r.comm);
+        if !ns_init && c.init.is_none() && is_runtime(&comm) {
+            // A runtime's own binary run in the cgroup before the container has an init, from
+            // outside its pid namespace (runc re-executing itself from its sealed copy, crun,
+            // conmon, a shim): a helper, not the container's, and so are the children it forks.
+            c.bootstrap.insert(tgid);
+            return;
+        }
         c.bootstrap.remove(&tgid);
-        if r.ns_level > self.config.host_ns_level && r.ns_pid == 1 && !c.init_by_ns {
+        if ns_init && !c.init_by_ns {
             // Pid 1 of the container's own pid namespace is its init, whatever exec'd in the
             // cgroup before it: that was a runtime's helper (a bootstrap stage, conmon, …).
             if let Some(helper) = c.init.filter(|&old| old != tgid) {
@@ -756,7 +776,7 @@ impl<R: Recognize> Model<R> {
             event: Event::ProcessExec(ProcessExec {
                 container: ContainerRef::of(c),
                 pid: tgid,
-                comm: c_str(&r.comm),
+                comm,
                 filename: sized_str(&r.filename, r.filename_len),
                 is_container_init: init == tgid,
                 start_seconds,
@@ -1069,8 +1089,9 @@ impl<R: Recognize> Model<R> {
             return;
         };
         c.sends.remove(&tgid);
-        // A runtime's helper that never ran the payload, or its child that did not either
-        // (runc's bootstrap stages), or, once the container's init is pid 1 of its own pid
+        // A runtime's helper that never ran the payload, or its child that did not either, or
+        // a process under a runtime's name before the container has an init (runc's bootstrap
+        // stages, which runc forks with CLONE_PARENT, so their parent is outside), or, once the container's init is pid 1 of its own pid
         // namespace, any process outside that namespace that did not exec the payload: not a
         // process of the container. (Helpers stay known until the container goes, so that a
         // helper's child that outlives its parent is still told apart.)
@@ -1078,6 +1099,7 @@ impl<R: Recognize> Model<R> {
         if !payload
             && (c.bootstrap.contains(&tgid)
                 || c.bootstrap.contains(&r.parent_tgid)
+                || (c.init.is_none() && is_runtime(&c_str(&r.comm)))
                 || (c.init_by_ns && r.ns_level <= self.config.host_ns_level))
         {
             c.bootstrap.insert(tgid);
@@ -1354,6 +1376,72 @@ mod tests {
             (delete.exit_code, delete.cause),
             (Some(3), Some(ExitCause::Failed))
         );
+    }
+
+    /// Podman's runc: `runc init` is moved in, re-executes itself from its sealed copy (a
+    /// runtime's name, in the host's pid namespace), and forks its stages with CLONE_PARENT, so
+    /// their parent is outside; pid 1 of the new pid namespace execs the payload. Only the
+    /// payload is the container's, and the agent-name variable is the payload's.
+    #[test]
+    fn runc_re_exec_and_its_clone_parent_stages_are_helpers() {
+        use crate::replay::{exec_with_env, exit_in_ns, named};
+        let path = format!("/libpod_parent/libpod-{}", id64('c'));
+        let mut m = model();
+        let (parent, child, init, sibling) = (800, 801, 802, 803);
+        let Record::ExecEnv(mut env) = exec_with_env(SECOND + 30, 100, init, "/bin/sh", "pm_agent")
+        else {
+            unreachable!("exec_with_env makes an exec-env record")
+        };
+        (env.exec.ns_pid, env.exec.ns_level) = (1, 1);
+        let out = replay(
+            &mut m,
+            &[
+                cgroup(kind::CGROUP_MKDIR, SECOND, 100, &path),
+                attach(SECOND + 5, 100, parent),
+                named(exec(SECOND + 10, 100, parent, "/dev/fd/6"), "runc"),
+                named(
+                    exit_in_ns(SECOND + 20, 100, child, RUNTIME, 0, 0),
+                    "runc:[1:CHILD]",
+                ),
+                named(
+                    exit_in_ns(SECOND + 21, 100, parent, RUNTIME, 0, 0),
+                    "runc:[0:PARENT]",
+                ),
+                Record::ExecEnv(env),
+                // A child of the payload that exits before it, named as its parent.
+                named(exit_in_ns(SECOND + 40, 100, sibling, init, 0, 1), "sh"),
+                named(exit_in_ns(2 * SECOND, 100, init, RUNTIME, 3 << 8, 1), "sh"),
+                cgroup(kind::CGROUP_RMDIR, 3 * SECOND, 100, &path),
+            ],
+        );
+        let ev = events(&out);
+        let execs: Vec<&ProcessExec> = ev
+            .iter()
+            .filter_map(|e| match e {
+                Event::ProcessExec(x) => Some(x),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(execs.len(), 1, "only the payload's exec: {execs:#?}");
+        assert_eq!((execs[0].pid, execs[0].is_container_init), (init, true));
+        assert_eq!(execs[0].agent_env.as_deref(), Some(&b"pm_agent"[..]));
+        let exits: Vec<(u32, bool)> = ev
+            .iter()
+            .filter_map(|e| match e {
+                Event::ProcessExit(x) => Some((x.pid, x.is_container_init)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(exits, [(sibling, false), (init, true)], "{ev:#?}");
+        let delete = ev
+            .iter()
+            .find_map(|e| match e {
+                Event::ContainerDelete(d) => Some(d),
+                _ => None,
+            })
+            .expect("delete");
+        assert_eq!(delete.verdict, Some(ExitCause::Failed));
+        assert_eq!(delete.verdict_process.as_ref().map(|p| p.pid), Some(init));
     }
 
     #[test]
