@@ -25,7 +25,7 @@ use clawtrace::{
     decode::Record,
     loader::{Tracer, TracerConfig},
 };
-use serde_json::Value;
+use serde_json::{json, Value};
 use support::*;
 use tracer_common::probe;
 
@@ -418,6 +418,72 @@ fn abort_is_a_self_signal() {
     assert_eq!(exit["cause"], "self_signal");
     assert_eq!(exit["signal"], "SIGABRT");
     assert_eq!(exit["sender"]["pid"], child.id());
+    ct.stop();
+}
+
+/// SIGXFSZ past RLIMIT_FSIZE and SIGPIPE on a broken pipe are raised by the kernel in the
+/// writer's own context, as if it had sent them itself; the same signals sent by kill(2) of its
+/// own pid are the process's doing. Each pair is made for real, and told apart.
+#[test]
+fn the_kernels_sigxfsz_and_sigpipe_are_told_from_a_self_kill() {
+    require_privileged!();
+    let _turn = turn();
+    let ct = Clawtrace::start(&[]);
+    let file = std::env::temp_dir().join(format!("clawtrace-fsize-{}", std::process::id()));
+    // Python ignores both signals by default: the default action is put back first.
+    let prelude = "import os, resource, signal\n\
+                   resource.setrlimit(resource.RLIMIT_CORE, (0, 0))\n\
+                   signal.signal(signal.SIGXFSZ, signal.SIG_DFL)\n\
+                   signal.signal(signal.SIGPIPE, signal.SIG_DFL)\n";
+    let cases = [
+        (
+            "fsize",
+            format!(
+                "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))\n\
+                 fd = os.open({:?}, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)\n\
+                 os.write(fd, b'x' * 4096)\n\
+                 os.write(fd, b'x')",
+                file.display().to_string()
+            ),
+            libc::SIGXFSZ,
+            ("policy_kill", json!("rlimit"), json!("fsize")),
+        ),
+        (
+            "pipe",
+            "r, w = os.pipe()\nos.close(r)\nos.write(w, b'x')".to_string(),
+            libc::SIGPIPE,
+            ("broken_pipe", Value::Null, Value::Null),
+        ),
+        (
+            "xfsz-self",
+            "os.kill(os.getpid(), signal.SIGXFSZ)".to_string(),
+            libc::SIGXFSZ,
+            ("self_signal", Value::Null, Value::Null),
+        ),
+        (
+            "pipe-self",
+            "os.kill(os.getpid(), signal.SIGPIPE)".to_string(),
+            libc::SIGPIPE,
+            ("self_signal", Value::Null, Value::Null),
+        ),
+    ];
+    for (tag, code, signal, (cause, policy, limit)) in cases {
+        let mut cgroup = TestCgroup::new(tag);
+        let mut child = cgroup.spawn(&mut python(&format!("{prelude}{code}")));
+        let status = wait_status(&mut child);
+        assert!(
+            libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == signal,
+            "{tag}: status {status:#x}"
+        );
+        cgroup.remove();
+        let exit = init_exit(&ct, &cgroup, child.id());
+        assert_status(&exit, status);
+        assert_eq!(exit["cause"], cause, "{tag}: {exit}");
+        assert_eq!(exit["policy"], policy, "{tag}: {exit}");
+        assert_eq!(exit["limit"], limit, "{tag}: {exit}");
+        assert_eq!(exit["sender"]["pid"], child.id(), "{tag}: {exit}");
+    }
+    let _ = std::fs::remove_file(&file);
     ct.stop();
 }
 

@@ -214,6 +214,11 @@ pub mod signal_evidence {
     /// A SIGKILL to a process from its own context, when its CPU time (user + system, the
     /// process CPU timer's sample) had reached its RLIMIT_CPU hard limit.
     pub const OVER_CPU_LIMIT: u32 = 1 << 1;
+    /// The send came with no siginfo at all (`SEND_SIG_NOINFO`): the kernel's own
+    /// `send_sig(sig, task, 0)`, run in the sender's context, as for SIGXFSZ past RLIMIT_FSIZE
+    /// and SIGPIPE on a write to a broken pipe or socket. kill(2), tgkill(2), rt_sigqueueinfo(2)
+    /// and pidfd_send_signal(2) always pass one (SI_USER, SI_TKILL, SI_QUEUE…).
+    pub const NO_SIGINFO: u32 = 1 << 2;
 }
 
 /// What the kernel remembers about a tracked process until it exits: the signals sent to it and
@@ -280,7 +285,8 @@ pub struct SignalRecord {
     pub target_comm: [u8; COMM_LEN],
     /// Entries of `ancestry` in use.
     pub ancestry_len: u32,
-    pub _reserved: u32,
+    /// [`signal_evidence::NO_SIGINFO`] or 0 (the other bits travel only in the exit's track).
+    pub evidence: u32,
     /// The sender's parent, its parent, and so on (`real_parent`), nearest first: up to
     /// [`ANCESTRY_LEN`] processes, ending early at the host's init.
     pub ancestry: [Ancestor; ANCESTRY_LEN],

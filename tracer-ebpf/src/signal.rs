@@ -82,8 +82,14 @@ fn try_signal_generate(ctx: &BtfTracePointContext) -> Result<(), i32> {
     let info: *const u8 = ctx.arg(1);
     let group: i32 = ctx.arg(3);
     let result: i32 = ctx.arg(4);
-    // As the tracepoint itself reports it: no siginfo (SEND_SIG_NOINFO, 0) means a plain send
-    // from user space, a private one (SEND_SIG_PRIV, 1) the kernel.
+    // As the tracepoint itself reports it: no siginfo (SEND_SIG_NOINFO, 0) reads SI_USER, a
+    // private one (SEND_SIG_PRIV, 1) SI_KERNEL. No siginfo at all is the kernel's own plain
+    // send (system calls that send always pass one): kept as evidence.
+    let no_info = if info.is_null() {
+        signal_evidence::NO_SIGINFO
+    } else {
+        0
+    };
     let code = match info as usize {
         0 => SI_USER,
         1 => SI_KERNEL,
@@ -126,7 +132,7 @@ fn try_signal_generate(ctx: &BtfTracePointContext) -> Result<(), i32> {
             evidence: if code == SI_KERNEL {
                 evidence(sender, head.tgid == target_tgid, sig, target)
             } else {
-                0
+                no_info
             },
         };
         // SAFETY: `track` points to a live map value; concurrent senders to the same process on
@@ -161,7 +167,7 @@ fn try_signal_generate(ctx: &BtfTracePointContext) -> Result<(), i32> {
         (*record).group = group as u32;
         (*record).sender_comm = sender_comm;
         (*record).target_comm = target_comm;
-        (*record)._reserved = 0;
+        (*record).evidence = no_info;
         // The kill chain: who started the sender, nearest first, up to the host's init.
         let mut task = sender;
         let mut len = 0u32;

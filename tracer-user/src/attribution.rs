@@ -18,6 +18,7 @@ pub mod sig {
     pub const SIGFPE: u32 = 8;
     pub const SIGKILL: u32 = 9;
     pub const SIGSEGV: u32 = 11;
+    pub const SIGPIPE: u32 = 13;
     pub const SIGTERM: u32 = 15;
     pub const SIGXCPU: u32 = 24;
     pub const SIGXFSZ: u32 = 25;
@@ -163,6 +164,9 @@ pub enum ExitCause {
     PolicyKill,
     /// Killed by the kernel because the init of its pid namespace exited.
     InitExited,
+    /// Killed by the SIGPIPE the kernel raised in its own context when it wrote to a pipe or
+    /// socket whose reading end was closed.
+    BrokenPipe,
     /// Killed by a signal whose origin could not be established.
     Unknown,
 }
@@ -179,6 +183,7 @@ impl ExitCause {
             ExitCause::OomKill => "oom_kill",
             ExitCause::PolicyKill => "policy_kill",
             ExitCause::InitExited => "init_exited",
+            ExitCause::BrokenPipe => "broken_pipe",
             ExitCause::Unknown => "unknown",
         }
     }
@@ -190,7 +195,8 @@ pub enum Policy {
     /// A seccomp filter refused a system call (SIGSYS, `si_code` SYS_SECCOMP).
     Seccomp { syscall: u32 },
     /// A resource limit: RLIMIT_CPU (SIGXCPU at the soft limit, SIGKILL at the hard one, told
-    /// by the process's CPU time against its limit when the kernel sent it).
+    /// by the process's CPU time against its limit when the kernel sent it) or RLIMIT_FSIZE
+    /// (the SIGXFSZ the kernel raises, with no siginfo, in the writer's own context).
     Rlimit { limit: &'static str },
     /// Any other kill the kernel sent on its own behalf in the process's own context that is
     /// no fault, no OOM kill and none of the above: an eBPF enforcer's `bpf_send_signal`.
@@ -233,16 +239,18 @@ impl SenderKind {
     }
 
     /// Classifies one signal: `same_container` says whether the sender's cgroup belongs to the
-    /// target's container.
+    /// target's container; `evidence` holds the send's [`signal_evidence`] bits.
     pub fn of(
         signal: u32,
         code: i32,
+        evidence: u32,
         sender_tgid: u32,
         target_tgid: u32,
         same_container: bool,
     ) -> SenderKind {
         let fault = code > 0 && is_fault_signal(signal);
-        if fault || code == SI_KERNEL || (signal == sig::SIGSYS && code == SYS_SECCOMP) {
+        let raised = sender_tgid == target_tgid && evidence & signal_evidence::NO_SIGINFO != 0;
+        if fault || raised || code == SI_KERNEL || (signal == sig::SIGSYS && code == SYS_SECCOMP) {
             SenderKind::Kernel
         } else if sender_tgid == target_tgid {
             SenderKind::Own
@@ -431,6 +439,20 @@ pub fn attribute(exit: &ExitRecord, same_container: impl Fn(u64) -> bool) -> Att
                 _ => Policy::Kernel,
             });
             ExitCause::PolicyKill
+        } else if from_self && k.evidence & signal_evidence::NO_SIGINFO != 0 {
+            // The kernel's own send_sig(sig, current, 0), in the process's context: a write past
+            // RLIMIT_FSIZE, or to a pipe or socket with no reader.
+            match signal {
+                sig::SIGXFSZ => {
+                    policy = Some(Policy::Rlimit { limit: "fsize" });
+                    ExitCause::PolicyKill
+                }
+                sig::SIGPIPE => ExitCause::BrokenPipe,
+                _ => {
+                    policy = Some(Policy::Kernel);
+                    ExitCause::PolicyKill
+                }
+            }
         } else if from_self {
             ExitCause::SelfSignal
         } else if same_container(k.sender_cgroup_id) {
@@ -638,6 +660,40 @@ mod tests {
     }
 
     #[test]
+    fn the_kernels_own_sends_without_siginfo() {
+        let raised = signal_evidence::NO_SIGINFO;
+        // A write past RLIMIT_FSIZE: send_sig(SIGXFSZ, current, 0), core dumped.
+        let xfsz = with(origin(sig::SIGXFSZ, 0, CHILD, CONTAINER_CG, 5), 0, raised);
+        let a = verdict(&exit(25 | 0x80, &[xfsz], 0));
+        assert_eq!(
+            (a.cause, a.policy),
+            (
+                ExitCause::PolicyKill,
+                Some(Policy::Rlimit { limit: "fsize" })
+            )
+        );
+        // A write to a pipe with no reader.
+        let pipe = with(origin(sig::SIGPIPE, 0, CHILD, CONTAINER_CG, 5), 0, raised);
+        assert_eq!(verdict(&exit(13, &[pipe], 0)).cause, ExitCause::BrokenPipe);
+        // The same signals by kill(2) of its own pid come with a siginfo: the process's doing.
+        for signal in [sig::SIGXFSZ, sig::SIGPIPE] {
+            let own = origin(signal, 0, CHILD, CONTAINER_CG, 5);
+            let a = verdict(&exit(signal, &[own], 0));
+            assert_eq!((a.cause, a.policy), (ExitCause::SelfSignal, None));
+        }
+        // Sent so by the kernel in another's context (a dying parent's pdeath_signal).
+        let pdeath = with(origin(sig::SIGPIPE, 0, 600, CONTAINER_CG, 5), 0, raised);
+        assert_eq!(verdict(&exit(13, &[pdeath], 0)).cause, ExitCause::PeerKill);
+        assert_eq!(
+            SenderKind::of(sig::SIGPIPE, 0, raised, CHILD, CHILD, true),
+            SenderKind::Kernel
+        );
+        assert_eq!(
+            SenderKind::of(sig::SIGPIPE, 0, 0, CHILD, CHILD, true),
+            SenderKind::Own
+        );
+    }
+    #[test]
     fn policy_kills_and_namespace_teardown() {
         // A seccomp filter's kill: SIGSYS with SYS_SECCOMP, raised in the process, core dumped.
         let seccomp = with(
@@ -710,12 +766,12 @@ mod tests {
 
     #[test]
     fn sender_kinds() {
-        assert_eq!(SenderKind::of(9, 0, 1, 2, false), SenderKind::Outside);
-        assert_eq!(SenderKind::of(9, 0, 1, 2, true), SenderKind::Peer);
-        assert_eq!(SenderKind::of(6, -6, 2, 2, true), SenderKind::Own);
-        assert_eq!(SenderKind::of(11, 1, 2, 2, true), SenderKind::Kernel);
+        assert_eq!(SenderKind::of(9, 0, 0, 1, 2, false), SenderKind::Outside);
+        assert_eq!(SenderKind::of(9, 0, 0, 1, 2, true), SenderKind::Peer);
+        assert_eq!(SenderKind::of(6, -6, 0, 2, 2, true), SenderKind::Own);
+        assert_eq!(SenderKind::of(11, 1, 0, 2, 2, true), SenderKind::Kernel);
         assert_eq!(
-            SenderKind::of(9, SI_KERNEL, 1, 2, false),
+            SenderKind::of(9, SI_KERNEL, 0, 1, 2, false),
             SenderKind::Kernel
         );
     }

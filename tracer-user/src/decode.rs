@@ -329,7 +329,7 @@ mod tests {
                 sender_comm: comm("runc"),
                 target_comm: comm("sleep"),
                 ancestry_len: 2,
-                _reserved: 0,
+                evidence: 0,
                 ancestry: {
                     let mut chain = [Ancestor::default(); ANCESTRY_LEN];
                     chain[0].tgid = 40;

@@ -353,7 +353,7 @@ pub struct ProcessExit {
     pub policy: Option<&'static str>,
     /// For a seccomp kill: the system call the filter refused.
     pub syscall: Option<SyscallRef>,
-    /// For an rlimit kill: which limit (`cpu`).
+    /// For an rlimit kill: which limit (`cpu`, `fsize`).
     pub limit: Option<&'static str>,
     /// For `init_exited`: the init whose exit took the pid namespace down, with its own cause
     /// and sender.
@@ -1002,7 +1002,7 @@ impl<R: Recognize> Model<R> {
         };
         let h = &r.header;
         let same = self.owner.get(&h.cgroup_id) == Some(&target);
-        let kind = SenderKind::of(r.signal, r.code, h.tgid, r.target_tgid, same);
+        let kind = SenderKind::of(r.signal, r.code, r.evidence, h.tgid, r.target_tgid, same);
         let len = (r.ancestry_len as usize).min(r.ancestry.len());
         let ancestry: Arc<[AncestorRef]> = r.ancestry[..len]
             .iter()
@@ -1064,7 +1064,7 @@ impl<R: Recognize> Model<R> {
         let tgid = r.header.tgid;
         let sender = verdict.killer.map(|k| {
             let same = self.owner.get(&k.sender_cgroup_id) == Some(&owner);
-            let kind = SenderKind::of(k.signal, k.code, k.sender_tgid, tgid, same);
+            let kind = SenderKind::of(k.signal, k.code, k.evidence, k.sender_tgid, tgid, same);
             let ancestry = self
                 .containers
                 .get(&owner)
@@ -1336,6 +1336,147 @@ mod tests {
         );
     }
 
+    /// Each cause the kernel side tells apart, replayed through the model to the process exit
+    /// and the container's verdict.
+    #[test]
+    fn each_cause_of_the_kernels_own_kills_replays_to_exit_and_verdict() {
+        use tracer_common::signal_evidence::{NO_SIGINFO, OVER_CPU_LIMIT, SENDER_EXITING};
+        let with = |mut o: SignalOrigin, syscall: u32, evidence: u32| {
+            o.syscall = syscall;
+            o.evidence = evidence;
+            o
+        };
+        let (pid, t) = (500, 2 * SECOND);
+        // (wait status, the fatal send, cause, policy, limit, syscall)
+        let cases = [
+            (
+                31 | 0x80,
+                with(origin(t, pid, 100, 31, 1), 83, 0),
+                ExitCause::PolicyKill,
+                Some("seccomp"),
+                None,
+                Some((83, Some("mkdir"))),
+            ),
+            (
+                9,
+                with(origin(t, pid, 100, 9, 0x80), 0, OVER_CPU_LIMIT),
+                ExitCause::PolicyKill,
+                Some("rlimit"),
+                Some("cpu"),
+                None,
+            ),
+            (
+                25 | 0x80,
+                with(origin(t, pid, 100, 25, 0), 0, NO_SIGINFO),
+                ExitCause::PolicyKill,
+                Some("rlimit"),
+                Some("fsize"),
+                None,
+            ),
+            (
+                9,
+                origin(t, pid, 100, 9, 0x80),
+                ExitCause::PolicyKill,
+                Some("kernel"),
+                None,
+                None,
+            ),
+            (
+                13,
+                with(origin(t, pid, 100, 13, 0), 0, NO_SIGINFO),
+                ExitCause::BrokenPipe,
+                None,
+                None,
+                None,
+            ),
+            (
+                13,
+                origin(t, pid, 100, 13, 0),
+                ExitCause::SelfSignal,
+                None,
+                None,
+                None,
+            ),
+        ];
+        for (status, send, cause, policy, limit, syscall) in cases {
+            let path = format!("/docker/{}", id64('e'));
+            let mut m = model();
+            let out = replay(
+                &mut m,
+                &[
+                    cgroup(kind::CGROUP_MKDIR, SECOND, 100, &path),
+                    exec(SECOND + 10, 100, pid, "/bin/agent"),
+                    exit(t + 10, 100, pid, status, &[send]),
+                    cgroup(kind::CGROUP_RMDIR, 3 * SECOND, 100, &path),
+                ],
+            );
+            let ev = events(&out);
+            let Some(Event::ProcessExit(x)) =
+                ev.iter().find(|e| matches!(e, Event::ProcessExit(_)))
+            else {
+                panic!("no exit: {ev:#?}")
+            };
+            assert_eq!(
+                (x.cause, x.policy, x.limit),
+                (cause, policy, limit),
+                "{x:#?}"
+            );
+            assert_eq!(
+                x.syscall.as_ref().map(|s| (s.number, s.name)),
+                syscall,
+                "{x:#?}"
+            );
+            assert_eq!(x.sender.as_ref().map(|s| s.pid), Some(pid), "{x:#?}");
+            let Some(Event::ContainerDelete(d)) = ev.last() else {
+                panic!("no delete: {ev:#?}")
+            };
+            assert_eq!(
+                (d.verdict, d.verdict_process.as_ref().map(|p| p.pid)),
+                (Some(cause), Some(pid))
+            );
+        }
+
+        // The init is killed from outside; the kernel, in the exiting init's context, kills
+        // what is left of its pid namespace: that child names the init, its cause and sender.
+        let path = format!("/docker/{}", id64('f'));
+        let mut m = model();
+        let (init, child) = (600, 601);
+        let kill = origin(t, RUNTIME, HOST_CG, 9, 0);
+        let zap = with(origin(t + 5, init, 100, 9, 0x80), 0, SENDER_EXITING);
+        let out = replay(
+            &mut m,
+            &[
+                cgroup(kind::CGROUP_MKDIR, SECOND, 100, &path),
+                exec(SECOND + 10, 100, init, "/bin/agent"),
+                exec(SECOND + 20, 100, child, "/bin/worker"),
+                exit(t + 10, 100, init, 9, &[kill]),
+                exit_of_child(t + 20, 100, child, init, 9, &[zap]),
+                cgroup(kind::CGROUP_RMDIR, 3 * SECOND, 100, &path),
+            ],
+        );
+        let ev = events(&out);
+        let x = ev
+            .iter()
+            .find_map(|e| match e {
+                Event::ProcessExit(x) if x.pid == child => Some(x),
+                _ => None,
+            })
+            .expect("the child's exit");
+        assert_eq!(x.cause, ExitCause::InitExited, "{x:#?}");
+        let dead = x.init.as_ref().expect("the init named");
+        assert_eq!(
+            (dead.pid, dead.comm.as_str(), dead.cause),
+            (init, "agent", Some(ExitCause::OrchestratorKill))
+        );
+        assert_eq!(dead.sender.as_ref().map(|s| s.pid), Some(RUNTIME));
+        let Some(Event::ContainerDelete(d)) = ev.last() else {
+            panic!("no delete: {ev:#?}")
+        };
+        assert_eq!(
+            (d.verdict, d.verdict_process.as_ref().map(|p| p.pid)),
+            (Some(ExitCause::OrchestratorKill), Some(init))
+        );
+    }
     #[test]
     fn pid_1_of_the_containers_pid_namespace_is_its_init_not_the_helper_before_it() {
         use crate::replay::{exec_in_ns, exit_in_ns};

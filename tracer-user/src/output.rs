@@ -114,6 +114,7 @@ fn cause_phrase(cause: ExitCause) -> &'static str {
         ExitCause::OomKill => "OOM killer",
         ExitCause::PolicyKill => "policy kill",
         ExitCause::InitExited => "its pid namespace's init exited",
+        ExitCause::BrokenPipe => "broken pipe",
         ExitCause::Unknown => "cause unknown",
     }
 }

@@ -165,7 +165,7 @@ pub fn signal(
         sender_comm: comm("runc"),
         target_comm: comm("agent"),
         ancestry_len: 1,
-        _reserved: 0,
+        evidence: 0,
         ancestry: {
             let mut chain = [Ancestor::default(); ANCESTRY_LEN];
             chain[0] = Ancestor {
