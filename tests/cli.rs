@@ -37,7 +37,8 @@ fn bad_flags_and_values_fail_with_one_line() {
         &["run", "--ring-buffer-size", "1000"],
         &["run", "--output", "yaml"],
         &["run", "--linger-after", "whenever"],
-        &["run", "--no-mount-tracking", "--read-only-volume", "/srv"],
+        &["run", "--gpu-device", "195:9-3"],
+        &["run", "--no-mount-tracking"],
         &["fly"],
     ] {
         let out = clawtrace().args(args).output().expect("run clawtrace");
@@ -194,19 +195,31 @@ fn await_tracing_line(
     (line, stderr)
 }
 
-#[test]
-fn without_mount_and_gpu_open_tracking_no_syscall_hook_is_loaded() {
-    require_privileged!();
+/// The kernel's name and type of each program clawtrace `pid` holds (names cut to 15 bytes).
+fn program_names(pid: u32) -> Vec<(String, String)> {
+    programs_of(pid)
+        .into_iter()
+        .map(|id| {
+            let out = Command::new("bpftool")
+                .args(["-j", "prog", "show", "id", &id.to_string()])
+                .output()
+                .expect("bpftool (installed by cargo xtask setup)");
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+            (
+                v["name"].as_str().unwrap_or_default().to_string(),
+                v["type"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn start_and_list(extra: &[&str]) -> Vec<(String, String)> {
     let pattern = test_pattern();
+    let mut args = vec!["run", "--container-cgroup-pattern", &pattern];
+    args.extend_from_slice(extra);
     let mut child = Running(
         clawtrace()
-            .args([
-                "run",
-                "--container-cgroup-pattern",
-                &pattern,
-                "--no-mount-tracking",
-                "--no-gpu-open-tracking",
-            ])
+            .args(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -214,21 +227,42 @@ fn without_mount_and_gpu_open_tracking_no_syscall_hook_is_loaded() {
     );
     let pid = child.id();
     let (line, _stderr) = await_tracing_line(&mut child);
-    let bits = clawtrace::features::probe_running_kernel()
-        .expect("probe the kernel")
-        .bits;
-    let core: Vec<_> = clawtrace::tracepoints::HOOKS
-        .iter()
-        .filter(|h| h.group == clawtrace::tracepoints::HookGroup::Core && h.when.holds(bits))
-        .collect();
-    assert!(core.iter().all(|h| h.category != "syscalls"));
+    let programs = program_names(pid);
     assert!(
-        line.contains(&format!("tracing: {} programs attached", core.len())),
-        "{line}"
+        line.contains(&format!("tracing: {} programs attached", programs.len())),
+        "{line} {programs:?}"
     );
-    assert_eq!(programs_of(pid).len(), core.len());
     kill(pid, libc::SIGTERM);
     assert!(child.wait().expect("wait").success());
+    programs
+}
+
+#[test]
+fn by_default_no_syscall_hook_is_loaded() {
+    require_privileged!();
+    // What the kernel holds for the process: no syscall tracepoint program by default; the
+    // cgroup device program sees GPU accesses.
+    let programs = start_and_list(&[]);
+    assert!(
+        !programs.iter().any(|(name, _)| name.starts_with("sys_")),
+        "{programs:?}"
+    );
+    assert!(
+        programs.contains(&("device_access".to_string(), "cgroup_device".to_string())),
+        "{programs:?}"
+    );
+    // The mount system calls only when asked for; the device hook can be left out.
+    let programs = start_and_list(&["--trace-mount-syscalls", "--no-gpu-tracking"]);
+    assert!(
+        programs
+            .iter()
+            .any(|(name, kind)| name == "sys_enter_mount" && kind == "tracepoint"),
+        "{programs:?}"
+    );
+    assert!(
+        !programs.iter().any(|(name, _)| name == "device_access"),
+        "{programs:?}"
+    );
 }
 
 #[test]
@@ -251,8 +285,9 @@ fn text_output_and_clean_stop_on_sigterm() {
     let programs = programs_of(pid);
     let hooks = clawtrace::tracepoints::HOOKS
         .iter()
-        .filter(|h| h.when.holds(bits));
-    assert_eq!(programs.len(), hooks.count());
+        .filter(|h| h.group == clawtrace::tracepoints::HookGroup::Core && h.when.holds(bits));
+    // The core tracepoints and the cgroup device program.
+    assert_eq!(programs.len(), hooks.count() + 1);
     assert!(programs.iter().all(|&id| program_loaded(id)));
 
     let mut cgroup = TestCgroup::new("text");

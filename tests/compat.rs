@@ -16,7 +16,7 @@ use std::{
     ffi::CString,
     io::{BufRead, BufReader},
     os::unix::fs::PermissionsExt as _,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -134,11 +134,12 @@ fn each_kernel_feature_takes_the_path_the_kernel_allows() {
     let all: BTreeSet<String> = present.union(&fallback).cloned().collect();
     let keys = [
         "task-btf",
-        "task-storage",
         "cgroup-storage",
         "exit-group-dead",
         "oom-victim-task",
         "mount-setattr",
+        "device-caller",
+        "device-decision",
     ];
     assert_eq!(
         all,
@@ -206,19 +207,6 @@ fn each_kernel_feature_takes_the_path_the_kernel_allows() {
             "{followed:?}"
         );
     }
-    // Pending device opens beside the task, else in a table keyed by thread id.
-    let pending = map(&maps, "DEVICE_PENDING");
-    let by_tid = map(&maps, "DEVICE_PENDING_BY_TID");
-    if has("task-storage") {
-        assert!(
-            pending.1 == "task_storage" || pending.1 == "29",
-            "{pending:?}"
-        );
-        assert_eq!(by_tid.2, 1, "the fallback table costs nothing: {by_tid:?}");
-    } else {
-        assert_eq!((pending.1.as_str(), pending.2), ("array", 1), "{pending:?}");
-        assert!(by_tid.2 > 1, "{by_tid:?}");
-    }
     // Process exits told by group_dead, else claimed once per process in a table.
     let claims = map(&maps, "EXIT_CLAIMS");
     if has("exit-group-dead") {
@@ -226,8 +214,19 @@ fn each_kernel_feature_takes_the_path_the_kernel_allows() {
     } else {
         assert!(claims.2 > 1, "{claims:?}");
     }
+    // With the default flags, no system-call tracepoint: nothing on every task's system-call
+    // path. Device accesses come from the cgroup device hook.
+    assert!(
+        !progs.iter().any(|p| p.starts_with("sys_")),
+        "default flags attach no syscall program: {progs:?}"
+    );
+    assert!(progs.iter().any(|p| p == "device_access"), "{progs:?}");
+    ct.stop();
+
     // mount_setattr's programs only where the call exists (names may be cut to 15 bytes:
     // `sys_enter_mount` and `sys_enter_mount_setattr` both start so).
+    let ct = Clawtrace::start(&["--trace-mount-syscalls"]);
+    let (_, progs) = bpf_objects_of(ct.pid());
     let mount_enters = progs
         .iter()
         .filter(|p| p.starts_with("sys_enter_mount"))
@@ -775,34 +774,67 @@ fn a_bind_mount_made_read_only_by_remount_is_reported_read_only() {
 }
 
 #[test]
-fn a_device_open_in_a_container_is_reported_with_its_opener() {
+fn a_device_access_is_reported_with_the_decision_the_runtime_made() {
     require_privileged!();
     let _turn = turn();
-    // Device prefixes are short (48 bytes): under /dev/shm where there is one, not a long
-    // temporary directory.
     let dirs = Scratch::new_under(shm_or_temp(), "devices", &["dev"]);
-    let device = dirs.path("dev/gpu0");
-    std::fs::write(&device, b"").expect("device stand-in");
-    let prefix = dirs.path("dev/gpu");
-    let ct = Clawtrace::start(&["--gpu-device-prefix", &prefix]);
+    let allowed = dirs.path("dev/gpu0");
+    let denied = dirs.path("dev/gpu1");
+    mknod(Path::new(&allowed), 195, 100);
+    mknod(Path::new(&denied), 195, 101);
+    // What the payload gets: no driver serves 195:100 (ENXIO after the device check passes);
+    // the cgroup's own device program, as a runtime attaches one, denies 195:101 (EPERM).
+    let payload = format!("cat '{allowed}'; cat '{denied}'; exit 0");
+    let run = |cgroup: &TestCgroup| -> String {
+        let out = cgroup
+            .spawn(sh(&payload).stderr(std::process::Stdio::piped()))
+            .wait_with_output()
+            .expect("payload");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let mut before = TestCgroup::new("device-before");
+    deny_device(&before.dir, 195, 101);
+    let untraced = run(&before);
+    before.remove();
+    assert!(untraced.contains("No such device or address"), "{untraced}");
+    assert!(untraced.contains("Operation not permitted"), "{untraced}");
+
+    let ct = Clawtrace::start(&[]);
     let mut cgroup = TestCgroup::new("device");
-    let missing = dirs.path("dev/gpu9");
-    let mut child = cgroup.spawn(Command::new("sh").args([
-        "-c",
-        &format!("exec 3< '{device}'; exec 2>/dev/null; exec 4< '{missing}'; exit 0"),
-    ]));
-    let pid = child.id();
-    let status = wait_status(&mut child);
-    assert_ne!(status, 0, "the missing device must fail to open");
-    let open = ct.wait_event("device_open", &cgroup.container_id(), |v| {
-        v["pid"] == pid && v["device"] == device.as_str()
-    });
-    assert_eq!(open["gpu"], "gpu0", "{open}");
-    assert!(open["result"].as_i64().expect("result") >= 0, "{open}");
-    let failed = ct.wait_event("device_open", &cgroup.container_id(), |v| {
-        v["pid"] == pid && v["device"] == missing.as_str()
-    });
-    assert_eq!(failed["result"], -libc::ENOENT, "{failed}");
+    deny_device(&cgroup.dir, 195, 101);
+    let traced = run(&cgroup);
+    // The hook observes and never decides: the same errors, denied stays denied.
+    assert_eq!(traced, untraced);
+    let id = cgroup.container_id();
+    let first = ct.wait_event("device_access", &id, |v| v["minor"] == 100);
+    let second = ct.wait_event("device_access", &id, |v| v["minor"] == 101);
+    let (present, _) = checked_features();
+    for (event, want) in [(&first, "allowed"), (&second, "denied")] {
+        assert_eq!(
+            event["device"],
+            format!("char 195:{}", event["minor"]),
+            "{event}"
+        );
+        assert_eq!(event["access"], "read", "{event}");
+        let v1_devices = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.contains(" - cgroup ") && l.split(',').any(|o| o.trim() == "devices"));
+        let expect = if !present.contains("device-decision") || (want == "allowed" && v1_devices) {
+            "undecided"
+        } else {
+            want
+        };
+        assert_eq!(event["decision"], expect, "{event}");
+        if present.contains("device-caller") {
+            assert_eq!(event["comm"], "cat", "{event}");
+            assert!(event["pid"].as_u64().is_some(), "{event}");
+        } else {
+            assert_eq!(event["pid"], Value::Null, "{event}");
+        }
+    }
+    // A denied access is no use of the device.
+    assert_eq!(second["first_use"], false, "{second}");
     cgroup.remove();
     ct.stop();
 }

@@ -1457,9 +1457,10 @@ impl Resident {
     }
 }
 
-/// A script that opens `device` and keeps it open in `sleep`, as a GPU program keeps its device.
+/// A script that asks for `device` (a read: no driver serves the test's node, the open fails
+/// after the device check) and then sleeps, as a GPU program keeps running on its device.
 fn holding_device(device: &Path) -> String {
-    format!("exec 3< '{}'; exec sleep 1000", device.display())
+    format!("cat '{}' 2>/dev/null; exec sleep 1000", device.display())
 }
 
 /// A script that binds `source` onto `target` (read-only or not) in a private mount namespace of
@@ -1486,17 +1487,12 @@ fn dashboard_queries_return_data_from_clawtrace() {
     };
     let started = Instant::now();
 
-    // A "GPU device" (a plain file under a --gpu-device-prefix of the test's own) and folders to
-    // bind: "models" is a --read-only-volume.
+    // A "GPU device" (a node of NVIDIA's major that no GPU has, outside /dev so it is named by
+    // number) and folders to bind: "models" is a --read-only-volume.
     let scratch = TempDir::new("workload");
     let root = fs::canonicalize(scratch.path()).expect("canonical scratch folder");
-    let gpu_prefix = root.join("gpu").display().to_string();
-    assert!(
-        gpu_prefix.len() <= 48,
-        "--gpu-device-prefix {gpu_prefix} is longer than clawtrace takes (48 bytes): shorten TMPDIR"
-    );
     let gpu0 = root.join("gpu0");
-    fs::write(&gpu0, b"").expect("write the GPU device stand-in");
+    mknod(&gpu0, 195, 110);
     let (models, ro, rw) = (root.join("models"), root.join("ro"), root.join("rw"));
     for dir in [&models, &ro, &rw] {
         fs::create_dir(dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
@@ -1513,12 +1509,7 @@ fn dashboard_queries_return_data_from_clawtrace() {
     let clawtrace = ClawtraceExporter::start(
         listen,
         &pattern,
-        &[
-            "--gpu-device-prefix",
-            &gpu_prefix,
-            "--read-only-volume",
-            &models_flag,
-        ],
+        &["--trace-mount-syscalls", "--read-only-volume", &models_flag],
     );
     eprintln!("clawtrace ready after {:.1?}", started.elapsed());
     let prom = Prometheus::start(&prometheus, &listen.to_string());
@@ -1540,7 +1531,7 @@ fn dashboard_queries_return_data_from_clawtrace() {
     expected.extend([
         exactly(
             "containers on gpu0",
-            "sum(gpu_containers{gpu=\"gpu0\"})",
+            "sum(gpu_containers{gpu=\"195:110\"})",
             2.0,
         ),
         exactly(
@@ -1606,7 +1597,7 @@ fn dashboard_queries_return_data_from_clawtrace() {
         exactly("live", "sum(containers_live{agent_name=\"alpha\"})", 2.0),
         exactly(
             "containers on gpu0",
-            "sum(gpu_containers{gpu=\"gpu0\"})",
+            "sum(gpu_containers{gpu=\"195:110\"})",
             3.0,
         ),
         exactly("shared GPU devices", "sum(gpu_shared_devices)", 1.0),

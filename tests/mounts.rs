@@ -1,7 +1,9 @@
 //! Mounts made by containers, end to end: synthetic containers (real cgroups) whose first
 //! process enters its own mount namespace and makes bind mounts the ways runtimes do, timing
-//! each system call itself, before it execs its payload. clawtrace's reports are checked
-//! against what the test did and measured.
+//! each system call itself, before it execs its payload (or, for one, after). clawtrace's
+//! volumes come from each container's mount table, read at its payload's start and at each
+//! change; with `--trace-mount-syscalls` it also reports every mount call and its duration.
+//! Both are checked against what the test did and measured.
 
 mod support;
 
@@ -366,20 +368,24 @@ fn read_only_state_of_each_bind_as_runtimes_make_them() {
     let dirs = Dirs::new(
         "states",
         &[
-            "rw", "ro", "rro", "api", "mnt/rw", "mnt/ro", "mnt/rro", "mnt/api",
+            "rw", "ro/sub", "rro", "api", "mnt/rw", "mnt/ro", "mnt/rro", "mnt/api",
         ],
     );
-    let ct = Clawtrace::start_scoped("states", &[], &[]);
+    let ct = Clawtrace::start_scoped("states", &["--trace-mount-syscalls"], &[]);
     let mut cgroup = TestCgroup::new("states");
     let steps = [
         Step::Bind(dirs.path("rw"), dirs.path("mnt/rw")),
+        // A writable tmpfs inside the read-only bind's source: runc's per-mount remount leaves
+        // the copy beneath the bind writable, so the bind is read-only but not recursively.
+        Step::Tmpfs(dirs.path("ro/sub")),
         Step::BindReadOnly(dirs.path("ro"), dirs.path("mnt/ro")),
         Step::BindRecursiveReadOnly(dirs.path("rro"), dirs.path("mnt/rro")),
         Step::NewApiReadOnly(dirs.path("api"), dirs.path("mnt/api")),
     ];
     let (mut child, times) = start_with_mounts(&cgroup, &steps, &["sleep", "1000"]);
-    // MS_PRIVATE, bind, bind + remount, bind + mount_setattr, open_tree + mount_setattr + move_mount.
-    assert_eq!(times.len(), 9);
+    // MS_PRIVATE, bind, tmpfs, bind + remount, bind + mount_setattr, open_tree + mount_setattr
+    // + move_mount.
+    assert_eq!(times.len(), 10);
     for (source, want) in [
         ("rw", "no"),
         ("ro", "yes"),
@@ -398,11 +404,12 @@ fn read_only_state_of_each_bind_as_runtimes_make_them() {
     // Every call is reported with its caller, arguments, result and duration.
     let id = cgroup.container_id();
     let mounts = ct.matching(|v| v["event"] == "mount" && v["container_id"] == id.as_str());
-    assert_eq!(mounts.len(), 9, "{mounts:#?}");
+    assert_eq!(mounts.len(), 10, "{mounts:#?}");
     let calls: Vec<&str> = mounts.iter().map(|m| m["call"].as_str().unwrap()).collect();
     assert_eq!(
         calls,
         [
+            "mount",
             "mount",
             "mount",
             "mount",
@@ -418,9 +425,9 @@ fn read_only_state_of_each_bind_as_runtimes_make_them() {
         assert_eq!(m["pid"], child.id());
         assert!(m["result"].as_i64().unwrap() >= 0, "{m}");
     }
-    assert_eq!(mounts[3]["flags"], MS_REMOUNT | MS_BIND | MS_RDONLY);
-    assert_eq!(mounts[3]["bind"]["read_only"], "yes");
-    assert_eq!(mounts[5]["attr_set"], MOUNT_ATTR_RDONLY);
+    assert_eq!(mounts[4]["flags"], MS_REMOUNT | MS_BIND | MS_RDONLY);
+    assert_eq!(mounts[4]["writable"], false);
+    assert_eq!(mounts[6]["attr_set"], MOUNT_ATTR_RDONLY);
     // The span of the start that went to mounts is reported with the first exec.
     let exec = ct.wait_event("process_exec", &id, |v| v["pid"] == child.id());
     let mount_seconds = exec["mount_seconds"].as_f64().unwrap();
@@ -449,12 +456,15 @@ fn a_shared_source_writable_in_one_container_is_a_violation() {
         &[Step::BindReadOnly(dirs.path("shared"), dirs.path("a"))],
         &["sleep", "1000"],
     );
+    // The writer binds the source after its payload started: only the mount table's change
+    // notification tells.
     let mut writer = TestCgroup::new("shared-rw");
-    let (mut b, _) = start_with_mounts(
-        &writer,
-        &[Step::Bind(dirs.path("shared"), dirs.path("b"))],
-        &["sleep", "1000"],
+    let late_bind = format!(
+        "sleep 0.3; mount --bind '{}' '{}' && exec sleep 1000",
+        dirs.path("shared").display(),
+        dirs.path("b").display()
     );
+    let (mut b, _) = start_with_mounts(&writer, &[], &["sh", "-c", &late_bind]);
 
     let source = dirs.path("shared").to_string_lossy().to_string();
     let v = ct.wait_event("volume_violation", &writer.container_id(), |v| {
@@ -478,6 +488,15 @@ fn a_shared_source_writable_in_one_container_is_a_violation() {
             .is_empty(),
         "the read-only side is not the violation"
     );
+    let late = ct.wait_event("volume_mount", &writer.container_id(), |_| true);
+    assert_eq!(late["source"], source.as_str(), "{late}");
+    assert_eq!(late["read_only"], "no", "{late}");
+    // Without --trace-mount-syscalls no mount call is traced, and no start reports its share.
+    assert!(ct.matching(|e| e["event"] == "mount").is_empty());
+    let exec = ct.wait_event("process_exec", &reader.container_id(), |v| {
+        v["pid"] == a.id()
+    });
+    assert_eq!(exec["mount_seconds"], Value::Null, "{exec}");
     let metrics = http_get(&listen, "/metrics").expect("scrape");
     assert_eq!(
         sample(
@@ -588,7 +607,11 @@ fn concurrent_mount_durations_match_what_the_containers_measured() {
     let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let dirs = std::sync::Arc::new(Dirs::new("concurrent", &name_refs));
     let listen = format!("127.0.0.1:{}", free_port());
-    let ct = Clawtrace::start_scoped("conc", &["--prometheus-listen", &listen], &[]);
+    let ct = Clawtrace::start_scoped(
+        "conc",
+        &["--prometheus-listen", &listen, "--trace-mount-syscalls"],
+        &[],
+    );
     let barrier = std::sync::Arc::new(std::sync::Barrier::new(CONTAINERS));
     let workers: Vec<_> = (0..CONTAINERS)
         .map(|w| {

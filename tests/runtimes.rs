@@ -15,7 +15,10 @@ mod support;
 #[path = "support/runtimes.rs"]
 mod runtimes;
 
-use std::time::{Duration, Instant};
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
 
 use serde_json::{json, Value};
 use support::{free_port, http_get, sample};
@@ -153,8 +156,10 @@ fn runc_kill_is_an_orchestrator_kill() {
 }
 
 /// A runc container whose config.json binds one host folder `ro` and another `rw`: runc makes
-/// the read-only one with a bind and a read-only remount (through /proc/self/fd paths), and
-/// clawtrace reports each bind's effective state as runc really leaves it.
+/// the read-only one with a recursive bind and a read-only remount of the top mount only
+/// (through /proc/self/fd paths), so a filesystem mounted inside the host folder stays writable
+/// in the container. clawtrace, from the container's mount table, reports each bind's
+/// effective state as runc really leaves it.
 #[test]
 fn runc_read_only_and_writable_binds() {
     require_privileged!();
@@ -168,6 +173,12 @@ fn runc_read_only_and_writable_binds() {
     let host_rw = dir.path().join("host-rw");
     std::fs::create_dir_all(&host_ro).expect("mkdir host-ro");
     std::fs::create_dir_all(&host_rw).expect("mkdir host-rw");
+    std::fs::create_dir_all(host_ro.join("sub")).expect("mkdir host-ro/sub");
+    run_ok(
+        Command::new("mount")
+            .args(["-t", "tmpfs", "tmpfs"])
+            .arg(host_ro.join("sub")),
+    );
     let bundle = runc.bundle(
         &dir.path().join("bundle"),
         tools.get("busybox"),
@@ -186,7 +197,7 @@ fn runc_read_only_and_writable_binds() {
     )
     .expect("write config.json");
     let root = runc.root.to_str().expect("utf-8 runc root").to_string();
-    let trace = Clawtrace::start(&["--runc-root", &root]);
+    let trace = Clawtrace::start(&["--runc-root", &root, "--trace-mount-syscalls"]);
 
     let mut ctr = RuncContainer::start(&runc, &bundle, &id, &dir.path().join("runc-run.log"));
     // Ground truth from inside: the kernel's view of the two mounts in the container.
@@ -201,6 +212,7 @@ fn runc_read_only_and_writable_binds() {
             .to_string()
     };
     assert!(options_of("/data-ro").split(',').any(|o| o == "ro"));
+    assert!(options_of("/data-ro/sub").split(',').any(|o| o == "rw"));
     assert!(options_of("/data-rw").split(',').any(|o| o == "rw"));
 
     let ro = trace.wait_event("volume_mount", &id, |v| {
@@ -220,7 +232,7 @@ fn runc_read_only_and_writable_binds() {
     assert!(calls.len() >= 2, "{calls:#?}");
     assert!(calls
         .iter()
-        .any(|c| c["bind"]["read_only"] == "yes" && c["flags"].as_u64().unwrap() & 32 != 0));
+        .any(|c| c["writable"] == false && c["flags"].as_u64().unwrap() & 32 != 0));
     run_ok(runc.cmd().args(["kill", &id, "KILL"]));
     ctr.wait_status("stopped", Duration::from_secs(10));
     ctr.delete();

@@ -21,12 +21,8 @@ pub const SIGNAL_SLOTS: usize = 4;
 pub const MOUNT_PATH_LEN: usize = 160;
 /// Bytes of a filesystem type (or `fsconfig` key) carried in a [`MountRecord`].
 pub const MOUNT_TYPE_LEN: usize = 32;
-/// Bytes of a device path carried in a [`DeviceOpenRecord`].
-pub const DEVICE_PATH_LEN: usize = 64;
-/// Device path prefixes the kernel side matches at most (`--gpu-device-prefix`).
-pub const DEVICE_PREFIXES: u32 = 4;
-/// Bytes of one device path prefix.
-pub const DEVICE_PREFIX_LEN: usize = 48;
+/// Device-number ranges the kernel side reports accesses to at most (`--gpu-device`).
+pub const DEVICE_RANGES: u32 = 8;
 /// Bytes of an environment variable's value carried in an [`EnvValue`].
 pub const ENV_VALUE_LEN: usize = 256;
 /// Bytes of the `NAME=` prefix of the environment variable the kernel looks for.
@@ -49,7 +45,8 @@ pub mod kind {
     // 8 was a separate record for the init's environment variable, now an exec record's tail
     // ([`super::ExecEnvRecord`]).
     pub const MOUNT: u32 = 9;
-    pub const DEVICE_OPEN: u32 = 10;
+    // 10 was an `openat` of a device path, seen on the system-call path.
+    pub const DEVICE_ACCESS: u32 = 11;
 }
 
 /// Which mount system call a [`MountRecord`] describes.
@@ -81,7 +78,7 @@ pub mod probe {
     pub const SIGNAL_GENERATE: u32 = 5;
     pub const OOM_MARK_VICTIM: u32 = 6;
     pub const MOUNT_SYSCALLS: u32 = 7;
-    pub const DEVICE_OPEN: u32 = 8;
+    pub const DEVICE_ACCESS: u32 = 8;
     /// Number of probes; the size of the `LOST` map.
     pub const COUNT: u32 = 9;
     /// Probe names, indexed by the constants above, as the user side reports them.
@@ -94,7 +91,7 @@ pub mod probe {
         "signal_generate",
         "mark_victim",
         "mount_syscalls",
-        "device_open",
+        "device_access",
     ];
 }
 
@@ -353,25 +350,51 @@ pub struct MountRecord {
     pub fstype: [u8; MOUNT_TYPE_LEN],
 }
 
-/// An `openat` of a path under a device prefix (a GPU device node) in a followed cgroup,
-/// successful or not. The header is the caller at the call's exit.
+/// A device access a process in a followed cgroup asked the kernel for (an open for reading or
+/// writing, `access(2)`, or a `mknod`), of a device in one of the [`DeviceRange`]s, seen by the
+/// cgroup device hook. The header's `pid` and `tgid` are the caller's where the kernel lets
+/// device programs read them ([`feature::DEVICE_CALLER`]), else 0.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub struct DeviceOpenRecord {
+pub struct DeviceAccessRecord {
     pub header: Header,
-    /// The file descriptor, or a negative errno.
-    pub ret: i64,
+    /// `bpf_cgroup_dev_ctx.access_type`: the device type ([`device_access`]`::BLOCK`, `CHAR`)
+    /// in the low 16 bits, the access bits (`MKNOD`, `READ`, `WRITE`) in the high 16.
+    pub access_type: u32,
+    pub major: u32,
+    pub minor: u32,
+    /// The decision of the device programs that ran before this one (the container's own, the
+    /// runtime's): one of [`device_access`]`::ALLOWED`, `DENIED`, `UNDECIDED`.
+    pub decision: u32,
+    /// The caller's command name, where the kernel lets device programs read it; else zeros.
     pub comm: [u8; COMM_LEN],
-    pub path: [u8; DEVICE_PATH_LEN],
 }
 
-/// One device path prefix the kernel side matches (`len` 0: unused slot).
+/// Values of a [`DeviceAccessRecord`].
+pub mod device_access {
+    pub const BLOCK: u32 = 1;
+    pub const CHAR: u32 = 2;
+    pub const MKNOD: u32 = 1;
+    pub const READ: u32 = 2;
+    pub const WRITE: u32 = 4;
+    /// The programs before clawtrace's allowed the access.
+    pub const ALLOWED: u32 = 1;
+    /// A program before clawtrace's denied it: the caller got EPERM.
+    pub const DENIED: u32 = 2;
+    /// The kernel does not tell device programs the decision so far (`bpf_get_retval`,
+    /// [`super::feature::DEVICE_DECISION`]).
+    pub const UNDECIDED: u32 = 3;
+}
+
+/// One range of device numbers whose accesses are reported: character devices of `major` with
+/// minors `minor_first..=minor_last` (`major` 0: unused slot).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DevicePrefix {
-    pub len: u32,
+pub struct DeviceRange {
+    pub major: u32,
+    pub minor_first: u32,
+    pub minor_last: u32,
     pub _reserved: u32,
-    pub prefix: [u8; DEVICE_PREFIX_LEN],
 }
 
 /// The value of one environment variable (the agent name, `AGENT_NAME` by default) of the first
@@ -436,11 +459,8 @@ impl EnvKey {
 pub mod untracked {
     /// cgroups, because the cgroup table was full or the kernel could not allocate their mark.
     pub const CGROUP: u32 = 0;
-    /// Device opens, because the kernel could not allocate the entry that holds one between the
-    /// system call's entry and exit.
-    pub const DEVICE_OPEN: u32 = 1;
     /// Number of slots.
-    pub const COUNT: u32 = 2;
+    pub const COUNT: u32 = 1;
 }
 
 /// Kernel features the programs have a faster path for, as bits of the read-only global
@@ -453,9 +473,8 @@ pub mod feature {
     /// objects are read by typed loads. Without it every field is read with
     /// `bpf_probe_read_kernel`.
     pub const TASK_BTF: u64 = 1 << 0;
-    /// Task-local storage (`BPF_MAP_TYPE_TASK_STORAGE`, 5.11) and `task_struct.bpf_storage`:
-    /// a device open waits beside its thread. Without it, in a hash map keyed by thread id.
-    pub const TASK_STORAGE: u64 = 1 << 1;
+    // 1 << 1 was task-local storage, for device opens waiting between a system call's entry
+    // and exit; device accesses come from the cgroup device hook now.
     /// Cgroup-local storage (`BPF_MAP_TYPE_CGRP_STORAGE`, 6.2) and `cgroup.bpf_cgrp_storage`:
     /// a followed cgroup carries a mark, so a cgroup outside the containers is told by one load.
     /// Without it, by a lookup of its id in the cgroup table.
@@ -469,6 +488,13 @@ pub mod feature {
     /// The `mount_setattr` system call (5.12) and its tracepoints. User space only: without it
     /// the call does not exist, and its hooks are not attached.
     pub const MOUNT_SETATTR: u64 = 1 << 5;
+    /// `bpf_get_current_pid_tgid` and `bpf_get_current_comm` in cgroup device programs (6.2):
+    /// a device access names its caller. Without it, only its container.
+    pub const DEVICE_CALLER: u64 = 1 << 6;
+    /// `bpf_get_retval` in cgroup device programs (5.18): a device access carries the decision
+    /// of the device programs before clawtrace's (allowed, or denied with EPERM). Without it,
+    /// the access is reported undecided.
+    pub const DEVICE_DECISION: u64 = 1 << 7;
 }
 
 /// Name of the read-only `u64` global holding the [`feature`] bits the kernel offers.
@@ -476,17 +502,11 @@ pub const KERNEL_FEATURES: &str = "KERNEL_FEATURES";
 
 /// Maps of a type only kernels with a [`feature`] have, by name: on other kernels the loader
 /// puts an inert map in their place, which the programs' fallback paths never touch.
-pub const FEATURE_MAPS: &[(&str, u64)] = &[
-    ("FOLLOWED", feature::CGRP_STORAGE),
-    ("DEVICE_PENDING", feature::TASK_STORAGE),
-];
+pub const FEATURE_MAPS: &[(&str, u64)] = &[("FOLLOWED", feature::CGRP_STORAGE)];
 
 /// Maps only a [`feature`]'s fallback uses, by name: on kernels with the feature the loader
 /// makes them one entry long, so the fast path costs no memory for them.
-pub const FALLBACK_MAPS: &[(&str, u64)] = &[
-    ("DEVICE_PENDING_BY_TID", feature::TASK_STORAGE),
-    ("EXIT_CLAIMS", feature::EXIT_GROUP_DEAD),
-];
+pub const FALLBACK_MAPS: &[(&str, u64)] = &[("EXIT_CLAIMS", feature::EXIT_GROUP_DEAD)];
 
 /// A kernel structure field the programs read (typed loads through BTF pointers, which the
 /// verifier checks against the kernel's BTF and which cost less than `bpf_probe_read_kernel`;
@@ -546,10 +566,6 @@ pub const BTF_FIELDS: &[BtfField] = &[
     btf("SIGNAL_RLIM", "signal_struct", "rlim"),
     btf("SIGNAL_CPUTIMER", "signal_struct", "cputimer"),
     btf("TASK_MM", "task_struct", "mm"),
-    BtfField {
-        feature: feature::TASK_STORAGE,
-        ..btf("TASK_BPF_STORAGE", "task_struct", "bpf_storage")
-    },
     btf("MM_ENV_START", "mm_struct", "env_start"),
     btf("MM_ENV_END", "mm_struct", "env_end"),
     btf("MM_TOTAL_VM", "mm_struct", "total_vm"),
@@ -580,7 +596,7 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for EnvKey {}
     // SAFETY: as above.
-    unsafe impl aya::Pod for DevicePrefix {}
+    unsafe impl aya::Pod for DeviceRange {}
 }
 
 /// Layout checks: the kernel and user views cannot drift without failing the build.
@@ -602,8 +618,8 @@ const _: () = {
     assert!(size_of::<EnvValue>() == 8 + ENV_VALUE_LEN);
     assert!(size_of::<ExecEnvRecord>() == size_of::<ExecRecord>() + size_of::<EnvValue>());
     assert!(size_of::<EnvKey>() == 8 + 2 * ENV_KEY_LEN);
-    assert!(size_of::<DeviceOpenRecord>() == 32 + 8 + COMM_LEN + DEVICE_PATH_LEN);
-    assert!(size_of::<DevicePrefix>() == 8 + DEVICE_PREFIX_LEN);
+    assert!(size_of::<DeviceAccessRecord>() == 32 + 16 + COMM_LEN);
+    assert!(size_of::<DeviceRange>() == 16);
     assert!(size_of::<MountRecord>() == 32 + 56 + COMM_LEN + 2 * MOUNT_PATH_LEN + MOUNT_TYPE_LEN);
     // The ring buffer hands out 8-aligned space; records must not need more.
     assert!(align_of::<ExitRecord>() <= 8);

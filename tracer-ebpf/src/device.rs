@@ -1,145 +1,110 @@
-//! `syscalls:sys_enter_openat` / `sys_exit_openat` in followed cgroups, for paths under the
-//! configured device prefixes (GPU device nodes): which container opened which device, and
-//! whether it could.
+//! The cgroup device hook (`BPF_PROG_TYPE_CGROUP_DEVICE`), attached once at the cgroup v2 root
+//! with `BPF_F_ALLOW_MULTI`: the kernel runs it only when a process asks for a device (opens a
+//! device node for reading or writing, checks it with `access(2)`, or makes one with `mknod`),
+//! after the device programs of the caller's own cgroups (the runtime's). It reports accesses
+//! to the configured device numbers (GPUs) from followed cgroups, and always allows: the
+//! decision is the other programs', never this one's.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, generated::bpf_probe_read_user_str},
-    macros::{btf_map, map, tracepoint},
-    maps::{Array, HashMap, PerCpuArray},
-    programs::TracePointContext,
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        generated::bpf_get_retval,
+    },
+    macros::{cgroup_device, map},
+    maps::Array,
+    programs::DeviceContext,
 };
 use tracer_common::{
-    feature, kind, probe, untracked, DeviceOpenRecord, DevicePrefix, DEVICE_PATH_LEN,
-    DEVICE_PREFIXES, DEVICE_PREFIX_LEN,
+    device_access, feature, kind, probe, DeviceAccessRecord, DeviceRange, Header, DEVICE_RANGES,
 };
 
 use crate::{
-    kernel::{has, Task},
-    state::{count_untracked, current_followed, header_of, reserve, wakeup, TaskStorage},
+    kernel::has,
+    state::{is_tracked_cgroup, now_ns, reserve, wakeup},
 };
 
-/// The prefixes, written by the loader.
+/// The device-number ranges, written by the loader.
 #[map]
-pub static DEVICE_PREFIX: Array<DevicePrefix> = Array::with_max_entries(DEVICE_PREFIXES, 0);
+pub static DEVICE_RANGE: Array<DeviceRange> = Array::with_max_entries(DEVICE_RANGES, 0);
 
-/// The path of an open between its entry and exit, beside the thread that makes it (freed with
-/// the thread if it dies inside the call). A thread without local storage has none, so the
-/// exit of every open outside the containers costs one load. Only on kernels with
-/// [`feature::TASK_STORAGE`]; elsewhere the loader puts an inert map in its place.
-#[btf_map]
-static DEVICE_PENDING: TaskStorage<[u8; DEVICE_PATH_LEN]> = TaskStorage::new();
+/// A device program's verdict that lets the access through.
+const ALLOW: i32 = 1;
 
-/// The same on kernels without task storage, keyed by thread id (a thread makes one system
-/// call at a time; an entry a thread left by dying inside the call is overwritten by the next
-/// thread with its id, or stays until then).
-#[map]
-static DEVICE_PENDING_BY_TID: HashMap<u32, [u8; DEVICE_PATH_LEN]> =
-    HashMap::with_max_entries(1024, 0);
-
-#[map]
-static DEVICE_SCRATCH: PerCpuArray<[u8; DEVICE_PATH_LEN]> = PerCpuArray::with_max_entries(1, 0);
-
-const FILENAME: usize = 24;
-const RET: usize = 16;
+#[cgroup_device]
+pub fn device_access(ctx: DeviceContext) -> i32 {
+    report(&ctx);
+    ALLOW
+}
 
 #[inline(always)]
-fn matches(path: &[u8; DEVICE_PATH_LEN], prefix: &DevicePrefix) -> bool {
-    let len = prefix.len as usize;
-    if len == 0 || len > DEVICE_PREFIX_LEN {
-        return false;
-    }
-    for (i, (byte, want)) in path.iter().zip(&prefix.prefix).enumerate() {
-        if i >= len {
-            return true;
-        }
-        if byte != want {
-            return false;
-        }
-    }
-    true
-}
-
-#[tracepoint]
-pub fn sys_enter_openat(ctx: TracePointContext) -> u32 {
-    // Every open on the host passes here: the cgroup test comes first, and outside the
-    // containers it is one load past the cgroup (with cgroup storage).
-    let Some((task, _, _)) = current_followed() else {
-        return 0;
-    };
-    let Some(scratch) = DEVICE_SCRATCH.get_ptr_mut(0) else {
-        return 0;
-    };
-    // SAFETY: this CPU's scratch slot; the helper bounds the copy by its size and reads the
-    // caller's memory safely.
-    let path = unsafe {
-        core::ptr::write_bytes(scratch, 0, 1);
-        let Ok(filename) = ctx.read_at::<u64>(FILENAME) else {
-            return 0;
-        };
-        if bpf_probe_read_user_str(scratch.cast(), DEVICE_PATH_LEN as u32, filename as *const _)
-            <= 0
-        {
-            return 0;
-        }
-        &*scratch
-    };
-    for i in 0..DEVICE_PREFIXES {
-        if let Some(prefix) = DEVICE_PREFIX.get(i) {
-            if matches(path, prefix) {
-                if !has(feature::TASK_STORAGE) {
-                    let tid = bpf_get_current_pid_tgid() as u32;
-                    if DEVICE_PENDING_BY_TID.insert(tid, path, 0).is_err() {
-                        count_untracked(untracked::DEVICE_OPEN);
-                    }
-                    return 0;
-                }
-                // SAFETY: `scratch` is this CPU's slot (`path` is not used again), a whole value
-                // the helper copies when it creates the entry; an entry left by an earlier call
-                // is overwritten.
-                unsafe {
-                    match DEVICE_PENDING.get_or_insert(task, &mut *scratch) {
-                        Some(pending) => core::ptr::copy_nonoverlapping(scratch, pending, 1),
-                        None => count_untracked(untracked::DEVICE_OPEN),
-                    }
-                }
-                return 0;
+fn wanted(major: u32, minor: u32) -> bool {
+    for i in 0..DEVICE_RANGES {
+        match DEVICE_RANGE.get(i) {
+            Some(r) if r.major == 0 => return false,
+            Some(r) if r.major == major && r.minor_first <= minor && minor <= r.minor_last => {
+                return true
             }
+            Some(_) => {}
+            None => return false,
         }
     }
-    0
+    false
 }
 
-#[tracepoint]
-pub fn sys_exit_openat(ctx: TracePointContext) -> u32 {
-    let task = Task::current();
-    let by_tid = !has(feature::TASK_STORAGE);
-    let tid = bpf_get_current_pid_tgid() as u32;
-    let pending = if by_tid {
-        DEVICE_PENDING_BY_TID.get_ptr(tid)
-    } else {
-        DEVICE_PENDING.get(task).map(|p| p.cast_const())
+#[inline(always)]
+fn report(ctx: &DeviceContext) {
+    // SAFETY: the context the kernel passes a device program, valid for its run; its fields are
+    // plain u32 the verifier lets the program read.
+    let (access_type, major, minor) = unsafe {
+        let dev = &*ctx.device;
+        (dev.access_type, dev.major, dev.minor)
     };
-    let Some(path) = pending else {
-        return 0;
-    };
-    // SAFETY: fixed offset of sys_exit_openat's return value, read through bpf_probe_read.
-    let ret = unsafe { ctx.read_at::<i64>(RET) }.unwrap_or(0);
-    if let Some(mut entry) = reserve::<DeviceOpenRecord>(probe::DEVICE_OPEN) {
-        let record = entry.as_mut_ptr();
-        // SAFETY: reserved ring-buffer space of the record's size, filled before submit from the
-        // pending map value, live for this program's run.
-        unsafe {
-            (*record).header = header_of(kind::DEVICE_OPEN, task, task.cgroup().id());
-            (*record).ret = ret;
-            (*record).comm = task.comm();
-            core::ptr::copy_nonoverlapping(path, core::ptr::addr_of_mut!((*record).path), 1);
+    // Every device access on the node passes here (each open of /dev/null): the device test is
+    // a few array loads and comes first.
+    if access_type & 0xffff != device_access::CHAR || !wanted(major, minor) {
+        return;
+    }
+    // SAFETY: helper without arguments, callable from every program type.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    if !is_tracked_cgroup(cgroup_id) {
+        return;
+    }
+    let decision = if has(feature::DEVICE_DECISION) {
+        // SAFETY: helper without arguments; on kernels with the feature it is offered to
+        // device programs (elsewhere the verifier never walks this branch).
+        match unsafe { bpf_get_retval() } {
+            0 => device_access::ALLOWED,
+            _ => device_access::DENIED,
         }
-        entry.submit(wakeup::<DeviceOpenRecord>());
-    }
-    if by_tid {
-        let _ = DEVICE_PENDING_BY_TID.remove(tid);
     } else {
-        DEVICE_PENDING.delete(task);
+        device_access::UNDECIDED
+    };
+    let (pid, tgid, comm) = if has(feature::DEVICE_CALLER) {
+        let ids = bpf_get_current_pid_tgid();
+        (
+            ids as u32,
+            (ids >> 32) as u32,
+            bpf_get_current_comm().unwrap_or_default(),
+        )
+    } else {
+        (0, 0, [0; tracer_common::COMM_LEN])
+    };
+    if let Some(mut entry) = reserve::<DeviceAccessRecord>(probe::DEVICE_ACCESS) {
+        entry.write(DeviceAccessRecord {
+            header: Header {
+                kind: kind::DEVICE_ACCESS,
+                _reserved: 0,
+                ts_ns: now_ns(),
+                pid,
+                tgid,
+                cgroup_id,
+            },
+            access_type,
+            major,
+            minor,
+            decision,
+            comm,
+        });
+        entry.submit(wakeup::<DeviceAccessRecord>());
     }
-    0
 }

@@ -10,7 +10,7 @@
 //! only ever verifies the way it can take.
 
 use aya_ebpf::{
-    bindings::{cgroup, task_struct},
+    bindings::cgroup,
     helpers::generated::{bpf_get_current_task, bpf_get_current_task_btf, bpf_probe_read_kernel},
     Global,
 };
@@ -62,7 +62,6 @@ btf_offsets!(
     SIGNAL_RLIM,
     SIGNAL_CPUTIMER,
     TASK_MM,
-    TASK_BPF_STORAGE,
     MM_ENV_START,
     MM_ENV_END,
     MM_TOTAL_VM,
@@ -138,13 +137,6 @@ impl Task {
     #[inline(always)]
     pub unsafe fn from_arg(arg: *const u8) -> Task {
         Task(arg)
-    }
-
-    /// The task as a BTF pointer, for helpers that want one (task storage). Only meaningful
-    /// where the kernel has [`feature::TASK_BTF`].
-    #[inline(always)]
-    pub fn as_btf(self) -> *mut task_struct {
-        self.0.cast_mut().cast()
     }
 
     #[inline(always)]
@@ -279,14 +271,6 @@ impl Task {
     pub fn mm(self) -> Option<Mm> {
         let mm: *const u8 = self.read(&TASK_MM);
         (!mm.is_null()).then_some(Mm(mm))
-    }
-
-    /// Whether the task has any local storage (`bpf_storage` is not null): a task no
-    /// task-storage map has a value for has none. Only meaningful where the kernel has
-    /// [`feature::TASK_STORAGE`].
-    #[inline(always)]
-    pub fn has_local_storage(self) -> bool {
-        self.read::<u64>(&TASK_BPF_STORAGE) != 0
     }
 }
 

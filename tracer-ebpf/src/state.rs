@@ -2,12 +2,8 @@
 //! ring-buffer reservation with loss accounting, and `__data_loc` string reads.
 
 use aya_ebpf::{
-    bindings::{bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE, BPF_F_NO_PREALLOC},
     btf_maps::CgrpStorage,
-    helpers::{
-        bpf_ktime_get_ns,
-        generated::{bpf_probe_read_kernel_str, bpf_task_storage_delete, bpf_task_storage_get},
-    },
+    helpers::{bpf_ktime_get_ns, generated::bpf_probe_read_kernel_str},
     macros::{btf_map, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
@@ -26,8 +22,7 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(probe::COUNT, 0);
 
 /// Per-CPU counts of what could not be followed, by [`untracked`] slot: cgroups because
-/// `CGROUPS` was full or their mark could not be allocated, device opens because their
-/// `DEVICE_PENDING` entry could not be.
+/// `CGROUPS` was full or their mark could not be allocated.
 #[map]
 pub static UNTRACKED: PerCpuArray<u64> = PerCpuArray::with_max_entries(untracked::COUNT, 0);
 
@@ -47,83 +42,6 @@ pub static CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(65536, 0);
 /// [`feature::CGRP_STORAGE`]; elsewhere the loader puts an inert map in its place.
 #[btf_map]
 pub static FOLLOWED: CgrpStorage<u64> = CgrpStorage::new();
-
-/// A task-local storage map (`BPF_MAP_TYPE_TASK_STORAGE`), in the BTF form loaders read from
-/// the `.maps` section (aya-ebpf 0.2 defines cgroup, inode and socket storage, not this one).
-/// Its values live beside each task, are found from the task in a few pointer steps instead of
-/// a hash-bucket walk, and are freed by the kernel when the task is. Only for kernels with
-/// [`feature::TASK_STORAGE`].
-#[repr(C)]
-pub struct TaskStorage<T> {
-    r#type: *const [i32; BPF_MAP_TYPE_TASK_STORAGE as usize],
-    key: *const i32,
-    value: *const T,
-    max_entries: *const [i32; 0],
-    map_flags: *const [i32; BPF_F_NO_PREALLOC as usize],
-}
-
-// SAFETY: the fields are placeholders that only describe the map in BTF; they are never read.
-unsafe impl<T> Sync for TaskStorage<T> {}
-
-/// `BPF_LOCAL_STORAGE_GET_F_CREATE`.
-const STORAGE_CREATE: u64 = 1;
-
-impl<T> TaskStorage<T> {
-    pub const fn new() -> Self {
-        TaskStorage {
-            r#type: core::ptr::null(),
-            key: core::ptr::null(),
-            value: core::ptr::null(),
-            max_entries: core::ptr::null(),
-            map_flags: core::ptr::null(),
-        }
-    }
-
-    #[inline(always)]
-    fn as_ptr(&self) -> *mut core::ffi::c_void {
-        (self as *const Self).cast_mut().cast()
-    }
-
-    /// `task`'s value, if it has one.
-    #[inline(always)]
-    pub fn get(&self, task: Task) -> Option<*mut T> {
-        // A task that no task-storage map has a value for has no local storage at all (the
-        // kernel clears the pointer when its last value goes): one load tells, where the helper
-        // costs a call and its recursion guard. That is the fast path of the exit of every
-        // open on the node that is not a device open (unless another tool keeps task storage).
-        if !task.has_local_storage() {
-            return None;
-        }
-        // SAFETY: the helper checks `task` (a BTF task pointer, or null) and returns null when
-        // there is no value; a value stays valid for the program's run.
-        let value =
-            unsafe { bpf_task_storage_get(self.as_ptr(), task.as_btf(), core::ptr::null_mut(), 0) };
-        (!value.is_null()).then_some(value.cast())
-    }
-
-    /// `task`'s value, created as a copy of `init` if it has none. None when the kernel cannot
-    /// allocate it.
-    #[inline(always)]
-    pub fn get_or_insert(&self, task: Task, init: &mut T) -> Option<*mut T> {
-        // SAFETY: as in `get`; `init` is a whole value on the stack, copied by the helper.
-        let value = unsafe {
-            bpf_task_storage_get(
-                self.as_ptr(),
-                task.as_btf(),
-                (init as *mut T).cast(),
-                STORAGE_CREATE,
-            )
-        };
-        (!value.is_null()).then_some(value.cast())
-    }
-
-    /// Forgets `task`'s value.
-    #[inline(always)]
-    pub fn delete(&self, task: Task) {
-        // SAFETY: as in `get`; a missing value is not an error worth reporting.
-        let _ = unsafe { bpf_task_storage_delete(self.as_ptr(), task.as_btf()) };
-    }
-}
 
 /// If `cgroup` is followed: its id and its `CGROUPS` state. Where the kernel has cgroup
 /// storage, a cgroup without any (every cgroup outside the containers, unless another tool

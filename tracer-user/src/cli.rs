@@ -68,20 +68,21 @@ pub struct RunArgs {
     #[arg(long = "read-only-volume", value_name = "PATH")]
     pub read_only_volume: Vec<String>,
 
-    /// Path prefix of GPU device nodes whose opens are followed (up to 4; default
-    /// /dev/nvidia and /dev/dri/renderD). Repeatable.
-    #[arg(long = "gpu-device-prefix", value_name = "PREFIX", default_values_t = crate::loader::DEFAULT_GPU_PREFIXES.map(String::from))]
-    pub gpu_device_prefix: Vec<String>,
-    /// Do not trace mount system calls: no mount durations, volume events or volume violations
-    /// (shared writable binds, --read-only-volume).
-    /// Tracing any system call puts every system call of every task on the kernel's traced
-    /// path (about 50 ns each on a 2-core VM); with this and --no-gpu-open-tracking, none is.
-    #[arg(long, conflicts_with = "read_only_volume")]
-    pub no_mount_tracking: bool,
-    /// Do not trace opens of the GPU device nodes (GPU use is then known from NVML only). See
-    /// --no-mount-tracking for why.
+    /// GPU device numbers whose accesses are followed: MAJOR, MAJOR:MINOR or MAJOR:FIRST-LAST
+    /// (character devices; up to 8; default NVIDIA's 195 and the DRM render nodes
+    /// 226:128-255). Repeatable; the first one given replaces the defaults.
+    #[arg(long = "gpu-device", value_name = "DEVICE", default_values = crate::devices::DEFAULT_GPU_DEVICES, value_parser = crate::devices::parse_device_range)]
+    pub gpu_device: Vec<tracer_common::DeviceRange>,
+    /// Do not attach the cgroup device hook: GPU use is then known from NVML only.
     #[arg(long)]
-    pub no_gpu_open_tracking: bool,
+    pub no_gpu_tracking: bool,
+    /// Also trace the mount system calls containers make, for mount durations
+    /// (container_mount_duration_seconds), `mount` events and the share of each start spent
+    /// mounting. Costs every system call of every task on the node, container or not, the
+    /// kernel's traced path (about 20 to 60 ns each). Volumes and their violations do not need
+    /// it: they come from each container's mount table.
+    #[arg(long)]
+    pub trace_mount_syscalls: bool,
     /// How often GPU processes are read through NVML (when libnvidia-ml.so.1 is present).
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub gpu_poll_interval: Duration,

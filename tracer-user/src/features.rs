@@ -33,6 +33,10 @@ pub struct Feature {
 enum Probe {
     /// A helper, callable from tracepoint programs.
     Helper(BpfHelper, &'static str),
+    /// A helper, callable from cgroup device programs (loaded, as the real one is, for the
+    /// `BPF_CGROUP_DEVICE` attach type: the kernel offers some helpers by attach type, and
+    /// aya's probe loads without one).
+    DeviceHelper(BpfHelper, &'static str),
     /// A map type, plus the kernel field its fast path reads; needs typed reads too.
     LocalStorage(MapType, &'static str, &'static str, &'static str),
     /// A field of a tracepoint's record.
@@ -53,19 +57,6 @@ pub const FEATURES: &[Feature] = &[
         how: Probe::Helper(
             BpfHelper::BPF_FUNC_get_current_task_btf,
             "bpf_get_current_task_btf",
-        ),
-    },
-    Feature {
-        bit: feature::TASK_STORAGE,
-        key: "task-storage",
-        name: "task local storage (BPF_MAP_TYPE_TASK_STORAGE)",
-        without: "device opens wait in a table keyed by thread id: one lookup at the exit of \
-                  every openat on the node",
-        how: Probe::LocalStorage(
-            MapType::TaskStorage,
-            "BPF_MAP_TYPE_TASK_STORAGE",
-            "task_struct",
-            "bpf_storage",
         ),
     },
     Feature {
@@ -103,6 +94,27 @@ pub const FEATURES: &[Feature] = &[
         name: "the mount_setattr system call",
         without: "the kernel has no mount_setattr: no process can call it, nothing is missed",
         how: Probe::Tracepoint("syscalls", "sys_enter_mount_setattr"),
+    },
+    Feature {
+        bit: feature::DEVICE_CALLER,
+        key: "device-caller",
+        name: "bpf_get_current_pid_tgid in cgroup device programs",
+        without: "a GPU device access names its container, not the process that made it",
+        how: Probe::DeviceHelper(
+            BpfHelper::BPF_FUNC_get_current_pid_tgid,
+            "bpf_get_current_pid_tgid (cgroup device programs)",
+        ),
+    },
+    Feature {
+        bit: feature::DEVICE_DECISION,
+        key: "device-decision",
+        name: "bpf_get_retval in cgroup device programs",
+        without: "a GPU device access is reported without the runtime's decision (allowed or \
+                  denied), and counts as a use of the device either way",
+        how: Probe::DeviceHelper(
+            BpfHelper::BPF_FUNC_get_retval,
+            "bpf_get_retval (cgroup device programs)",
+        ),
     },
 ];
 
@@ -161,6 +173,8 @@ fn probe_one(
     btf: &Btf,
 ) -> Result<(), String> {
     match f.how {
+        Probe::DeviceHelper(helper, name) => device_helper(helper as i32)
+            .map_err(|why| format!("the kernel has no helper {name}: {why}")),
         Probe::Helper(helper, name) => match is_helper_supported(ProgramType::TracePoint, helper) {
             Ok(true) => Ok(()),
             Ok(false) => Err(format!("the kernel has no helper {name}")),
@@ -210,4 +224,55 @@ fn probe_one(
             }
         }
     }
+}
+
+/// Whether a cgroup device program for `BPF_CGROUP_DEVICE` may call helper `id`: loads one that
+/// calls it and allows everything. Err: why not (the verifier's first line, or the error).
+fn device_helper(id: i32) -> Result<(), String> {
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_PROG_TYPE_CGROUP_DEVICE: u32 = 15;
+    const BPF_CGROUP_DEVICE: u32 = 6;
+    // call id; r0 = 1; exit (a device program must return 0 or 1).
+    let insns: [u64; 3] = [0x85 | (u64::from(id as u32) << 32), 0xb7 | (1 << 32), 0x95];
+    let license = b"GPL\0";
+    let mut log = vec![0u8; 4096];
+    // The leading fields of `union bpf_attr` for BPF_PROG_LOAD, up to expected_attach_type.
+    let mut attr = [0u8; 72];
+    let mut put = |at: usize, bytes: &[u8]| attr[at..at + bytes.len()].copy_from_slice(bytes);
+    put(0, &BPF_PROG_TYPE_CGROUP_DEVICE.to_ne_bytes());
+    put(4, &(insns.len() as u32).to_ne_bytes());
+    put(8, &(insns.as_ptr() as u64).to_ne_bytes());
+    put(16, &(license.as_ptr() as u64).to_ne_bytes());
+    put(24, &1u32.to_ne_bytes());
+    put(28, &(log.len() as u32).to_ne_bytes());
+    put(32, &(log.as_mut_ptr() as u64).to_ne_bytes());
+    put(68, &BPF_CGROUP_DEVICE.to_ne_bytes());
+    // SAFETY: `attr` is a bpf_attr prefix of the size passed, whose pointers (instructions,
+    // license, log buffer) stay valid for the call; the kernel writes only into `log`.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_LOAD,
+            attr.as_mut_ptr(),
+            attr.len() as u32,
+        )
+    };
+    if fd >= 0 {
+        // SAFETY: the kernel just returned this descriptor, owned by nothing else.
+        unsafe { libc::close(fd as i32) };
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    let text = String::from_utf8_lossy(&log);
+    let first = text
+        .trim_matches('\0')
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string();
+    Err(if first.is_empty() {
+        err.to_string()
+    } else {
+        first
+    })
 }

@@ -11,12 +11,11 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use aya::{
     maps::{Array, CgrpStorage, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, TracePoint},
+    programs::{BtfTracePoint, CgroupAttachMode, CgroupDevice, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
 use tracer_common::{
-    cgroup_state, probe, untracked, DevicePrefix, EnvKey, DEVICE_PREFIXES, DEVICE_PREFIX_LEN,
-    ENV_KEY_LEN,
+    cgroup_state, probe, untracked, DeviceRange, EnvKey, DEVICE_RANGES, ENV_KEY_LEN,
 };
 
 use crate::{
@@ -39,12 +38,12 @@ pub struct TracerConfig {
     /// Environment variable the kernel reads from each container's init as it execs (the agent
     /// name); None turns that off.
     pub init_env_var: Option<String>,
-    /// Path prefixes of the device nodes whose opens are reported (GPU devices).
-    pub device_prefixes: Vec<String>,
-    /// Attach the mount system-call hooks.
-    pub trace_mounts: bool,
-    /// Attach the `openat` hooks that see device opens.
-    pub trace_device_opens: bool,
+    /// Device numbers whose accesses are reported (GPU devices), at most [`DEVICE_RANGES`].
+    pub devices: Vec<DeviceRange>,
+    /// Attach the mount system-call hooks (`--trace-mount-syscalls`).
+    pub trace_mount_syscalls: bool,
+    /// Attach the cgroup device hook that sees GPU device accesses.
+    pub trace_devices: bool,
 }
 
 impl TracerConfig {
@@ -53,8 +52,7 @@ impl TracerConfig {
     pub fn wants(&self, hook: &tracepoints::Hook, features: u64) -> bool {
         let group = match hook.group {
             HookGroup::Core => true,
-            HookGroup::Mounts => self.trace_mounts,
-            HookGroup::DeviceOpens => self.trace_device_opens,
+            HookGroup::MountSyscalls => self.trace_mount_syscalls,
         };
         group && hook.when.holds(features)
     }
@@ -65,39 +63,11 @@ impl Default for TracerConfig {
         TracerConfig {
             ring_buffer_bytes: 4 << 20,
             init_env_var: Some("AGENT_NAME".to_string()),
-            device_prefixes: DEFAULT_GPU_PREFIXES.iter().map(|p| p.to_string()).collect(),
-            trace_mounts: true,
-            trace_device_opens: true,
+            devices: crate::devices::default_gpu_devices(),
+            trace_mount_syscalls: false,
+            trace_devices: true,
         }
     }
-}
-
-/// GPU device nodes: NVIDIA's and DRM render nodes.
-pub const DEFAULT_GPU_PREFIXES: [&str; 2] = ["/dev/nvidia", "/dev/dri/renderD"];
-
-/// The map values telling the kernel which device paths to report, or why they cannot be.
-pub fn device_prefixes(prefixes: &[String]) -> Result<Vec<DevicePrefix>> {
-    if prefixes.len() > DEVICE_PREFIXES as usize {
-        bail!(
-            "at most {DEVICE_PREFIXES} --gpu-device-prefix values, got {}",
-            prefixes.len()
-        );
-    }
-    prefixes
-        .iter()
-        .map(|p| {
-            if p.is_empty() || p.len() > DEVICE_PREFIX_LEN || p.contains('\0') {
-                bail!("invalid --gpu-device-prefix {p:?}: 1 to {DEVICE_PREFIX_LEN} bytes");
-            }
-            let mut prefix = DevicePrefix {
-                len: p.len() as u32,
-                _reserved: 0,
-                prefix: [0; DEVICE_PREFIX_LEN],
-            };
-            prefix.prefix[..p.len()].copy_from_slice(p.as_bytes());
-            Ok(prefix)
-        })
-        .collect()
 }
 
 /// The map value telling the kernel which variable to read, or why `name` cannot be one.
@@ -133,6 +103,7 @@ pub struct Tracer {
     attached: usize,
     /// Per program, the instructions the verifier walked to accept it (None: not reported).
     verified: Vec<(&'static str, Option<u32>)>,
+    devices: DeviceHook,
     // Kept last so the maps above are released before the programs are detached.
     _ebpf: Ebpf,
 }
@@ -159,7 +130,12 @@ impl Tracer {
         drop(btf);
         let aya_btf = Btf::from_sys_fs().context("reading the kernel's BTF for BTF tracepoints")?;
         let env_key = config.init_env_var.as_deref().map(env_key).transpose()?;
-        let prefixes = device_prefixes(&config.device_prefixes)?;
+        if config.devices.len() > DEVICE_RANGES as usize {
+            bail!(
+                "at most {DEVICE_RANGES} --gpu-device values, got {}",
+                config.devices.len()
+            );
+        }
         sys::raise_memlock_limit();
 
         // Wake the reader once a quarter of the buffer (at most 64 KiB) is waiting; below that
@@ -195,8 +171,6 @@ impl Tracer {
             .override_global(tracer_common::KERNEL_FEATURES, &bits, true)
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
             .map_max_entries("EVENTS", size)
-            // DEVICE_PENDING: aya creates task-storage maps but has no type for them.
-            .allow_unsupported_maps()
             .load(EBPF_OBJECT)
             .context("loading the eBPF programs into the kernel")?;
         // The programs hold the stand-ins now: their pins can go.
@@ -210,13 +184,13 @@ impl Tracer {
                 .context("setting the environment variable to read")?;
         }
         {
-            let mut map: Array<_, DevicePrefix> = Array::try_from(
-                ebpf.map_mut("DEVICE_PREFIX")
-                    .context("map DEVICE_PREFIX missing from the eBPF object")?,
+            let mut map: Array<_, DeviceRange> = Array::try_from(
+                ebpf.map_mut("DEVICE_RANGE")
+                    .context("map DEVICE_RANGE missing from the eBPF object")?,
             )?;
-            for (i, prefix) in prefixes.into_iter().enumerate() {
-                map.set(i as u32, prefix, 0)
-                    .context("setting the device prefixes")?;
+            for (i, range) in config.devices.iter().enumerate() {
+                map.set(i as u32, *range, 0)
+                    .context("setting the device ranges")?;
             }
         }
         let mut attached = 0;
@@ -246,6 +220,29 @@ impl Tracer {
             }
             attached += 1;
         }
+        let devices = if config.trace_devices && !config.devices.is_empty() {
+            let program: &mut CgroupDevice = ebpf
+                .program_mut(DEVICE_PROGRAM)
+                .with_context(|| format!("program {DEVICE_PROGRAM} missing from the eBPF object"))?
+                .try_into()
+                .with_context(|| format!("program {DEVICE_PROGRAM} is not a device program"))?;
+            match attach_device_hook(program) {
+                Ok(root) => {
+                    verified.push((DEVICE_PROGRAM, verified_insns(program.info())));
+                    attached += 1;
+                    DeviceHook::Attached(root)
+                }
+                Err(err) => {
+                    log::warn!(
+                        "GPU device accesses are not seen: {err:#}; GPU use is then known from \
+                         NVML only"
+                    );
+                    DeviceHook::Failed(format!("{err:#}"))
+                }
+            }
+        } else {
+            DeviceHook::Off
+        };
 
         let ring = RingBuf::try_from(take(&mut ebpf, "EVENTS")?)?;
         let cgroups = HashMap::try_from(take(&mut ebpf, "CGROUPS")?)?;
@@ -266,8 +263,14 @@ impl Tracer {
             decode_errors: 0,
             attached,
             verified,
+            devices,
             _ebpf: ebpf,
         })
+    }
+
+    /// Where the device hook stands.
+    pub fn device_hook(&self) -> &DeviceHook {
+        &self.devices
     }
 
     /// Waits up to `timeout` for records, then appends every record available to `out`.
@@ -359,12 +362,6 @@ impl Tracer {
         Ok(self.untracked.get(&untracked::CGROUP, 0)?.iter().sum())
     }
 
-    /// Device opens that could not be followed because the kernel could not allocate the
-    /// entry that holds one between the system call's entry and exit.
-    pub fn untracked_device_opens(&self) -> Result<u64> {
-        Ok(self.untracked.get(&untracked::DEVICE_OPEN, 0)?.iter().sum())
-    }
-
     /// Follows the processes of cgroup `id` at `dir` (a container found by scanning, or one of
     /// its sub-cgroups), which already runs its payload. A cgroup removed meanwhile is skipped.
     pub fn track_cgroup(&mut self, id: u64, dir: &Path) -> Result<()> {
@@ -393,6 +390,44 @@ impl Tracer {
         // Already gone (removed meanwhile) is fine.
         let _ = self.cgroups.remove(&id);
     }
+}
+
+/// The cgroup device program's name in the eBPF object.
+pub const DEVICE_PROGRAM: &str = "device_access";
+
+/// Whether the cgroup device hook is attached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceHook {
+    /// Attached at this cgroup v2 root.
+    Attached(std::path::PathBuf),
+    /// Not asked for (`--no-gpu-tracking`, or no `--gpu-device`).
+    Off,
+    /// Asked for and refused, with why.
+    Failed(String),
+}
+
+/// Loads the device program and attaches it at the cgroup v2 root, beside any other device
+/// programs: every cgroup's effective device programs then include it, after their own. The
+/// attachment is a BPF link (the kernel has them since 5.7), which is always one of many
+/// (`BPF_F_ALLOW_MULTI`): the kernel refuses any other flag on a link, so aya's `Single` mode,
+/// which passes none, is the one to give.
+fn attach_device_hook(program: &mut CgroupDevice) -> Result<std::path::PathBuf> {
+    let root = sys::cgroup2_mount().context("no cgroup v2 hierarchy is mounted")?;
+    let dir = std::fs::File::open(&root)
+        .with_context(|| format!("opening the cgroup v2 root {}", root.display()))?;
+    program
+        .load()
+        .with_context(|| format!("the kernel's verifier refused program {DEVICE_PROGRAM}"))?;
+    program
+        .attach(&dir, CgroupAttachMode::Single)
+        .with_context(|| {
+            format!(
+                "linking a device program to {} (a program attached there without \
+                 BPF_F_ALLOW_MULTI forbids this)",
+                root.display()
+            )
+        })?;
+    Ok(root)
 }
 
 fn take(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {

@@ -11,7 +11,7 @@ use std::{
 
 use serde::Serialize;
 use tracer_common::{
-    mount_call, AttachRecord, CgroupRecord, DeviceOpenRecord, EnvValue, ExecRecord, ExitRecord,
+    mount_call, AttachRecord, CgroupRecord, DeviceAccessRecord, EnvValue, ExecRecord, ExitRecord,
     MountRecord, OomRecord, SignalRecord,
 };
 
@@ -21,9 +21,7 @@ use crate::{
     },
     containers::{ContainerIdent, Recognize},
     decode::{c_str, sized_str, Record},
-    volumes::{
-        self, ms, Call, ContainerMounts, ReadOnly, Violation, ViolationKind, MOUNT_ATTR_RDONLY,
-    },
+    volumes::{self, Bind, ReadOnly, Violation, ViolationKind},
 };
 
 fn call_name(call: u32) -> &'static str {
@@ -49,6 +47,12 @@ pub struct ModelConfig {
     /// The depth of the host's pid namespace, where the tracer runs: a process deeper than
     /// this is in a container's own pid namespace.
     pub host_ns_level: u32,
+    /// A cgroup v1 `devices` hierarchy is mounted: it decides after the device programs, so an
+    /// access they allowed may still be denied there, and is reported undecided.
+    pub devices_v1_controller: bool,
+    /// Mount system calls are traced (`--trace-mount-syscalls`): a start's share spent in them
+    /// is known.
+    pub mount_syscalls: bool,
 }
 
 impl Default for ModelConfig {
@@ -57,6 +61,8 @@ impl Default for ModelConfig {
             linger_after_ns: 30_000_000_000,
             read_only_volumes: Vec::new(),
             host_ns_level: 0,
+            devices_v1_controller: false,
+            mount_syscalls: true,
         }
     }
 }
@@ -100,7 +106,7 @@ pub struct Container {
     /// The agent-name variable the kernel read from the first exec's environment, and whose.
     pub init_env: Option<(u32, Vec<u8>)>,
     /// The bind mounts it made and their read-only state.
-    pub mounts: ContainerMounts,
+    pub mounts: Vec<Bind>,
     /// Time its mount calls took before its first exec.
     pub mount_ns_before_start: u64,
     /// Its sub-cgroups.
@@ -252,9 +258,8 @@ pub struct MountCall {
     /// 0 on success (or the new file descriptor), a negative errno on failure.
     pub result: i64,
     pub duration_seconds: f64,
-    /// The bind mount this call made or changed, with its effective read-only state after it.
-    pub bind: Option<BindState>,
-    /// Whether what the call mounted can be written.
+    /// Whether what the call asked for can be written (the effective state is the mount
+    /// table's: see `volume_mount`).
     pub writable: bool,
 }
 
@@ -265,23 +270,42 @@ pub struct BindState {
     pub read_only: ReadOnly,
 }
 
-/// One open of a device node (a path under a `--gpu-device-prefix`) in a container.
+/// A process in a container asked for a GPU device (a device number under `--gpu-device`):
+/// opened it for reading or writing, checked it with `access(2)`, or made a node of it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DeviceOpen {
+pub struct DeviceAccess {
     #[serde(flatten)]
     pub container: ContainerRef,
-    pub pid: u32,
-    pub comm: String,
+    /// The caller, on kernels that let device programs name it (absent elsewhere).
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    /// The node under /dev with this number, or `char MAJOR:MINOR` when /dev has none.
     pub device: String,
-    /// The device's name (`nvidia0`, `renderD128`): the `gpu` label of the metrics.
+    pub major: u32,
+    pub minor: u32,
+    /// The device's name (`nvidia0`, `renderD128`, or `MAJOR:MINOR`): the `gpu` label of the
+    /// metrics.
     pub gpu: String,
-    /// The file descriptor, or a negative errno.
-    pub result: i64,
-    /// The container's first successful open of this device.
+    /// What was asked: `read`, `write`, `mknod`, joined with `,`.
+    pub access: String,
+    /// What the device programs before clawtrace's decided (the runtime's).
+    pub decision: DeviceDecision,
+    /// The container's first access of this device that was not denied.
     pub first_use: bool,
-    /// A numbered device node (a GPU), as opposed to a control node such as `nvidiactl`;
-    /// only these count for sharing.
+    /// A GPU, as opposed to a control node such as `nvidiactl`; only these count for sharing.
     pub is_gpu: bool,
+}
+
+/// The decision on a device access, as the kernel told it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceDecision {
+    Allowed,
+    /// Denied by a device program of the container's cgroups: the caller got EPERM.
+    Denied,
+    /// Not known: the kernel does not tell device programs the decision (before Linux 5.18),
+    /// or the device programs allowed it and a cgroup v1 `devices` hierarchy decides after them.
+    Undecided,
 }
 
 /// A container began using a GPU device that other live containers use.
@@ -415,7 +439,7 @@ pub enum Event {
     Mount(MountCall),
     VolumeMount(VolumeMount),
     VolumeViolation(VolumeViolation),
-    DeviceOpen(DeviceOpen),
+    DeviceAccess(DeviceAccess),
     GpuSharing(GpuSharing),
 }
 
@@ -460,9 +484,18 @@ pub struct Model<R> {
     violations: HashSet<Violation>,
     /// Containers just deleted, so the violations they end can still name them.
     gone: HashMap<u64, ContainerRef>,
-    /// Live containers that opened each GPU device.
-    device_users: HashMap<String, HashSet<u64>>,
+    /// Live containers that used each GPU device, by device number.
+    device_users: HashMap<(u32, u32), HashSet<u64>>,
+    /// The /dev node of each device number, as the caller found them ([`Model::name_device`]).
+    device_names: HashMap<(u32, u32), Arc<str>>,
 }
+
+/// `mount(2)` flags the model reads.
+const MS_RDONLY: u64 = 1;
+const MS_REMOUNT: u64 = 32;
+const MS_BIND: u64 = 4096;
+/// `MOUNT_ATTR_RDONLY` of `mount_setattr(2)` and `fsmount(2)`.
+const MOUNT_ATTR_RDONLY: u64 = 1;
 
 fn seconds(ns: u64) -> f64 {
     ns as f64 / 1e9
@@ -479,7 +512,19 @@ impl<R: Recognize> Model<R> {
             violations: HashSet::new(),
             gone: HashMap::new(),
             device_users: HashMap::new(),
+            device_names: HashMap::new(),
         }
+    }
+
+    /// Whether the device with this number has been named (see [`Model::name_device`]).
+    pub fn knows_device(&self, major: u32, minor: u32) -> bool {
+        self.device_names.contains_key(&(major, minor))
+    }
+
+    /// Names the /dev node of a device number, for the events of its accesses. Unnamed devices
+    /// are reported by number.
+    pub fn name_device(&mut self, major: u32, minor: u32, path: &str) {
+        self.device_names.insert((major, minor), Arc::from(path));
     }
 
     pub fn recognizer(&self) -> &R {
@@ -518,7 +563,7 @@ impl<R: Recognize> Model<R> {
             processes: found.processes.into_iter().collect(),
             bootstrap: HashSet::new(),
             init_env: None,
-            mounts: ContainerMounts::default(),
+            mounts: Vec::new(),
             mount_ns_before_start: 0,
             sub_cgroups: Vec::new(),
             lingering: false,
@@ -557,7 +602,7 @@ impl<R: Recognize> Model<R> {
             Record::Oom(r) => self.on_oom(r, out),
             Record::Exit(r) => self.on_exit(r, out),
             Record::Mount(r) => self.on_mount(r, out),
-            Record::DeviceOpen(r) => self.on_device_open(r, out),
+            Record::DeviceAccess(r) => self.on_device_access(r, out),
         }
     }
 
@@ -632,7 +677,7 @@ impl<R: Recognize> Model<R> {
             processes: HashSet::new(),
             bootstrap: HashSet::new(),
             init_env: None,
-            mounts: ContainerMounts::default(),
+            mounts: Vec::new(),
             mount_ns_before_start: 0,
             sub_cgroups: Vec::new(),
             lingering: false,
@@ -670,8 +715,7 @@ impl<R: Recognize> Model<R> {
             users.remove(&r.id);
             !users.is_empty()
         });
-        if self.violations.iter().any(|v| v.container == r.id) || c.mounts.binds().next().is_some()
-        {
+        if self.violations.iter().any(|v| v.container == r.id) || !c.mounts.is_empty() {
             self.gone.insert(r.id, ContainerRef::of(&c));
             self.check_volumes(r.header.ts_ns, out);
         }
@@ -770,7 +814,8 @@ impl<R: Recognize> Model<R> {
         } else {
             None
         };
-        let mount_seconds = first.then(|| seconds(c.mount_ns_before_start));
+        let mount_seconds =
+            (first && self.config.mount_syscalls).then(|| seconds(c.mount_ns_before_start));
         out.events.push(Timed {
             ts_ns: r.header.ts_ns,
             event: Event::ProcessExec(ProcessExec {
@@ -787,50 +832,96 @@ impl<R: Recognize> Model<R> {
                 },
             }),
         });
-        if first && c.mounts.binds().next().is_some() {
-            // The runtime's set-up is over: its binds are as the payload will see them.
-            let container = ContainerRef::of(c);
-            let mut binds: Vec<_> = c.mounts.binds().cloned().collect();
-            binds.sort_by(|a, b| a.target.cmp(&b.target));
-            for bind in binds {
-                out.events.push(Timed {
-                    ts_ns: r.header.ts_ns,
-                    event: Event::VolumeMount(VolumeMount {
-                        container: container.clone(),
-                        bind: BindState {
-                            source: bind.source,
-                            target: bind.target,
-                            read_only: bind.read_only,
-                        },
-                    }),
-                });
-            }
-            self.check_volumes(r.header.ts_ns, out);
-        }
     }
 
-    fn on_device_open(&mut self, r: &DeviceOpenRecord, out: &mut Output) {
+    /// A container's mount table as the kernel has it now (read at its payload's start and at
+    /// each change): reports each bind that is new or changed, and re-evaluates the volume
+    /// policy.
+    pub fn on_mount_table(
+        &mut self,
+        cgroup_id: u64,
+        binds: Vec<Bind>,
+        ts_ns: u64,
+        out: &mut Output,
+    ) {
+        let Some(c) = self.containers.get_mut(&cgroup_id) else {
+            return;
+        };
+        if c.mounts == binds {
+            return;
+        }
+        let container = ContainerRef::of(c);
+        for bind in binds.iter().filter(|b| !c.mounts.contains(b)) {
+            out.events.push(Timed {
+                ts_ns,
+                event: Event::VolumeMount(VolumeMount {
+                    container: container.clone(),
+                    bind: BindState {
+                        source: bind.source.clone(),
+                        target: bind.target.clone(),
+                        read_only: bind.read_only,
+                    },
+                }),
+            });
+        }
+        c.mounts = binds;
+        self.check_volumes(ts_ns, out);
+    }
+
+    fn on_device_access(&mut self, r: &DeviceAccessRecord, out: &mut Output) {
+        use tracer_common::device_access as da;
         let Some(&owner) = self.owner.get(&r.header.cgroup_id) else {
             return;
         };
         let Some(c) = self.containers.get(&owner) else {
             return;
         };
-        let device = c_str(&r.path);
-        let gpu = device.rsplit('/').next().unwrap_or(&device).to_string();
-        let is_gpu = gpu.ends_with(|ch: char| ch.is_ascii_digit());
-        let users = self.device_users.entry(device.clone()).or_default();
-        let first_use = r.ret >= 0 && users.insert(owner);
+        let number = (r.major, r.minor);
+        let (device, gpu) = match self.device_names.get(&number) {
+            Some(path) => (
+                path.to_string(),
+                path.rsplit('/').next().unwrap_or(path).to_string(),
+            ),
+            None => (
+                format!("char {}:{}", r.major, r.minor),
+                format!("{}:{}", r.major, r.minor),
+            ),
+        };
+        let is_gpu = !(r.major == crate::devices::NVIDIA_MAJOR
+            && r.minor >= crate::devices::NVIDIA_FIRST_CONTROL_MINOR);
+        let decision = match r.decision {
+            da::ALLOWED if self.config.devices_v1_controller => DeviceDecision::Undecided,
+            da::ALLOWED => DeviceDecision::Allowed,
+            da::DENIED => DeviceDecision::Denied,
+            _ => DeviceDecision::Undecided,
+        };
+        let asked = r.access_type >> 16;
+        let access: Vec<&str> = [
+            (da::READ, "read"),
+            (da::WRITE, "write"),
+            (da::MKNOD, "mknod"),
+        ]
+        .into_iter()
+        .filter(|(bit, _)| asked & bit != 0)
+        .map(|(_, name)| name)
+        .collect();
+        let users = self.device_users.entry(number).or_default();
+        let first_use = decision != DeviceDecision::Denied && users.insert(owner);
         let container = ContainerRef::of(c);
+        // The caller's ids, where the kernel gave them (tgid 0, the idle task, is never one).
+        let caller = (r.header.tgid != 0).then_some(r.header.tgid);
         out.events.push(Timed {
             ts_ns: r.header.ts_ns,
-            event: Event::DeviceOpen(DeviceOpen {
+            event: Event::DeviceAccess(DeviceAccess {
                 container: container.clone(),
-                pid: r.header.tgid,
-                comm: c_str(&r.comm),
+                pid: caller,
+                comm: caller.map(|_| c_str(&r.comm)),
                 device: device.clone(),
+                major: r.major,
+                minor: r.minor,
                 gpu: gpu.clone(),
-                result: r.ret,
+                access: access.join(","),
+                decision,
                 first_use,
                 is_gpu,
             }),
@@ -862,31 +953,18 @@ impl<R: Recognize> Model<R> {
         };
         let source = c_str(&r.source);
         let target = c_str(&r.target);
-        let call = Call {
-            call: r.call,
-            tgid: r.header.tgid,
-            ret: r.ret,
-            source: &source,
-            target: &target,
-            flags: r.flags,
-            attr_set: r.attr_set,
-            attr_clr: r.attr_clr,
-            fd_from: r.fd_from,
-        };
-        let changed = c.mounts.apply(&call);
         let duration = r.header.ts_ns.saturating_sub(r.start_ns);
         let started = c.first_exec_ns.is_some() || c.preexisting;
         if !started {
             c.mount_ns_before_start += duration;
         }
-        let writable = match &changed {
-            Some(bind) => bind.read_only.writable(),
-            None => match r.call {
-                mount_call::MOUNT => r.flags & ms::RDONLY == 0,
-                mount_call::FSMOUNT => r.attr_set & MOUNT_ATTR_RDONLY == 0,
-                mount_call::MOUNT_SETATTR => r.attr_set & MOUNT_ATTR_RDONLY == 0,
-                _ => true,
-            },
+        // What the call asked for: a first bind ignores MS_RDONLY (only a remount applies it).
+        let writable = match r.call {
+            mount_call::MOUNT => {
+                r.flags & MS_RDONLY == 0 || (r.flags & MS_BIND != 0 && r.flags & MS_REMOUNT == 0)
+            }
+            mount_call::FSMOUNT | mount_call::MOUNT_SETATTR => r.attr_set & MOUNT_ATTR_RDONLY == 0,
+            _ => true,
         };
         out.events.push(Timed {
             ts_ns: r.header.ts_ns,
@@ -903,17 +981,9 @@ impl<R: Recognize> Model<R> {
                 attr_clr: r.attr_clr,
                 result: r.ret,
                 duration_seconds: seconds(duration),
-                bind: changed.map(|b| BindState {
-                    source: b.source,
-                    target: b.target,
-                    read_only: b.read_only,
-                }),
                 writable,
             }),
         });
-        if started {
-            self.check_volumes(r.header.ts_ns, out);
-        }
     }
 
     /// Re-evaluates the volume policy over started, live containers and reports what began or
@@ -923,7 +993,7 @@ impl<R: Recognize> Model<R> {
             .containers
             .iter()
             .filter(|(_, c)| c.first_exec_ns.is_some() || c.preexisting)
-            .map(|(id, c)| (*id, &c.mounts));
+            .map(|(id, c)| (*id, c.mounts.as_slice()));
         let (now, sharing) = volumes::violations(started, &self.config.read_only_volumes);
         let now: HashSet<Violation> = now.into_iter().collect();
         let ids_of = |source: &str, containers: &HashMap<u64, Container>| -> Vec<Arc<str>> {

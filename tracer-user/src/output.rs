@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::{
     attribution::{ExitCause, SenderKind},
-    model::{Event, ProcessExit, Sender, Timed},
+    model::{DeviceDecision, Event, ProcessExit, Sender, Timed},
     sys::WallClock,
 };
 
@@ -260,12 +260,8 @@ fn event_text(event: &Timed) -> String {
             } else {
                 "ok".to_string()
             };
-            let state = match &m.bind {
-                Some(b) => format!(", bind of {} read-only: {}", b.source, b.read_only.as_str()),
-                None => String::new(),
-            };
             format!(
-                "container {} {} {} -> {} ({}{state}) {:.3} ms",
+                "container {} {} {} -> {} ({}) {:.3} ms",
                 short_id(&m.container.container_id),
                 m.call,
                 if m.source.is_empty() { "-" } else { &m.source },
@@ -289,16 +285,19 @@ fn event_text(event: &Timed) -> String {
             if v.active { "is writable here" } else { "no longer" },
             v.containers.iter().map(|c| short_id(c)).collect::<Vec<_>>().join(", ")
         ),
-        Event::DeviceOpen(d) => format!(
-            "container {} {}[{}] opened {}{}",
+        Event::DeviceAccess(d) => format!(
+            "container {} {} {} ({}){}",
             short_id(&d.container.container_id),
-            d.comm,
-            d.pid,
+            match (&d.comm, d.pid) {
+                (Some(comm), Some(pid)) => format!("{comm}[{pid}]"),
+                _ => "a process".to_string(),
+            },
             d.device,
-            if d.result < 0 {
-                format!(" (failed: {})", std::io::Error::from_raw_os_error((-d.result) as i32))
-            } else {
-                String::new()
+            d.access,
+            match d.decision {
+                DeviceDecision::Allowed => "",
+                DeviceDecision::Denied => ": denied",
+                DeviceDecision::Undecided => ": decision not told by this kernel",
             }
         ),
         Event::GpuSharing(g) => format!(

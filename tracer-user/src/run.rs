@@ -39,11 +39,11 @@ pub struct RunOptions {
     pub linger_after: Duration,
     pub ring_buffer_bytes: u32,
     pub read_only_volumes: Vec<String>,
-    pub gpu_device_prefixes: Vec<String>,
-    /// Trace mount system calls (mount durations, read-only volume policy).
-    pub trace_mounts: bool,
-    /// Trace opens of the GPU device nodes.
-    pub trace_device_opens: bool,
+    pub gpu_devices: Vec<tracer_common::DeviceRange>,
+    /// Trace mount system calls (mount durations, `mount` events).
+    pub trace_mount_syscalls: bool,
+    /// Attach the cgroup device hook (GPU device accesses).
+    pub trace_devices: bool,
     pub gpu_poll: Duration,
     pub prometheus_listen: Option<std::net::SocketAddr>,
     pub otlp: Option<OtlpConfig>,
@@ -70,12 +70,9 @@ impl RunOptions {
             linger_after: Duration::from_secs(30),
             ring_buffer_bytes: 4 << 20,
             read_only_volumes: Vec::new(),
-            gpu_device_prefixes: crate::loader::DEFAULT_GPU_PREFIXES
-                .iter()
-                .map(|p| p.to_string())
-                .collect(),
-            trace_mounts: true,
-            trace_device_opens: true,
+            gpu_devices: crate::devices::default_gpu_devices(),
+            trace_mount_syscalls: false,
+            trace_devices: true,
             gpu_poll: Duration::from_secs(5),
             prometheus_listen: None,
             otlp: None,
@@ -93,7 +90,6 @@ pub struct RunSummary {
     pub lost: [u64; probe::COUNT as usize],
     pub decode_errors: u64,
     pub untracked_cgroups: u64,
-    pub untracked_device_opens: u64,
     pub audit_errors: u64,
 }
 
@@ -122,10 +118,17 @@ pub fn run(options: &RunOptions, stop: &Arc<AtomicBool>, out: impl Write) -> Res
     let mut tracer = Tracer::start(&TracerConfig {
         ring_buffer_bytes: options.ring_buffer_bytes,
         init_env_var: env_source.then(|| options.agent.env_var.clone()),
-        device_prefixes: options.gpu_device_prefixes.clone(),
-        trace_mounts: options.trace_mounts,
-        trace_device_opens: options.trace_device_opens,
+        devices: options.gpu_devices.clone(),
+        trace_mount_syscalls: options.trace_mount_syscalls,
+        trace_devices: options.trace_devices,
     })?;
+    let devices_v1_controller = sys::cgroup_v1_devices_mounted();
+    if devices_v1_controller && options.trace_devices {
+        log::info!(
+            "a cgroup v1 devices hierarchy is mounted: it decides device accesses after the \
+             device programs, so a GPU access they allow is reported undecided"
+        );
+    }
     let clock = sys::WallClock::now();
     let mut printer = Printer::new(out, options.format, clock);
     let mut model = Model::new(
@@ -139,11 +142,15 @@ pub fn run(options: &RunOptions, stop: &Arc<AtomicBool>, out: impl Write) -> Res
                 .map(|p| crate::volumes::normalize(p))
                 .collect(),
             host_ns_level: crate::sys::pid_ns_level(),
+            devices_v1_controller,
+            mount_syscalls: options.trace_mount_syscalls,
         },
     );
     let mut summary = RunSummary::default();
     let mut step = Output::default();
+    let mut device_names = crate::devices::DeviceNames::new(std::path::Path::new("/dev"));
 
+    let mut adopted_inits = Vec::new();
     // The programs are attached before the scan, so nothing created meanwhile is missed; the
     // model ignores a container it already knows.
     if let Some(root) = sys::cgroup2_mount() {
@@ -155,6 +162,9 @@ pub fn run(options: &RunOptions, stop: &Arc<AtomicBool>, out: impl Write) -> Res
                     tracer.track_cgroup(id, dir)?;
                 }
             }
+            if let Some(init) = container.init {
+                adopted_inits.push((container.cgroup_id, init));
+            }
             model.adopt(container, now, &mut step);
         }
     } else {
@@ -164,6 +174,10 @@ pub fn run(options: &RunOptions, stop: &Arc<AtomicBool>, out: impl Write) -> Res
     // Attached and scanned: from here on only what the sinks need is kept. Capabilities are per
     // thread, so this comes before the export threads start.
     sys::drop_privileges()?;
+    let mounts = crate::mountinfo::MountWatcher::start()?;
+    for (cgroup_id, init) in adopted_inits {
+        mounts.watch(cgroup_id, init);
+    }
     let exporter = if listener.is_some() || options.otlp.is_some() {
         Some(Exporter::start(
             ExportConfig {
@@ -205,6 +219,13 @@ pub fn run(options: &RunOptions, stop: &Arc<AtomicBool>, out: impl Write) -> Res
         let mut counts = KindCounts::default();
         tracer.poll_each(if stopping { Duration::ZERO } else { POLL }, |record| {
             counts.add(&record);
+            if let crate::decode::Record::DeviceAccess(r) = &record {
+                if !model.knows_device(r.major, r.minor) {
+                    if let Some(path) = device_names.lookup(r.major, r.minor) {
+                        model.name_device(r.major, r.minor, path);
+                    }
+                }
+            }
             model.handle(&record, &mut step);
         })?;
         if let Some(exporter) = &exporter {
@@ -219,6 +240,20 @@ pub fn run(options: &RunOptions, stop: &Arc<AtomicBool>, out: impl Write) -> Res
         }
         for id in step.untrack.drain(..) {
             tracer.untrack_cgroup(id);
+        }
+        // A payload's start: its mount table is as the runtime made it. A container's end: its
+        // table is no longer followed.
+        for event in &step.events {
+            match &event.event {
+                Event::ProcessExec(e) if e.start_seconds.is_some() => {
+                    mounts.watch(e.container.cgroup_id, e.pid)
+                }
+                Event::ContainerDelete(d) => mounts.unwatch(d.container.cgroup_id),
+                _ => {}
+            }
+        }
+        for table in mounts.tables() {
+            model.on_mount_table(table.cgroup_id, table.binds, table.ts_ns, &mut step);
         }
         for event in &step.events {
             printer.print(event)?;
@@ -293,15 +328,6 @@ fn report_losses(tracer: &Tracer, summary: &mut RunSummary, exporter: Option<&Ex
                  could not allocate their mark"
             );
             summary.untracked_cgroups = n;
-        }
-    }
-    if let Ok(n) = tracer.untracked_device_opens() {
-        if n > summary.untracked_device_opens {
-            log::warn!(
-                "{n} device open(s) in containers could not be followed: the kernel could not \
-                 allocate their entry"
-            );
-            summary.untracked_device_opens = n;
         }
     }
 }

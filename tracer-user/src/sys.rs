@@ -182,6 +182,27 @@ fn cgroup2_mount_in(mountinfo: &str) -> Option<PathBuf> {
     None
 }
 
+/// Whether a cgroup v1 hierarchy with the `devices` controller is mounted (a hybrid host): it
+/// decides device accesses after the cgroup v2 device programs.
+pub fn cgroup_v1_devices_mounted() -> bool {
+    fs::read_to_string("/proc/self/mountinfo")
+        .map(|text| cgroup_v1_devices_in(&text))
+        .unwrap_or(false)
+}
+
+fn cgroup_v1_devices_in(mountinfo: &str) -> bool {
+    mountinfo.lines().any(|line| {
+        let Some((_, right)) = line.split_once(" - ") else {
+            return false;
+        };
+        let mut fields = right.split_whitespace();
+        fields.next() == Some("cgroup")
+            && fields
+                .nth(1)
+                .is_some_and(|options| options.split(',').any(|o| o == "devices"))
+    })
+}
+
 fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -265,5 +286,18 @@ mod tests {
         let real = clock_ns(libc::CLOCK_REALTIME) as i128;
         // The conversion of "now" lands within a second of the real clock.
         assert!((now.unix_ns(monotonic_ns()) - real).abs() < 1_000_000_000);
+    }
+
+    #[test]
+    fn a_v1_devices_hierarchy_is_found() {
+        let hybrid =
+            "30 25 0:26 / /sys/fs/cgroup/devices rw,relatime shared:9 - cgroup cgroup rw,devices
+31 25 0:27 / /sys/fs/cgroup/unified rw,relatime shared:10 - cgroup2 cgroup2 rw
+";
+        assert!(cgroup_v1_devices_in(hybrid));
+        let unified = "31 25 0:27 / /sys/fs/cgroup rw,relatime shared:10 - cgroup2 cgroup2 rw
+32 25 0:28 / /sys/fs/cgroup/pids rw shared:11 - cgroup cgroup rw,pids
+";
+        assert!(!cgroup_v1_devices_in(unified));
     }
 }

@@ -59,16 +59,15 @@ pub struct Hook {
     pub when: When,
 }
 
-/// What a hook serves. The system-call hooks can be left out: while any syscall tracepoint is
-/// attached, every system call of every task takes the kernel's traced path.
+/// What a hook serves. The system-call hooks are attached only when asked for: while any
+/// syscall tracepoint is attached, every system call of every task takes the kernel's traced
+/// path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HookGroup {
     /// Container, process and signal lifecycles.
     Core,
-    /// Mount system calls (mount durations, read-only volume policy).
-    Mounts,
-    /// `openat` of device nodes (GPU use).
-    DeviceOpens,
+    /// Mount system calls (`--trace-mount-syscalls`: mount durations and `mount` events).
+    MountSyscalls,
 }
 
 const fn f(name: &'static str, offset: usize, size: usize) -> Field {
@@ -238,8 +237,6 @@ pub const HOOKS: &[Hook] = &[
         ],
     ),
     syscall("sys_exit_fsconfig", EXIT),
-    device_syscall("sys_enter_openat", &[f("dfd", 16, 8), f("filename", 24, 8)]),
-    device_syscall("sys_exit_openat", EXIT),
 ];
 
 /// The return value every `sys_exit_*` record has.
@@ -252,15 +249,8 @@ const fn syscall(name: &'static str, fields: &'static [Field]) -> Hook {
         program: name,
         fields,
         btf_args: None,
-        group: HookGroup::Mounts,
+        group: HookGroup::MountSyscalls,
         when: When::Always,
-    }
-}
-
-const fn device_syscall(name: &'static str, fields: &'static [Field]) -> Hook {
-    Hook {
-        group: HookGroup::DeviceOpens,
-        ..syscall(name, fields)
     }
 }
 

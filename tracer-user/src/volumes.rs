@@ -1,32 +1,13 @@
-//! The bind mounts each container makes and their effective read-only state, followed through
-//! the mount system calls the way runtimes really make them:
-//!
-//! - runc's way: `mount(src, dst, MS_BIND|MS_REC)`, then `mount(src, dst, MS_REMOUNT|MS_BIND|MS_RDONLY)`:
-//!   read-only, but only the mount itself; the mounts beneath it stay writable.
-//! - `mount_setattr(…, AT_RECURSIVE, {attr_set: MOUNT_ATTR_RDONLY})`: recursively read-only.
-//! - the new mount API: `open_tree(src, OPEN_TREE_CLONE)`, `mount_setattr` on the detached tree,
-//!   `move_mount` to the destination.
-//!
-//! and the shared-volume policy over live containers. Pure: no I/O.
+//! The bind mounts each container has and their effective read-only state, read from the
+//! kernel's own mount table (`/proc/<init>/mountinfo`, see [`crate::mountinfo`]) rather than
+//! replayed from mount system calls: the state the kernel enforces, however the runtime made it
+//! (runc's bind then per-mount read-only remount, `mount_setattr(AT_RECURSIVE)`, the new mount
+//! API's `open_tree` + `move_mount`). And the shared-volume policy over live containers. Pure:
+//! no I/O.
 
 use std::collections::HashMap;
 
 use serde::Serialize;
-
-/// `mount(2)` flags.
-pub mod ms {
-    pub const RDONLY: u64 = 1;
-    pub const REMOUNT: u64 = 32;
-    pub const BIND: u64 = 4096;
-    pub const MOVE: u64 = 8192;
-    pub const REC: u64 = 16384;
-}
-pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
-pub const AT_RECURSIVE: u64 = 0x8000;
-pub const AT_EMPTY_PATH: u64 = 0x1000;
-pub const OPEN_TREE_CLONE: u64 = 1;
-pub const MOVE_MOUNT_F_EMPTY_PATH: u64 = 0x4;
-pub const FSCONFIG_SET_FLAG: u64 = 0;
 
 /// A bind mount's effective read-only state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -34,7 +15,7 @@ pub const FSCONFIG_SET_FLAG: u64 = 0;
 pub enum ReadOnly {
     /// Writable.
     No,
-    /// The mount is read-only; mounts beneath it may not be.
+    /// The mount is read-only; a mount beneath it is writable.
     Yes,
     /// The mount and every mount beneath it are read-only.
     Recursive,
@@ -62,27 +43,6 @@ pub struct Bind {
     pub read_only: ReadOnly,
 }
 
-/// A tree cloned by `open_tree` and not attached yet.
-#[derive(Debug, Clone)]
-struct Detached {
-    source: String,
-    read_only: ReadOnly,
-}
-
-/// One mount system call as the model sees it.
-#[derive(Debug, Clone)]
-pub struct Call<'a> {
-    pub call: u32,
-    pub tgid: u32,
-    pub ret: i64,
-    pub source: &'a str,
-    pub target: &'a str,
-    pub flags: u64,
-    pub attr_set: u64,
-    pub attr_clr: u64,
-    pub fd_from: i32,
-}
-
 /// Normalises a path for comparison: no repeated or trailing slashes.
 pub fn normalize(path: &str) -> String {
     let mut out = String::with_capacity(path.len());
@@ -100,115 +60,171 @@ pub fn normalize(path: &str) -> String {
     out
 }
 
-/// The binds of one container, by source.
-#[derive(Debug, Default, Clone)]
-pub struct ContainerMounts {
-    binds: HashMap<String, Bind>,
-    detached: HashMap<(u32, i32), Detached>,
+/// Filesystems a runtime mounts for the container itself (its own proc, sysfs, cgroups,
+/// terminals, message queues), never host volumes, even where they share the host's
+/// superblock (sysfs or cgroup2 with the host's network or cgroup namespace).
+const NOT_VOLUMES: [&str; 16] = [
+    "proc",
+    "sysfs",
+    "cgroup",
+    "cgroup2",
+    "devpts",
+    "mqueue",
+    "devtmpfs",
+    "securityfs",
+    "debugfs",
+    "tracefs",
+    "bpf",
+    "configfs",
+    "fusectl",
+    "pstore",
+    "binfmt_misc",
+    "nsfs",
+];
+
+/// The host volumes bound into a container: each mount of its table whose filesystem the host
+/// also has mounted, reported by the host path it shows (the host mount of the same device whose
+/// root holds the bound folder, plus the rest of the path). Not volumes: the container's root,
+/// its own filesystems ([`NOT_VOLUMES`], or any superblock the host has not mounted, such as its
+/// fresh /dev tmpfs), and, for a container that keeps the host's root (a plain mount namespace),
+/// the copies of the host's own mounts it started with.
+pub fn binds(container: &[Mount], host: &[Mount]) -> Vec<Bind> {
+    let own_root = container.iter().find(|m| m.mount_point == "/");
+    let host_root = host.iter().find(|m| m.mount_point == "/");
+    let same_root = match (own_root, host_root) {
+        (Some(a), Some(b)) => a.dev == b.dev && a.root == b.root,
+        _ => false,
+    };
+    let mut out = Vec::new();
+    for m in container {
+        if m.mount_point == "/" || NOT_VOLUMES.contains(&m.fstype.as_str()) {
+            continue;
+        }
+        if same_root
+            && host
+                .iter()
+                .any(|h| h.dev == m.dev && h.root == m.root && h.mount_point == m.mount_point)
+        {
+            continue;
+        }
+        let Some(source) = host_path(m, host) else {
+            continue;
+        };
+        let read_only = if !m.read_only() {
+            ReadOnly::No
+        } else if container
+            .iter()
+            .filter(|o| beneath(&o.mount_point, &m.mount_point))
+            .all(Mount::read_only)
+        {
+            ReadOnly::Recursive
+        } else {
+            ReadOnly::Yes
+        };
+        out.push(Bind {
+            source,
+            target: m.mount_point.clone(),
+            read_only,
+        });
+    }
+    out.sort_by(|a, b| a.target.cmp(&b.target));
+    out
 }
 
-impl ContainerMounts {
-    pub fn binds(&self) -> impl Iterator<Item = &Bind> {
-        self.binds.values()
-    }
+/// Where the host sees the folder `m` binds: the host mount of the same device whose root is
+/// the longest prefix of `m`'s.
+fn host_path(m: &Mount, host: &[Mount]) -> Option<String> {
+    let h = host
+        .iter()
+        .filter(|h| h.dev == m.dev && under(&m.root, &h.root))
+        .max_by_key(|h| h.root.len())?;
+    let rest = m.root[h.root.len()..].trim_start_matches('/');
+    Some(if rest.is_empty() {
+        h.mount_point.clone()
+    } else if h.mount_point == "/" {
+        format!("/{rest}")
+    } else {
+        format!("{}/{rest}", h.mount_point)
+    })
+}
 
-    fn by_target(&mut self, target: &str) -> Option<&mut Bind> {
-        let target = normalize(target);
-        self.binds.values_mut().find(|b| b.target == target)
-    }
+/// Whether `path` lies strictly beneath mount point `top`.
+fn beneath(path: &str, top: &str) -> bool {
+    path != top && under(path, top)
+}
 
-    /// Applies one successful call; returns the bind whose state it set or changed.
-    pub fn apply(&mut self, c: &Call<'_>) -> Option<Bind> {
-        if c.ret < 0 {
-            return None;
-        }
-        let source = normalize(c.source);
-        let target = normalize(c.target);
-        match c.call {
-            tracer_common::mount_call::MOUNT => {
-                if c.flags & ms::REMOUNT != 0 && c.flags & ms::BIND != 0 {
-                    // A per-mount remount: only this mount changes (not recursive).
-                    let read_only = if c.flags & ms::RDONLY != 0 {
-                        ReadOnly::Yes
-                    } else {
-                        ReadOnly::No
-                    };
-                    let bind = match self.binds.get_mut(&source) {
-                        Some(b) if !source.is_empty() => Some(b),
-                        _ => self.by_target(c.target),
-                    }?;
-                    bind.read_only = read_only;
-                    return Some(bind.clone());
-                }
-                if c.flags & ms::BIND != 0 && c.flags & ms::REMOUNT == 0 {
-                    // The first bind ignores MS_RDONLY: it is writable until remounted.
-                    let bind = Bind {
-                        source: source.clone(),
-                        target,
-                        read_only: ReadOnly::No,
-                    };
-                    self.binds.insert(source, bind.clone());
-                    return Some(bind);
-                }
-                None
-            }
-            tracer_common::mount_call::UMOUNT => {
-                self.binds.retain(|_, b| b.target != target);
-                None
-            }
-            tracer_common::mount_call::OPEN_TREE => {
-                if c.flags & OPEN_TREE_CLONE != 0 {
-                    self.detached.insert(
-                        (c.tgid, c.ret as i32),
-                        Detached {
-                            source,
-                            read_only: ReadOnly::No,
-                        },
-                    );
-                }
-                None
-            }
-            tracer_common::mount_call::MOUNT_SETATTR => {
-                let recursive = c.flags & AT_RECURSIVE != 0;
-                let state = |current: ReadOnly| {
-                    if c.attr_set & MOUNT_ATTR_RDONLY != 0 {
-                        if recursive {
-                            ReadOnly::Recursive
-                        } else {
-                            ReadOnly::Yes
-                        }
-                    } else if c.attr_clr & MOUNT_ATTR_RDONLY != 0 {
-                        ReadOnly::No
-                    } else {
-                        current
-                    }
-                };
-                if c.flags & AT_EMPTY_PATH != 0 && c.target.is_empty() {
-                    if let Some(d) = self.detached.get_mut(&(c.tgid, c.fd_from)) {
-                        d.read_only = state(d.read_only);
-                        return None;
-                    }
-                }
-                let bind = self.by_target(c.target)?;
-                bind.read_only = state(bind.read_only);
-                Some(bind.clone())
-            }
-            tracer_common::mount_call::MOVE_MOUNT => {
-                if c.flags & MOVE_MOUNT_F_EMPTY_PATH != 0 && c.source.is_empty() {
-                    let d = self.detached.remove(&(c.tgid, c.fd_from))?;
-                    let bind = Bind {
-                        source: d.source.clone(),
-                        target,
-                        read_only: d.read_only,
-                    };
-                    self.binds.insert(d.source, bind.clone());
-                    return Some(bind);
-                }
-                None
-            }
-            _ => None,
+/// One line of a mount table (`proc_pid_mountinfo(5)`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// The filesystem's device (`major:minor`): one per superblock.
+    pub dev: String,
+    /// The folder of the filesystem this mount shows.
+    pub root: String,
+    /// Where, relative to the process's root.
+    pub mount_point: String,
+    /// The mount's own flags say read-only.
+    pub mount_ro: bool,
+    pub fstype: String,
+    /// The superblock's flags say read-only.
+    pub super_ro: bool,
+}
+
+impl Mount {
+    /// Read-only for writers: by the mount's flags or the superblock's.
+    pub fn read_only(&self) -> bool {
+        self.mount_ro || self.super_ro
+    }
+}
+
+/// Parses a mount table; lines it cannot read are skipped.
+pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
+    text.lines().filter_map(parse_line).collect()
+}
+
+fn parse_line(line: &str) -> Option<Mount> {
+    let (left, right) = line.split_once(" - ")?;
+    let mut l = left.split(' ');
+    let _id = l.next()?;
+    let _parent = l.next()?;
+    let dev = l.next()?.to_string();
+    let root = unescape(l.next()?);
+    let mount_point = unescape(l.next()?);
+    let mount_ro = l.next()?.split(',').any(|o| o == "ro");
+    let mut r = right.split(' ');
+    let fstype = r.next()?.to_string();
+    let _source = r.next()?;
+    let super_ro = r.next()?.split(',').any(|o| o == "ro");
+    Some(Mount {
+        dev,
+        root,
+        mount_point,
+        mount_ro,
+        fstype,
+        super_ro,
+    })
+}
+
+/// Undoes the kernel's octal escapes of space, tab, newline and backslash (`\040`).
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
+            let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
         }
     }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Why a bind breaks the volume policy.
@@ -248,13 +264,13 @@ fn under(source: &str, volume: &str) -> bool {
 /// The violations among `containers` (cgroup id → its binds; only started, live containers).
 /// Also returns, for each shared source, every container id binding it.
 pub fn violations<'a>(
-    containers: impl Iterator<Item = (u64, &'a ContainerMounts)>,
+    containers: impl Iterator<Item = (u64, &'a [Bind])>,
     read_only_volumes: &[String],
 ) -> (Vec<Violation>, HashMap<String, Vec<u64>>) {
     let mut by_source: HashMap<String, Vec<(u64, ReadOnly)>> = HashMap::new();
     let mut out = Vec::new();
     for (id, mounts) in containers {
-        for bind in mounts.binds() {
+        for bind in mounts {
             by_source
                 .entry(bind.source.clone())
                 .or_default()
@@ -295,108 +311,72 @@ pub fn violations<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tracer_common::mount_call;
 
-    fn call(call: u32, source: &'static str, target: &'static str, flags: u64) -> Call<'static> {
-        Call {
-            call,
-            tgid: 10,
-            ret: 0,
-            source,
-            target,
-            flags,
-            attr_set: 0,
-            attr_clr: 0,
-            fd_from: -100,
+    /// The host's table: a root ext4 (8:1), a tmpfs on /tmp (0:40), proc, a separate disk on
+    /// /srv (8:17).
+    const HOST: &str = "\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/vda rw
+23 22 0:22 / /proc rw,nosuid shared:12 - proc proc rw
+24 22 0:40 / /tmp rw shared:13 - tmpfs tmpfs rw
+25 22 8:17 / /srv rw shared:14 - xfs /dev/vdb rw
+";
+
+    fn bind(source: &str, target: &str, read_only: ReadOnly) -> Bind {
+        Bind {
+            source: source.into(),
+            target: target.into(),
+            read_only,
         }
     }
 
     #[test]
-    fn runc_bind_then_readonly_remount_is_not_recursive() {
-        let mut m = ContainerMounts::default();
-        let bind = m.apply(&call(
-            mount_call::MOUNT,
-            "/srv/data",
-            "/proc/self/fd/7",
-            ms::BIND | ms::REC,
-        ));
-        assert_eq!(bind.unwrap().read_only, ReadOnly::No);
-        let ro = m.apply(&call(
-            mount_call::MOUNT,
-            "/srv/data",
-            "/proc/self/fd/8",
-            ms::REMOUNT | ms::BIND | ms::RDONLY | ms::REC,
-        ));
-        assert_eq!(ro.unwrap().read_only, ReadOnly::Yes);
-        // A failed call changes nothing.
-        let mut failed = call(mount_call::MOUNT, "/srv/data", "/x", ms::REMOUNT | ms::BIND);
-        failed.ret = -1;
-        assert_eq!(m.apply(&failed), None);
-        assert_eq!(m.binds().next().unwrap().read_only, ReadOnly::Yes);
+    fn a_runtime_containers_volumes_and_their_read_only_state() {
+        // A container with its own root (an overlay the host has not mounted here), its own
+        // proc and /dev, and host folders bound the ways runtimes bind them.
+        let table = "\
+300 250 0:90 / / rw,relatime - overlay overlay rw,lowerdir=/l
+301 300 0:91 / /proc rw - proc proc rw
+302 300 0:92 / /dev rw - tmpfs tmpfs rw,size=65536k
+303 300 8:1 /var/lib/x/resolv.conf /etc/resolv.conf rw - ext4 /dev/vda rw
+304 300 8:17 /data/rw /rw rw - xfs /dev/vdb rw
+305 300 8:17 /data/ro /ro ro - xfs /dev/vdb rw
+306 305 0:93 / /ro/sub rw - tmpfs tmpfs rw
+307 300 8:17 /data/rro /rro ro - xfs /dev/vdb rw
+308 307 0:94 / /rro/sub ro - tmpfs tmpfs rw
+309 300 0:40 /a\\040b /tmpdir ro - tmpfs tmpfs rw
+310 300 0:22 / /hostproc rw - proc proc rw
+311 300 8:17 / /srv-all rw - xfs /dev/vdb ro
+";
+        let got = binds(&parse_mountinfo(table), &parse_mountinfo(HOST));
+        assert_eq!(
+            got,
+            vec![
+                bind("/var/lib/x/resolv.conf", "/etc/resolv.conf", ReadOnly::No),
+                bind("/srv/data/ro", "/ro", ReadOnly::Yes),
+                bind("/srv/data/rro", "/rro", ReadOnly::Recursive),
+                bind("/srv/data/rw", "/rw", ReadOnly::No),
+                // The superblock's read-only flag counts.
+                bind("/srv", "/srv-all", ReadOnly::Recursive),
+                bind("/tmp/a b", "/tmpdir", ReadOnly::Recursive),
+            ]
+        );
     }
 
     #[test]
-    fn mount_setattr_recursive_and_new_api() {
-        let mut m = ContainerMounts::default();
-        m.apply(&call(
-            mount_call::MOUNT,
-            "/srv/a",
-            "/mnt/a",
-            ms::BIND | ms::REC,
-        ));
-        let mut setattr = call(mount_call::MOUNT_SETATTR, "", "/mnt/a/", AT_RECURSIVE);
-        setattr.attr_set = MOUNT_ATTR_RDONLY;
-        assert_eq!(m.apply(&setattr).unwrap().read_only, ReadOnly::Recursive);
-
-        let mut open = call(
-            mount_call::OPEN_TREE,
-            "/srv/b",
-            "",
-            OPEN_TREE_CLONE | AT_RECURSIVE,
-        );
-        open.ret = 5;
-        assert_eq!(m.apply(&open), None);
-        let mut ro = call(
-            mount_call::MOUNT_SETATTR,
-            "",
-            "",
-            AT_EMPTY_PATH | AT_RECURSIVE,
-        );
-        ro.fd_from = 5;
-        ro.attr_set = MOUNT_ATTR_RDONLY;
-        assert_eq!(m.apply(&ro), None);
-        let mut mv = call(
-            mount_call::MOVE_MOUNT,
-            "",
-            "/mnt/b",
-            MOVE_MOUNT_F_EMPTY_PATH,
-        );
-        mv.fd_from = 5;
-        let b = m.apply(&mv).unwrap();
-        assert_eq!(
-            (b.source.as_str(), b.target.as_str(), b.read_only),
-            ("/srv/b", "/mnt/b", ReadOnly::Recursive)
-        );
-        m.apply(&call(mount_call::UMOUNT, "", "/mnt/b", 0));
-        assert_eq!(m.binds().count(), 1);
+    fn a_plain_mount_namespace_keeps_the_hosts_mounts_out() {
+        // unshare -m then a bind: the copies of the host's mounts are no volumes.
+        let table = format!("{HOST}400 24 0:40 /src /tmp/dst rw - tmpfs tmpfs rw\n");
+        let got = binds(&parse_mountinfo(&table), &parse_mountinfo(HOST));
+        assert_eq!(got, vec![bind("/tmp/src", "/tmp/dst", ReadOnly::No)]);
     }
 
     #[test]
     fn shared_writable_and_read_only_volumes() {
-        let mut a = ContainerMounts::default();
-        let mut b = ContainerMounts::default();
-        let mut c = ContainerMounts::default();
-        a.apply(&call(mount_call::MOUNT, "/shared", "/data", ms::BIND));
-        a.apply(&call(
-            mount_call::MOUNT,
-            "/shared",
-            "/data",
-            ms::REMOUNT | ms::BIND | ms::RDONLY,
-        ));
-        b.apply(&call(mount_call::MOUNT, "/shared//", "/data", ms::BIND));
-        c.apply(&call(mount_call::MOUNT, "/models/llama", "/m", ms::BIND));
+        let a = vec![bind("/shared", "/data", ReadOnly::Yes)];
+        let b = vec![bind("/shared", "/data", ReadOnly::No)];
+        let c = vec![bind("/models/llama", "/m", ReadOnly::No)];
         let (v, sharing) = violations(
-            [(1, &a), (2, &b), (3, &c)].into_iter(),
+            [(1, a.as_slice()), (2, b.as_slice()), (3, c.as_slice())].into_iter(),
             &["/models".to_string()],
         );
         assert!(v.contains(&Violation {
@@ -412,13 +392,8 @@ mod tests {
         assert_eq!(v.len(), 2, "{v:?}");
         assert_eq!(sharing["/shared"], vec![1, 2]);
         // Both read-only: no violation.
-        b.apply(&call(
-            mount_call::MOUNT,
-            "/shared",
-            "/data",
-            ms::REMOUNT | ms::BIND | ms::RDONLY,
-        ));
-        let (v, _) = violations([(1, &a), (2, &b)].into_iter(), &[]);
+        let b = vec![bind("/shared", "/data", ReadOnly::Recursive)];
+        let (v, _) = violations([(1, a.as_slice()), (2, b.as_slice())].into_iter(), &[]);
         assert!(v.is_empty());
         assert!(!under("/modelsx", "/models"));
     }

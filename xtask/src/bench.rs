@@ -964,8 +964,8 @@ fn truth_json(t: &Truth) -> Value {
 enum Traced {
     Nothing,
     Clawtrace,
-    /// clawtrace with `--no-mount-tracking --no-gpu-open-tracking`: no syscall tracepoint.
-    ClawtraceCore,
+    /// clawtrace with `--trace-mount-syscalls`: the mount system calls' tracepoints too.
+    ClawtraceSyscalls,
     Bpftrace,
 }
 
@@ -973,7 +973,7 @@ impl Traced {
     const ALL: [Traced; 4] = [
         Traced::Nothing,
         Traced::Clawtrace,
-        Traced::ClawtraceCore,
+        Traced::ClawtraceSyscalls,
         Traced::Bpftrace,
     ];
 
@@ -981,7 +981,7 @@ impl Traced {
         match self {
             Traced::Nothing => "none",
             Traced::Clawtrace => "clawtrace",
-            Traced::ClawtraceCore => "clawtrace, no syscall hooks",
+            Traced::ClawtraceSyscalls => "clawtrace, --trace-mount-syscalls",
             Traced::Bpftrace => "bpftrace",
         }
     }
@@ -1044,10 +1044,10 @@ fn overhead_run(env: &Env, traced: Traced, tag: String, script: &Path) -> Result
     let tracer = match traced {
         Traced::Nothing => None,
         Traced::Clawtrace => Some(Tracer::clawtrace(&env.clawtrace, &out, &[])?),
-        Traced::ClawtraceCore => Some(Tracer::clawtrace(
+        Traced::ClawtraceSyscalls => Some(Tracer::clawtrace(
             &env.clawtrace,
             &out,
-            &["--no-mount-tracking", "--no-gpu-open-tracking"],
+            &["--trace-mount-syscalls"],
         )?),
         Traced::Bpftrace => Some(Tracer::bpftrace(script, &out)?),
     };
@@ -1079,7 +1079,7 @@ fn overhead_run(env: &Env, traced: Traced, tag: String, script: &Path) -> Result
                 tracer::last_lines(&stopped.stderr, 5)
             );
         }
-        if matches!(traced, Traced::Clawtrace | Traced::ClawtraceCore) {
+        if matches!(traced, Traced::Clawtrace | Traced::ClawtraceSyscalls) {
             lost = stopped_line(&stopped.stderr).map_or(0, |(_, lost, _)| lost);
         }
     }
@@ -1176,7 +1176,7 @@ fn overhead(env: &Env, _ctx: &Ctx) -> Result<Vec<Section>> {
         }
     };
     let claw = slowdown(Traced::Clawtrace);
-    let core = slowdown(Traced::ClawtraceCore);
+    let core = slowdown(Traced::ClawtraceSyscalls);
     let peer = slowdown(Traced::Bpftrace);
 
     let mut md = format!(
@@ -1190,7 +1190,8 @@ fn overhead(env: &Env, _ctx: &Ctx) -> Result<Vec<Section>> {
          busy over 300 ms; median wait {settle:.1} s): a stopped tracer's programs and maps \
          are freed by kernel workers after it exits. clawtrace: the release \
          build, `--output json` to a file, `/metrics` on; the third configuration adds \
-         `--no-mount-tracking --no-gpu-open-tracking`, so no syscall tracepoint is attached. \
+         `--trace-mount-syscalls`, which attaches the mount system calls' tracepoints (the \
+         default attaches no syscall tracepoint). \
          bpftrace: `target/bench/peer.bt`, the same six tracepoints, cgroups and \
          tasks followed in maps keyed by id and pid, last signal and sender kept per process, \
          exit status read from the task, one line printed per event to a file. Slowdown: the \
@@ -1294,7 +1295,7 @@ fn overhead(env: &Env, _ctx: &Ctx) -> Result<Vec<Section>> {
         ),
         Check::new(
             "2 overhead",
-            "slowdown, clawtrace without syscall hooks",
+            "slowdown, clawtrace with --trace-mount-syscalls",
             format!("{core:+.1} %"),
             "",
             None,
@@ -1315,11 +1316,11 @@ fn overhead(env: &Env, _ctx: &Ctx) -> Result<Vec<Section>> {
         ),
         Check::new(
             "2 overhead",
-            "ns added per system call: clawtrace, without syscall hooks, bpftrace",
+            "ns added per system call: clawtrace, with --trace-mount-syscalls, bpftrace",
             format!(
                 "{:+.0}, {:+.0}, {:+.0}",
                 syscall_added(Traced::Clawtrace),
-                syscall_added(Traced::ClawtraceCore),
+                syscall_added(Traced::ClawtraceSyscalls),
                 syscall_added(Traced::Bpftrace)
             ),
             "",
@@ -1338,12 +1339,12 @@ fn overhead(env: &Env, _ctx: &Ctx) -> Result<Vec<Section>> {
             "settle_seconds_max": settled.iter().copied().fold(0.0, f64::max),
             "configs": configs,
             "clawtrace_slowdown_percent": claw,
-            "clawtrace_no_syscall_hooks_slowdown_percent": core,
+            "clawtrace_mount_syscalls_slowdown_percent": core,
             "bpftrace_slowdown_percent": peer,
             "clawtrace_records_lost": lost_total,
             "syscall_ns_added": {
                 "clawtrace": syscall_added(Traced::Clawtrace),
-                "clawtrace_no_syscall_hooks": syscall_added(Traced::ClawtraceCore),
+                "clawtrace_mount_syscalls": syscall_added(Traced::ClawtraceSyscalls),
                 "bpftrace": syscall_added(Traced::Bpftrace),
             },
         }),

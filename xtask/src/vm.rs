@@ -110,7 +110,7 @@ const KERNELS: &[Kernel] = &[
         point_release: true,
         package: r"^linux-image-5\.10\.0-[0-9]+-amd64$",
         expected:
-            "task-btf,task-storage,cgroup-storage,exit-group-dead,oom-victim-task,mount-setattr",
+            "task-btf,cgroup-storage,exit-group-dead,oom-victim-task,mount-setattr,device-caller,device-decision",
     },
     Kernel {
         key: "6.1",
@@ -132,7 +132,7 @@ const KERNELS: &[Kernel] = &[
         suite: "bullseye",
         point_release: false,
         package: r"^linux-image-5\.10\.0-[0-9]+-amd64$",
-        expected: "task-btf,task-storage,cgroup-storage,exit-group-dead,mount-setattr",
+        expected: "task-btf,cgroup-storage,exit-group-dead,mount-setattr,device-caller,device-decision",
     },
 ];
 

@@ -555,7 +555,7 @@ impl Worker {
                 }
             }
             Event::Mount(m) => self.metrics.mount(&agent, m.writable, m.duration_seconds),
-            Event::DeviceOpen(d) => {
+            Event::DeviceAccess(d) => {
                 if d.first_use && d.is_gpu {
                     let users = self.device_users.add(&d.gpu, id);
                     self.metrics
@@ -585,7 +585,7 @@ fn container_of(event: &Event) -> Option<u64> {
         Event::Mount(e) => e.container.cgroup_id,
         Event::VolumeMount(e) => e.container.cgroup_id,
         Event::VolumeViolation(e) => e.container.cgroup_id,
-        Event::DeviceOpen(e) => e.container.cgroup_id,
+        Event::DeviceAccess(e) => e.container.cgroup_id,
         Event::GpuSharing(e) => e.container.cgroup_id,
     })
 }

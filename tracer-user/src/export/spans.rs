@@ -15,7 +15,7 @@ use opentelemetry_sdk::trace::SdkTracer;
 use super::metrics::AgentName;
 use crate::{
     attribution::ExitCause,
-    model::{ContainerRef, Event, Sender},
+    model::{ContainerRef, DeviceDecision, Event, Sender},
     sys::WallClock,
 };
 
@@ -175,7 +175,7 @@ impl ContainerSpan {
                 )],
             ),
             Event::Mount(m) => {
-                let mut attributes = vec![
+                let attributes = vec![
                     KeyValue::new("process.pid", i64::from(m.pid)),
                     KeyValue::new("clawtrace.mount.call", m.call),
                     KeyValue::new("clawtrace.mount.source", m.source.clone()),
@@ -184,12 +184,6 @@ impl ContainerSpan {
                     KeyValue::new("clawtrace.mount.duration_seconds", m.duration_seconds),
                     KeyValue::new("clawtrace.mount.writable", m.writable),
                 ];
-                if let Some(bind) = &m.bind {
-                    attributes.push(KeyValue::new(
-                        "clawtrace.mount.read_only",
-                        bind.read_only.as_str(),
-                    ));
-                }
                 self.push("mount", at, attributes);
             }
             Event::VolumeMount(v) => self.push(
@@ -214,20 +208,28 @@ impl ContainerSpan {
                     KeyValue::new("clawtrace.violation.containers", v.containers.join(",")),
                 ],
             ),
-            Event::DeviceOpen(d) => {
-                if d.first_use || d.result < 0 {
+            Event::DeviceAccess(d) => {
+                let denied = d.decision == DeviceDecision::Denied;
+                if d.first_use || denied {
                     if d.first_use && !self.devices.contains(&d.device) {
                         self.devices.push(d.device.clone());
                     }
-                    self.push(
-                        "device_open",
-                        at,
-                        vec![
-                            KeyValue::new("process.pid", i64::from(d.pid)),
-                            KeyValue::new("clawtrace.device", d.device.clone()),
-                            KeyValue::new("clawtrace.device.result", d.result),
-                        ],
-                    );
+                    let mut attributes = vec![
+                        KeyValue::new("clawtrace.device", d.device.clone()),
+                        KeyValue::new("clawtrace.device.access", d.access.clone()),
+                        KeyValue::new(
+                            "clawtrace.device.decision",
+                            match d.decision {
+                                DeviceDecision::Allowed => "allowed",
+                                DeviceDecision::Denied => "denied",
+                                DeviceDecision::Undecided => "undecided",
+                            },
+                        ),
+                    ];
+                    if let Some(pid) = d.pid {
+                        attributes.push(KeyValue::new("process.pid", i64::from(pid)));
+                    }
+                    self.push("device_access", at, attributes);
                 }
             }
             Event::GpuSharing(g) => self.push(

@@ -1,0 +1,211 @@
+//! Each container's mount table, read from the kernel (`/proc/<init>/mountinfo`) when its
+//! payload starts, and again whenever the kernel says the table changed: a mountinfo file
+//! polls readable with `POLLPRI` once per change of its mount namespace. One thread waits on
+//! every container's file and on the host's (whose table turns bound devices into host paths);
+//! the run loop hands it containers and takes their binds back. No system call is traced.
+
+use std::{
+    collections::HashMap,
+    fs::File,
+    io::{Read, Seek, SeekFrom},
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::fs::MetadataExt,
+    },
+    sync::mpsc,
+    thread::JoinHandle,
+};
+
+use anyhow::{Context as _, Result};
+
+use crate::volumes::{self, Bind, Mount};
+
+/// The host's table: that of pid 1, so a tracer in a container with the host's pid namespace
+/// still resolves host paths.
+const HOST_TABLE: &str = "/proc/1/mountinfo";
+
+/// A container's binds, as its table stood at `ts_ns` (CLOCK_MONOTONIC).
+#[derive(Debug)]
+pub struct Table {
+    pub cgroup_id: u64,
+    pub ts_ns: u64,
+    pub binds: Vec<Bind>,
+}
+
+enum Command {
+    Watch(u64, File),
+    Unwatch(u64),
+    Stop,
+}
+
+/// The thread that follows the containers' mount tables.
+pub struct MountWatcher {
+    commands: mpsc::Sender<Command>,
+    tables: mpsc::Receiver<Table>,
+    wake: OwnedFd,
+    thread: Option<JoinHandle<()>>,
+    /// The tracer's own mount namespace: a container in it has no table of its own.
+    own_ns: Option<u64>,
+}
+
+impl MountWatcher {
+    pub fn start() -> Result<MountWatcher> {
+        // SAFETY: eventfd takes integer arguments and returns a new descriptor or -1.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error()).context("eventfd for the mount watcher");
+        }
+        // SAFETY: a descriptor eventfd just returned, owned by nothing else.
+        let wake = unsafe { OwnedFd::from_raw_fd(fd) };
+        let thread_wake = wake.try_clone().context("eventfd for the mount watcher")?;
+        let host = File::open(HOST_TABLE).with_context(|| format!("opening {HOST_TABLE}"))?;
+        let (commands, command_rx) = mpsc::channel();
+        let (table_tx, tables) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("mounts".into())
+            .spawn(move || follow(host, thread_wake, command_rx, table_tx))
+            .context("starting the mount watcher")?;
+        Ok(MountWatcher {
+            commands,
+            tables,
+            wake,
+            thread: Some(thread),
+            own_ns: mount_ns("self"),
+        })
+    }
+
+    /// Follows the mount table of container `cgroup_id` through its process `pid`. The file is
+    /// opened now, which holds the mount namespace: a payload that exits at once still leaves
+    /// its table to read. A process in the tracer's own mount namespace has none of its own.
+    pub fn watch(&self, cgroup_id: u64, pid: u32) {
+        if self.own_ns.is_some() && mount_ns(&pid.to_string()) == self.own_ns {
+            return;
+        }
+        match File::open(format!("/proc/{pid}/mountinfo")) {
+            Ok(file) => self.send(Command::Watch(cgroup_id, file)),
+            Err(err) => log::debug!(
+                "container {cgroup_id}: its mount table is not read, process {pid} is gone: {err}"
+            ),
+        }
+    }
+
+    /// Forgets a container.
+    pub fn unwatch(&self, cgroup_id: u64) {
+        self.send(Command::Unwatch(cgroup_id));
+    }
+
+    /// The tables read since the last call.
+    pub fn tables(&self) -> impl Iterator<Item = Table> + '_ {
+        self.tables.try_iter()
+    }
+
+    fn send(&self, command: Command) {
+        if self.commands.send(command).is_ok() {
+            let one: u64 = 1;
+            // SAFETY: writes 8 bytes from a valid u64 to the eventfd.
+            unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        }
+    }
+}
+
+impl Drop for MountWatcher {
+    fn drop(&mut self) {
+        self.send(Command::Stop);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The inode of a process's mount namespace (`self` or a pid), if it can be read.
+fn mount_ns(pid: &str) -> Option<u64> {
+    std::fs::metadata(format!("/proc/{pid}/ns/mnt"))
+        .ok()
+        .map(|m| m.ino())
+}
+
+/// Reads a whole mount table from the start of its file.
+fn read_table(file: &mut File) -> Option<Vec<Mount>> {
+    file.seek(SeekFrom::Start(0)).ok()?;
+    let mut text = String::new();
+    file.read_to_string(&mut text).ok()?;
+    Some(volumes::parse_mountinfo(&text))
+}
+
+fn follow(
+    mut host: File,
+    wake: OwnedFd,
+    commands: mpsc::Receiver<Command>,
+    tables: mpsc::Sender<Table>,
+) {
+    let mut host_table = read_table(&mut host).unwrap_or_default();
+    let mut watched: HashMap<u64, File> = HashMap::new();
+    loop {
+        let mut fds = vec![
+            libc::pollfd {
+                fd: wake.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: host.as_raw_fd(),
+                events: libc::POLLPRI,
+                revents: 0,
+            },
+        ];
+        let ids: Vec<u64> = watched.keys().copied().collect();
+        fds.extend(ids.iter().map(|id| libc::pollfd {
+            fd: watched[id].as_raw_fd(),
+            events: libc::POLLPRI,
+            revents: 0,
+        }));
+        // SAFETY: `fds` is a valid array of pollfd of the length given, for the call.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if ready < 0 {
+            continue;
+        }
+        let mut changed: Vec<u64> = Vec::new();
+        if fds[0].revents != 0 {
+            let mut count = 0u64;
+            // SAFETY: reads 8 bytes into a valid u64 from the eventfd.
+            unsafe { libc::read(wake.as_raw_fd(), (&mut count as *mut u64).cast(), 8) };
+            for command in commands.try_iter() {
+                match command {
+                    Command::Watch(id, file) => {
+                        watched.insert(id, file);
+                        changed.push(id);
+                    }
+                    Command::Unwatch(id) => {
+                        watched.remove(&id);
+                    }
+                    Command::Stop => return,
+                }
+            }
+        }
+        if fds[1].revents != 0 {
+            host_table = read_table(&mut host).unwrap_or(host_table);
+        }
+        for (pollfd, id) in fds[2..].iter().zip(&ids) {
+            if pollfd.revents & (libc::POLLPRI | libc::POLLERR) != 0 {
+                changed.push(*id);
+            }
+        }
+        for id in changed {
+            let Some(file) = watched.get_mut(&id) else {
+                continue;
+            };
+            let Some(table) = read_table(file) else {
+                continue;
+            };
+            let binds = volumes::binds(&table, &host_table);
+            let sent = tables.send(Table {
+                cgroup_id: id,
+                ts_ns: crate::sys::monotonic_ns(),
+                binds,
+            });
+            if sent.is_err() {
+                return;
+            }
+        }
+    }
+}
