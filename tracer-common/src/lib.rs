@@ -488,7 +488,7 @@ pub mod feature {
     /// The `mount_setattr` system call (5.12) and its tracepoints. User space only: without it
     /// the call does not exist, and its hooks are not attached.
     pub const MOUNT_SETATTR: u64 = 1 << 5;
-    /// `bpf_get_current_pid_tgid` and `bpf_get_current_comm` in cgroup device programs (6.2):
+    /// `bpf_get_current_pid_tgid` and `bpf_get_current_comm` in cgroup device programs (6.1):
     /// a device access names its caller. Without it, only its container.
     pub const DEVICE_CALLER: u64 = 1 << 6;
     /// `bpf_get_retval` in cgroup device programs (5.18): a device access carries the decision
