@@ -599,6 +599,13 @@ pub fn deny_device(dir: &Path, major: u32, minor: u32) {
     put(&mut attr, 8, &(insns.as_ptr() as u64).to_ne_bytes());
     put(&mut attr, 16, &(license.as_ptr() as u64).to_ne_bytes());
     put(&mut attr, 68, &BPF_CGROUP_DEVICE.to_ne_bytes());
+    // Kernels before 5.11 charge programs to RLIMIT_MEMLOCK.
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads the rlimit it is given.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
     // SAFETY: a BPF_PROG_LOAD attribute prefix of the size given, whose pointers outlive the
     // call.
     let prog = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, attr.as_mut_ptr(), 72u32) };

@@ -51,6 +51,7 @@ const PACKAGES: &[(&str, bool, &str)] = &[
     ("gcc", false, "static test payloads"),
     ("libc6-dev", false, "static test payloads"),
     ("bpftrace", false, "peer tracer"),
+    ("libbpf-tools", false, "peer tracers (exitsnoop, sigsnoop)"),
     ("bpftool", false, "inspecting loaded programs"),
     ("python3", false, "test helpers"),
     ("util-linux", false, "setpriv"),

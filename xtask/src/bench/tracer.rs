@@ -103,6 +103,10 @@ pub const STORM_REFERENCE_PROGRAMS: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// libbpf-tools' process-exit and signal tracers (Debian's `libbpf-tools`).
+pub const EXITSNOOP: &str = "/usr/sbin/exitsnoop";
+pub const SIGSNOOP: &str = "/usr/sbin/sigsnoop";
+
 /// A running tracer.
 pub struct Tracer {
     pub name: &'static str,
@@ -152,6 +156,36 @@ impl Tracer {
                 return false;
             };
             super::probes::prog_ids_of(t.pid()).is_ok_and(|ids| ids.len() >= n)
+        })?;
+        thread::sleep(Duration::from_millis(300));
+        Ok(tracer)
+    }
+
+    /// Starts libbpf-tools' `exitsnoop` and `sigsnoop` side by side under one shell, their
+    /// output to `stdout`; SIGINT to the shell stops both. Returns once both have attached.
+    pub fn snoops(stdout: &Path) -> Result<Tracer> {
+        let mut cmd = Command::new("sh");
+        cmd.args([
+            "-c",
+            "\"$1\" & e=$!; \"$2\" & s=$!; \
+             trap 'kill -INT $e $s; wait $e $s; exit 0' INT TERM; wait",
+            "snoops",
+            EXITSNOOP,
+            SIGSNOOP,
+        ]);
+        let mut tracer = Tracer::spawn("exitsnoop + sigsnoop", cmd, stdout)?;
+        // Each holds one program once attached (sched_process_exit; signal_generate).
+        tracer.wait_ready(|t| {
+            let children = fs::read_to_string(format!("/proc/{0}/task/{0}/children", t.pid()))
+                .unwrap_or_default();
+            let pids: Vec<u32> = children
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect();
+            pids.len() == 2
+                && pids
+                    .iter()
+                    .all(|&pid| super::probes::prog_ids_of(pid).is_ok_and(|ids| !ids.is_empty()))
         })?;
         thread::sleep(Duration::from_millis(300));
         Ok(tracer)
