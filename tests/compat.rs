@@ -642,7 +642,6 @@ impl Scratch {
     }
 }
 
-
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
