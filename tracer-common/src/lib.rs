@@ -168,6 +168,10 @@ pub struct ExecRecord {
     pub ns_pid: u32,
     /// The depth of its pid namespace (0: the initial one).
     pub ns_level: u32,
+    /// Its mount namespace's inode number (`nsproxy->mnt_ns->ns.inum`): a container with a
+    /// table of its own has one other than the tracer's.
+    pub mnt_ns: u32,
+    pub _reserved: u32,
     pub comm: [u8; COMM_LEN],
     pub filename: [u8; FILENAME_LEN],
 }
@@ -572,6 +576,9 @@ pub const BTF_FIELDS: &[BtfField] = &[
     btf("TASK_THREAD_PID", "task_struct", "thread_pid"),
     btf("PID_LEVEL", "pid", "level"),
     btf("PID_NUMBERS", "pid", "numbers"),
+    btf("TASK_NSPROXY", "task_struct", "nsproxy"),
+    btf("NSPROXY_MNT_NS", "nsproxy", "mnt_ns"),
+    btf("MNT_NS_INUM", "mnt_namespace", "ns.inum"),
 ];
 
 /// Global holding the offset of `rss_stat[MM_ANONPAGES].count` in `struct mm_struct`: the
@@ -605,7 +612,7 @@ const _: () = {
     assert!(size_of::<Header>() == 32);
     assert!(size_of::<CgroupRecord>() == 32 + 16 + CGROUP_PATH_LEN);
     assert!(size_of::<AttachRecord>() == 32 + 16 + COMM_LEN);
-    assert!(size_of::<ExecRecord>() == 32 + 16 + COMM_LEN + FILENAME_LEN);
+    assert!(size_of::<ExecRecord>() == 32 + 24 + COMM_LEN + FILENAME_LEN);
     assert!(size_of::<SignalOrigin>() == 72);
     assert!(size_of::<SignalTrack>() == 16 + 72 * SIGNAL_SLOTS);
     assert!(size_of::<ExitRecord>() == 32 + 16 + COMM_LEN + size_of::<SignalTrack>());

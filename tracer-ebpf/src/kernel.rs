@@ -74,6 +74,9 @@ btf_offsets!(
     PID_NUMBERS,
     // Not an offset: log2 of the size of `struct upid`.
     UPID_SHIFT,
+    TASK_NSPROXY,
+    NSPROXY_MNT_NS,
+    MNT_NS_INUM,
 );
 
 /// Reads the `T` at `offset` (one of the globals above) of the kernel object at `base`.
@@ -198,6 +201,25 @@ impl Task {
         let at = PID_NUMBERS.load() as usize + ((level as usize) << UPID_SHIFT.load());
         let nr: i32 = probe_read(pid.wrapping_add(at).cast::<i32>());
         (level, nr as u32)
+    }
+
+    /// The inode number of the task's mount namespace (0 once it has let go of its
+    /// namespaces, exiting).
+    #[inline(always)]
+    pub fn mnt_ns(self) -> u32 {
+        let nsproxy: *const u8 = self.read(&TASK_NSPROXY);
+        if nsproxy.is_null() {
+            return 0;
+        }
+        // SAFETY: `nsproxy` is the task's `struct nsproxy *` (not null), `mnt_ns` its
+        // `struct mnt_namespace *`; `ns.inum` is an unsigned int of the latter.
+        unsafe {
+            let mnt_ns: *const u8 = read(nsproxy, &NSPROXY_MNT_NS);
+            if mnt_ns.is_null() {
+                return 0;
+            }
+            read::<u32>(mnt_ns, &MNT_NS_INUM)
+        }
     }
 
     /// Whether the task is pid 1 of a pid namespace below the initial one.

@@ -101,6 +101,8 @@ unsafe fn fill_exec(
         let (ns_level, ns_pid) = task.pid_ns();
         (*record).ns_level = ns_level;
         (*record).ns_pid = ns_pid;
+        (*record).mnt_ns = task.mnt_ns();
+        (*record)._reserved = 0;
         (*record).comm = task.comm();
         let filename = core::ptr::addr_of_mut!((*record).filename).cast::<u8>();
         (*record).filename_len =

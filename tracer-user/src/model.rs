@@ -237,6 +237,9 @@ pub struct ProcessExec {
     /// (raw, untrusted; not part of the JSON output).
     #[serde(skip)]
     pub agent_env: Option<Vec<u8>>,
+    /// The inode number of the process's mount namespace (0: not known; not in the output).
+    #[serde(skip)]
+    pub mnt_ns: u32,
 }
 
 /// One mount system call made in a container.
@@ -826,6 +829,7 @@ impl<R: Recognize> Model<R> {
                 is_container_init: init == tgid,
                 start_seconds,
                 mount_seconds,
+                mnt_ns: r.mnt_ns,
                 agent_env: match &c.init_env {
                     Some((pid, value)) if init == tgid && *pid == tgid => Some(value.clone()),
                     _ => None,

@@ -5,7 +5,7 @@
 //! the run loop hands it containers and takes their binds back. No system call is traced.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     fs::File,
     io::{Read, Seek, SeekFrom},
     os::{
@@ -46,6 +46,8 @@ pub struct MountWatcher {
     thread: Option<JoinHandle<()>>,
     /// The tracer's own mount namespace: a container in it has no table of its own.
     own_ns: Option<u64>,
+    /// The containers whose tables are followed.
+    watched: HashSet<u64>,
 }
 
 impl MountWatcher {
@@ -71,18 +73,37 @@ impl MountWatcher {
             wake,
             thread: Some(thread),
             own_ns: mount_ns("self"),
+            watched: HashSet::new(),
         })
     }
 
-    /// Follows the mount table of container `cgroup_id` through its process `pid`. The file is
-    /// opened now, which holds the mount namespace: a payload that exits at once still leaves
-    /// its table to read. A process in the tracer's own mount namespace has none of its own.
-    pub fn watch(&self, cgroup_id: u64, pid: u32) {
+    /// Follows the mount table of container `cgroup_id` through its process `pid`, which has
+    /// just exec'd in mount namespace `mnt_ns` (as the kernel read it; 0: not known, the
+    /// process is on its way out). The file is opened now, which holds the mount namespace: a
+    /// payload that exits at once still leaves its table to read. A process in the tracer's own
+    /// mount namespace has no table of its own: that costs nothing here.
+    pub fn watch(&mut self, cgroup_id: u64, pid: u32, mnt_ns: u32) {
+        if mnt_ns == 0 || self.own_ns == Some(u64::from(mnt_ns)) {
+            return;
+        }
+        self.open(cgroup_id, pid);
+    }
+
+    /// [`MountWatcher::watch`] for a container found running at start, whose namespace is read
+    /// from /proc.
+    pub fn watch_running(&mut self, cgroup_id: u64, pid: u32) {
         if self.own_ns.is_some() && mount_ns(&pid.to_string()) == self.own_ns {
             return;
         }
+        self.open(cgroup_id, pid);
+    }
+
+    fn open(&mut self, cgroup_id: u64, pid: u32) {
         match File::open(format!("/proc/{pid}/mountinfo")) {
-            Ok(file) => self.send(Command::Watch(cgroup_id, file)),
+            Ok(file) => {
+                self.watched.insert(cgroup_id);
+                self.send(Command::Watch(cgroup_id, file));
+            }
             Err(err) => log::debug!(
                 "container {cgroup_id}: its mount table is not read, process {pid} is gone: {err}"
             ),
@@ -90,8 +111,10 @@ impl MountWatcher {
     }
 
     /// Forgets a container.
-    pub fn unwatch(&self, cgroup_id: u64) {
-        self.send(Command::Unwatch(cgroup_id));
+    pub fn unwatch(&mut self, cgroup_id: u64) {
+        if self.watched.remove(&cgroup_id) {
+            self.send(Command::Unwatch(cgroup_id));
+        }
     }
 
     /// The tables read since the last call.

@@ -125,6 +125,8 @@ fn exec_record(ts_ns: u64, cgroup_id: u64, pid: u32, file: &str) -> ExecRecord {
         // In the host's pid namespace, as a container that shares it.
         ns_pid: pid,
         ns_level: 0,
+        mnt_ns: 0,
+        _reserved: 0,
         comm: comm(file.rsplit('/').next().unwrap_or(file)),
         filename,
     }

@@ -174,9 +174,9 @@ pub fn run(options: &RunOptions, stop: &Arc<AtomicBool>, out: impl Write) -> Res
     // Attached and scanned: from here on only what the sinks need is kept. Capabilities are per
     // thread, so this comes before the export threads start.
     sys::drop_privileges()?;
-    let mounts = crate::mountinfo::MountWatcher::start()?;
+    let mut mounts = crate::mountinfo::MountWatcher::start()?;
     for (cgroup_id, init) in adopted_inits {
-        mounts.watch(cgroup_id, init);
+        mounts.watch_running(cgroup_id, init);
     }
     let exporter = if listener.is_some() || options.otlp.is_some() {
         Some(Exporter::start(
@@ -246,7 +246,7 @@ pub fn run(options: &RunOptions, stop: &Arc<AtomicBool>, out: impl Write) -> Res
         for event in &step.events {
             match &event.event {
                 Event::ProcessExec(e) if e.start_seconds.is_some() => {
-                    mounts.watch(e.container.cgroup_id, e.pid)
+                    mounts.watch(e.container.cgroup_id, e.pid, e.mnt_ns)
                 }
                 Event::ContainerDelete(d) => mounts.unwatch(d.container.cgroup_id),
                 _ => {}
