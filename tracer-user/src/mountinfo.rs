@@ -38,20 +38,29 @@ enum Command {
     Stop,
 }
 
-/// The thread that follows the containers' mount tables.
+/// Follows the containers' mount tables, with a thread started when the first container with
+/// a mount namespace of its own needs one (a node whose containers all share the host's never
+/// starts it).
 pub struct MountWatcher {
-    commands: mpsc::Sender<Command>,
-    tables: mpsc::Receiver<Table>,
-    wake: OwnedFd,
-    thread: Option<JoinHandle<()>>,
+    running: Option<Running>,
+    /// Why the thread could not start, once said.
+    failed: bool,
     /// The tracer's own mount namespace: a container in it has no table of its own.
     own_ns: Option<u64>,
     /// The containers whose tables are followed.
     watched: HashSet<u64>,
 }
 
-impl MountWatcher {
-    pub fn start() -> Result<MountWatcher> {
+/// The thread, and the ends of its channels.
+struct Running {
+    commands: mpsc::Sender<Command>,
+    tables: mpsc::Receiver<Table>,
+    wake: OwnedFd,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Running {
+    fn start() -> Result<Running> {
         // SAFETY: eventfd takes integer arguments and returns a new descriptor or -1.
         let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         if fd < 0 {
@@ -67,14 +76,46 @@ impl MountWatcher {
             .name("mounts".into())
             .spawn(move || follow(host, thread_wake, command_rx, table_tx))
             .context("starting the mount watcher")?;
-        Ok(MountWatcher {
+        Ok(Running {
             commands,
             tables,
             wake,
             thread: Some(thread),
+        })
+    }
+
+    fn send(&self, command: Command) {
+        if self.commands.send(command).is_ok() {
+            let one: u64 = 1;
+            // SAFETY: writes 8 bytes from a valid u64 to the eventfd.
+            unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.send(Command::Stop);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Default for MountWatcher {
+    fn default() -> Self {
+        MountWatcher::new()
+    }
+}
+
+impl MountWatcher {
+    pub fn new() -> MountWatcher {
+        MountWatcher {
+            running: None,
+            failed: false,
             own_ns: mount_ns("self"),
             watched: HashSet::new(),
-        })
+        }
     }
 
     /// Follows the mount table of container `cgroup_id` through its process `pid`, which has
@@ -99,10 +140,22 @@ impl MountWatcher {
     }
 
     fn open(&mut self, cgroup_id: u64, pid: u32) {
+        if self.running.is_none() && !self.failed {
+            match Running::start() {
+                Ok(running) => self.running = Some(running),
+                Err(err) => {
+                    self.failed = true;
+                    log::warn!("container volumes are not followed: {err:#}");
+                }
+            }
+        }
+        let Some(running) = &self.running else {
+            return;
+        };
         match File::open(format!("/proc/{pid}/mountinfo")) {
             Ok(file) => {
                 self.watched.insert(cgroup_id);
-                self.send(Command::Watch(cgroup_id, file));
+                running.send(Command::Watch(cgroup_id, file));
             }
             Err(err) => log::debug!(
                 "container {cgroup_id}: its mount table is not read, process {pid} is gone: {err}"
@@ -112,31 +165,14 @@ impl MountWatcher {
 
     /// Forgets a container.
     pub fn unwatch(&mut self, cgroup_id: u64) {
-        if self.watched.remove(&cgroup_id) {
-            self.send(Command::Unwatch(cgroup_id));
+        if let (true, Some(running)) = (self.watched.remove(&cgroup_id), &self.running) {
+            running.send(Command::Unwatch(cgroup_id));
         }
     }
 
     /// The tables read since the last call.
     pub fn tables(&self) -> impl Iterator<Item = Table> + '_ {
-        self.tables.try_iter()
-    }
-
-    fn send(&self, command: Command) {
-        if self.commands.send(command).is_ok() {
-            let one: u64 = 1;
-            // SAFETY: writes 8 bytes from a valid u64 to the eventfd.
-            unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
-        }
-    }
-}
-
-impl Drop for MountWatcher {
-    fn drop(&mut self) {
-        self.send(Command::Stop);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        self.running.iter().flat_map(|r| r.tables.try_iter())
     }
 }
 

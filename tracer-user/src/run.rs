@@ -174,7 +174,7 @@ pub fn run(options: &RunOptions, stop: &Arc<AtomicBool>, out: impl Write) -> Res
     // Attached and scanned: from here on only what the sinks need is kept. Capabilities are per
     // thread, so this comes before the export threads start.
     sys::drop_privileges()?;
-    let mut mounts = crate::mountinfo::MountWatcher::start()?;
+    let mut mounts = crate::mountinfo::MountWatcher::new();
     for (cgroup_id, init) in adopted_inits {
         mounts.watch_running(cgroup_id, init);
     }

@@ -1384,7 +1384,7 @@ fn overhead(env: &Env, _ctx: &Ctx) -> Result<Vec<Section>> {
             "2 overhead",
             "slowdown with clawtrace",
             format!("{claw:+.1} %"),
-            format!("≤ {TARGET_OVERHEAD_PERCENT:.0} %"),
+            format!("≤ {TARGET_OVERHEAD_PERCENT:.1} %"),
             Some(claw <= TARGET_OVERHEAD_PERCENT),
         ),
         Check::new(
