@@ -5,7 +5,7 @@
 //! the run loop hands it containers and takes their binds back. No system call is traced.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     fs::File,
     io::{Read, Seek, SeekFrom},
     os::{
@@ -47,8 +47,9 @@ pub struct MountWatcher {
     failed: bool,
     /// The tracer's own mount namespace: a container in it has no table of its own.
     own_ns: Option<u64>,
-    /// The containers whose tables are followed.
-    watched: HashSet<u64>,
+    /// The containers whose tables are followed, with the namespace followed (0: found running
+    /// at start, read from /proc).
+    watched: HashMap<u64, u32>,
 }
 
 /// The thread, and the ends of its channels.
@@ -114,7 +115,7 @@ impl MountWatcher {
             running: None,
             failed: false,
             own_ns: mount_ns("self"),
-            watched: HashSet::new(),
+            watched: HashMap::new(),
         }
     }
 
@@ -122,12 +123,17 @@ impl MountWatcher {
     /// just exec'd in mount namespace `mnt_ns` (as the kernel read it; 0: not known, the
     /// process is on its way out). The file is opened now, which holds the mount namespace: a
     /// payload that exits at once still leaves its table to read. A process in the tracer's own
-    /// mount namespace has no table of its own: that costs nothing here.
+    /// mount namespace has no table of its own: that costs nothing here. A later call for the
+    /// same container in another namespace (an init that entered one of its own and exec'd)
+    /// follows that one instead.
     pub fn watch(&mut self, cgroup_id: u64, pid: u32, mnt_ns: u32) {
-        if mnt_ns == 0 || self.own_ns == Some(u64::from(mnt_ns)) {
+        if mnt_ns == 0
+            || self.own_ns == Some(u64::from(mnt_ns))
+            || self.watched.get(&cgroup_id) == Some(&mnt_ns)
+        {
             return;
         }
-        self.open(cgroup_id, pid);
+        self.open(cgroup_id, pid, mnt_ns);
     }
 
     /// [`MountWatcher::watch`] for a container found running at start, whose namespace is read
@@ -136,10 +142,10 @@ impl MountWatcher {
         if self.own_ns.is_some() && mount_ns(&pid.to_string()) == self.own_ns {
             return;
         }
-        self.open(cgroup_id, pid);
+        self.open(cgroup_id, pid, 0);
     }
 
-    fn open(&mut self, cgroup_id: u64, pid: u32) {
+    fn open(&mut self, cgroup_id: u64, pid: u32, mnt_ns: u32) {
         if self.running.is_none() && !self.failed {
             match Running::start() {
                 Ok(running) => self.running = Some(running),
@@ -154,7 +160,7 @@ impl MountWatcher {
         };
         match File::open(format!("/proc/{pid}/mountinfo")) {
             Ok(file) => {
-                self.watched.insert(cgroup_id);
+                self.watched.insert(cgroup_id, mnt_ns);
                 running.send(Command::Watch(cgroup_id, file));
             }
             Err(err) => log::debug!(
@@ -165,7 +171,7 @@ impl MountWatcher {
 
     /// Forgets a container.
     pub fn unwatch(&mut self, cgroup_id: u64) {
-        if let (true, Some(running)) = (self.watched.remove(&cgroup_id), &self.running) {
+        if let (Some(_), Some(running)) = (self.watched.remove(&cgroup_id), &self.running) {
             running.send(Command::Unwatch(cgroup_id));
         }
     }

@@ -241,11 +241,12 @@ pub fn run(options: &RunOptions, stop: &Arc<AtomicBool>, out: impl Write) -> Res
         for id in step.untrack.drain(..) {
             tracer.untrack_cgroup(id);
         }
-        // A payload's start: its mount table is as the runtime made it. A container's end: its
-        // table is no longer followed.
+        // An exec of the container's init: its mount table is as the runtime made it (a
+        // wrapper such as `unshare -m` may have moved it to a namespace of its own since the
+        // first). A container's end: its table is no longer followed.
         for event in &step.events {
             match &event.event {
-                Event::ProcessExec(e) if e.start_seconds.is_some() => {
+                Event::ProcessExec(e) if e.is_container_init => {
                     mounts.watch(e.container.cgroup_id, e.pid, e.mnt_ns)
                 }
                 Event::ContainerDelete(d) => mounts.unwatch(d.container.cgroup_id),
