@@ -29,6 +29,14 @@ use runtimes::{
 };
 use support::Clawtrace;
 
+/// The tests of this file take turns: each counts what the metrics say of every container the
+/// built-in recognition claims, which a runtime test running beside it would add to.
+static EXCLUSIVE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn turn() -> std::sync::MutexGuard<'static, ()> {
+    EXCLUSIVE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A container id that the tests' own cgroup pattern (`clawtrace-test-…`) does not claim, so
 /// the built-in runtime recognition has to.
 fn test_name(tag: &str) -> String {
@@ -39,6 +47,7 @@ fn test_name(tag: &str) -> String {
 #[test]
 fn runc_kill_is_an_orchestrator_kill() {
     require_privileged!();
+    let _turn = turn();
     let Some(tools) = runtime_tools(module_path!(), &["runc", "busybox"]) else {
         return;
     };
@@ -163,6 +172,7 @@ fn runc_kill_is_an_orchestrator_kill() {
 #[test]
 fn runc_read_only_and_writable_binds() {
     require_privileged!();
+    let _turn = turn();
     let Some(tools) = runtime_tools(module_path!(), &["runc", "busybox"]) else {
         return;
     };
@@ -246,6 +256,7 @@ fn runc_read_only_and_writable_binds() {
 #[test]
 fn docker_kill_and_failed_exit() {
     require_privileged!();
+    let _turn = turn();
     let tools = [
         "containerd",
         "containerd-shim-runc-v2",
@@ -714,6 +725,7 @@ fn docker_kill_and_failed_exit() {
 #[test]
 fn podman_exit_and_kill() {
     require_privileged!();
+    let _turn = turn();
     let tools = ["podman", "conmon", "runc", "busybox", "tar", "gcc"];
     let Some(tools) = runtime_tools(module_path!(), &tools) else {
         return;
