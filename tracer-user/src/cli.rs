@@ -79,8 +79,8 @@ pub struct RunArgs {
     /// Also trace the mount system calls containers make, for mount durations
     /// (container_mount_duration_seconds), `mount` events and the share of each start spent
     /// mounting. Costs every system call of every task on the node, container or not, the
-    /// kernel's traced path (about 20 to 60 ns each). Volumes and their violations do not need
-    /// it: they come from each container's mount table.
+    /// kernel's traced path (tens of nanoseconds each; see README, Performance). Volumes and
+    /// their violations do not need it: they come from each container's mount table.
     #[arg(long)]
     pub trace_mount_syscalls: bool,
     /// How often GPU processes are read through NVML (when libnvidia-ml.so.1 is present).
