@@ -572,9 +572,7 @@ pub fn mknod(path: &Path, major: u32, minor: u32) {
 /// allows everything else, the way runc attaches its device filter on cgroup v2
 /// (`BPF_PROG_ATTACH` with `BPF_F_ALLOW_MULTI`). It stays attached until the cgroup is removed.
 pub fn deny_device(dir: &Path, major: u32, minor: u32) {
-    const BPF_PROG_LOAD: libc::c_long = 5;
     const BPF_PROG_ATTACH: libc::c_long = 8;
-    const BPF_PROG_TYPE_CGROUP_DEVICE: u32 = 15;
     const BPF_CGROUP_DEVICE: u32 = 6;
     const BPF_F_ALLOW_MULTI: u32 = 2;
     let ldxw = |dst: u64, src: u64, off: u64| 0x61 | (dst | src << 4) << 8 | off << 16;
@@ -589,42 +587,28 @@ pub fn deny_device(dir: &Path, major: u32, minor: u32) {
         0xb7 | 1 << 32, // r0 = 1: allow
         0x95,
     ];
-    let license = b"GPL\0";
-    let mut attr = [0u8; 72];
-    let put = |attr: &mut [u8], at: usize, bytes: &[u8]| {
-        attr[at..at + bytes.len()].copy_from_slice(bytes)
-    };
-    put(&mut attr, 0, &BPF_PROG_TYPE_CGROUP_DEVICE.to_ne_bytes());
-    put(&mut attr, 4, &(insns.len() as u32).to_ne_bytes());
-    put(&mut attr, 8, &(insns.as_ptr() as u64).to_ne_bytes());
-    put(&mut attr, 16, &(license.as_ptr() as u64).to_ne_bytes());
-    put(&mut attr, 68, &BPF_CGROUP_DEVICE.to_ne_bytes());
     // Kernels before 5.11 charge programs to RLIMIT_MEMLOCK.
-    let unlimited = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
-    };
-    // SAFETY: setrlimit reads the rlimit it is given.
-    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
-    // SAFETY: a BPF_PROG_LOAD attribute prefix of the size given, whose pointers outlive the
-    // call.
-    let prog = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, attr.as_mut_ptr(), 72u32) };
-    assert!(
-        prog >= 0,
-        "loading the device filter: {}",
+    clawtrace::sys::raise_memlock_limit();
+    let prog = clawtrace::sys::load_device_program(&insns, &mut [])
+        .unwrap_or_else(|e| panic!("loading the device filter: {e}"));
+    let cgroup = std::fs::File::open(dir).expect("open the cgroup");
+    use std::os::fd::AsRawFd;
+    let mut attach = [0u8; 20];
+    for (at, value) in [
+        (0, cgroup.as_raw_fd() as u32),
+        (4, prog.as_raw_fd() as u32),
+        (8, BPF_CGROUP_DEVICE),
+        (12, BPF_F_ALLOW_MULTI),
+    ] {
+        attach[at..at + 4].copy_from_slice(&value.to_ne_bytes());
+    }
+    // SAFETY: a BPF_PROG_ATTACH attribute prefix of the size given; the descriptors are open.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_ATTACH, attach.as_mut_ptr(), 20u32) };
+    // The attachment holds the program; `prog` closes when it goes.
+    assert_eq!(
+        r,
+        0,
+        "attaching the device filter: {}",
         std::io::Error::last_os_error()
     );
-    let cgroup = std::fs::File::open(dir).expect("open the cgroup");
-    let mut attach = [0u8; 20];
-    use std::os::fd::AsRawFd;
-    put(&mut attach, 0, &(cgroup.as_raw_fd() as u32).to_ne_bytes());
-    put(&mut attach, 4, &(prog as u32).to_ne_bytes());
-    put(&mut attach, 8, &BPF_CGROUP_DEVICE.to_ne_bytes());
-    put(&mut attach, 12, &BPF_F_ALLOW_MULTI.to_ne_bytes());
-    // SAFETY: a BPF_PROG_ATTACH attribute prefix of the size given.
-    let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_ATTACH, attach.as_mut_ptr(), 20u32) };
-    let err = std::io::Error::last_os_error();
-    // SAFETY: the descriptor the load returned, owned here; the attachment holds the program.
-    unsafe { libc::close(prog as i32) };
-    assert_eq!(r, 0, "attaching the device filter: {err}");
 }

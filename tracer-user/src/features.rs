@@ -229,50 +229,16 @@ fn probe_one(
 /// Whether a cgroup device program for `BPF_CGROUP_DEVICE` may call helper `id`: loads one that
 /// calls it and allows everything. Err: why not (the verifier's first line, or the error).
 fn device_helper(id: i32) -> Result<(), String> {
-    const BPF_PROG_LOAD: libc::c_long = 5;
-    const BPF_PROG_TYPE_CGROUP_DEVICE: u32 = 15;
-    const BPF_CGROUP_DEVICE: u32 = 6;
     // call id; r0 = 1; exit (a device program must return 0 or 1).
     let insns: [u64; 3] = [0x85 | (u64::from(id as u32) << 32), 0xb7 | (1 << 32), 0x95];
-    let license = b"GPL\0";
     let mut log = vec![0u8; 4096];
-    // The leading fields of `union bpf_attr` for BPF_PROG_LOAD, up to expected_attach_type.
-    let mut attr = [0u8; 72];
-    let mut put = |at: usize, bytes: &[u8]| attr[at..at + bytes.len()].copy_from_slice(bytes);
-    put(0, &BPF_PROG_TYPE_CGROUP_DEVICE.to_ne_bytes());
-    put(4, &(insns.len() as u32).to_ne_bytes());
-    put(8, &(insns.as_ptr() as u64).to_ne_bytes());
-    put(16, &(license.as_ptr() as u64).to_ne_bytes());
-    put(24, &1u32.to_ne_bytes());
-    put(28, &(log.len() as u32).to_ne_bytes());
-    put(32, &(log.as_mut_ptr() as u64).to_ne_bytes());
-    put(68, &BPF_CGROUP_DEVICE.to_ne_bytes());
-    // SAFETY: `attr` is a bpf_attr prefix of the size passed, whose pointers (instructions,
-    // license, log buffer) stay valid for the call; the kernel writes only into `log`.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_LOAD,
-            attr.as_mut_ptr(),
-            attr.len() as u32,
-        )
+    let err = match crate::sys::load_device_program(&insns, &mut log) {
+        Ok(_) => return Ok(()),
+        Err(err) => err,
     };
-    if fd >= 0 {
-        // SAFETY: the kernel just returned this descriptor, owned by nothing else.
-        unsafe { libc::close(fd as i32) };
-        return Ok(());
-    }
-    let err = std::io::Error::last_os_error();
     let text = String::from_utf8_lossy(&log);
-    let first = text
-        .trim_matches('\0')
-        .lines()
-        .next()
-        .unwrap_or("")
-        .to_string();
-    Err(if first.is_empty() {
-        err.to_string()
-    } else {
-        first
-    })
+    match text.trim_matches('\0').lines().next() {
+        Some(first) if !first.is_empty() => Err(first.to_string()),
+        _ => Err(err.to_string()),
+    }
 }

@@ -103,7 +103,6 @@ pub struct Tracer {
     attached: usize,
     /// Per program, the instructions the verifier walked to accept it (None: not reported).
     verified: Vec<(&'static str, Option<u32>)>,
-    devices: DeviceHook,
     // Kept last so the maps above are released before the programs are detached.
     _ebpf: Ebpf,
 }
@@ -220,29 +219,23 @@ impl Tracer {
             }
             attached += 1;
         }
-        let devices = if config.trace_devices && !config.devices.is_empty() {
+        if config.trace_devices && !config.devices.is_empty() {
             let program: &mut CgroupDevice = ebpf
                 .program_mut(DEVICE_PROGRAM)
                 .with_context(|| format!("program {DEVICE_PROGRAM} missing from the eBPF object"))?
                 .try_into()
                 .with_context(|| format!("program {DEVICE_PROGRAM} is not a device program"))?;
             match attach_device_hook(program) {
-                Ok(root) => {
+                Ok(()) => {
                     verified.push((DEVICE_PROGRAM, verified_insns(program.info())));
                     attached += 1;
-                    DeviceHook::Attached(root)
                 }
-                Err(err) => {
-                    log::warn!(
-                        "GPU device accesses are not seen: {err:#}; GPU use is then known from \
-                         NVML only"
-                    );
-                    DeviceHook::Failed(format!("{err:#}"))
-                }
+                Err(err) => log::warn!(
+                    "GPU device accesses are not seen: {err:#}; GPU use is then known from NVML \
+                     only"
+                ),
             }
-        } else {
-            DeviceHook::Off
-        };
+        }
 
         let ring = RingBuf::try_from(take(&mut ebpf, "EVENTS")?)?;
         let cgroups = HashMap::try_from(take(&mut ebpf, "CGROUPS")?)?;
@@ -263,14 +256,8 @@ impl Tracer {
             decode_errors: 0,
             attached,
             verified,
-            devices,
             _ebpf: ebpf,
         })
-    }
-
-    /// Where the device hook stands.
-    pub fn device_hook(&self) -> &DeviceHook {
-        &self.devices
     }
 
     /// Waits up to `timeout` for records, then appends every record available to `out`.
@@ -395,23 +382,12 @@ impl Tracer {
 /// The cgroup device program's name in the eBPF object.
 pub const DEVICE_PROGRAM: &str = "device_access";
 
-/// Whether the cgroup device hook is attached.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DeviceHook {
-    /// Attached at this cgroup v2 root.
-    Attached(std::path::PathBuf),
-    /// Not asked for (`--no-gpu-tracking`, or no `--gpu-device`).
-    Off,
-    /// Asked for and refused, with why.
-    Failed(String),
-}
-
 /// Loads the device program and attaches it at the cgroup v2 root, beside any other device
 /// programs: every cgroup's effective device programs then include it, after their own. The
 /// attachment is a BPF link (the kernel has them since 5.7), which is always one of many
 /// (`BPF_F_ALLOW_MULTI`): the kernel refuses any other flag on a link, so aya's `Single` mode,
 /// which passes none, is the one to give.
-fn attach_device_hook(program: &mut CgroupDevice) -> Result<std::path::PathBuf> {
+fn attach_device_hook(program: &mut CgroupDevice) -> Result<()> {
     let root = sys::cgroup2_mount().context("no cgroup v2 hierarchy is mounted")?;
     let dir = std::fs::File::open(&root)
         .with_context(|| format!("opening the cgroup v2 root {}", root.display()))?;
@@ -427,7 +403,7 @@ fn attach_device_hook(program: &mut CgroupDevice) -> Result<std::path::PathBuf> 
                 root.display()
             )
         })?;
-    Ok(root)
+    Ok(())
 }
 
 fn take(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {

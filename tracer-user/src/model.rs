@@ -62,7 +62,7 @@ impl Default for ModelConfig {
             read_only_volumes: Vec::new(),
             host_ns_level: 0,
             devices_v1_controller: false,
-            mount_syscalls: true,
+            mount_syscalls: false,
         }
     }
 }
@@ -309,6 +309,17 @@ pub enum DeviceDecision {
     /// Not known: the kernel does not tell device programs the decision (before Linux 5.18),
     /// or the device programs allowed it and a cgroup v1 `devices` hierarchy decides after them.
     Undecided,
+}
+
+impl DeviceDecision {
+    /// The name the JSON output gives it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceDecision::Allowed => "allowed",
+            DeviceDecision::Denied => "denied",
+            DeviceDecision::Undecided => "undecided",
+        }
+    }
 }
 
 /// A container began using a GPU device that other live containers use.

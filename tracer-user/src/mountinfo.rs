@@ -47,8 +47,7 @@ pub struct MountWatcher {
     failed: bool,
     /// The tracer's own mount namespace: a container in it has no table of its own.
     own_ns: Option<u64>,
-    /// The containers whose tables are followed, with the namespace followed (0: found running
-    /// at start, read from /proc).
+    /// The containers whose tables are followed, with the namespace followed (0: not known).
     watched: HashMap<u64, u32>,
 }
 
@@ -139,10 +138,12 @@ impl MountWatcher {
     /// [`MountWatcher::watch`] for a container found running at start, whose namespace is read
     /// from /proc.
     pub fn watch_running(&mut self, cgroup_id: u64, pid: u32) {
-        if self.own_ns.is_some() && mount_ns(&pid.to_string()) == self.own_ns {
+        // Namespace inode numbers are 32 bits (`ns_common.inum`); 0 where /proc does not say.
+        let mnt_ns = mount_ns(&pid.to_string()).map_or(0, |ino| ino as u32);
+        if mnt_ns != 0 && self.own_ns == Some(u64::from(mnt_ns)) {
             return;
         }
-        self.open(cgroup_id, pid, 0);
+        self.open(cgroup_id, pid, mnt_ns);
     }
 
     fn open(&mut self, cgroup_id: u64, pid: u32, mnt_ns: u32) {

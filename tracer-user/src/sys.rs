@@ -1,6 +1,11 @@
 //! The host facts clawtrace depends on: privileges, tracefs, the cgroup v2 mount, clocks.
 
-use std::{ffi::CString, fs, path::PathBuf};
+use std::{
+    ffi::CString,
+    fs,
+    os::fd::{FromRawFd, OwnedFd},
+    path::PathBuf,
+};
 
 use anyhow::{bail, Context as _, Result};
 use caps::{CapSet, Capability};
@@ -172,14 +177,53 @@ pub fn cgroup2_mount() -> Option<PathBuf> {
 }
 
 fn cgroup2_mount_in(mountinfo: &str) -> Option<PathBuf> {
-    for line in mountinfo.lines() {
-        // Fields before " - " are fixed; the filesystem type is the first field after it.
-        let (left, right) = line.split_once(" - ")?;
-        if right.split_whitespace().next() == Some("cgroup2") {
-            return left.split_whitespace().nth(4).map(PathBuf::from);
-        }
+    crate::volumes::parse_mountinfo(mountinfo)
+        .into_iter()
+        .find(|m| m.fstype == "cgroup2")
+        .map(|m| PathBuf::from(m.mount_point))
+}
+
+/// Loads `insns` as a cgroup device program for the `BPF_CGROUP_DEVICE` attach type (the
+/// kernel offers some helpers by attach type) and returns it; the verifier's log goes to `log`.
+/// For probes and tests; the tracer's own program is loaded by aya.
+pub fn load_device_program(insns: &[u64], log: &mut [u8]) -> std::io::Result<OwnedFd> {
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_PROG_TYPE_CGROUP_DEVICE: u32 = 15;
+    const BPF_CGROUP_DEVICE: u32 = 6;
+    let license = b"GPL\0";
+    // The leading fields of `union bpf_attr` for BPF_PROG_LOAD, up to expected_attach_type.
+    let mut attr = [0u8; 72];
+    let mut put = |at: usize, bytes: &[u8]| attr[at..at + bytes.len()].copy_from_slice(bytes);
+    put(0, &BPF_PROG_TYPE_CGROUP_DEVICE.to_ne_bytes());
+    put(4, &(insns.len() as u32).to_ne_bytes());
+    put(8, &(insns.as_ptr() as u64).to_ne_bytes());
+    put(16, &(license.as_ptr() as u64).to_ne_bytes());
+    put(24, &u32::from(!log.is_empty()).to_ne_bytes());
+    put(28, &(log.len() as u32).to_ne_bytes());
+    // No log: no buffer at all (the kernel refuses a buffer without a log level).
+    let buffer = if log.is_empty() {
+        0
+    } else {
+        log.as_mut_ptr() as u64
+    };
+    put(32, &buffer.to_ne_bytes());
+    put(68, &BPF_CGROUP_DEVICE.to_ne_bytes());
+    // SAFETY: `attr` is a bpf_attr prefix of the size passed, whose pointers (instructions,
+    // license, log buffer with its length) stay valid for the call; the kernel writes only into
+    // the log.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_LOAD,
+            attr.as_mut_ptr(),
+            attr.len() as u32,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
     }
-    None
+    // SAFETY: the kernel just returned this descriptor, owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// Whether a cgroup v1 hierarchy with the `devices` controller is mounted (a hybrid host): it
@@ -191,16 +235,9 @@ pub fn cgroup_v1_devices_mounted() -> bool {
 }
 
 fn cgroup_v1_devices_in(mountinfo: &str) -> bool {
-    mountinfo.lines().any(|line| {
-        let Some((_, right)) = line.split_once(" - ") else {
-            return false;
-        };
-        let mut fields = right.split_whitespace();
-        fields.next() == Some("cgroup")
-            && fields
-                .nth(1)
-                .is_some_and(|options| options.split(',').any(|o| o == "devices"))
-    })
+    crate::volumes::parse_mountinfo(mountinfo)
+        .iter()
+        .any(|m| m.fstype == "cgroup" && m.super_option("devices"))
 }
 
 fn clock_ns(clock: libc::clockid_t) -> u64 {

@@ -165,14 +165,19 @@ pub struct Mount {
     /// The mount's own flags say read-only.
     pub mount_ro: bool,
     pub fstype: String,
-    /// The superblock's flags say read-only.
-    pub super_ro: bool,
+    /// The superblock's options (`rw`, `ro`, a cgroup v1 hierarchy's controllers, …).
+    pub super_options: String,
 }
 
 impl Mount {
     /// Read-only for writers: by the mount's flags or the superblock's.
     pub fn read_only(&self) -> bool {
-        self.mount_ro || self.super_ro
+        self.mount_ro || self.super_option("ro")
+    }
+
+    /// Whether the superblock's options include `option`.
+    pub fn super_option(&self, option: &str) -> bool {
+        self.super_options.split(',').any(|o| o == option)
     }
 }
 
@@ -193,14 +198,14 @@ fn parse_line(line: &str) -> Option<Mount> {
     let mut r = right.split(' ');
     let fstype = r.next()?.to_string();
     let _source = r.next()?;
-    let super_ro = r.next()?.split(',').any(|o| o == "ro");
+    let super_options = r.next()?.to_string();
     Some(Mount {
         dev,
         root,
         mount_point,
         mount_ro,
         fstype,
-        super_ro,
+        super_options,
     })
 }
 

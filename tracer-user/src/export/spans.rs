@@ -217,14 +217,7 @@ impl ContainerSpan {
                     let mut attributes = vec![
                         KeyValue::new("clawtrace.device", d.device.clone()),
                         KeyValue::new("clawtrace.device.access", d.access.clone()),
-                        KeyValue::new(
-                            "clawtrace.device.decision",
-                            match d.decision {
-                                DeviceDecision::Allowed => "allowed",
-                                DeviceDecision::Denied => "denied",
-                                DeviceDecision::Undecided => "undecided",
-                            },
-                        ),
+                        KeyValue::new("clawtrace.device.decision", d.decision.as_str()),
                     ];
                     if let Some(pid) = d.pid {
                         attributes.push(KeyValue::new("process.pid", i64::from(pid)));
