@@ -134,7 +134,6 @@ fn each_kernel_feature_takes_the_path_the_kernel_allows() {
     let all: BTreeSet<String> = present.union(&fallback).cloned().collect();
     let keys = [
         "task-btf",
-        "cgroup-storage",
         "exit-group-dead",
         "oom-victim-task",
         "mount-setattr",
@@ -193,20 +192,13 @@ fn each_kernel_feature_takes_the_path_the_kernel_allows() {
     }
     let (maps, progs) = bpf_objects_of(ct.pid());
     let has = |key: &str| present.contains(key);
-    // Cgroup marks in cgroup storage, else an inert one-entry stand-in (the cgroup table decides).
-    let followed = map(&maps, "FOLLOWED");
-    if has("cgroup-storage") {
-        assert!(
-            followed.1 == "cgrp_storage" || followed.1 == "32",
-            "{followed:?}"
-        );
-    } else {
-        assert_eq!(
-            (followed.1.as_str(), followed.2),
-            ("array", 1),
-            "{followed:?}"
-        );
-    }
+    // Followed cgroups are told by the cgroup table alone; what signals and OOM marks a
+    // process got travels in their own records: no per-process map in the kernel.
+    assert!(
+        !maps.iter().any(|m| m.0 == "FOLLOWED" || m.0 == "SIGNALS"),
+        "{maps:?}"
+    );
+    assert_eq!(map(&maps, "CGROUPS").1, "hash", "{maps:?}");
     // Process exits told by group_dead, else claimed once per process in a table.
     let claims = map(&maps, "EXIT_CLAIMS");
     if has("exit-group-dead") {

@@ -60,6 +60,14 @@ fn records_mkdir_signal_exit_rmdir_of_a_real_cgroup() {
     let mut child = cgroup.spawn(Command::new("sleep").arg("1000"));
     let child_pid = child.id();
     assert!(cgroup.procs().contains(&child_pid));
+    // When the child started, in clock ticks since boot, as /proc says (field 22).
+    let stat = std::fs::read_to_string(format!("/proc/{child_pid}/stat")).expect("stat");
+    let after_comm = &stat[stat.rfind(')').expect("comm") + 2..];
+    let start_ticks: u64 = after_comm
+        .split_whitespace()
+        .nth(19)
+        .and_then(|t| t.parse().ok())
+        .expect("starttime");
     kill(child_pid, libc::SIGKILL);
     let status = wait_status(&mut child);
     assert!(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL);
@@ -106,14 +114,16 @@ fn records_mkdir_signal_exit_rmdir_of_a_real_cgroup() {
     assert_eq!(exit.exit_status, status as u32);
     assert_eq!(c_str(&exit.comm), "sleep");
     assert_eq!(exit.parent_tgid, me, "the child's parent is this test");
-    // The kernel joined the kill with the exit.
-    let killer = exit
-        .track
-        .slots
-        .iter()
-        .find(|s| s.signal == libc::SIGKILL as u32);
-    let killer = killer.expect("the SIGKILL joined to the exit");
-    assert_eq!((killer.sender_tgid, killer.code, killer.count), (me, 0, 1));
+    // Both name the process by its start time, which is the one /proc gave (in ticks of
+    // 1/CLK_TCK s; the kernel's is in ns since boot).
+    assert_eq!(signal.target_start_ns, exit.start_ns, "the same process");
+    // SAFETY: sysconf reads a constant.
+    let tick_ns = 1_000_000_000 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    assert!(
+        (exit.start_ns / tick_ns).abs_diff(start_ticks) <= 1,
+        "start {} ns, /proc {start_ticks} ticks",
+        exit.start_ns
+    );
 
     // Every record carries this cgroup only where it should: the exit ran inside it, the
     // signal was sent from outside it.

@@ -209,10 +209,14 @@ fn step(
         }
     };
     match &mut rec {
-        Record::CgroupMkdir(r) | Record::CgroupRmdir(r) => {
+        Record::CgroupMkdir(r) => {
             header(u, &mut r.header, now)?;
             r.id = small_cgroup(u)?;
             path(u, r)?;
+        }
+        Record::CgroupRmdir(r) => {
+            header(u, &mut r.header, now)?;
+            r.id = small_cgroup(u)?;
         }
         Record::Attach(r) => {
             header(u, &mut r.header, now)?;
@@ -226,26 +230,21 @@ fn step(
         Record::Exit(r) => {
             header(u, &mut r.header, now)?;
             r.parent_tgid = small_pid(u)?;
-            for slot in &mut r.track.slots {
-                slot.sender_cgroup_id = small_cgroup(u)?;
-                slot.sender_pid = small_pid(u)?;
-                slot.sender_tgid = small_pid(u)?;
-                if u.ratio(1, 2)? {
-                    slot.signal = u.int_in_range(0..=33u32)?;
-                }
-            }
+            r.start_ns = u.int_in_range(0..=3u64)?;
         }
         Record::Signal(r) => {
             header(u, &mut r.header, now)?;
             r.target_pid = small_pid(u)?;
             r.target_tgid = small_pid(u)?;
             r.target_cgroup_id = small_cgroup(u)?;
+            r.target_start_ns = u.int_in_range(0..=3u64)?;
         }
         Record::Oom(r) => {
             header(u, &mut r.header, now)?;
             r.victim_pid = small_pid(u)?;
             r.victim_tgid = small_pid(u)?;
             r.victim_cgroup_id = small_cgroup(u)?;
+            r.victim_start_ns = u.int_in_range(0..=3u64)?;
         }
         Record::ExecEnv(r) => {
             header(u, &mut r.exec.header, now)?;

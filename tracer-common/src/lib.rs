@@ -15,8 +15,6 @@ pub const COMM_LEN: usize = 16;
 pub const CGROUP_PATH_LEN: usize = 256;
 /// Bytes of an exec'd file name carried in a record; longer names are truncated.
 pub const FILENAME_LEN: usize = 128;
-/// How many distinct signals are remembered per tracked process (see [`SignalTrack`]).
-pub const SIGNAL_SLOTS: usize = 4;
 /// Bytes of a path argument of a mount system call carried in a [`MountRecord`].
 pub const MOUNT_PATH_LEN: usize = 160;
 /// Bytes of a filesystem type (or `fsconfig` key) carried in a [`MountRecord`].
@@ -141,6 +139,20 @@ pub struct CgroupRecord {
     pub path: [u8; CGROUP_PATH_LEN],
 }
 
+/// `cgroup:cgroup_rmdir` of a followed v2 cgroup. Its path is not read again: user space knows
+/// it from the cgroup's mkdir, or from the scan that found it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CgroupRmdirRecord {
+    /// The header describes the task that removed the cgroup.
+    pub header: Header,
+    /// Id of the cgroup removed.
+    pub id: u64,
+    /// Depth below the root.
+    pub level: u32,
+    pub _reserved: u32,
+}
+
 /// `cgroup:cgroup_attach_task` into a tracked v2 cgroup (a task written to `cgroup.procs`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -176,39 +188,7 @@ pub struct ExecRecord {
     pub filename: [u8; FILENAME_LEN],
 }
 
-/// One signal sent to a tracked process, as seen by `signal:signal_generate` in the sender's context.
-/// The first send of each distinct signal is kept; later sends of the same signal bump `count`
-/// and `last_ns`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SignalOrigin {
-    /// Time of the first send (0: empty slot).
-    pub first_ns: u64,
-    /// Time of the latest send.
-    pub last_ns: u64,
-    /// cgroup v2 id of the sender at the first send.
-    pub sender_cgroup_id: u64,
-    pub sender_pid: u32,
-    pub sender_tgid: u32,
-    /// Signal number (0: empty slot).
-    pub signal: u32,
-    /// `si_code` of the first send: 0 SI_USER (kill), -6 SI_TKILL (tgkill), 0x80 SI_KERNEL,
-    /// positive values are fault codes the kernel raised; [`SI_CODE_UNREADABLE`] when the
-    /// siginfo could not be read.
-    pub code: i32,
-    pub count: u32,
-    /// [`signal_result`] of the first send.
-    pub result: u32,
-    /// For SIGSYS from a seccomp filter (`si_code` SYS_SECCOMP): the refused system call's
-    /// number, from the siginfo; else 0.
-    pub syscall: u32,
-    /// [`signal_evidence`] bits the kernel held at the first send.
-    pub evidence: u32,
-    pub sender_comm: [u8; COMM_LEN],
-}
-
-/// What the kernel held when it sent a signal on its own behalf (`si_code` SI_KERNEL): the bits
-/// of [`SignalOrigin::evidence`].
+/// What the kernel held when it sent a signal: the bits of [`SignalRecord::evidence`].
 pub mod signal_evidence {
     /// The sender was exiting (`PF_EXITING`): a pid namespace's init taking its namespace down.
     pub const SENDER_EXITING: u32 = 1 << 0;
@@ -222,26 +202,6 @@ pub mod signal_evidence {
     pub const NO_SIGINFO: u32 = 1 << 2;
 }
 
-/// What the kernel remembers about a tracked process until it exits: the signals sent to it and
-/// whether the OOM killer chose it. Keyed by tgid in the `SIGNALS` map and copied whole into the
-/// process's [`ExitRecord`], so the join of "who sent what" with "how it died" happens in the kernel.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SignalTrack {
-    /// Start time of the process (its leader's `task_struct.start_time`): a track left by an
-    /// earlier process with the same tgid is told apart by it.
-    pub start_ns: u64,
-    /// Time `oom:mark_victim` chose this process; 0 if it was never chosen.
-    pub oom_ns: u64,
-    pub slots: [SignalOrigin; SIGNAL_SLOTS],
-}
-
-/// Bits of [`ExitRecord::flags`].
-pub mod exit_flags {
-    /// `track` holds what the kernel remembered for this process.
-    pub const HAS_TRACK: u32 = 1;
-}
-
 /// `sched:sched_process_exit` of the last thread of a process (`group_dead`) in a tracked cgroup.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -251,19 +211,16 @@ pub struct ExitRecord {
     /// The wait status exactly as `waitpid()` reports it to the parent (`task->exit_code`):
     /// `(code << 8)` for an exit, `signal | 0x80 if core dumped` for a signal death.
     pub exit_status: u32,
-    /// [`exit_flags`] bits.
-    pub flags: u32,
+    pub _reserved: u32,
     /// The process's parent (`real_parent->tgid`) when it exited.
     pub parent_tgid: u32,
     /// The depth of its pid namespace (0: the initial one).
     pub ns_level: u32,
+    /// When the process started (its leader's `task_struct.start_time`): with the tgid, which
+    /// process this is, since tgids are reused. The signal and OOM records name it the same way.
+    pub start_ns: u64,
     pub comm: [u8; COMM_LEN],
-    pub track: SignalTrack,
 }
-
-/// Bytes of an [`ExitRecord`] without its `track`: what the kernel sends for a process it
-/// remembers no signal or OOM mark for (`flags` without [`exit_flags::HAS_TRACK`]).
-pub const EXIT_RECORD_SHORT_LEN: usize = core::mem::offset_of!(ExitRecord, track);
 
 /// `signal:signal_generate` aimed at a tracked task. The header is the sender.
 #[repr(C)]
@@ -276,6 +233,8 @@ pub struct SignalRecord {
     pub target_tgid: u32,
     /// cgroup v2 id of the target as last seen by the tracer.
     pub target_cgroup_id: u64,
+    /// When the target's process started (see [`ExitRecord::start_ns`]).
+    pub target_start_ns: u64,
     pub signal: u32,
     pub code: i32,
     /// [`signal_result`].
@@ -286,8 +245,12 @@ pub struct SignalRecord {
     pub target_comm: [u8; COMM_LEN],
     /// Entries of `ancestry` in use.
     pub ancestry_len: u32,
-    /// [`signal_evidence::NO_SIGINFO`] or 0 (the other bits travel only in the exit's track).
+    /// [`signal_evidence`] bits.
     pub evidence: u32,
+    /// For SIGSYS from a seccomp filter (`si_code` SYS_SECCOMP): the refused system call's
+    /// number, from the siginfo; else 0.
+    pub syscall: u32,
+    pub _reserved: u32,
     /// The sender's parent, its parent, and so on (`real_parent`), nearest first: up to
     /// [`ANCESTRY_LEN`] processes, ending early at the host's init.
     pub ancestry: [Ancestor; ANCESTRY_LEN],
@@ -312,6 +275,8 @@ pub struct OomRecord {
     pub victim_pid: u32,
     pub victim_tgid: u32,
     pub victim_cgroup_id: u64,
+    /// When the victim's process started (see [`ExitRecord::start_ns`]).
+    pub victim_start_ns: u64,
     /// Resident anonymous memory of the victim, in KiB.
     pub anon_rss_kb: u64,
     /// Total virtual memory of the victim, in KiB.
@@ -461,7 +426,7 @@ impl EnvKey {
 
 /// Slots of the kernel's per-CPU `UNTRACKED` counters: what could not be followed.
 pub mod untracked {
-    /// cgroups, because the cgroup table was full or the kernel could not allocate their mark.
+    /// cgroups, because the cgroup table was full.
     pub const CGROUP: u32 = 0;
     /// Number of slots.
     pub const COUNT: u32 = 1;
@@ -479,10 +444,8 @@ pub mod feature {
     pub const TASK_BTF: u64 = 1 << 0;
     // 1 << 1 was task-local storage, for device opens waiting between a system call's entry
     // and exit; device accesses come from the cgroup device hook now.
-    /// Cgroup-local storage (`BPF_MAP_TYPE_CGRP_STORAGE`, 6.2) and `cgroup.bpf_cgrp_storage`:
-    /// a followed cgroup carries a mark, so a cgroup outside the containers is told by one load.
-    /// Without it, by a lookup of its id in the cgroup table.
-    pub const CGRP_STORAGE: u64 = 1 << 2;
+    // 1 << 2 was cgroup-local storage, for a mark on each followed cgroup: allocating it cost
+    // more at every cgroup's creation (about 1 µs) than it saved on the lookups it spared.
     /// `sched_process_exit` has the `group_dead` field: the last thread of a process is told
     /// by the record. Without it, by the process's live-thread count, claimed once per process.
     pub const EXIT_GROUP_DEAD: u64 = 1 << 3;
@@ -503,10 +466,6 @@ pub mod feature {
 
 /// Name of the read-only `u64` global holding the [`feature`] bits the kernel offers.
 pub const KERNEL_FEATURES: &str = "KERNEL_FEATURES";
-
-/// Maps of a type only kernels with a [`feature`] have, by name: on other kernels the loader
-/// puts an inert map in their place, which the programs' fallback paths never touch.
-pub const FEATURE_MAPS: &[(&str, u64)] = &[("FOLLOWED", feature::CGRP_STORAGE)];
 
 /// Maps only a [`feature`]'s fallback uses, by name: on kernels with the feature the loader
 /// makes them one entry long, so the fast path costs no memory for them.
@@ -554,10 +513,6 @@ pub const BTF_FIELDS: &[BtfField] = &[
     btf("CGROUP_KN", "cgroup", "kn"),
     btf("CGROUP_ROOT", "cgroup", "root"),
     btf("CGROUP_LEVEL", "cgroup", "level"),
-    BtfField {
-        feature: feature::CGRP_STORAGE,
-        ..btf("CGROUP_BPF_STORAGE", "cgroup", "bpf_cgrp_storage")
-    },
     btf("CGROUP_ROOT_HIERARCHY_ID", "cgroup_root", "hierarchy_id"),
     btf("KERNFS_NODE_ID", "kernfs_node", "id"),
     btf("SIGINFO_CODE", "kernel_siginfo", "si_code"),
@@ -597,10 +552,6 @@ mod pod {
     // have no implicit padding, so every bit pattern is a valid value.
     unsafe impl aya::Pod for Header {}
     // SAFETY: as above.
-    unsafe impl aya::Pod for SignalOrigin {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for SignalTrack {}
-    // SAFETY: as above.
     unsafe impl aya::Pod for EnvKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for DeviceRange {}
@@ -613,15 +564,14 @@ const _: () = {
     assert!(size_of::<CgroupRecord>() == 32 + 16 + CGROUP_PATH_LEN);
     assert!(size_of::<AttachRecord>() == 32 + 16 + COMM_LEN);
     assert!(size_of::<ExecRecord>() == 32 + 24 + COMM_LEN + FILENAME_LEN);
-    assert!(size_of::<SignalOrigin>() == 72);
-    assert!(size_of::<SignalTrack>() == 16 + 72 * SIGNAL_SLOTS);
-    assert!(size_of::<ExitRecord>() == 32 + 16 + COMM_LEN + size_of::<SignalTrack>());
+    assert!(size_of::<CgroupRmdirRecord>() == 32 + 16);
+    assert!(size_of::<ExitRecord>() == 32 + 24 + COMM_LEN);
     assert!(
         size_of::<SignalRecord>()
-            == 32 + 32 + 2 * COMM_LEN + 8 + ANCESTRY_LEN * size_of::<Ancestor>()
+            == 32 + 40 + 2 * COMM_LEN + 16 + ANCESTRY_LEN * size_of::<Ancestor>()
     );
     assert!(size_of::<Ancestor>() == 4 + COMM_LEN);
-    assert!(size_of::<OomRecord>() == 32 + 32);
+    assert!(size_of::<OomRecord>() == 32 + 40);
     assert!(size_of::<EnvValue>() == 8 + ENV_VALUE_LEN);
     assert!(size_of::<ExecEnvRecord>() == size_of::<ExecRecord>() + size_of::<EnvValue>());
     assert!(size_of::<EnvKey>() == 8 + 2 * ENV_KEY_LEN);

@@ -6,16 +6,13 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 use tracer_common::{
-    cgroup_state, kind, probe, untracked, AttachRecord, CgroupRecord, CGROUP_PATH_LEN,
-    CGROUP_V2_HIERARCHY,
+    cgroup_state, kind, probe, untracked, AttachRecord, CgroupRecord, CgroupRmdirRecord,
+    CGROUP_PATH_LEN, CGROUP_V2_HIERARCHY,
 };
 
 use crate::{
     kernel::{Cgroup, Task},
-    state::{
-        count_untracked, data_loc, field, followed, header, is_tracked_cgroup, mark_followed,
-        read_kernel_str, reserve, wakeup, CGROUPS,
-    },
+    state::{count_untracked, field, followed, header, read_kernel_str, reserve, wakeup, CGROUPS},
 };
 
 // Field offsets in cgroup_rmdir's record (see events/cgroup/cgroup_rmdir/format); the loader
@@ -23,10 +20,8 @@ use crate::{
 const ROOT: usize = 8;
 const LEVEL: usize = 12;
 const ID: usize = 16;
-const PATH: usize = 24;
 
-/// A BTF tracepoint, for the new cgroup itself: it is marked as followed beside its entry in
-/// the table (see `FOLLOWED`).
+/// A BTF tracepoint, for the new cgroup itself.
 #[btf_tracepoint(function = "cgroup_mkdir")]
 pub fn cgroup_mkdir(ctx: BtfTracePointContext) -> u32 {
     let _ = try_cgroup_mkdir(&ctx);
@@ -41,37 +36,25 @@ fn try_cgroup_mkdir(ctx: &BtfTracePointContext) -> Result<(), i32> {
         return Ok(());
     }
     let (level, id) = (cgrp.level(), cgrp.id());
-    // The mark first: a cgroup in the table always carries one. (A mark without an entry, if
-    // the table is full, is dropped the first time it is asked about.)
-    if !mark_followed(cgrp) || CGROUPS.insert(id, cgroup_state::NEW, 0).is_err() {
+    if CGROUPS.insert(id, cgroup_state::NEW, 0).is_err() {
         count_untracked(untracked::CGROUP);
     }
-    // SAFETY: `path` is the argument's kernel string.
-    unsafe { submit_dir_record(kind::CGROUP_MKDIR, probe::CGROUP_MKDIR, id, level, path) };
-    Ok(())
-}
-
-/// Writes the record of cgroup `id` (`kind`, for `probe`) at `level`, with its path read from
-/// the kernel string at `path`.
-///
-/// # Safety
-/// `path` must point to a kernel string (the helper reads it safely; a bad one reads empty).
-#[inline(always)]
-unsafe fn submit_dir_record(kind: u32, probe: u32, id: u64, level: i32, path: *const u8) {
-    let Some(mut entry) = reserve::<CgroupRecord>(probe) else {
-        return;
+    let Some(mut entry) = reserve::<CgroupRecord>(probe::CGROUP_MKDIR) else {
+        return Ok(());
     };
     let record = entry.as_mut_ptr();
     // SAFETY: `record` points to reserved ring-buffer space of the record's size; every field is
-    // written before submit; `path` per the contract.
+    // written before submit; `path` is the argument's kernel string (the helper reads it safely;
+    // a bad one reads empty).
     unsafe {
-        (*record).header = header(kind);
+        (*record).header = header(kind::CGROUP_MKDIR);
         (*record).id = id;
         (*record).level = level as u32;
         let dst = core::ptr::addr_of_mut!((*record).path).cast::<u8>();
         (*record).path_len = read_kernel_str(dst, CGROUP_PATH_LEN as u32, path);
     }
     entry.submit(wakeup::<CgroupRecord>());
+    Ok(())
 }
 
 #[tracepoint]
@@ -89,19 +72,21 @@ fn try_cgroup_rmdir(ctx: &TracePointContext) -> Result<(), i32> {
             field::<u64>(ctx, ID),
         )
     };
-    if root != CGROUP_V2_HIERARCHY {
+    // Only the removal of a cgroup that was followed is of interest: the one that leaves the
+    // table.
+    if root != CGROUP_V2_HIERARCHY || CGROUPS.remove(id).is_err() {
         return Ok(());
     }
-    // Only the removal of a cgroup that was followed is of interest. (Its mark goes with it.)
-    if !is_tracked_cgroup(id) {
+    let Some(mut entry) = reserve::<CgroupRmdirRecord>(probe::CGROUP_RMDIR) else {
         return Ok(());
-    }
-    let _ = CGROUPS.remove(id);
-    // SAFETY: the path field of the tracepoint's record, a kernel string.
-    unsafe {
-        let path = data_loc(ctx, PATH);
-        submit_dir_record(kind::CGROUP_RMDIR, probe::CGROUP_RMDIR, id, level, path);
-    }
+    };
+    entry.write(CgroupRmdirRecord {
+        header: header(kind::CGROUP_RMDIR),
+        id,
+        level: level as u32,
+        _reserved: 0,
+    });
+    entry.submit(wakeup::<CgroupRmdirRecord>());
     Ok(())
 }
 
@@ -128,15 +113,13 @@ fn try_cgroup_attach_task(ctx: &BtfTracePointContext) -> Result<(), i32> {
     let Some(mut entry) = reserve::<AttachRecord>(probe::CGROUP_ATTACH) else {
         return Ok(());
     };
-    let record = entry.as_mut_ptr();
-    // SAFETY: as in `try_cgroup_dir`.
-    unsafe {
-        (*record).header = header(kind::CGROUP_ATTACH);
-        (*record).dst_cgroup_id = dst_id;
-        (*record).target_pid = pid;
-        (*record)._reserved = 0;
-        (*record).target_comm = comm;
-    }
+    entry.write(AttachRecord {
+        header: header(kind::CGROUP_ATTACH),
+        dst_cgroup_id: dst_id,
+        target_pid: pid,
+        _reserved: 0,
+        target_comm: comm,
+    });
     entry.submit(wakeup::<AttachRecord>());
     Ok(())
 }

@@ -10,7 +10,6 @@
 //! only ever verifies the way it can take.
 
 use aya_ebpf::{
-    bindings::cgroup,
     helpers::generated::{bpf_get_current_task, bpf_get_current_task_btf, bpf_probe_read_kernel},
     Global,
 };
@@ -53,7 +52,6 @@ btf_offsets!(
     CGROUP_KN,
     CGROUP_ROOT,
     CGROUP_LEVEL,
-    CGROUP_BPF_STORAGE,
     CGROUP_ROOT_HIERARCHY_ID,
     KERNFS_NODE_ID,
     SIGINFO_CODE,
@@ -222,13 +220,6 @@ impl Task {
         }
     }
 
-    /// Whether the task is pid 1 of a pid namespace below the initial one.
-    #[inline(always)]
-    pub fn is_pid_ns_init(self) -> bool {
-        let (level, nr) = self.pid_ns();
-        level > 0 && nr == 1
-    }
-
     /// The task's parent (`real_parent`).
     #[inline(always)]
     pub fn parent(self) -> Task {
@@ -310,13 +301,6 @@ impl Cgroup {
         Cgroup(arg)
     }
 
-    /// The cgroup as a BTF pointer, for helpers that want one (cgroup storage). Only meaningful
-    /// where the kernel has [`feature::CGRP_STORAGE`].
-    #[inline(always)]
-    pub fn as_btf(self) -> *mut cgroup {
-        self.0.cast_mut().cast()
-    }
-
     #[inline(always)]
     fn read<T: Copy>(self, offset: &Global<u64>) -> T {
         // SAFETY: `self` is a cgroup (an argument, or read from a task), and every caller reads
@@ -345,13 +329,6 @@ impl Cgroup {
         // SAFETY: `root` is the cgroup's `struct cgroup_root *`, read whole; `hierarchy_id` is
         // an int of it.
         unsafe { read(root, &CGROUP_ROOT_HIERARCHY_ID) }
-    }
-
-    /// Whether the cgroup has any local storage (`bpf_cgrp_storage` is not null). Only
-    /// meaningful where the kernel has [`feature::CGRP_STORAGE`].
-    #[inline(always)]
-    pub fn has_local_storage(self) -> bool {
-        self.read::<u64>(&CGROUP_BPF_STORAGE) != 0
     }
 }
 

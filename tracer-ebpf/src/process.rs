@@ -9,15 +9,15 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use tracer_common::{
-    cgroup_state, exit_flags, feature, kind, probe, EnvKey, EnvValue, ExecEnvRecord, ExecRecord,
-    ExitRecord, ENV_KEY_LEN, ENV_SCAN_LEN, ENV_VALUE_LEN, EXIT_RECORD_SHORT_LEN, FILENAME_LEN,
+    cgroup_state, feature, kind, probe, EnvKey, EnvValue, ExecEnvRecord, ExecRecord, ExitRecord,
+    ENV_KEY_LEN, ENV_SCAN_LEN, ENV_VALUE_LEN, FILENAME_LEN,
 };
 
 use crate::{
     kernel::{has, Task},
     state::{
         current_followed, field, header_of, read_data_loc_str, reserve, wakeup, ENV_KEY,
-        ENV_SCRATCH, SIGNALS,
+        ENV_SCRATCH,
     },
 };
 
@@ -50,7 +50,9 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i32> {
         *state = cgroup_state::STARTED;
         first
     };
-    let found = (first || task.is_pid_ns_init()) && scan_init_env();
+    // Read once: the record carries it too.
+    let (ns_level, ns_pid) = task.pid_ns();
+    let found = (first || (ns_level > 0 && ns_pid == 1)) && scan_init_env();
 
     if found {
         // The value travels in the exec record: one ring-buffer record per container start.
@@ -67,6 +69,7 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i32> {
                 core::ptr::addr_of_mut!((*record).exec),
                 &head,
                 old_pid,
+                (ns_level, ns_pid),
             );
             fill_env(core::ptr::addr_of_mut!((*record).env));
         }
@@ -77,12 +80,22 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i32> {
         return Ok(());
     };
     // SAFETY: as above.
-    unsafe { fill_exec(ctx, task, entry.as_mut_ptr(), &head, old_pid) };
+    unsafe {
+        fill_exec(
+            ctx,
+            task,
+            entry.as_mut_ptr(),
+            &head,
+            old_pid,
+            (ns_level, ns_pid),
+        )
+    };
     entry.submit(wakeup::<ExecRecord>());
     Ok(())
 }
 
-/// Writes every field of an [`ExecRecord`] about the running task, `task`.
+/// Writes every field of an [`ExecRecord`] about the running task, `task`, whose pid namespace
+/// depth and pid there are `ns`.
 ///
 /// # Safety
 /// `record` must be valid for writes of an `ExecRecord`.
@@ -93,12 +106,12 @@ unsafe fn fill_exec(
     record: *mut ExecRecord,
     head: &tracer_common::Header,
     old_pid: u32,
+    (ns_level, ns_pid): (u32, u32),
 ) {
     // SAFETY: per the contract.
     unsafe {
         (*record).header = *head;
         (*record).old_pid = old_pid;
-        let (ns_level, ns_pid) = task.pid_ns();
         (*record).ns_level = ns_level;
         (*record).ns_pid = ns_pid;
         (*record).mnt_ns = task.mnt_ns();
@@ -263,16 +276,14 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<(), i32> {
     let Some((task, cgroup_id, _)) = current_followed() else {
         return Ok(());
     };
-    let start = if has(feature::EXIT_GROUP_DEAD) {
-        None
-    } else {
+    let start = task.process_start();
+    if !has(feature::EXIT_GROUP_DEAD) {
         // The last thread is the one whose exit counted the process's live threads down to 0;
         // threads that exit at the same moment can see 0 too, so the first to claim the
         // process reports it.
         if !task.group_dead() {
             return Ok(());
         }
-        let start = task.process_start();
         let key = ProcessKey {
             tgid: task.ids().1,
             _reserved: 0,
@@ -282,21 +293,22 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<(), i32> {
         if EXIT_CLAIMS.insert(key, 0, 1).is_err() {
             return Ok(());
         }
-        Some(start)
-    };
-    let head = header_of(kind::PROCESS_EXIT, task, cgroup_id);
-    // What was remembered for the process (signals, the OOM mark), if it is this process's:
-    // a track left by an earlier process with the same tgid started at another time.
-    let track = SIGNALS.get_ptr(head.tgid);
-    let own = track.filter(|&t| {
-        let start = start.unwrap_or_else(|| task.process_start());
-        // SAFETY: a live map value, read in place.
-        unsafe { (*t).start_ns == start }
-    });
-    report_exit(task, &head, own);
-    if track.is_some() {
-        let _ = SIGNALS.remove(head.tgid);
     }
+    let Some(mut entry) = reserve::<ExitRecord>(probe::PROCESS_EXIT) else {
+        return Ok(());
+    };
+    // do_exit() stores the wait status in task->exit_code before this tracepoint fires, and for
+    // a group exit every thread carries the group's code.
+    entry.write(ExitRecord {
+        header: header_of(kind::PROCESS_EXIT, task, cgroup_id),
+        exit_status: task.exit_code() as u32,
+        _reserved: 0,
+        parent_tgid: task.parent_tgid(),
+        ns_level: task.pid_ns().0,
+        start_ns: start,
+        comm: task.comm(),
+    });
+    entry.submit(wakeup::<ExitRecord>());
     Ok(())
 }
 
@@ -313,85 +325,3 @@ pub struct ProcessKey {
 /// needs to outlive only the moments in which the process's threads exit.
 #[map]
 static EXIT_CLAIMS: LruHashMap<ProcessKey, u8> = LruHashMap::with_max_entries(4096, 0);
-
-/// `task`: the running task. (Inlined: an `Option` argument of a BPF subprogram would be passed
-/// in two registers, one of them unset for `None`, which the verifier refuses to read.)
-#[inline(always)]
-fn report_exit(
-    task: Task,
-    head: &tracer_common::Header,
-    track: Option<*const tracer_common::SignalTrack>,
-) {
-    // do_exit() stores the wait status in task->exit_code before this tracepoint fires, and for
-    // a group exit every thread carries the group's code.
-    let exit_status = task.exit_code() as u32;
-    let parent_tgid = task.parent_tgid();
-    let ns_level = task.pid_ns().0;
-    let comm = task.comm();
-    match track {
-        Some(track) => {
-            let Some(mut entry) = reserve::<ExitRecord>(probe::PROCESS_EXIT) else {
-                return;
-            };
-            let record = entry.as_mut_ptr();
-            // SAFETY: `record` points to reserved ring-buffer space of the record's size; every
-            // field is written before submit; `track` points to a live map value.
-            unsafe {
-                fill_exit(
-                    record,
-                    head,
-                    exit_status,
-                    parent_tgid,
-                    ns_level,
-                    exit_flags::HAS_TRACK,
-                    comm,
-                );
-                core::ptr::copy_nonoverlapping(track, core::ptr::addr_of_mut!((*record).track), 1);
-            }
-            entry.submit(wakeup::<ExitRecord>());
-        }
-        None => {
-            // No signal or OOM mark remembered: the record without its track.
-            let Some(mut entry) = reserve::<ShortExit>(probe::PROCESS_EXIT) else {
-                return;
-            };
-            let record = entry.as_mut_ptr().cast::<ExitRecord>();
-            // SAFETY: the reserved space holds the ExitRecord fields before `track`
-            // (EXIT_RECORD_SHORT_LEN bytes), which are the only ones written.
-            unsafe { fill_exit(record, head, exit_status, parent_tgid, ns_level, 0, comm) };
-            entry.submit(wakeup::<ShortExit>());
-        }
-    }
-}
-
-/// Room for an [`ExitRecord`] without its `track`.
-#[repr(C)]
-struct ShortExit([u64; EXIT_RECORD_SHORT_LEN / 8]);
-
-const _: () = assert!(core::mem::size_of::<ShortExit>() == EXIT_RECORD_SHORT_LEN);
-
-/// Writes the fields of an [`ExitRecord`] that come before `track`.
-///
-/// # Safety
-/// `record` must be valid for writes of [`EXIT_RECORD_SHORT_LEN`] bytes.
-#[inline(always)]
-unsafe fn fill_exit(
-    record: *mut ExitRecord,
-    head: &tracer_common::Header,
-    exit_status: u32,
-    parent_tgid: u32,
-    ns_level: u32,
-    flags: u32,
-    comm: [u8; tracer_common::COMM_LEN],
-) {
-    // SAFETY: per the contract, every field written lies in the first EXIT_RECORD_SHORT_LEN
-    // bytes.
-    unsafe {
-        core::ptr::addr_of_mut!((*record).header).write(*head);
-        core::ptr::addr_of_mut!((*record).exit_status).write(exit_status);
-        core::ptr::addr_of_mut!((*record).flags).write(flags);
-        core::ptr::addr_of_mut!((*record).parent_tgid).write(parent_tgid);
-        core::ptr::addr_of_mut!((*record).ns_level).write(ns_level);
-        core::ptr::addr_of_mut!((*record).comm).write(comm);
-    }
-}

@@ -1,6 +1,6 @@
 //! `signal:signal_generate` and `oom:mark_victim`: who sent which signal to a tracked process,
-//! and whether the OOM killer chose it. Both are remembered per process in `SIGNALS` until the
-//! process exits, when `sched_process_exit` copies them into the exit record.
+//! and whether the OOM killer chose it. Each is a record naming the process by its tgid and start
+//! time; user space joins them with the process's exit.
 
 use aya_ebpf::{
     helpers::bpf_probe_read_kernel,
@@ -10,12 +10,12 @@ use aya_ebpf::{
 };
 use tracer_common::{
     feature, kind, probe, signal_evidence, Ancestor, OomRecord, SignalRecord, ANCESTRY_LEN,
-    COMM_LEN, SIGNAL_SLOTS, SI_CODE_UNREADABLE,
+    SI_CODE_UNREADABLE,
 };
 
 use crate::{
     kernel::{has, Task, SIGINFO_CODE, SIGINFO_SYSCALL},
-    state::{followed, header, header_of, now_ns, reserve, signal_track, wakeup},
+    state::{followed, header, header_of, now_ns, reserve, wakeup},
 };
 
 /// `si_code` of a signal sent without a siginfo (`SEND_SIG_NOINFO`, as by kill(2)).
@@ -107,48 +107,28 @@ fn try_signal_generate(ctx: &BtfTracePointContext) -> Result<(), i32> {
     if sig == SIGKILL && info as usize == 1 && !has(feature::OOM_VICTIM_TASK) {
         remember_priv_kill(target, target_cgroup_id, start);
     }
-    let target_comm = target.comm();
     // This runs in the sender's context.
     let sender = Task::current();
     let head = header_of(kind::SIGNAL, sender, sender.cgroup().id());
-    let sender_comm = sender.comm();
-
-    if let Some(track) = signal_track(target_tgid, start) {
-        let why = Why {
-            syscall: if sig == SIGSYS && code == SYS_SECCOMP {
-                // SAFETY: `info` is a real siginfo (its code was read from it); the helper
-                // reads kernel memory safely.
-                unsafe {
-                    bpf_probe_read_kernel(
-                        info.wrapping_add(SIGINFO_SYSCALL.load() as usize)
-                            .cast::<u32>(),
-                    )
-                }
-                .unwrap_or(0)
-            } else {
-                0
-            },
-            // Only for the kernel's own sends, which are rare: what it held when it sent.
-            evidence: if code == SI_KERNEL {
-                evidence(sender, head.tgid == target_tgid, sig, target)
-            } else {
-                no_info
-            },
-        };
-        // SAFETY: `track` points to a live map value; concurrent senders to the same process on
-        // other CPUs may interleave, which can at worst blur a counter.
+    let syscall = if sig == SIGSYS && code == SYS_SECCOMP {
+        // SAFETY: `info` is a real siginfo (its code was read from it); the helper reads kernel
+        // memory safely.
         unsafe {
-            remember(
-                &mut *track,
-                sig,
-                code,
-                result as u32,
-                &head,
-                sender_comm,
-                why,
+            bpf_probe_read_kernel(
+                info.wrapping_add(SIGINFO_SYSCALL.load() as usize)
+                    .cast::<u32>(),
             )
-        };
-    }
+        }
+        .unwrap_or(0)
+    } else {
+        0
+    };
+    // Only for the kernel's own sends, which are rare: what it held when it sent.
+    let evidence = if code == SI_KERNEL {
+        evidence(sender, head.tgid == target_tgid, sig, target)
+    } else {
+        no_info
+    };
 
     let Some(mut entry) = reserve::<SignalRecord>(probe::SIGNAL_GENERATE) else {
         return Ok(());
@@ -161,13 +141,16 @@ fn try_signal_generate(ctx: &BtfTracePointContext) -> Result<(), i32> {
         (*record).target_pid = target_pid;
         (*record).target_tgid = target_tgid;
         (*record).target_cgroup_id = target_cgroup_id;
+        (*record).target_start_ns = start;
         (*record).signal = sig;
         (*record).code = code;
         (*record).result = result as u32;
         (*record).group = group as u32;
-        (*record).sender_comm = sender_comm;
-        (*record).target_comm = target_comm;
-        (*record).evidence = no_info;
+        (*record).sender_comm = sender.comm();
+        (*record).target_comm = target.comm();
+        (*record).evidence = evidence;
+        (*record).syscall = syscall;
+        (*record)._reserved = 0;
         // The kill chain: who started the sender, nearest first, up to the host's init.
         let mut task = sender;
         let mut len = 0u32;
@@ -193,13 +176,6 @@ fn try_signal_generate(ctx: &BtfTracePointContext) -> Result<(), i32> {
     Ok(())
 }
 
-/// What a send carries besides who sent it: see [`tracer_common::SignalOrigin`].
-#[derive(Clone, Copy)]
-struct Why {
-    syscall: u32,
-    evidence: u32,
-}
-
 /// [`signal_evidence`] bits for a signal the kernel sends on its own behalf.
 #[inline(always)]
 fn evidence(sender: Task, from_target: bool, sig: u32, target: Task) -> u32 {
@@ -212,49 +188,6 @@ fn evidence(sender: Task, from_target: bool, sig: u32, target: Task) -> u32 {
         bits |= signal_evidence::OVER_CPU_LIMIT;
     }
     bits
-}
-
-/// Keeps the first send of each distinct signal (the one that takes effect) and counts repeats.
-/// When every slot is taken, the oldest gives way.
-#[inline(always)]
-fn remember(
-    track: &mut tracer_common::SignalTrack,
-    sig: u32,
-    code: i32,
-    result: u32,
-    head: &tracer_common::Header,
-    sender_comm: [u8; COMM_LEN],
-    why: Why,
-) {
-    let mut victim = 0usize;
-    let mut oldest = u64::MAX;
-    for i in 0..SIGNAL_SLOTS {
-        let slot = &mut track.slots[i];
-        if slot.signal == sig {
-            slot.count = slot.count.wrapping_add(1);
-            slot.last_ns = head.ts_ns;
-            return;
-        }
-        // An empty slot has first_ns 0, so it is always the oldest.
-        if slot.first_ns < oldest {
-            oldest = slot.first_ns;
-            victim = i;
-        }
-    }
-    if let Some(slot) = track.slots.get_mut(victim) {
-        slot.first_ns = head.ts_ns;
-        slot.last_ns = head.ts_ns;
-        slot.sender_cgroup_id = head.cgroup_id;
-        slot.sender_pid = head.pid;
-        slot.sender_tgid = head.tgid;
-        slot.signal = sig;
-        slot.code = code;
-        slot.count = 1;
-        slot.result = result;
-        slot.syscall = why.syscall;
-        slot.evidence = why.evidence;
-        slot.sender_comm = sender_comm;
-    }
 }
 
 /// Keeps this CPU's latest kernel SIGKILL to a followed task, for `mark_victim_pid`.
@@ -329,13 +262,9 @@ pub fn mark_victim_pid(ctx: BtfTracePointContext) -> u32 {
     0
 }
 
-/// Remembers the OOM killer's choice of `victim` for its exit, and reports it.
+/// Reports the OOM killer's choice of `victim`.
 #[inline(always)]
 fn mark_oom_victim(victim: &PrivKill) {
-    if let Some(track) = signal_track(victim.tgid, victim.start_ns) {
-        // SAFETY: `track` points to a live map value.
-        unsafe { (*track).oom_ns = now_ns() };
-    }
     let Some(mut entry) = reserve::<OomRecord>(probe::OOM_MARK_VICTIM) else {
         return;
     };
@@ -347,6 +276,7 @@ fn mark_oom_victim(victim: &PrivKill) {
         (*record).victim_pid = victim.tid;
         (*record).victim_tgid = victim.tgid;
         (*record).victim_cgroup_id = victim.cgroup_id;
+        (*record).victim_start_ns = victim.start_ns;
         (*record).total_vm_kb = victim.total_vm_kb;
         (*record).anon_rss_kb = victim.anon_rss_kb;
     }

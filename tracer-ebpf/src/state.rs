@@ -2,16 +2,15 @@
 //! ring-buffer reservation with loss accounting, and `__data_loc` string reads.
 
 use aya_ebpf::{
-    btf_maps::CgrpStorage,
     helpers::{bpf_ktime_get_ns, generated::bpf_probe_read_kernel_str},
-    macros::{btf_map, map},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
     EbpfContext, Global,
 };
-use tracer_common::{feature, probe, untracked, EnvKey, Header, SignalTrack, ENV_SCAN_LEN};
+use tracer_common::{probe, untracked, EnvKey, Header, ENV_SCAN_LEN};
 
-use crate::kernel::{has, Cgroup, Task};
+use crate::kernel::{Cgroup, Task};
 
 /// Records for user space. The loader sets the real size (`--ring-buffer-size`).
 #[map]
@@ -22,7 +21,7 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(probe::COUNT, 0);
 
 /// Per-CPU counts of what could not be followed, by [`untracked`] slot: cgroups because
-/// `CGROUPS` was full or their mark could not be allocated.
+/// `CGROUPS` was full.
 #[map]
 pub static UNTRACKED: PerCpuArray<u64> = PerCpuArray::with_max_entries(untracked::COUNT, 0);
 
@@ -33,39 +32,11 @@ pub static UNTRACKED: PerCpuArray<u64> = PerCpuArray::with_max_entries(untracked
 #[map]
 pub static CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(65536, 0);
 
-/// A mark beside each cgroup that `CGROUPS` holds (set at mkdir by `cgroup_mkdir`, and by the
-/// loader for the cgroups it adds), so that the hot programs' test "is the running task's
-/// cgroup followed?" is, for a cgroup outside the containers, one load: a cgroup that no
-/// cgroup-storage map has a value for has no local storage at all. A mark is only a hint: the
-/// table decides. A cgroup the table no longer holds (user space found it is no container)
-/// loses its mark the next time it is asked about. Only on kernels with
-/// [`feature::CGRP_STORAGE`]; elsewhere the loader puts an inert map in its place.
-#[btf_map]
-pub static FOLLOWED: CgrpStorage<u64> = CgrpStorage::new();
-
-/// If `cgroup` is followed: its id and its `CGROUPS` state. Where the kernel has cgroup
-/// storage, a cgroup without any (every cgroup outside the containers, unless another tool
-/// keeps cgroup storage) is told apart by one load, without the table's lookup.
+/// If `cgroup` is followed: its id and its `CGROUPS` state.
 #[inline(always)]
 pub fn followed(cgroup: Cgroup) -> Option<(u64, *mut u32)> {
-    let marks = has(feature::CGRP_STORAGE);
-    if marks && !cgroup.has_local_storage() {
-        return None;
-    }
     let id = cgroup.id();
-    match CGROUPS.get_ptr_mut(id) {
-        Some(state) => Some((id, state)),
-        None => {
-            if marks {
-                // Marked, but no longer followed (or the storage is another tool's): drop the
-                // mark, so that the next ask is one load again.
-                // SAFETY: the helper checks the pointer, a BTF cgroup pointer on kernels with
-                // cgroup storage; deleting a missing value is a harmless error.
-                let _ = unsafe { FOLLOWED.delete(cgroup.as_btf()) };
-            }
-            None
-        }
-    }
+    CGROUPS.get_ptr_mut(id).map(|state| (id, state))
 }
 
 /// Whether the running task's cgroup is followed.
@@ -75,29 +46,6 @@ pub fn current_followed() -> Option<(Task, u64, *mut u32)> {
     let (id, state) = followed(task.cgroup())?;
     Some((task, id, state))
 }
-
-/// Marks `cgroup` as followed (see [`FOLLOWED`]); false if the kernel could not allocate the
-/// mark. Nothing to do on kernels without cgroup storage.
-#[inline(always)]
-pub fn mark_followed(cgroup: Cgroup) -> bool {
-    if !has(feature::CGRP_STORAGE) {
-        return true;
-    }
-    let mut mark = 1u64;
-    // SAFETY: the helper checks the pointer, a BTF cgroup pointer on kernels with cgroup
-    // storage, and copies `mark`.
-    let value = unsafe { FOLLOWED.get_or_insert_ptr_mut(cgroup.as_btf(), Some(&mut mark)) };
-    !value.is_null()
-}
-
-/// Signals sent to tracked processes (and OOM marks), keyed by tgid, until the process exits.
-#[map]
-pub static SIGNALS: LruHashMap<u32, SignalTrack> = LruHashMap::with_max_entries(32768, 0);
-
-/// Scratch space to build a [`SignalTrack`] before inserting it: too large for the BPF stack
-/// beside everything else.
-#[map]
-pub static SCRATCH: PerCpuArray<SignalTrack> = PerCpuArray::with_max_entries(1, 0);
 
 /// The `NAME=` prefix of the environment variable read from a container's init (one entry,
 /// written by the loader; a map rather than a global so it is read in place, not copied onto
@@ -261,32 +209,4 @@ pub unsafe fn read_kernel_str(dst: *mut u8, len: u32, src: *const u8) -> u32 {
     } else {
         0
     }
-}
-
-/// The [`SignalTrack`] of process `tgid`, which started at `start_ns`: created empty if there is
-/// none yet, emptied if the one there was left by an earlier process with the same tgid.
-#[inline(always)]
-pub fn signal_track(tgid: u32, start_ns: u64) -> Option<*mut SignalTrack> {
-    if let Some(track) = SIGNALS.get_ptr_mut(tgid) {
-        // SAFETY: a live map value, valid for the program's run.
-        unsafe {
-            if (*track).start_ns != start_ns {
-                core::ptr::write_bytes(track, 0, 1);
-                (*track).start_ns = start_ns;
-            }
-        }
-        return Some(track);
-    }
-    let scratch = SCRATCH.get_ptr_mut(0)?;
-    // SAFETY: this CPU's scratch slot, valid for the program's run and used by nothing else
-    // while the program runs (programs on one CPU do not nest for tracepoints).
-    unsafe {
-        core::ptr::write_bytes(scratch, 0, 1);
-        (*scratch).start_ns = start_ns;
-        // BPF_NOEXIST: if another CPU created it meanwhile, keep theirs.
-        // By reference: a copy of the value would not fit the 512-byte stack.
-        #[allow(clippy::needless_borrows_for_generic_args)]
-        let _ = SIGNALS.insert(tgid, &*scratch, 1);
-    }
-    SIGNALS.get_ptr_mut(tgid)
 }

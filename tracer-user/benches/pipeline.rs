@@ -24,7 +24,7 @@ use clawtrace::{
     sys::WallClock,
 };
 use criterion::{criterion_group, Criterion, Throughput};
-use tracer_common::{kind, AttachRecord, SignalOrigin};
+use tracer_common::{kind, AttachRecord};
 
 /// Containers in the recorded stream.
 const CONTAINERS: u64 = 2_000;
@@ -38,11 +38,6 @@ const MS: u64 = 1_000_000;
 /// `sig` sent by the runtime from the host.
 fn signal(ts_ns: u64, to: u32, cgroup_id: u64, sig: u32) -> Record {
     replay::signal(ts_ns, RUNTIME_PID, HOST_CGROUP, to, cgroup_id, sig, 0)
-}
-
-/// What the kernel remembers of a send by the runtime.
-fn origin(ts_ns: u64, sig: u32) -> SignalOrigin {
-    replay::origin(ts_ns, RUNTIME_PID, HOST_CGROUP, sig, 0)
 }
 
 /// The records of container `i`, from its creation at `start_ns`; `keep` leaves it alive.
@@ -74,27 +69,20 @@ fn container(i: u64, start_ns: u64, keep: bool) -> Vec<Record> {
     }
     match i % 3 {
         // Clean exit.
-        0 => records.push(exit(tick(), cg, init, 1, 0, &[])),
+        0 => records.push(exit(tick(), cg, init, 1, 0)),
         // Stopped by the orchestrator: SIGTERM, then SIGKILL after the grace period.
         1 => {
             let term = tick();
             records.push(signal(term, init, cg, 15));
             let kill = tick();
             records.push(signal(kill, init, cg, 9));
-            records.push(exit(
-                tick(),
-                cg,
-                init,
-                1,
-                9,
-                &[origin(term, 15), origin(kill, 9)],
-            ));
+            records.push(exit(tick(), cg, init, 1, 9));
         }
         // A worker child runs, then the init fails.
         _ => {
             records.push(exec(tick(), cg, child, "/usr/bin/worker"));
-            records.push(exit(tick(), cg, child, init, 0, &[]));
-            records.push(exit(tick(), cg, init, 1, 3 << 8, &[]));
+            records.push(exit(tick(), cg, child, init, 0));
+            records.push(exit(tick(), cg, init, 1, 3 << 8));
         }
     }
     records.push(cgroup(kind::CGROUP_RMDIR, tick(), cg, &path));

@@ -1,10 +1,85 @@
-//! How a process died and who caused it, from its wait status and what the kernel remembered
-//! about the signals sent to it. Pure functions: no state, no I/O.
+//! How a process died and who caused it, from its wait status and the signals sent to it.
+//! Pure functions and values: no I/O.
 
 use std::borrow::Cow;
 
 use serde::Serialize;
-use tracer_common::{exit_flags, signal_evidence, ExitRecord, SignalOrigin};
+use tracer_common::{signal_evidence, ExitRecord, SignalRecord, COMM_LEN};
+
+/// The first send of one signal to a process (the one that takes effect), and how often it was
+/// sent again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SignalOrigin {
+    /// Time of the first send.
+    pub first_ns: u64,
+    /// Time of the latest send.
+    pub last_ns: u64,
+    /// cgroup v2 id of the sender at the first send.
+    pub sender_cgroup_id: u64,
+    pub sender_pid: u32,
+    pub sender_tgid: u32,
+    pub signal: u32,
+    /// `si_code` of the first send (see [`SignalRecord::code`]).
+    pub code: i32,
+    pub count: u32,
+    /// [`tracer_common::signal_result`] of the first send.
+    pub result: u32,
+    /// For SIGSYS from a seccomp filter: the refused system call's number.
+    pub syscall: u32,
+    /// [`signal_evidence`] bits the kernel held at the first send.
+    pub evidence: u32,
+    pub sender_comm: [u8; COMM_LEN],
+}
+
+impl SignalOrigin {
+    /// The send a signal record describes.
+    pub fn of(r: &SignalRecord) -> SignalOrigin {
+        SignalOrigin {
+            first_ns: r.header.ts_ns,
+            last_ns: r.header.ts_ns,
+            sender_cgroup_id: r.header.cgroup_id,
+            sender_pid: r.header.pid,
+            sender_tgid: r.header.tgid,
+            signal: r.signal,
+            code: r.code,
+            count: 1,
+            result: r.result,
+            syscall: r.syscall,
+            evidence: r.evidence,
+            sender_comm: r.sender_comm,
+        }
+    }
+}
+
+/// What was sent to one process until it exited: the first send of each signal, and when the
+/// OOM killer chose it. A process is its tgid and its start time (tgids are reused).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SignalTrack {
+    /// When the process started (the records' `start_ns`).
+    pub start_ns: u64,
+    /// When `oom:mark_victim` chose it; 0 if never.
+    pub oom_ns: u64,
+    /// One entry per distinct signal, in the order first sent.
+    pub slots: Vec<SignalOrigin>,
+}
+
+impl SignalTrack {
+    /// Adds a send: the first of its signal is kept, a repeat bumps its count and latest time.
+    /// Returns whether it was the first.
+    pub fn add(&mut self, send: SignalOrigin) -> bool {
+        match self.slots.iter_mut().find(|s| s.signal == send.signal) {
+            Some(slot) => {
+                slot.count = slot.count.saturating_add(1);
+                slot.last_ns = send.last_ns;
+                false
+            }
+            None => {
+                self.slots.push(send);
+                true
+            }
+        }
+    }
+}
 
 /// Signal numbers this module names (x86-64 / generic Linux numbering).
 pub mod sig {
@@ -384,13 +459,16 @@ impl Attribution {
     }
 }
 
-/// Attributes an exit. `same_container(cgroup_id)` says whether a cgroup belongs to the exiting
-/// process's container.
-pub fn attribute(exit: &ExitRecord, same_container: impl Fn(u64) -> bool) -> Attribution {
+/// Attributes an exit, given what was sent to the process (`track`; empty if nothing was).
+/// `same_container(cgroup_id)` says whether a cgroup belongs to the exiting process's container.
+pub fn attribute(
+    exit: &ExitRecord,
+    track: &SignalTrack,
+    same_container: impl Fn(u64) -> bool,
+) -> Attribution {
     let status = WaitStatus::from_raw(exit.exit_status);
     let tgid = exit.header.tgid;
-    let has_track = exit.flags & exit_flags::HAS_TRACK != 0;
-    let slots: &[SignalOrigin] = if has_track { &exit.track.slots } else { &[] };
+    let slots: &[SignalOrigin] = &track.slots;
     let find = |signal: u32| {
         slots
             .iter()
@@ -414,7 +492,7 @@ pub fn attribute(exit: &ExitRecord, same_container: impl Fn(u64) -> bool) -> Att
     };
 
     let killer = find(signal);
-    let oom = has_track && exit.track.oom_ns != 0;
+    let oom = track.oom_ns != 0;
     let mut policy = None;
     let cause = if oom && signal == sig::SIGKILL {
         ExitCause::OomKill
@@ -492,7 +570,7 @@ pub fn attribute(exit: &ExitRecord, same_container: impl Fn(u64) -> bool) -> Att
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tracer_common::{kind, Header, SignalTrack};
+    use tracer_common::{kind, Header};
 
     const CHILD: u32 = 500;
     const CONTAINER_CG: u64 = 77;
@@ -515,13 +593,14 @@ mod tests {
         }
     }
 
-    fn exit(status: u32, slots: &[SignalOrigin], oom_ns: u64) -> ExitRecord {
-        let mut track = SignalTrack {
+    /// An exit with the wait status `status` and what was sent to the process.
+    fn exit(status: u32, slots: &[SignalOrigin], oom_ns: u64) -> (ExitRecord, SignalTrack) {
+        let track = SignalTrack {
+            start_ns: 0,
             oom_ns,
-            ..Default::default()
+            slots: slots.to_vec(),
         };
-        track.slots[..slots.len()].copy_from_slice(slots);
-        ExitRecord {
+        let exit = ExitRecord {
             header: Header {
                 kind: kind::PROCESS_EXIT,
                 _reserved: 0,
@@ -531,20 +610,17 @@ mod tests {
                 cgroup_id: CONTAINER_CG,
             },
             exit_status: status,
-            flags: if slots.is_empty() && oom_ns == 0 {
-                0
-            } else {
-                exit_flags::HAS_TRACK
-            },
+            _reserved: 0,
             parent_tgid: 1,
             ns_level: 0,
+            start_ns: 0,
             comm: [0; 16],
-            track,
-        }
+        };
+        (exit, track)
     }
 
-    fn verdict(e: &ExitRecord) -> Attribution {
-        attribute(e, |cg| cg == CONTAINER_CG)
+    fn verdict((e, track): &(ExitRecord, SignalTrack)) -> Attribution {
+        attribute(e, track, |cg| cg == CONTAINER_CG)
     }
 
     #[test]

@@ -4,15 +4,15 @@
 use std::mem::size_of;
 
 use tracer_common::{
-    exit_flags, kind, AttachRecord, CgroupRecord, DeviceAccessRecord, ExecEnvRecord, ExecRecord,
-    ExitRecord, Header, MountRecord, OomRecord, SignalRecord, SignalTrack, EXIT_RECORD_SHORT_LEN,
+    kind, AttachRecord, CgroupRecord, CgroupRmdirRecord, DeviceAccessRecord, ExecEnvRecord,
+    ExecRecord, ExitRecord, Header, MountRecord, OomRecord, SignalRecord,
 };
 
 /// One decoded record.
 #[derive(Debug, Clone, Copy)]
 pub enum Record {
     CgroupMkdir(CgroupRecord),
-    CgroupRmdir(CgroupRecord),
+    CgroupRmdir(CgroupRmdirRecord),
     Attach(AttachRecord),
     Exec(ExecRecord),
     /// The first exec in a container, with the agent-name variable of its environment.
@@ -83,36 +83,6 @@ fn read<T: Copy>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
-/// An exit record: whole when its flags say it carries a track, otherwise the
-/// [`EXIT_RECORD_SHORT_LEN`] bytes before the track, which the kernel sends alone when it
-/// remembered nothing for the process (the track reads as zeros).
-fn read_exit(bytes: &[u8]) -> Result<ExitRecord, DecodeError> {
-    if bytes.len() < EXIT_RECORD_SHORT_LEN {
-        return Err(DecodeError::Short {
-            kind: kind::PROCESS_EXIT,
-            got: bytes.len(),
-            need: EXIT_RECORD_SHORT_LEN,
-        });
-    }
-    let mut whole = [0u8; size_of::<ExitRecord>()];
-    let have = bytes.len().min(whole.len());
-    whole[..have].copy_from_slice(&bytes[..have]);
-    let record: ExitRecord = read(&whole, kind::PROCESS_EXIT)?;
-    if record.flags & exit_flags::HAS_TRACK != 0 && bytes.len() < whole.len() {
-        return Err(DecodeError::Short {
-            kind: kind::PROCESS_EXIT,
-            got: bytes.len(),
-            need: whole.len(),
-        });
-    }
-    let mut record = record;
-    if record.flags & exit_flags::HAS_TRACK == 0 {
-        // Whatever followed the short record is not a track.
-        record.track = SignalTrack::default();
-    }
-    Ok(record)
-}
-
 /// An exec record: bare, or with the environment value after it. Bytes after a bare record that
 /// do not make a whole value are ignored, as after any record.
 fn read_exec(bytes: &[u8]) -> Result<Record, DecodeError> {
@@ -142,7 +112,7 @@ impl Record {
             kind::CGROUP_RMDIR => Record::CgroupRmdir(read(bytes, k)?),
             kind::CGROUP_ATTACH => Record::Attach(read(bytes, k)?),
             kind::PROCESS_EXEC => read_exec(bytes)?,
-            kind::PROCESS_EXIT => Record::Exit(read_exit(bytes)?),
+            kind::PROCESS_EXIT => Record::Exit(read(bytes, k)?),
             kind::SIGNAL => Record::Signal(read(bytes, k)?),
             kind::OOM_MARK => Record::Oom(read(bytes, k)?),
             kind::MOUNT => Record::Mount(read(bytes, k)?),
@@ -153,7 +123,8 @@ impl Record {
 
     pub fn header(&self) -> &Header {
         match self {
-            Record::CgroupMkdir(r) | Record::CgroupRmdir(r) => &r.header,
+            Record::CgroupMkdir(r) => &r.header,
+            Record::CgroupRmdir(r) => &r.header,
             Record::Attach(r) => &r.header,
             Record::Exec(r) => &r.header,
             Record::ExecEnv(r) => &r.exec.header,
@@ -204,15 +175,11 @@ impl Record {
                 .to_vec()
         }
         match self {
-            Record::CgroupMkdir(r) | Record::CgroupRmdir(r) => bytes_of(r),
+            Record::CgroupMkdir(r) => bytes_of(r),
+            Record::CgroupRmdir(r) => bytes_of(r),
             Record::Attach(r) => bytes_of(r),
             Record::Exec(r) => bytes_of(r),
             Record::ExecEnv(r) => bytes_of(r),
-            Record::Exit(r) if r.flags & exit_flags::HAS_TRACK == 0 => {
-                let mut bytes = bytes_of(r);
-                bytes.truncate(EXIT_RECORD_SHORT_LEN);
-                bytes
-            }
             Record::Exit(r) => bytes_of(r),
             Record::Signal(r) => bytes_of(r),
             Record::Oom(r) => bytes_of(r),
@@ -238,8 +205,8 @@ pub fn sized_str(bytes: &[u8], len: u32) -> String {
 mod tests {
     use super::*;
     use tracer_common::{
-        mount_call, Ancestor, EnvValue, SignalOrigin, SignalTrack, ANCESTRY_LEN, CGROUP_PATH_LEN,
-        COMM_LEN, ENV_VALUE_LEN, FILENAME_LEN, MOUNT_PATH_LEN, MOUNT_TYPE_LEN,
+        mount_call, Ancestor, EnvValue, ANCESTRY_LEN, CGROUP_PATH_LEN, COMM_LEN, ENV_VALUE_LEN,
+        FILENAME_LEN, MOUNT_PATH_LEN, MOUNT_TYPE_LEN,
     };
 
     fn head(kind: u32) -> Header {
@@ -271,27 +238,14 @@ mod tests {
         };
         let mut filename = [0u8; FILENAME_LEN];
         filename[..8].copy_from_slice(b"/bin/sh\0");
-        let mut track = SignalTrack {
-            oom_ns: 5,
-            ..Default::default()
-        };
-        track.slots[0] = SignalOrigin {
-            first_ns: 1,
-            last_ns: 2,
-            sender_cgroup_id: 3,
-            sender_pid: 4,
-            sender_tgid: 4,
-            signal: 9,
-            code: 0,
-            count: 1,
-            result: 0,
-            syscall: 0,
-            evidence: 0,
-            sender_comm: comm("runc"),
-        };
         vec![
             Record::CgroupMkdir(cg(kind::CGROUP_MKDIR)),
-            Record::CgroupRmdir(cg(kind::CGROUP_RMDIR)),
+            Record::CgroupRmdir(CgroupRmdirRecord {
+                header: head(kind::CGROUP_RMDIR),
+                id: 99,
+                level: 2,
+                _reserved: 0,
+            }),
             Record::Attach(AttachRecord {
                 header: head(kind::CGROUP_ATTACH),
                 dst_cgroup_id: 99,
@@ -313,17 +267,18 @@ mod tests {
             Record::Exit(ExitRecord {
                 header: head(kind::PROCESS_EXIT),
                 exit_status: 9,
-                flags: 1,
+                _reserved: 0,
                 parent_tgid: 40,
                 ns_level: 1,
+                start_ns: 77,
                 comm: comm("sleep"),
-                track,
             }),
             Record::Signal(SignalRecord {
                 header: head(kind::SIGNAL),
                 target_pid: 50,
                 target_tgid: 50,
                 target_cgroup_id: 99,
+                target_start_ns: 77,
                 signal: 15,
                 code: 0,
                 result: 0,
@@ -332,6 +287,8 @@ mod tests {
                 target_comm: comm("sleep"),
                 ancestry_len: 2,
                 evidence: 0,
+                syscall: 0,
+                _reserved: 0,
                 ancestry: {
                     let mut chain = [Ancestor::default(); ANCESTRY_LEN];
                     chain[0].tgid = 40;
@@ -346,6 +303,7 @@ mod tests {
                 victim_pid: 50,
                 victim_tgid: 50,
                 victim_cgroup_id: 99,
+                victim_start_ns: 77,
                 anon_rss_kb: 1024,
                 total_vm_kb: 4096,
             }),
@@ -434,48 +392,7 @@ mod tests {
             (42, 41, 9, 40)
         );
         assert_eq!(c_str(&e.comm), "sleep");
-        assert_eq!(c_str(&e.track.slots[0].sender_comm), "runc");
-    }
-
-    #[test]
-    fn an_exit_without_track_travels_short() {
-        let Some(Record::Exit(mut exit)) =
-            samples().into_iter().find(|r| matches!(r, Record::Exit(_)))
-        else {
-            panic!("no exit sample")
-        };
-        exit.flags = 0;
-        let bytes = Record::Exit(exit).to_bytes();
-        assert_eq!(bytes.len(), EXIT_RECORD_SHORT_LEN);
-        let Ok(Record::Exit(back)) = Record::decode(&bytes) else {
-            panic!("short exit not decoded")
-        };
-        assert_eq!(
-            (
-                back.header.pid,
-                back.exit_status,
-                back.parent_tgid,
-                back.flags
-            ),
-            (42, 9, 40, 0)
-        );
-        assert_eq!(c_str(&back.comm), "sleep");
-        assert_eq!(back.track, SignalTrack::default(), "no track invented");
-        // Anything after the short part is ignored, not taken for a track.
-        let mut longer = bytes.clone();
-        longer.extend_from_slice(&[0xff; 64]);
-        let Ok(Record::Exit(back)) = Record::decode(&longer) else {
-            panic!("longer short exit not decoded")
-        };
-        assert_eq!(back.track, SignalTrack::default());
-        assert_eq!(
-            Record::decode(&bytes[..bytes.len() - 1]).unwrap_err(),
-            DecodeError::Short {
-                kind: kind::PROCESS_EXIT,
-                got: EXIT_RECORD_SHORT_LEN - 1,
-                need: EXIT_RECORD_SHORT_LEN
-            }
-        );
+        assert_eq!(e.start_ns, 77);
     }
 
     #[test]

@@ -6,9 +6,8 @@
 use std::path::Path;
 
 use aya::{
-    maps::MapType,
     programs::ProgramType,
-    sys::{is_helper_supported, is_map_supported, BpfHelper},
+    sys::{is_helper_supported, BpfHelper},
 };
 use btf_rs::Btf;
 use tracer_common::feature;
@@ -19,7 +18,7 @@ use crate::{kernel_btf, tracepoints};
 #[derive(Debug)]
 pub struct Feature {
     pub bit: u64,
-    /// A short stable name, for logs and tests (`cgroup-storage`).
+    /// A short stable name, for logs and tests (`exit-group-dead`).
     pub key: &'static str,
     /// What the kernel offers, as a user would look it up.
     pub name: &'static str,
@@ -37,8 +36,6 @@ enum Probe {
     /// `BPF_CGROUP_DEVICE` attach type: the kernel offers some helpers by attach type, and
     /// aya's probe loads without one).
     DeviceHelper(BpfHelper, &'static str),
-    /// A map type, plus the kernel field its fast path reads; needs typed reads too.
-    LocalStorage(MapType, &'static str, &'static str, &'static str),
     /// A field of a tracepoint's record.
     TracepointField(&'static str, &'static str, &'static str),
     /// The first argument type of a BTF tracepoint.
@@ -57,19 +54,6 @@ pub const FEATURES: &[Feature] = &[
         how: Probe::Helper(
             BpfHelper::BPF_FUNC_get_current_task_btf,
             "bpf_get_current_task_btf",
-        ),
-    },
-    Feature {
-        bit: feature::CGRP_STORAGE,
-        key: "cgroup-storage",
-        name: "cgroup local storage (BPF_MAP_TYPE_CGRP_STORAGE)",
-        without: "every exec, exit, signal, open and mount outside the containers is told apart \
-                  by a lookup of its cgroup id instead of one load",
-        how: Probe::LocalStorage(
-            MapType::CgrpStorage,
-            "BPF_MAP_TYPE_CGRP_STORAGE",
-            "cgroup",
-            "bpf_cgrp_storage",
         ),
     },
     Feature {
@@ -146,12 +130,12 @@ impl KernelFeatures {
     }
 }
 
-/// Probes the running kernel. Helper and map probes load a program and create a map, so they
-/// need the privileges loading does.
+/// Probes the running kernel. Helper probes load a program, so they need the privileges
+/// loading does.
 pub fn probe(tracefs: &Path, btf: &Btf) -> KernelFeatures {
     let mut found = KernelFeatures::default();
     for f in FEATURES {
-        match probe_one(f, &found, tracefs, btf) {
+        match probe_one(f, tracefs, btf) {
             Ok(()) => found.bits |= f.bit,
             Err(why) => found.missing.push((f, why)),
         }
@@ -166,12 +150,7 @@ pub fn probe_running_kernel() -> anyhow::Result<KernelFeatures> {
     Ok(probe(&tracefs, &btf))
 }
 
-fn probe_one(
-    f: &Feature,
-    so_far: &KernelFeatures,
-    tracefs: &Path,
-    btf: &Btf,
-) -> Result<(), String> {
+fn probe_one(f: &Feature, tracefs: &Path, btf: &Btf) -> Result<(), String> {
     match f.how {
         Probe::DeviceHelper(helper, name) => device_helper(helper as i32)
             .map_err(|why| format!("the kernel has no helper {name}: {why}")),
@@ -180,19 +159,6 @@ fn probe_one(
             Ok(false) => Err(format!("the kernel has no helper {name}")),
             Err(e) => Err(format!("probing helper {name} failed: {e}")),
         },
-        Probe::LocalStorage(map, map_name, strukt, field) => {
-            if !so_far.has(feature::TASK_BTF) {
-                return Err("needs bpf_get_current_task_btf".to_string());
-            }
-            match is_map_supported(map) {
-                Ok(true) => {}
-                Ok(false) => return Err(format!("the kernel has no {map_name}")),
-                Err(e) => return Err(format!("probing {map_name} failed: {e}")),
-            }
-            kernel_btf::field_offset(btf, strukt, field)
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        }
         Probe::TracepointField(category, name, field) => {
             let hook = tracepoints::find(category, name)
                 .ok_or_else(|| format!("no hook for {category}:{name}"))?;

@@ -29,7 +29,6 @@ pub mod output;
 pub mod replay;
 pub mod run;
 pub mod scan;
-mod standin;
 pub mod sys;
 #[cfg(test)]
 mod test_dir;

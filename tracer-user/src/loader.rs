@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use aya::{
-    maps::{Array, CgrpStorage, HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, CgroupAttachMode, CgroupDevice, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
@@ -21,9 +21,7 @@ use tracer_common::{
 use crate::{
     decode::{DecodeError, Record},
     features::{self, KernelFeatures},
-    kernel_btf,
-    standin::StandIns,
-    sys,
+    kernel_btf, sys,
     tracepoints::{self, HookGroup, HOOKS},
 };
 
@@ -94,8 +92,6 @@ fn verified_insns(
 pub struct Tracer {
     ring: RingBuf<MapData>,
     cgroups: HashMap<MapData, u64, u32>,
-    /// `FOLLOWED`: the mark beside each cgroup in `cgroups`, on kernels with cgroup storage.
-    marks: Option<CgrpStorage<MapData, u64>>,
     features: KernelFeatures,
     lost: PerCpuArray<MapData, u64>,
     untracked: PerCpuArray<MapData, u64>,
@@ -144,23 +140,6 @@ impl Tracer {
         for (global, value) in &globals {
             loader.override_global(global, value, true);
         }
-        let lacking: Vec<&'static str> = tracer_common::FEATURE_MAPS
-            .iter()
-            .filter(|(_, bit)| !found.has(*bit))
-            .map(|(name, _)| *name)
-            .collect();
-        let standins = if lacking.is_empty() {
-            None
-        } else {
-            let why = found.fallbacks().join(", ");
-            Some(StandIns::pin(
-                &lacking,
-                &format!("this kernel lacks {why}"),
-            )?)
-        };
-        for (name, path) in standins.iter().flat_map(StandIns::pins) {
-            loader.map_pin_path(name, path);
-        }
         for (name, bit) in tracer_common::FALLBACK_MAPS {
             if found.has(*bit) {
                 loader.map_max_entries(name, 1);
@@ -172,8 +151,6 @@ impl Tracer {
             .map_max_entries("EVENTS", size)
             .load(EBPF_OBJECT)
             .context("loading the eBPF programs into the kernel")?;
-        // The programs hold the stand-ins now: their pins can go.
-        drop(standins);
         if let Some(key) = env_key {
             let mut map: Array<_, EnvKey> = Array::try_from(
                 ebpf.map_mut("ENV_KEY")
@@ -239,17 +216,11 @@ impl Tracer {
 
         let ring = RingBuf::try_from(take(&mut ebpf, "EVENTS")?)?;
         let cgroups = HashMap::try_from(take(&mut ebpf, "CGROUPS")?)?;
-        let marks = if found.has(tracer_common::feature::CGRP_STORAGE) {
-            Some(CgrpStorage::try_from(take(&mut ebpf, "FOLLOWED")?)?)
-        } else {
-            None
-        };
         let lost = PerCpuArray::try_from(take(&mut ebpf, "LOST")?)?;
         let untracked = PerCpuArray::try_from(take(&mut ebpf, "UNTRACKED")?)?;
         Ok(Tracer {
             ring,
             cgroups,
-            marks,
             features: found,
             lost,
             untracked,
@@ -349,27 +320,12 @@ impl Tracer {
         Ok(self.untracked.get(&untracked::CGROUP, 0)?.iter().sum())
     }
 
-    /// Follows the processes of cgroup `id` at `dir` (a container found by scanning, or one of
-    /// its sub-cgroups), which already runs its payload. A cgroup removed meanwhile is skipped.
-    pub fn track_cgroup(&mut self, id: u64, dir: &Path) -> Result<()> {
-        // The entry first, then the mark the programs test before they look for it: a program
-        // that sees the mark finds the entry (one that finds no entry drops the mark).
+    /// Follows the processes of cgroup `id` (a container found by scanning, or one of its
+    /// sub-cgroups), which already runs its payload.
+    pub fn track_cgroup(&mut self, id: u64) -> Result<()> {
         self.cgroups
             .insert(id, cgroup_state::STARTED, 0)
-            .with_context(|| format!("tracking cgroup {id}"))?;
-        let Some(marks) = self.marks.as_mut() else {
-            return Ok(());
-        };
-        let handle = match std::fs::File::open(dir) {
-            Ok(handle) => handle,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(err) => {
-                return Err(err).with_context(|| format!("opening cgroup {}", dir.display()))
-            }
-        };
-        marks
-            .insert(&handle, 1, 0)
-            .with_context(|| format!("marking cgroup {} as followed", dir.display()))
+            .with_context(|| format!("tracking cgroup {id}"))
     }
 
     /// Stops following cgroup `id`: it is not a container.

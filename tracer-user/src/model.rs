@@ -11,13 +11,14 @@ use std::{
 
 use serde::Serialize;
 use tracer_common::{
-    mount_call, AttachRecord, CgroupRecord, DeviceAccessRecord, EnvValue, ExecRecord, ExitRecord,
-    MountRecord, OomRecord, SignalRecord,
+    mount_call, AttachRecord, CgroupRecord, CgroupRmdirRecord, DeviceAccessRecord, EnvValue,
+    ExecRecord, ExitRecord, MountRecord, OomRecord, SignalRecord,
 };
 
 use crate::{
     attribution::{
-        attribute, is_runtime, signal_name, ExitCause, Policy, SenderClass, SenderKind, WaitStatus,
+        attribute, is_runtime, signal_name, ExitCause, Policy, SenderClass, SenderKind,
+        SignalOrigin, SignalTrack, WaitStatus,
     },
     containers::{ContainerIdent, Recognize},
     decode::{c_str, sized_str, Record},
@@ -95,9 +96,8 @@ pub struct Container {
     pub last_child_ending: Option<Ending>,
     /// The first process of the container the OOM killer killed.
     pub oom_victim: Option<ProcessRef>,
-    /// Per process, the first send of each signal to it: the signal, when, and the sender's
-    /// ancestry; kept until the process exits.
-    pub sends: HashMap<u32, Vec<FirstSend>>,
+    /// Per process (by tgid), what was sent to it, kept until it exits.
+    pub sends: HashMap<u32, Sends>,
     /// Processes of the container's payload known to be alive.
     pub processes: HashSet<u32>,
     /// Processes moved into the container that have not exec'd in it: the runtime's helpers
@@ -153,8 +153,26 @@ pub struct Sender {
     pub class: SenderClass,
 }
 
-/// A signal first sent to a process: the signal, when, and the sender's ancestry then.
-pub type FirstSend = (u32, u64, Arc<[AncestorRef]>);
+/// What was sent to one process: the first send of each signal and the OOM mark, and the
+/// sender's ancestry at each first send (by signal).
+#[derive(Debug, Clone, Default)]
+pub struct Sends {
+    pub track: SignalTrack,
+    pub ancestry: Vec<(u32, Arc<[AncestorRef]>)>,
+}
+
+impl Sends {
+    /// The entry of process `tgid` that started at `start_ns`: a fresh one if there is none, or
+    /// if the one there is an earlier process's with the same tgid.
+    fn of(sends: &mut HashMap<u32, Sends>, tgid: u32, start_ns: u64) -> &mut Sends {
+        let entry = sends.entry(tgid).or_default();
+        if entry.track.start_ns != start_ns {
+            *entry = Sends::default();
+            entry.track.start_ns = start_ns;
+        }
+        entry
+    }
+}
 
 /// One process of a sender's ancestry.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -710,7 +728,7 @@ impl<R: Recognize> Model<R> {
         self.containers.insert(r.id, container);
     }
 
-    fn on_rmdir(&mut self, r: &CgroupRecord, out: &mut Output) {
+    fn on_rmdir(&mut self, r: &CgroupRmdirRecord, out: &mut Output) {
         let Some(c) = self.containers.remove(&r.id) else {
             // A sub-cgroup going away, or a cgroup that was never a container.
             if let Some(owner) = self.owner.remove(&r.id) {
@@ -1113,12 +1131,11 @@ impl<R: Recognize> Model<R> {
             sender_kind: kind,
             si_code: r.code,
         };
-        // The kernel keeps the first send of each signal for the exit; so does this, with the
-        // ancestry the exit record has no room for.
+        // The first send of each signal, for the process's exit, with the sender's ancestry.
         if let Some(c) = self.containers.get_mut(&target) {
-            let sends = c.sends.entry(r.target_tgid).or_default();
-            if !sends.iter().any(|(signal, _, _)| *signal == r.signal) {
-                sends.push((r.signal, h.ts_ns, ancestry));
+            let sends = Sends::of(&mut c.sends, r.target_tgid, r.target_start_ns);
+            if sends.track.add(SignalOrigin::of(r)) {
+                sends.ancestry.push((r.signal, ancestry));
             }
         }
         out.events.push(Timed {
@@ -1128,9 +1145,15 @@ impl<R: Recognize> Model<R> {
     }
 
     fn on_oom(&mut self, r: &OomRecord, out: &mut Output) {
-        let Some(c) = self.container_of_cgroup(r.victim_cgroup_id) else {
+        let Some(&owner) = self.owner.get(&r.victim_cgroup_id) else {
             return;
         };
+        let Some(c) = self.containers.get_mut(&owner) else {
+            return;
+        };
+        Sends::of(&mut c.sends, r.victim_tgid, r.victim_start_ns)
+            .track
+            .oom_ns = r.header.ts_ns;
         out.events.push(Timed {
             ts_ns: r.header.ts_ns,
             event: Event::OomMark(OomMark {
@@ -1145,21 +1168,23 @@ impl<R: Recognize> Model<R> {
         let Some(&owner) = self.owner.get(&r.header.cgroup_id) else {
             return;
         };
-        let verdict = attribute(r, |cg| self.owner.get(&cg) == Some(&owner));
         let tgid = r.header.tgid;
+        // What was sent to this process (not to an earlier one with the same tgid).
+        let sends = self
+            .containers
+            .get_mut(&owner)
+            .and_then(|c| c.sends.remove(&tgid))
+            .filter(|s| s.track.start_ns == r.start_ns)
+            .unwrap_or_default();
+        let verdict = attribute(r, &sends.track, |cg| self.owner.get(&cg) == Some(&owner));
         let sender = verdict.killer.map(|k| {
             let same = self.owner.get(&k.sender_cgroup_id) == Some(&owner);
             let kind = SenderKind::of(k.signal, k.code, k.evidence, k.sender_tgid, tgid, same);
-            let ancestry = self
-                .containers
-                .get(&owner)
-                .and_then(|c| c.sends.get(&tgid))
-                .and_then(|sends| {
-                    sends
-                        .iter()
-                        .find(|(signal, ts, _)| *signal == k.signal && *ts == k.first_ns)
-                })
-                .map(|(_, _, a)| Arc::clone(a))
+            let ancestry = sends
+                .ancestry
+                .iter()
+                .find(|(signal, _)| *signal == k.signal)
+                .map(|(_, a)| Arc::clone(a))
                 .unwrap_or_else(|| Arc::from([]));
             self.sender(
                 k.sender_pid,
@@ -1173,7 +1198,6 @@ impl<R: Recognize> Model<R> {
         let Some(c) = self.containers.get_mut(&owner) else {
             return;
         };
-        c.sends.remove(&tgid);
         // A runtime's helper that never ran the payload, or its child that did not either, or
         // a process under a runtime's name before the container has an init (runc's bootstrap
         // stages, which runc forks with CLONE_PARENT, so their parent is outside), or, once the container's init is pid 1 of its own pid
@@ -1300,8 +1324,8 @@ fn verdict(c: &Container) -> Option<(ExitCause, ProcessRef)> {
 mod tests {
     use super::*;
     use crate::containers::Recognizer;
-    use crate::replay::{attach, cgroup, exec, exit as exit_of_child, origin, signal};
-    use tracer_common::{kind, SignalOrigin};
+    use crate::replay::{attach, cgroup, exec, exit as exit_of_child, origin, sent, signal};
+    use tracer_common::kind;
 
     const HOST_CG: u64 = crate::replay::HOST_CGROUP;
     const RUNTIME: u32 = crate::replay::RUNTIME_PID;
@@ -1312,8 +1336,8 @@ mod tests {
     }
 
     /// The exit of a process whose parent is outside the container.
-    fn exit(ts: u64, cg: u64, pid: u32, status: u32, slots: &[SignalOrigin]) -> Record {
-        exit_of_child(ts, cg, pid, 1, status, slots)
+    fn exit(ts: u64, cg: u64, pid: u32, status: u32) -> Record {
+        exit_of_child(ts, cg, pid, 1, status)
     }
 
     fn model() -> Model<Recognizer> {
@@ -1350,26 +1374,20 @@ mod tests {
         use crate::replay::named;
         let path = format!("/docker/{}", id64('c'));
         let mut m = model();
-        let mut child = exit_of_child(2 * SECOND, 100, 501, 500, child_status, child_slots);
+        let mut records = vec![
+            cgroup(kind::CGROUP_MKDIR, SECOND, 100, &path),
+            named(exec(SECOND + 10, 100, 500, "/init"), init),
+        ];
         if oom {
-            if let Record::Exit(r) = &mut child {
-                r.track.oom_ns = 2 * SECOND - 10;
-                r.flags |= tracer_common::exit_flags::HAS_TRACK;
-            }
+            records.push(crate::replay::oom(2 * SECOND - 10, 42, 501, 100));
         }
-        let out = replay(
-            &mut m,
-            &[
-                cgroup(kind::CGROUP_MKDIR, SECOND, 100, &path),
-                named(exec(SECOND + 10, 100, 500, "/init"), init),
-                child,
-                named(
-                    exit_of_child(3 * SECOND, 100, 500, 1, init_status, &[]),
-                    init,
-                ),
-                cgroup(kind::CGROUP_RMDIR, 4 * SECOND, 100, &path),
-            ],
-        );
+        records.extend(child_slots.iter().map(|send| sent(send, 501, 100)));
+        records.extend([
+            exit_of_child(2 * SECOND, 100, 501, 500, child_status),
+            named(exit_of_child(3 * SECOND, 100, 500, 1, init_status), init),
+            cgroup(kind::CGROUP_RMDIR, 4 * SECOND, 100, &path),
+        ]);
+        let out = replay(&mut m, &records);
         let d = events(&out)
             .into_iter()
             .find_map(|e| match e {
@@ -1491,7 +1509,8 @@ mod tests {
                 &[
                     cgroup(kind::CGROUP_MKDIR, SECOND, 100, &path),
                     exec(SECOND + 10, 100, pid, "/bin/agent"),
-                    exit(t + 10, 100, pid, status, &[send]),
+                    sent(&send, pid, 100),
+                    exit(t + 10, 100, pid, status),
                     cgroup(kind::CGROUP_RMDIR, 3 * SECOND, 100, &path),
                 ],
             );
@@ -1534,8 +1553,10 @@ mod tests {
                 cgroup(kind::CGROUP_MKDIR, SECOND, 100, &path),
                 exec(SECOND + 10, 100, init, "/bin/agent"),
                 exec(SECOND + 20, 100, child, "/bin/worker"),
-                exit(t + 10, 100, init, 9, &[kill]),
-                exit_of_child(t + 20, 100, child, init, 9, &[zap]),
+                sent(&kill, init, 100),
+                exit(t + 10, 100, init, 9),
+                sent(&zap, child, 100),
+                exit_of_child(t + 20, 100, child, init, 9),
                 cgroup(kind::CGROUP_RMDIR, 3 * SECOND, 100, &path),
             ],
         );
@@ -1683,16 +1704,7 @@ mod tests {
                 exec(SECOND + 250_000_000, 100, 500, "/usr/bin/agent"),
                 signal(5 * SECOND, RUNTIME, HOST_CG, 500, 100, 15, 0),
                 signal(15 * SECOND, RUNTIME, HOST_CG, 500, 100, 9, 0),
-                exit(
-                    15 * SECOND + 1000,
-                    100,
-                    500,
-                    9,
-                    &[
-                        origin(5 * SECOND, RUNTIME, HOST_CG, 15, 0),
-                        origin(15 * SECOND, RUNTIME, HOST_CG, 9, 0),
-                    ],
-                ),
+                exit(15 * SECOND + 1000, 100, 500, 9),
                 cgroup(kind::CGROUP_RMDIR, 16 * SECOND, 100, &path),
             ],
         );
@@ -1750,28 +1762,23 @@ mod tests {
             &[
                 cgroup(kind::CGROUP_MKDIR, SECOND, 900, path),
                 attach(SECOND, 900, 910),
-                exit_of_child(2 * SECOND, 900, 911, 910, 0, &[]),
+                exit_of_child(2 * SECOND, 900, 911, 910, 0),
                 exec(2 * SECOND, 900, 912, "/bin/sleep"),
-                exit_of_child(2 * SECOND, 900, 910, RUNTIME, 0, &[]),
-                exit_of_child(
-                    3 * SECOND,
-                    900,
-                    912,
-                    911,
-                    9,
-                    &[origin(3 * SECOND, RUNTIME, HOST_CG, 9, 0)],
-                ),
+                exit_of_child(2 * SECOND, 900, 910, RUNTIME, 0),
+                sent(&origin(3 * SECOND, RUNTIME, HOST_CG, 9, 0), 912, 900),
+                exit_of_child(3 * SECOND, 900, 912, 911, 9),
                 cgroup(kind::CGROUP_RMDIR, 4 * SECOND, 900, path),
             ],
         );
         let ev = events(&out);
-        assert_eq!(ev.len(), 4, "{ev:#?}");
-        let Event::ProcessExit(e) = ev[2] else {
-            panic!("{:?}", ev[2])
+        // create, exec, the kill, exit, delete
+        assert_eq!(ev.len(), 5, "{ev:#?}");
+        let Event::ProcessExit(e) = ev[3] else {
+            panic!("{:?}", ev[3])
         };
         assert_eq!((e.pid, e.is_container_init, e.exit_code), (912, true, 137));
-        let Event::ContainerDelete(d) = ev[3] else {
-            panic!("{:?}", ev[3])
+        let Event::ContainerDelete(d) = ev[4] else {
+            panic!("{:?}", ev[4])
         };
         assert_eq!(
             (d.exit_code, d.cause),
@@ -1787,7 +1794,7 @@ mod tests {
             &[
                 cgroup(kind::CGROUP_MKDIR, SECOND, 7, "/system.slice/cron.service"),
                 exec(2 * SECOND, 7, 70, "/usr/sbin/cron"),
-                exit(3 * SECOND, 7, 70, 0, &[]),
+                exit(3 * SECOND, 7, 70, 0),
                 cgroup(
                     kind::CGROUP_RMDIR,
                     4 * SECOND,
@@ -1813,13 +1820,8 @@ mod tests {
                 exec(2 * SECOND, 200, 600, "/sbin/init"),
                 exec(3 * SECOND, 201, 601, "/usr/bin/worker"),
                 // The init kills the worker in the sub-cgroup.
-                exit(
-                    4 * SECOND,
-                    201,
-                    601,
-                    9,
-                    &[origin(4 * SECOND, 600, 200, 9, 0)],
-                ),
+                sent(&origin(4 * SECOND, 600, 200, 9, 0), 601, 201),
+                exit(4 * SECOND, 201, 601, 9),
                 cgroup(
                     kind::CGROUP_RMDIR,
                     5 * SECOND,
@@ -1830,9 +1832,10 @@ mod tests {
         );
         assert!(out.untrack.is_empty());
         let ev = events(&out);
-        assert_eq!(ev.len(), 4, "{ev:#?}");
-        let Event::ProcessExit(e) = ev[3] else {
-            panic!("{:?}", ev[3])
+        // create, two execs, the kill, exit
+        assert_eq!(ev.len(), 5, "{ev:#?}");
+        let Event::ProcessExit(e) = ev[4] else {
+            panic!("{:?}", ev[4])
         };
         assert_eq!(*e.container.container_id, *id);
         assert!(!e.is_container_init);
@@ -1843,6 +1846,62 @@ mod tests {
         );
         // Removing the sub-cgroup does not delete the container.
         assert_eq!(m.containers().count(), 1);
+    }
+
+    /// A tgid is reused: what was sent to the earlier process is not the later one's.
+    #[test]
+    fn sends_to_an_earlier_process_with_the_same_tgid_are_not_joined() {
+        let path = format!("/docker/{}", id64('9'));
+        let with_start = |record: Record, start_ns: u64| match record {
+            Record::Signal(mut r) => {
+                r.target_start_ns = start_ns;
+                Record::Signal(r)
+            }
+            Record::Exit(mut r) => {
+                r.start_ns = start_ns;
+                Record::Exit(r)
+            }
+            other => other,
+        };
+        let exit_cause = |exit_start: u64| {
+            let mut m = model();
+            let out = replay(
+                &mut m,
+                &[
+                    cgroup(kind::CGROUP_MKDIR, SECOND, 100, &path),
+                    exec(SECOND + 10, 100, 500, "/bin/agent"),
+                    with_start(signal(2 * SECOND, RUNTIME, HOST_CG, 500, 100, 9, 0), SECOND),
+                    with_start(exit(2 * SECOND + 10, 100, 500, 9), exit_start),
+                ],
+            );
+            events(&out)
+                .into_iter()
+                .find_map(|e| match e {
+                    Event::ProcessExit(x) => Some((x.cause, x.sender.as_ref().map(|s| s.pid))),
+                    _ => None,
+                })
+                .expect("exit")
+        };
+        assert_eq!(
+            exit_cause(SECOND),
+            (ExitCause::OrchestratorKill, Some(RUNTIME))
+        );
+        assert_eq!(exit_cause(SECOND + 5), (ExitCause::Unknown, None));
+    }
+
+    #[test]
+    fn repeated_sends_keep_the_first_and_count_the_rest() {
+        let mut track = SignalTrack::default();
+        let first = origin(SECOND, RUNTIME, HOST_CG, 15, 0);
+        assert!(track.add(first));
+        assert!(!track.add(origin(2 * SECOND, 42, HOST_CG, 15, 0)));
+        assert!(track.add(origin(3 * SECOND, RUNTIME, HOST_CG, 9, 0)));
+        assert_eq!(track.slots.len(), 2);
+        let term = track.slots[0];
+        assert_eq!(
+            (term.sender_pid, term.first_ns, term.last_ns, term.count),
+            (RUNTIME, SECOND, 2 * SECOND, 2)
+        );
     }
 
     #[test]
@@ -1864,7 +1923,7 @@ mod tests {
                 cgroup(kind::CGROUP_MKDIR, SECOND, 400, &path),
                 exec(2 * SECOND, 400, 700, "/bin/sh"),
                 exec(3 * SECOND, 400, 701, "/bin/sleep"),
-                exit(4 * SECOND, 400, 700, 0, &[]),
+                exit(4 * SECOND, 400, 700, 0),
             ],
         );
         m.tick(33 * SECOND, &mut out);
@@ -1915,8 +1974,8 @@ mod tests {
         let more = replay(
             &mut m,
             &[
-                exit(2 * SECOND, 501, 801, 3 << 8, &[]),
-                exit(3 * SECOND, 500, 800, 0, &[]),
+                exit(2 * SECOND, 501, 801, 3 << 8),
+                exit(3 * SECOND, 500, 800, 0),
                 cgroup(kind::CGROUP_RMDIR, 4 * SECOND, 500, &path),
             ],
         );

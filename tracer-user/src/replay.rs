@@ -2,12 +2,12 @@
 //! the model's tests, the pipeline benchmark and the fuzz targets build their streams here.
 
 use tracer_common::{
-    exit_flags, kind, Ancestor, AttachRecord, CgroupRecord, EnvValue, ExecEnvRecord, ExecRecord,
-    ExitRecord, Header, SignalOrigin, SignalRecord, SignalTrack, ANCESTRY_LEN, CGROUP_PATH_LEN,
+    kind, Ancestor, AttachRecord, CgroupRecord, CgroupRmdirRecord, EnvValue, ExecEnvRecord,
+    ExecRecord, ExitRecord, Header, OomRecord, SignalRecord, ANCESTRY_LEN, CGROUP_PATH_LEN,
     COMM_LEN, ENV_VALUE_LEN, FILENAME_LEN,
 };
 
-use crate::decode::Record;
+use crate::{attribution::SignalOrigin, decode::Record};
 
 /// The pid of "the runtime" in made-up streams.
 pub const RUNTIME_PID: u32 = 4000;
@@ -35,21 +35,25 @@ pub fn comm(name: &str) -> [u8; COMM_LEN] {
 
 /// A mkdir (`kind::CGROUP_MKDIR`) or rmdir of cgroup `id` at `path`, made by the runtime.
 pub fn cgroup(record_kind: u32, ts_ns: u64, id: u64, path: &str) -> Record {
+    let level = path.matches('/').count() as u32;
+    if record_kind != kind::CGROUP_MKDIR {
+        return Record::CgroupRmdir(CgroupRmdirRecord {
+            header: header(record_kind, ts_ns, RUNTIME_PID, HOST_CGROUP),
+            id,
+            level,
+            _reserved: 0,
+        });
+    }
     let mut p = [0u8; CGROUP_PATH_LEN];
     let n = path.len().min(CGROUP_PATH_LEN);
     p[..n].copy_from_slice(&path.as_bytes()[..n]);
-    let r = CgroupRecord {
+    Record::CgroupMkdir(CgroupRecord {
         header: header(record_kind, ts_ns, RUNTIME_PID, HOST_CGROUP),
         id,
-        level: path.matches('/').count() as u32,
+        level,
         path_len: n as u32,
         path: p,
-    };
-    if record_kind == kind::CGROUP_MKDIR {
-        Record::CgroupMkdir(r)
-    } else {
-        Record::CgroupRmdir(r)
-    }
+    })
 }
 
 /// The runtime moving `pid` into cgroup `cgroup_id`.
@@ -107,7 +111,7 @@ pub fn exit_in_ns(
     status: u32,
     level: u32,
 ) -> Record {
-    let Record::Exit(mut r) = exit(ts_ns, cgroup_id, pid, parent, status, &[]) else {
+    let Record::Exit(mut r) = exit(ts_ns, cgroup_id, pid, parent, status) else {
         unreachable!("exit makes an exit record")
     };
     r.ns_level = level;
@@ -160,6 +164,7 @@ pub fn signal(
         target_pid: to,
         target_tgid: to,
         target_cgroup_id: to_cgroup,
+        target_start_ns: 0,
         signal: sig,
         code,
         result: 0,
@@ -168,6 +173,8 @@ pub fn signal(
         target_comm: comm("agent"),
         ancestry_len: 1,
         evidence: 0,
+        syscall: 0,
+        _reserved: 0,
         ancestry: {
             let mut chain = [Ancestor::default(); ANCESTRY_LEN];
             chain[0] = Ancestor {
@@ -179,7 +186,7 @@ pub fn signal(
     })
 }
 
-/// What the kernel remembers of one send, for an exit record's track.
+/// One send of `sig` with si_code `code` from `from` (in `from_cgroup`), for [`sent`].
 pub fn origin(ts_ns: u64, from: u32, from_cgroup: u64, sig: u32, code: i32) -> SignalOrigin {
     SignalOrigin {
         first_ns: ts_ns,
@@ -197,30 +204,49 @@ pub fn origin(ts_ns: u64, from: u32, from_cgroup: u64, sig: u32, code: i32) -> S
     }
 }
 
-/// Process `pid` (child of `parent`) ending with wait status `status` in cgroup `cgroup_id`,
-/// with the sends the kernel remembered.
-pub fn exit(
-    ts_ns: u64,
-    cgroup_id: u64,
-    pid: u32,
-    parent: u32,
-    status: u32,
-    slots: &[SignalOrigin],
-) -> Record {
-    let mut track = SignalTrack::default();
-    let n = slots.len().min(track.slots.len());
-    track.slots[..n].copy_from_slice(&slots[..n]);
+/// The signal record of `send` to process `to` in cgroup `to_cgroup`.
+pub fn sent(send: &SignalOrigin, to: u32, to_cgroup: u64) -> Record {
+    let Record::Signal(mut r) = signal(
+        send.first_ns,
+        send.sender_tgid,
+        send.sender_cgroup_id,
+        to,
+        to_cgroup,
+        send.signal,
+        send.code,
+    ) else {
+        unreachable!("signal makes a signal record")
+    };
+    r.header.pid = send.sender_pid;
+    r.result = send.result;
+    r.syscall = send.syscall;
+    r.evidence = send.evidence;
+    r.sender_comm = send.sender_comm;
+    Record::Signal(r)
+}
+
+/// The OOM killer (run by `killer`) choosing process `victim` in cgroup `cgroup_id`.
+pub fn oom(ts_ns: u64, killer: u32, victim: u32, cgroup_id: u64) -> Record {
+    Record::Oom(OomRecord {
+        header: header(kind::OOM_MARK, ts_ns, killer, HOST_CGROUP),
+        victim_pid: victim,
+        victim_tgid: victim,
+        victim_cgroup_id: cgroup_id,
+        victim_start_ns: 0,
+        anon_rss_kb: 0,
+        total_vm_kb: 0,
+    })
+}
+
+/// Process `pid` (child of `parent`) ending with wait status `status` in cgroup `cgroup_id`.
+pub fn exit(ts_ns: u64, cgroup_id: u64, pid: u32, parent: u32, status: u32) -> Record {
     Record::Exit(ExitRecord {
         header: header(kind::PROCESS_EXIT, ts_ns, pid, cgroup_id),
         exit_status: status,
-        flags: if slots.is_empty() {
-            0
-        } else {
-            exit_flags::HAS_TRACK
-        },
+        _reserved: 0,
         parent_tgid: parent,
         ns_level: 0,
+        start_ns: 0,
         comm: comm("agent"),
-        track,
     })
 }

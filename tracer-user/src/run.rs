@@ -158,9 +158,7 @@ pub fn run(options: &RunOptions, stop: &Arc<AtomicBool>, out: impl Write) -> Res
         let now = sys::monotonic_ns();
         for container in found.containers {
             for &id in std::iter::once(&container.cgroup_id).chain(&container.sub_cgroups) {
-                if let Some(dir) = found.dirs.get(&id) {
-                    tracer.track_cgroup(id, dir)?;
-                }
+                tracer.track_cgroup(id)?;
             }
             if let Some(init) = container.init {
                 adopted_inits.push((container.cgroup_id, init));

@@ -3,7 +3,7 @@
 //! are followed like the ones created later.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     fs,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
@@ -14,12 +14,10 @@ use crate::{containers::Recognize, model::ExistingContainer};
 /// Deepest cgroup nesting walked; real hierarchies are far shallower.
 const MAX_DEPTH: usize = 32;
 
-/// What the scan found: the containers, and the directory of each of their cgroups
-/// (sub-cgroups included) by id.
+/// What the scan found: the containers.
 #[derive(Debug, Default)]
 pub struct Scan {
     pub containers: Vec<ExistingContainer>,
-    pub dirs: HashMap<u64, PathBuf>,
 }
 
 /// Scans the cgroup v2 hierarchy mounted at `root`.
@@ -53,7 +51,7 @@ fn walk(root: &Path, dir: &Path, recognizer: &impl Recognize, depth: usize, scan
         let path = cgroup_path(root, &sub);
         match recognizer.recognize(&path) {
             Some(ident) => {
-                if let Some(found) = container(&sub, path, ident, scan) {
+                if let Some(found) = container(&sub, path, ident) {
                     scan.containers.push(found);
                 }
             }
@@ -66,7 +64,6 @@ fn container(
     dir: &Path,
     cgroup_path: String,
     ident: crate::containers::ContainerIdent,
-    scan: &mut Scan,
 ) -> Option<ExistingContainer> {
     let cgroup_id = fs::metadata(dir).ok()?.ino();
     let mut cgroups = vec![(dir.to_path_buf(), cgroup_id)];
@@ -85,8 +82,6 @@ fn container(
     }
     let init = guess_init(&processes);
     let sub_cgroups = cgroups.iter().skip(1).map(|(_, id)| *id).collect();
-    scan.dirs
-        .extend(cgroups.into_iter().map(|(dir, id)| (id, dir)));
     Some(ExistingContainer {
         cgroup_id,
         cgroup_path,

@@ -95,12 +95,7 @@ pub const HOOKS: &[Hook] = &[
         category: "cgroup",
         name: "cgroup_rmdir",
         program: "cgroup_rmdir",
-        fields: &[
-            f("root", 8, 4),
-            f("level", 12, 4),
-            f("id", 16, 8),
-            f("path", 24, 4),
-        ],
+        fields: &[f("root", 8, 4), f("level", 12, 4), f("id", 16, 8)],
         btf_args: None,
         group: HookGroup::Core,
         when: When::Always,

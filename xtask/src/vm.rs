@@ -33,7 +33,7 @@
 //!    (the guest console may lose output; vng's own output goes to `vng.log`). A VM still
 //!    running after `--timeout` seconds (default 900) is killed with its process group.
 //! 5. **Summary**: one line per kernel, e.g. `vm-test: 6.1 (6.1.0-57-amd64, 6.1.192): 14
-//!    passed, 0 failed; fallbacks: cgroup-storage,exit-group-dead; 312 s`, with `; FAILED: why`
+//!    passed, 0 failed; fallbacks: exit-group-dead; 312 s`, with `; FAILED: why`
 //!    and the last lines of `test.log` when it failed. A kernel fails when the VM timed out, the
 //!    binary exited non-zero or wrote no `rc`, no test ran, the guest ran another kernel, or the
 //!    fallbacks reported differ from the table's. The command fails when any kernel failed.
@@ -110,14 +110,14 @@ const KERNELS: &[Kernel] = &[
         point_release: true,
         package: r"^linux-image-5\.10\.0-[0-9]+-amd64$",
         expected:
-            "task-btf,cgroup-storage,exit-group-dead,oom-victim-task,mount-setattr,device-caller,device-decision",
+            "task-btf,exit-group-dead,oom-victim-task,mount-setattr,device-caller,device-decision",
     },
     Kernel {
         key: "6.1",
         suite: "bookworm",
         point_release: false,
         package: r"^linux-image-6\.1\.0-[0-9]+-amd64$",
-        expected: "cgroup-storage,exit-group-dead",
+        expected: "exit-group-dead",
     },
     Kernel {
         key: "6.12",
@@ -132,7 +132,7 @@ const KERNELS: &[Kernel] = &[
         suite: "bullseye",
         point_release: false,
         package: r"^linux-image-5\.10\.0-[0-9]+-amd64$",
-        expected: "task-btf,cgroup-storage,exit-group-dead,mount-setattr,device-caller,device-decision",
+        expected: "task-btf,exit-group-dead,mount-setattr,device-caller,device-decision",
     },
 ];
 
