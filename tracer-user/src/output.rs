@@ -325,20 +325,29 @@ pub struct Printer<W: Write> {
     out: W,
     format: Format,
     clock: WallClock,
+    /// The JSON line being written, reused: serde_json writes in many small pieces, which a
+    /// vector takes for less than a buffered stream does, so the stream gets one write a line.
+    line: Vec<u8>,
 }
 
 impl<W: Write> Printer<W> {
     pub fn new(out: W, format: Format, clock: WallClock) -> Self {
-        Printer { out, format, clock }
+        Printer {
+            out,
+            format,
+            clock,
+            line: Vec::with_capacity(1024),
+        }
     }
 
     pub fn print(&mut self, event: &Timed) -> std::io::Result<()> {
         match self.format {
             Format::Text => writeln!(self.out, "{}", text(event)),
             Format::Json => {
-                // Straight into the (buffered) stream: no line built on the heap first.
-                serde_json::to_writer(&mut self.out, &json_line(event, &self.clock))?;
-                self.out.write_all(b"\n")
+                self.line.clear();
+                serde_json::to_writer(&mut self.line, &json_line(event, &self.clock))?;
+                self.line.push(b'\n');
+                self.out.write_all(&self.line)
             }
         }
     }
@@ -366,7 +375,7 @@ mod tests {
     fn killed() -> Timed {
         Timed {
             ts_ns: 2_000_000_000,
-            event: Event::ProcessExit(ProcessExit {
+            event: Event::ProcessExit(Box::new(ProcessExit {
                 container: container(),
                 pid: 4200,
                 comm: "agent".to_string(),
@@ -395,7 +404,7 @@ mod tests {
                 escalated_from: Some("SIGTERM".into()),
                 grace_seconds: Some(10.0),
                 wait_status: 9,
-            }),
+            })),
         }
     }
 

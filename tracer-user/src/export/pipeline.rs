@@ -289,7 +289,8 @@ struct Worker {
     labels: AgentLabels,
     metrics: Metrics,
     tracer: Option<SdkTracer>,
-    containers: HashMap<u64, Tracked>,
+    /// By cgroup id, looked up on every event (foldhash: see the model's tables).
+    containers: foldhash::HashMap<u64, Tracked>,
     clock: WallClock,
     settle_after: Duration,
     overflow_seen: u64,
@@ -315,7 +316,7 @@ impl Worker {
             labels,
             metrics,
             tracer,
-            containers: HashMap::new(),
+            containers: foldhash::HashMap::default(),
             clock,
             settle_after: config.settle_after,
             overflow_seen: 0,
