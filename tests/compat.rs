@@ -27,7 +27,7 @@ use clawtrace::{
 };
 use serde_json::{json, Value};
 use support::*;
-use tracer_common::probe;
+use tracer_common::{Kind, Miss};
 
 /// The fallbacks this kernel is expected to need, comma-separated feature keys (empty: none).
 /// Set by `cargo xtask vm-test` per kernel, and by CI for the host; unset, the test only checks
@@ -557,7 +557,7 @@ fn a_full_ring_buffer_loses_records_and_counts_each_one() {
         ..TracerConfig::default()
     })
     .expect("load and attach");
-    let lost_before = tracer.lost_records().expect("lost counters");
+    let lost_before = tracer.missed().expect("lost counters");
 
     const PROCESSES: u32 = 60;
     let mut cgroup = TestCgroup::new("overflow");
@@ -581,7 +581,7 @@ fn a_full_ring_buffer_loses_records_and_counts_each_one() {
             break;
         }
     }
-    let lost = tracer.lost_records().expect("lost counters");
+    let lost = tracer.missed().expect("lost counters");
     let execs = records
         .iter()
         .filter_map(Record::exec)
@@ -591,8 +591,8 @@ fn a_full_ring_buffer_loses_records_and_counts_each_one() {
         .iter()
         .filter(|r| matches!(r, Record::Exit(e) if pids.contains(&e.header.tgid)))
         .count() as u64;
-    let lost_execs = lost[probe::PROCESS_EXEC as usize] - lost_before[probe::PROCESS_EXEC as usize];
-    let lost_exits = lost[probe::PROCESS_EXIT as usize] - lost_before[probe::PROCESS_EXIT as usize];
+    let lost_in = |kind| lost.get(kind, Miss::RingFull) - lost_before.get(kind, Miss::RingFull);
+    let (lost_execs, lost_exits) = (lost_in(Kind::ProcessExec), lost_in(Kind::ProcessExit));
     assert!(
         lost_execs + lost_exits > 0,
         "nothing was lost; the test did not overflow"

@@ -8,7 +8,7 @@ use clawtrace::decode::{c_str, sized_str, DecodeError, Record};
 use libfuzzer_sys::fuzz_target;
 use std::mem::offset_of;
 
-use tracer_common::{kind, EnvValue, ExecEnvRecord, Header, ENV_VALUE_LEN};
+use tracer_common::{EnvValue, ExecEnvRecord, Header, Kind, ENV_VALUE_LEN};
 
 fuzz_target!(|data: &[u8]| {
     match Record::decode(data) {
@@ -46,7 +46,7 @@ fuzz_target!(|data: &[u8]| {
         }
         Err(DecodeError::UnknownKind(k)) => {
             assert_eq!(k, header_kind(data));
-            assert!(k != kind::CGROUP_MKDIR && k != kind::PROCESS_EXIT);
+            assert!(k != Kind::CgroupMkdir && k != Kind::ProcessExit);
         }
         // A kind of error added later: it is not a panic, which is what this target is about.
         #[allow(unreachable_patterns)]

@@ -27,7 +27,7 @@ use libfuzzer_sys::{
     fuzz_target,
 };
 use tracer_common::{
-    kind, AttachRecord, CgroupRecord, ExecEnvRecord, ExecRecord, ExitRecord, Header, OomRecord,
+    AttachRecord, CgroupRecord, ExecEnvRecord, ExecRecord, ExitRecord, Header, Kind, OomRecord,
     SignalRecord, CGROUP_PATH_LEN,
 };
 
@@ -177,14 +177,14 @@ fn step(
     out: &mut Output,
 ) -> Result<()> {
     let mut rec = match u.int_in_range(0..=9u8)? {
-        0 => record::<CgroupRecord>(u, kind::CGROUP_MKDIR)?,
-        1 => record::<CgroupRecord>(u, kind::CGROUP_RMDIR)?,
-        2 => record::<AttachRecord>(u, kind::CGROUP_ATTACH)?,
-        3 => record::<ExecRecord>(u, kind::PROCESS_EXEC)?,
-        4 => record::<ExitRecord>(u, kind::PROCESS_EXIT)?,
-        5 => record::<SignalRecord>(u, kind::SIGNAL)?,
-        6 => record::<OomRecord>(u, kind::OOM_MARK)?,
-        7 => record::<ExecEnvRecord>(u, kind::PROCESS_EXEC)?,
+        0 => record::<CgroupRecord>(u, Kind::CgroupMkdir)?,
+        1 => record::<CgroupRecord>(u, Kind::CgroupRmdir)?,
+        2 => record::<AttachRecord>(u, Kind::CgroupAttach)?,
+        3 => record::<ExecRecord>(u, Kind::ProcessExec)?,
+        4 => record::<ExitRecord>(u, Kind::ProcessExit)?,
+        5 => record::<SignalRecord>(u, Kind::Signal)?,
+        6 => record::<OomRecord>(u, Kind::OomMark)?,
+        7 => record::<ExecEnvRecord>(u, Kind::ProcessExec)?,
         8 => {
             *now = now.saturating_add(u.int_in_range(0..=60_000_000_000u64)?);
             let at = if u.ratio(1, 16)? {

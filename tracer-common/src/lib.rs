@@ -31,20 +31,218 @@ pub const ENV_SCAN_LEN: usize = ENV_KEY_LEN + ENV_VALUE_LEN;
 /// Hierarchy id of the cgroup v2 (default) hierarchy in the `cgroup:*` tracepoints.
 pub const CGROUP_V2_HIERARCHY: i32 = 0;
 
-/// Record kinds: the value of [`Header::kind`]. Fixed numbers; never reuse one.
-pub mod kind {
-    pub const CGROUP_MKDIR: u32 = 1;
-    pub const CGROUP_RMDIR: u32 = 2;
-    pub const CGROUP_ATTACH: u32 = 3;
-    pub const PROCESS_EXEC: u32 = 4;
-    pub const PROCESS_EXIT: u32 = 5;
-    pub const SIGNAL: u32 = 6;
-    pub const OOM_MARK: u32 = 7;
+/// Record kinds: [`Header::kind`] is one of these as `u32`. Fixed numbers; never reuse one.
+/// Each kind is written by one probe (program or family of programs), so the kind also names
+/// the probe in the kernel's counters of what it missed ([`Miss`]).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    CgroupMkdir = 1,
+    CgroupRmdir = 2,
+    CgroupAttach = 3,
+    ProcessExec = 4,
+    ProcessExit = 5,
+    Signal = 6,
+    OomMark = 7,
     // 8 was a separate record for the init's environment variable, now an exec record's tail
-    // ([`super::ExecEnvRecord`]).
-    pub const MOUNT: u32 = 9;
+    // ([`ExecEnvRecord`]).
+    Mount = 9,
     // 10 was an `openat` of a device path, seen on the system-call path.
-    pub const DEVICE_ACCESS: u32 = 11;
+    DeviceAccess = 11,
+}
+
+impl Kind {
+    /// How many kinds there are.
+    pub const COUNT: usize = 9;
+    /// Every kind, in [`Kind::index`] order.
+    pub const ALL: [Kind; Kind::COUNT] = [
+        Kind::CgroupMkdir,
+        Kind::CgroupRmdir,
+        Kind::CgroupAttach,
+        Kind::ProcessExec,
+        Kind::ProcessExit,
+        Kind::Signal,
+        Kind::OomMark,
+        Kind::Mount,
+        Kind::DeviceAccess,
+    ];
+
+    /// The kind a header's `kind` names, if any.
+    pub const fn from_wire(value: u32) -> Option<Kind> {
+        Some(match value {
+            1 => Kind::CgroupMkdir,
+            2 => Kind::CgroupRmdir,
+            3 => Kind::CgroupAttach,
+            4 => Kind::ProcessExec,
+            5 => Kind::ProcessExit,
+            6 => Kind::Signal,
+            7 => Kind::OomMark,
+            9 => Kind::Mount,
+            11 => Kind::DeviceAccess,
+            _ => return None,
+        })
+    }
+
+    /// Where the kind is in [`Kind::ALL`]: 0 to `COUNT - 1`.
+    pub const fn index(self) -> usize {
+        match self {
+            Kind::CgroupMkdir => 0,
+            Kind::CgroupRmdir => 1,
+            Kind::CgroupAttach => 2,
+            Kind::ProcessExec => 3,
+            Kind::ProcessExit => 4,
+            Kind::Signal => 5,
+            Kind::OomMark => 6,
+            Kind::Mount => 7,
+            Kind::DeviceAccess => 8,
+        }
+    }
+
+    /// The name of the kind, as metrics (`clawtrace_events_total{kind}`) and logs give it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Kind::CgroupMkdir => "cgroup_mkdir",
+            Kind::CgroupRmdir => "cgroup_rmdir",
+            Kind::CgroupAttach => "cgroup_attach",
+            Kind::ProcessExec => "exec",
+            Kind::ProcessExit => "exit",
+            Kind::Signal => "signal",
+            Kind::OomMark => "oom_mark",
+            Kind::Mount => "mount",
+            Kind::DeviceAccess => "device_access",
+        }
+    }
+
+    /// The probe that writes records of the kind, as losses are reported
+    /// (`clawtrace_events_lost_total{probe}`).
+    pub const fn probe(self) -> &'static str {
+        match self {
+            Kind::CgroupMkdir => "cgroup_mkdir",
+            Kind::CgroupRmdir => "cgroup_rmdir",
+            Kind::CgroupAttach => "cgroup_attach_task",
+            Kind::ProcessExec => "sched_process_exec",
+            Kind::ProcessExit => "sched_process_exit",
+            Kind::Signal => "signal_generate",
+            Kind::OomMark => "mark_victim",
+            Kind::Mount => "mount_syscalls",
+            Kind::DeviceAccess => "device_access",
+        }
+    }
+}
+
+/// What a probe could not do, counted per probe (its [`Kind`]) and reason in the kernel's
+/// per-CPU `MISSED` map ([`Miss::slot`]), and reported by user space: never silent.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Miss {
+    /// The ring buffer had no room for the record: the record is lost.
+    RingFull = 0,
+    /// A table of the probe was full: for `cgroup_mkdir` the cgroup table (the cgroup is not
+    /// followed), for the mount calls the table of calls in flight (the call is not reported).
+    TableFull = 1,
+}
+
+impl Miss {
+    /// How many reasons there are.
+    pub const COUNT: usize = 2;
+    pub const ALL: [Miss; Miss::COUNT] = [Miss::RingFull, Miss::TableFull];
+
+    /// Where `kind`'s count of this reason is in `MISSED`.
+    pub const fn slot(self, kind: Kind) -> u32 {
+        (kind.index() * Miss::COUNT + self as usize) as u32
+    }
+}
+
+/// Entries of the `MISSED` map.
+pub const MISSED_SLOTS: u32 = (Kind::COUNT * Miss::COUNT) as u32;
+
+/// Names the loader looks up in the eBPF object: they must be the names of the statics in
+/// tracer-ebpf (a unit test of the loader opens the embedded object and checks each one).
+pub mod object {
+    /// The ring buffer of records.
+    pub const EVENTS: &str = "EVENTS";
+    /// Per-CPU counts of what each probe missed ([`super::Miss`]).
+    pub const MISSED: &str = "MISSED";
+    /// Followed cgroups by id (values: [`super::cgroup_state`]).
+    pub const CGROUPS: &str = "CGROUPS";
+    /// The `NAME=` prefix of the agent-name variable ([`super::EnvKey`]).
+    pub const ENV_KEY: &str = "ENV_KEY";
+    /// The device ranges the device program reports ([`super::DeviceRange`]).
+    pub const DEVICE_RANGE: &str = "DEVICE_RANGE";
+    /// Exits claimed, on kernels without [`super::feature::EXIT_GROUP_DEAD`].
+    pub const EXIT_CLAIMS: &str = "EXIT_CLAIMS";
+    /// Every map the loader touches.
+    pub const MAPS: &[&str] = &[EVENTS, MISSED, CGROUPS, ENV_KEY, DEVICE_RANGE, EXIT_CLAIMS];
+
+    /// The [`super::feature`] bits of the running kernel.
+    pub const KERNEL_FEATURES: &str = "KERNEL_FEATURES";
+    /// Unread bytes past which a record wakes the reader.
+    pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
+    /// Every global the loader sets besides the BTF offsets ([`super::BTF_FIELDS`] and the
+    /// three named beside them).
+    pub const GLOBALS: &[&str] = &[KERNEL_FEATURES, WAKEUP_BYTES];
+
+    /// The cgroup device program.
+    pub const DEVICE_PROGRAM: &str = "device_access";
+}
+
+/// A field of a tracepoint's record that the programs read (or whose place they rely on):
+/// its name in the tracepoint's `format` file, its offset and size. The loader checks each
+/// against the running kernel before it loads anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TpField {
+    pub name: &'static str,
+    pub offset: usize,
+    pub size: usize,
+}
+
+const fn tp_field(name: &'static str, offset: usize, size: usize) -> TpField {
+    TpField { name, offset, size }
+}
+
+/// The record layouts of the classic tracepoints the programs read by offset.
+pub mod tp {
+    use super::{tp_field, TpField};
+
+    pub mod cgroup_rmdir {
+        use super::*;
+        pub const ROOT: TpField = tp_field("root", 8, 4);
+        pub const LEVEL: TpField = tp_field("level", 12, 4);
+        pub const ID: TpField = tp_field("id", 16, 8);
+        pub const FIELDS: &[TpField] = &[ROOT, LEVEL, ID];
+    }
+
+    pub mod sched_process_exec {
+        use super::*;
+        /// `__data_loc char[] filename`.
+        pub const FILENAME: TpField = tp_field("filename", 8, 4);
+        pub const PID: TpField = tp_field("pid", 12, 4);
+        pub const OLD_PID: TpField = tp_field("old_pid", 16, 4);
+        pub const FIELDS: &[TpField] = &[FILENAME, PID, OLD_PID];
+    }
+
+    pub mod sched_process_exit {
+        use super::*;
+        pub const COMM: TpField = tp_field("comm", 8, 16);
+        pub const PID: TpField = tp_field("pid", 24, 4);
+        /// Only on kernels with [`crate::feature::EXIT_GROUP_DEAD`].
+        pub const GROUP_DEAD: TpField = tp_field("group_dead", 32, 1);
+    }
+
+    /// `syscalls:sys_enter_*` and `sys_exit_*`.
+    pub mod syscalls {
+        use super::*;
+        /// Where argument `i` (from 0) of a `sys_enter_*` record is.
+        pub const fn arg_offset(i: usize) -> usize {
+            16 + 8 * i
+        }
+        /// Argument `i` of a `sys_enter_*` record, named `name` there.
+        pub const fn arg(name: &'static str, i: usize) -> TpField {
+            tp_field(name, arg_offset(i), 8)
+        }
+        /// The return value of a `sys_exit_*` record.
+        pub const RET: TpField = tp_field("ret", 16, 8);
+    }
 }
 
 /// Which mount system call a [`MountRecord`] describes.
@@ -66,33 +264,6 @@ pub mod cgroup_state {
     pub const STARTED: u32 = 2;
 }
 
-/// Probes, as indices into the kernel's per-CPU lost-record counters (`LOST` map).
-pub mod probe {
-    pub const CGROUP_MKDIR: u32 = 0;
-    pub const CGROUP_RMDIR: u32 = 1;
-    pub const CGROUP_ATTACH: u32 = 2;
-    pub const PROCESS_EXEC: u32 = 3;
-    pub const PROCESS_EXIT: u32 = 4;
-    pub const SIGNAL_GENERATE: u32 = 5;
-    pub const OOM_MARK_VICTIM: u32 = 6;
-    pub const MOUNT_SYSCALLS: u32 = 7;
-    pub const DEVICE_ACCESS: u32 = 8;
-    /// Number of probes; the size of the `LOST` map.
-    pub const COUNT: u32 = 9;
-    /// Probe names, indexed by the constants above, as the user side reports them.
-    pub const NAMES: [&str; COUNT as usize] = [
-        "cgroup_mkdir",
-        "cgroup_rmdir",
-        "cgroup_attach_task",
-        "sched_process_exec",
-        "sched_process_exit",
-        "signal_generate",
-        "mark_victim",
-        "mount_syscalls",
-        "device_access",
-    ];
-}
-
 /// The `si_code` a record carries when the kernel's siginfo could not be read (a probe read
 /// that failed): no sender kind is derived from it.
 pub const SI_CODE_UNREADABLE: i32 = i32::MIN;
@@ -110,7 +281,7 @@ pub mod signal_result {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Header {
-    /// One of the [`kind`] constants.
+    /// A [`Kind`], as `u32`.
     pub kind: u32,
     /// Explicit padding so `ts_ns` is 8-aligned without hidden bytes. Always 0.
     pub _reserved: u32,
@@ -424,16 +595,8 @@ impl EnvKey {
     }
 }
 
-/// Slots of the kernel's per-CPU `UNTRACKED` counters: what could not be followed.
-pub mod untracked {
-    /// cgroups, because the cgroup table was full.
-    pub const CGROUP: u32 = 0;
-    /// Number of slots.
-    pub const COUNT: u32 = 1;
-}
-
 /// Kernel features the programs have a faster path for, as bits of the read-only global
-/// [`KERNEL_FEATURES`] that the loader sets from what it probed on the running kernel. One object
+/// [`object::KERNEL_FEATURES`] that the loader sets from what it probed on the running kernel. One object
 /// serves every kernel: a program tests the bit, and since the global is read-only the verifier
 /// sees a constant and never walks the path this kernel cannot take (a helper, map or field it
 /// lacks). Each missing bit selects a fallback that produces the same records.
@@ -464,12 +627,9 @@ pub mod feature {
     pub const DEVICE_DECISION: u64 = 1 << 7;
 }
 
-/// Name of the read-only `u64` global holding the [`feature`] bits the kernel offers.
-pub const KERNEL_FEATURES: &str = "KERNEL_FEATURES";
-
 /// Maps only a [`feature`]'s fallback uses, by name: on kernels with the feature the loader
 /// makes them one entry long, so the fast path costs no memory for them.
-pub const FALLBACK_MAPS: &[(&str, u64)] = &[("EXIT_CLAIMS", feature::EXIT_GROUP_DEAD)];
+pub const FALLBACK_MAPS: &[(&str, u64)] = &[(object::EXIT_CLAIMS, feature::EXIT_GROUP_DEAD)];
 
 /// A kernel structure field the programs read (typed loads through BTF pointers, which the
 /// verifier checks against the kernel's BTF and which cost less than `bpf_probe_read_kernel`;
@@ -581,3 +741,33 @@ const _: () = {
     // The ring buffer hands out 8-aligned space; records must not need more.
     assert!(align_of::<ExitRecord>() <= 8);
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_round_trip_and_index_in_order() {
+        for (i, kind) in Kind::ALL.iter().enumerate() {
+            assert_eq!(Kind::from_wire(*kind as u32), Some(*kind));
+            assert_eq!(kind.index(), i);
+        }
+        // Retired and unknown wire values.
+        for value in [0, 8, 10, 12, u32::MAX] {
+            assert_eq!(Kind::from_wire(value), None);
+        }
+    }
+
+    #[test]
+    fn every_probe_and_reason_has_its_own_slot() {
+        let mut seen = [false; MISSED_SLOTS as usize];
+        for kind in Kind::ALL {
+            for miss in Miss::ALL {
+                let slot = miss.slot(kind) as usize;
+                assert!(!seen[slot], "{kind:?} {miss:?}");
+                seen[slot] = true;
+            }
+        }
+        assert!(seen.iter().all(|&s| s));
+    }
+}

@@ -6,29 +6,25 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 use tracer_common::{
-    cgroup_state, kind, probe, untracked, AttachRecord, CgroupRecord, CgroupRmdirRecord,
-    CGROUP_PATH_LEN, CGROUP_V2_HIERARCHY,
+    tp::cgroup_rmdir, AttachRecord, CgroupRecord, CgroupRmdirRecord, Kind, CGROUP_PATH_LEN,
+    CGROUP_V2_HIERARCHY,
 };
 
 use crate::{
+    follow::{follow_new, followed, unfollow},
     kernel::{Cgroup, Task},
-    state::{count_untracked, field, followed, header, read_kernel_str, reserve, wakeup, CGROUPS},
+    ring::{counted, header, reserve, send, submit, Done},
+    tp::{field, read_kernel_str},
 };
-
-// Field offsets in cgroup_rmdir's record (see events/cgroup/cgroup_rmdir/format); the loader
-// checks them against the running kernel before it loads anything.
-const ROOT: usize = 8;
-const LEVEL: usize = 12;
-const ID: usize = 16;
 
 /// A BTF tracepoint, for the new cgroup itself.
 #[btf_tracepoint(function = "cgroup_mkdir")]
 pub fn cgroup_mkdir(ctx: BtfTracePointContext) -> u32 {
-    let _ = try_cgroup_mkdir(&ctx);
+    counted(Kind::CgroupMkdir, try_cgroup_mkdir(&ctx));
     0
 }
 
-fn try_cgroup_mkdir(ctx: &BtfTracePointContext) -> Result<(), i32> {
+fn try_cgroup_mkdir(ctx: &BtfTracePointContext) -> Done {
     // SAFETY: the first argument is the new `struct cgroup *`.
     let cgrp = unsafe { Cgroup::from_arg(ctx.arg(0)) };
     let path: *const u8 = ctx.arg(1);
@@ -36,69 +32,62 @@ fn try_cgroup_mkdir(ctx: &BtfTracePointContext) -> Result<(), i32> {
         return Ok(());
     }
     let (level, id) = (cgrp.level(), cgrp.id());
-    if CGROUPS.insert(id, cgroup_state::NEW, 0).is_err() {
-        count_untracked(untracked::CGROUP);
-    }
-    let Some(mut entry) = reserve::<CgroupRecord>(probe::CGROUP_MKDIR) else {
-        return Ok(());
-    };
+    // Reported whether or not the table had room, so that user space knows the cgroup exists;
+    // a full table is counted below.
+    let followed = follow_new(id);
+    let mut entry = reserve::<CgroupRecord>()?;
     let record = entry.as_mut_ptr();
     // SAFETY: `record` points to reserved ring-buffer space of the record's size; every field is
     // written before submit; `path` is the argument's kernel string (the helper reads it safely;
     // a bad one reads empty).
     unsafe {
-        (*record).header = header(kind::CGROUP_MKDIR);
+        (*record).header = header(Kind::CgroupMkdir);
         (*record).id = id;
         (*record).level = level as u32;
         let dst = core::ptr::addr_of_mut!((*record).path).cast::<u8>();
         (*record).path_len = read_kernel_str(dst, CGROUP_PATH_LEN as u32, path);
     }
-    entry.submit(wakeup::<CgroupRecord>());
-    Ok(())
+    submit(entry);
+    followed
 }
 
 #[tracepoint]
 pub fn cgroup_rmdir(ctx: TracePointContext) -> u32 {
-    let _ = try_cgroup_rmdir(&ctx);
+    counted(Kind::CgroupRmdir, try_cgroup_rmdir(&ctx));
     0
 }
 
-fn try_cgroup_rmdir(ctx: &TracePointContext) -> Result<(), i32> {
-    // SAFETY: fields of cgroup_rmdir's record at these (aligned) offsets.
+fn try_cgroup_rmdir(ctx: &TracePointContext) -> Done {
+    // SAFETY: fields of cgroup_rmdir's record, of these types.
     let (root, level, id) = unsafe {
         (
-            field::<i32>(ctx, ROOT),
-            field::<i32>(ctx, LEVEL),
-            field::<u64>(ctx, ID),
+            field::<i32>(ctx, cgroup_rmdir::ROOT),
+            field::<i32>(ctx, cgroup_rmdir::LEVEL),
+            field::<u64>(ctx, cgroup_rmdir::ID),
         )
     };
     // Only the removal of a cgroup that was followed is of interest: the one that leaves the
     // table.
-    if root != CGROUP_V2_HIERARCHY || CGROUPS.remove(id).is_err() {
+    if root != CGROUP_V2_HIERARCHY || !unfollow(id) {
         return Ok(());
     }
-    let Some(mut entry) = reserve::<CgroupRmdirRecord>(probe::CGROUP_RMDIR) else {
-        return Ok(());
-    };
-    entry.write(CgroupRmdirRecord {
-        header: header(kind::CGROUP_RMDIR),
+    send(CgroupRmdirRecord {
+        header: header(Kind::CgroupRmdir),
         id,
         level: level as u32,
         _reserved: 0,
-    });
-    entry.submit(wakeup::<CgroupRmdirRecord>());
-    Ok(())
+    })
 }
 
 /// Runs in the writer's context (who wrote to `cgroup.procs`), with the destination cgroup and
 /// the task moved (a process's leader when the whole process moves) as arguments.
 #[btf_tracepoint(function = "cgroup_attach_task")]
 pub fn cgroup_attach_task(ctx: BtfTracePointContext) -> u32 {
-    let _ = try_cgroup_attach_task(&ctx);
+    counted(Kind::CgroupAttach, try_cgroup_attach_task(&ctx));
     0
 }
 
-fn try_cgroup_attach_task(ctx: &BtfTracePointContext) -> Result<(), i32> {
+fn try_cgroup_attach_task(ctx: &BtfTracePointContext) -> Done {
     // SAFETY: the first argument is the destination `struct cgroup *`, the third the
     // `struct task_struct *` moved.
     let (dst, task) = unsafe { (Cgroup::from_arg(ctx.arg(0)), Task::from_arg(ctx.arg(2))) };
@@ -108,18 +97,11 @@ fn try_cgroup_attach_task(ctx: &BtfTracePointContext) -> Result<(), i32> {
     let Some((dst_id, _)) = followed(dst) else {
         return Ok(());
     };
-    let ((pid, _), comm) = (task.ids(), task.comm());
-
-    let Some(mut entry) = reserve::<AttachRecord>(probe::CGROUP_ATTACH) else {
-        return Ok(());
-    };
-    entry.write(AttachRecord {
-        header: header(kind::CGROUP_ATTACH),
+    send(AttachRecord {
+        header: header(Kind::CgroupAttach),
         dst_cgroup_id: dst_id,
-        target_pid: pid,
+        target_pid: task.ids().0,
         _reserved: 0,
-        target_comm: comm,
-    });
-    entry.submit(wakeup::<AttachRecord>());
-    Ok(())
+        target_comm: task.comm(),
+    })
 }

@@ -15,12 +15,13 @@ use aya_ebpf::{
     programs::DeviceContext,
 };
 use tracer_common::{
-    device_access, feature, kind, probe, DeviceAccessRecord, DeviceRange, Header, DEVICE_RANGES,
+    device_access, feature, DeviceAccessRecord, DeviceRange, Header, Kind, DEVICE_RANGES,
 };
 
 use crate::{
+    follow::is_followed,
     kernel::has,
-    state::{is_tracked_cgroup, now_ns, reserve, wakeup},
+    ring::{counted, now_ns, send, Done},
 };
 
 /// The device-number ranges, written by the loader.
@@ -32,7 +33,7 @@ const ALLOW: i32 = 1;
 
 #[cgroup_device]
 pub fn device_access(ctx: DeviceContext) -> i32 {
-    report(&ctx);
+    counted(Kind::DeviceAccess, report(&ctx));
     ALLOW
 }
 
@@ -52,7 +53,7 @@ fn wanted(major: u32, minor: u32) -> bool {
 }
 
 #[inline(always)]
-fn report(ctx: &DeviceContext) {
+fn report(ctx: &DeviceContext) -> Done {
     // SAFETY: the context the kernel passes a device program, valid for its run; its fields are
     // plain u32 the verifier lets the program read.
     let (access_type, major, minor) = unsafe {
@@ -62,12 +63,12 @@ fn report(ctx: &DeviceContext) {
     // Every device access on the node passes here (each open of /dev/null): the device test is
     // a few array loads and comes first.
     if access_type & 0xffff != device_access::CHAR || !wanted(major, minor) {
-        return;
+        return Ok(());
     }
     // SAFETY: helper without arguments, callable from every program type.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    if !is_tracked_cgroup(cgroup_id) {
-        return;
+    if !is_followed(cgroup_id) {
+        return Ok(());
     }
     let decision = if has(feature::DEVICE_DECISION) {
         // SAFETY: helper without arguments; on kernels with the feature it is offered to
@@ -89,22 +90,19 @@ fn report(ctx: &DeviceContext) {
     } else {
         (0, 0, [0; tracer_common::COMM_LEN])
     };
-    if let Some(mut entry) = reserve::<DeviceAccessRecord>(probe::DEVICE_ACCESS) {
-        entry.write(DeviceAccessRecord {
-            header: Header {
-                kind: kind::DEVICE_ACCESS,
-                _reserved: 0,
-                ts_ns: now_ns(),
-                pid,
-                tgid,
-                cgroup_id,
-            },
-            access_type,
-            major,
-            minor,
-            decision,
-            comm,
-        });
-        entry.submit(wakeup::<DeviceAccessRecord>());
-    }
+    send(DeviceAccessRecord {
+        header: Header {
+            kind: Kind::DeviceAccess as u32,
+            _reserved: 0,
+            ts_ns: now_ns(),
+            pid,
+            tgid,
+            cgroup_id,
+        },
+        access_type,
+        major,
+        minor,
+        decision,
+        comm,
+    })
 }

@@ -12,9 +12,14 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray},
     programs::TracePointContext,
 };
-use tracer_common::{kind, mount_call, probe, MountRecord, MOUNT_PATH_LEN, MOUNT_TYPE_LEN};
+use tracer_common::{
+    mount_call, tp::syscalls, Kind, Miss, MountRecord, MOUNT_PATH_LEN, MOUNT_TYPE_LEN,
+};
 
-use crate::state::{current_followed, header, now_ns, reserve, wakeup};
+use crate::{
+    follow::current_followed,
+    ring::{counted, header, now_ns, reserve, submit, Done},
+};
 
 /// Calls between entry and exit, keyed by thread id (a thread makes one system call at a time).
 #[map]
@@ -24,16 +29,11 @@ static MOUNT_PENDING: HashMap<u32, MountRecord> = HashMap::with_max_entries(4096
 #[map]
 static MOUNT_SCRATCH: PerCpuArray<MountRecord> = PerCpuArray::with_max_entries(1, 0);
 
-/// Offsets of the system call arguments in `sys_enter_*` records.
-const ARG: [usize; 6] = [16, 24, 32, 40, 48, 56];
-/// Offset of the return value in `sys_exit_*` records.
-const RET: usize = 16;
-
 #[inline(always)]
 fn arg(ctx: &TracePointContext, i: usize) -> u64 {
     // SAFETY: reads one argument slot of the record through bpf_probe_read; the slots each
     // system call has are checked against its format file by the loader.
-    unsafe { ctx.read_at::<u64>(ARG[i]) }.unwrap_or(0)
+    unsafe { ctx.read_at::<u64>(syscalls::arg_offset(i)) }.unwrap_or(0)
 }
 
 /// Copies the user string at `src` into `dst` (`len` bytes, NUL-terminated); empty on failure.
@@ -65,13 +65,18 @@ fn begin(call: u32) -> Option<*mut MountRecord> {
     Some(entry)
 }
 
+/// Keeps the filled scratch entry until the call's exit (counted as missed when the table of
+/// calls in flight is full).
 #[inline(always)]
 fn keep(entry: *mut MountRecord) {
     let tid = bpf_get_current_pid_tgid() as u32;
     // SAFETY: `entry` is the scratch slot filled by the caller.
     // By reference: a copy of the value would not fit the 512-byte stack.
     #[allow(clippy::needless_borrows_for_generic_args)]
-    let _ = MOUNT_PENDING.insert(tid, unsafe { &*entry }, 0);
+    let kept = MOUNT_PENDING
+        .insert(tid, unsafe { &*entry }, 0)
+        .map_err(|_| Miss::TableFull);
+    counted(Kind::Mount, kept);
 }
 
 macro_rules! source {
@@ -217,33 +222,37 @@ pub fn sys_enter_fsconfig(ctx: TracePointContext) -> u32 {
 /// instruction of the entry program to the header's time here, after the record is filled: the
 /// time the caller spent in the call, tracing included.
 #[inline(always)]
-fn finish(ctx: &TracePointContext) {
+fn finish(ctx: &TracePointContext) -> Done {
     let tid = bpf_get_current_pid_tgid() as u32;
     let Some(pending) = MOUNT_PENDING.get_ptr(tid) else {
-        return;
+        return Ok(());
     };
-    // SAFETY: fixed offset of sys_exit_*'s return value, read through bpf_probe_read.
-    let ret = unsafe { ctx.read_at::<i64>(RET) }.unwrap_or(0);
-    if let Some(mut entry) = reserve::<MountRecord>(probe::MOUNT_SYSCALLS) {
+    // SAFETY: sys_exit_*'s return value, read through bpf_probe_read.
+    let ret = unsafe { ctx.read_at::<i64>(syscalls::RET.offset) }.unwrap_or(0);
+    let reserved = reserve::<MountRecord>();
+    let done = reserved.as_ref().map(|_| ()).map_err(|&miss| miss);
+    if let Ok(mut entry) = reserved {
         let record = entry.as_mut_ptr();
         // SAFETY: `record` is reserved ring-buffer space of the record's size, filled from the
         // pending map value (live for this program's run) before submit.
         unsafe {
             core::ptr::copy_nonoverlapping(pending, record, 1);
-            (*record).header = header(kind::MOUNT);
+            (*record).header = header(Kind::Mount);
             (*record).ret = ret;
             (*record).comm = bpf_get_current_comm().unwrap_or_default();
         }
-        entry.submit(wakeup::<MountRecord>());
+        submit(entry);
     }
+    // The call is over, reported or not.
     let _ = MOUNT_PENDING.remove(tid);
+    done
 }
 
 macro_rules! exit_program {
     ($name:ident) => {
         #[tracepoint]
         pub fn $name(ctx: TracePointContext) -> u32 {
-            finish(&ctx);
+            counted(Kind::Mount, finish(&ctx));
             0
         }
     };

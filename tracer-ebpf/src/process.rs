@@ -9,36 +9,34 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use tracer_common::{
-    cgroup_state, feature, kind, probe, EnvKey, EnvValue, ExecEnvRecord, ExecRecord, ExitRecord,
-    ENV_KEY_LEN, ENV_SCAN_LEN, ENV_VALUE_LEN, FILENAME_LEN,
+    cgroup_state, feature,
+    tp::{sched_process_exec, sched_process_exit},
+    EnvKey, EnvValue, ExecEnvRecord, ExecRecord, ExitRecord, Kind, ENV_KEY_LEN, ENV_SCAN_LEN,
+    ENV_VALUE_LEN, FILENAME_LEN,
 };
 
 use crate::{
+    follow::current_followed,
     kernel::{has, Task},
-    state::{
-        current_followed, field, header_of, read_data_loc_str, reserve, wakeup, ENV_KEY,
-        ENV_SCRATCH,
-    },
+    maps::{ENV_KEY, ENV_SCRATCH},
+    ring::{counted, header_of, reserve, send, submit, Done},
+    tp::{data_loc, field, read_kernel_str},
 };
-
-const EXEC_FILENAME: usize = 8;
-const EXEC_OLD_PID: usize = 16;
-const EXIT_GROUP_DEAD: usize = 32;
 
 #[tracepoint]
 pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
-    let _ = try_sched_process_exec(&ctx);
+    counted(Kind::ProcessExec, try_sched_process_exec(&ctx));
     0
 }
 
-fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i32> {
+fn try_sched_process_exec(ctx: &TracePointContext) -> Done {
     // Every exec on the host passes here: its cgroup decides, by its mark and then the table.
     let Some((task, cgroup_id, state)) = current_followed() else {
         return Ok(());
     };
-    // SAFETY: an int of sched_process_exec's record at this (aligned) offset.
-    let old_pid = unsafe { field::<i32>(ctx, EXEC_OLD_PID) } as u32;
-    let head = header_of(kind::PROCESS_EXEC, task, cgroup_id);
+    // SAFETY: an int of sched_process_exec's record.
+    let old_pid = unsafe { field::<i32>(ctx, sched_process_exec::OLD_PID) } as u32;
+    let head = header_of(Kind::ProcessExec, task, cgroup_id);
 
     // The container's init is pid 1 of its own pid namespace, or, where it shares the host's,
     // the first exec in its cgroup: read the agent-name variable from the new image's
@@ -56,9 +54,7 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i32> {
 
     if found {
         // The value travels in the exec record: one ring-buffer record per container start.
-        let Some(mut entry) = reserve::<ExecEnvRecord>(probe::PROCESS_EXEC) else {
-            return Ok(());
-        };
+        let mut entry = reserve::<ExecEnvRecord>()?;
         let record = entry.as_mut_ptr();
         // SAFETY: `record` points to reserved ring-buffer space of the record's size; every
         // field is written before submit.
@@ -73,12 +69,10 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i32> {
             );
             fill_env(core::ptr::addr_of_mut!((*record).env));
         }
-        entry.submit(wakeup::<ExecEnvRecord>());
+        submit(entry);
         return Ok(());
     }
-    let Some(mut entry) = reserve::<ExecRecord>(probe::PROCESS_EXEC) else {
-        return Ok(());
-    };
+    let mut entry = reserve::<ExecRecord>()?;
     // SAFETY: as above.
     unsafe {
         fill_exec(
@@ -90,7 +84,7 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i32> {
             (ns_level, ns_pid),
         )
     };
-    entry.submit(wakeup::<ExecRecord>());
+    submit(entry);
     Ok(())
 }
 
@@ -118,8 +112,8 @@ unsafe fn fill_exec(
         (*record)._reserved = 0;
         (*record).comm = task.comm();
         let filename = core::ptr::addr_of_mut!((*record).filename).cast::<u8>();
-        (*record).filename_len =
-            read_data_loc_str(ctx, EXEC_FILENAME, filename, FILENAME_LEN as u32);
+        let from = data_loc(ctx, sched_process_exec::FILENAME);
+        (*record).filename_len = read_kernel_str(filename, FILENAME_LEN as u32, from);
     }
 }
 
@@ -258,15 +252,15 @@ unsafe fn fill_env(env: *mut EnvValue) {
 
 #[tracepoint]
 pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
-    let _ = try_sched_process_exit(&ctx);
+    counted(Kind::ProcessExit, try_sched_process_exit(&ctx));
     0
 }
 
-fn try_sched_process_exit(ctx: &TracePointContext) -> Result<(), i32> {
+fn try_sched_process_exit(ctx: &TracePointContext) -> Done {
     if has(feature::EXIT_GROUP_DEAD) {
-        // SAFETY: `group_dead` is a bool at this offset of sched_process_exit's record (on
-        // kernels that have the field, checked by the loader).
-        let group_dead = unsafe { field::<u8>(ctx, EXIT_GROUP_DEAD) } != 0;
+        // SAFETY: `group_dead`, a bool of sched_process_exit's record on kernels that have the
+        // field (checked by the loader).
+        let group_dead = unsafe { field::<u8>(ctx, sched_process_exit::GROUP_DEAD) } != 0;
         if !group_dead {
             // Not the last thread of its process: the process goes on, nothing to report.
             return Ok(());
@@ -294,22 +288,17 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<(), i32> {
             return Ok(());
         }
     }
-    let Some(mut entry) = reserve::<ExitRecord>(probe::PROCESS_EXIT) else {
-        return Ok(());
-    };
     // do_exit() stores the wait status in task->exit_code before this tracepoint fires, and for
     // a group exit every thread carries the group's code.
-    entry.write(ExitRecord {
-        header: header_of(kind::PROCESS_EXIT, task, cgroup_id),
+    send(ExitRecord {
+        header: header_of(Kind::ProcessExit, task, cgroup_id),
         exit_status: task.exit_code() as u32,
         _reserved: 0,
         parent_tgid: task.parent_tgid(),
         ns_level: task.pid_ns().0,
         start_ns: start,
         comm: task.comm(),
-    });
-    entry.submit(wakeup::<ExitRecord>());
-    Ok(())
+    })
 }
 
 /// A process: its id and when it started (ids are reused).

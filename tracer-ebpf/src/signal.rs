@@ -9,13 +9,14 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use tracer_common::{
-    feature, kind, probe, signal_evidence, Ancestor, OomRecord, SignalRecord, ANCESTRY_LEN,
+    feature, signal_evidence, Ancestor, Kind, OomRecord, SignalRecord, ANCESTRY_LEN,
     SI_CODE_UNREADABLE,
 };
 
 use crate::{
+    follow::followed,
     kernel::{has, Task, SIGINFO_CODE, SIGINFO_SYSCALL},
-    state::{followed, header, header_of, now_ns, reserve, wakeup},
+    ring::{counted, header, header_of, now_ns, reserve, send, submit, Done},
 };
 
 /// `si_code` of a signal sent without a siginfo (`SEND_SIG_NOINFO`, as by kill(2)).
@@ -62,11 +63,11 @@ fn never_fatal(sig: u32) -> bool {
 /// Runs in the sender's context, with the target task as argument.
 #[btf_tracepoint(function = "signal_generate")]
 pub fn signal_generate(ctx: BtfTracePointContext) -> u32 {
-    let _ = try_signal_generate(&ctx);
+    counted(Kind::Signal, try_signal_generate(&ctx));
     0
 }
 
-fn try_signal_generate(ctx: &BtfTracePointContext) -> Result<(), i32> {
+fn try_signal_generate(ctx: &BtfTracePointContext) -> Done {
     // Every signal on the host passes here: the signal number and the target's cgroup decide.
     let sig: i32 = ctx.arg(0);
     let sig = sig as u32;
@@ -109,7 +110,7 @@ fn try_signal_generate(ctx: &BtfTracePointContext) -> Result<(), i32> {
     }
     // This runs in the sender's context.
     let sender = Task::current();
-    let head = header_of(kind::SIGNAL, sender, sender.cgroup().id());
+    let head = header_of(Kind::Signal, sender, sender.cgroup().id());
     let syscall = if sig == SIGSYS && code == SYS_SECCOMP {
         // SAFETY: `info` is a real siginfo (its code was read from it); the helper reads kernel
         // memory safely.
@@ -130,9 +131,7 @@ fn try_signal_generate(ctx: &BtfTracePointContext) -> Result<(), i32> {
         no_info
     };
 
-    let Some(mut entry) = reserve::<SignalRecord>(probe::SIGNAL_GENERATE) else {
-        return Ok(());
-    };
+    let mut entry = reserve::<SignalRecord>()?;
     let record = entry.as_mut_ptr();
     // SAFETY: `record` points to reserved ring-buffer space of the record's size; every field is
     // written before submit.
@@ -172,7 +171,7 @@ fn try_signal_generate(ctx: &BtfTracePointContext) -> Result<(), i32> {
         }
         (*record).ancestry_len = len;
     }
-    entry.submit(wakeup::<SignalRecord>());
+    submit(entry);
     Ok(())
 }
 
@@ -227,15 +226,18 @@ pub fn mark_victim(ctx: BtfTracePointContext) -> u32 {
         .mm()
         .map_or((0, 0), |mm| (mm.total_vm_kb(), mm.anon_rss_kb()));
     let (tid, tgid) = victim.ids();
-    mark_oom_victim(&PrivKill {
-        tid,
-        tgid,
-        cgroup_id,
-        start_ns: victim.process_start(),
-        at_ns: 0,
-        total_vm_kb,
-        anon_rss_kb,
-    });
+    counted(
+        Kind::OomMark,
+        mark_oom_victim(&PrivKill {
+            tid,
+            tgid,
+            cgroup_id,
+            start_ns: victim.process_start(),
+            at_ns: 0,
+            total_vm_kb,
+            anon_rss_kb,
+        }),
+    );
     0
 }
 
@@ -258,27 +260,20 @@ pub fn mark_victim_pid(ctx: BtfTracePointContext) -> u32 {
     }
     // SAFETY: as above.
     unsafe { (*slot).tid = 0 };
-    mark_oom_victim(&kill);
+    counted(Kind::OomMark, mark_oom_victim(&kill));
     0
 }
 
 /// Reports the OOM killer's choice of `victim`.
 #[inline(always)]
-fn mark_oom_victim(victim: &PrivKill) {
-    let Some(mut entry) = reserve::<OomRecord>(probe::OOM_MARK_VICTIM) else {
-        return;
-    };
-    let record = entry.as_mut_ptr();
-    // SAFETY: `record` points to reserved ring-buffer space of the record's size; every field is
-    // written before submit.
-    unsafe {
-        (*record).header = header(kind::OOM_MARK);
-        (*record).victim_pid = victim.tid;
-        (*record).victim_tgid = victim.tgid;
-        (*record).victim_cgroup_id = victim.cgroup_id;
-        (*record).victim_start_ns = victim.start_ns;
-        (*record).total_vm_kb = victim.total_vm_kb;
-        (*record).anon_rss_kb = victim.anon_rss_kb;
-    }
-    entry.submit(wakeup::<OomRecord>());
+fn mark_oom_victim(victim: &PrivKill) -> Done {
+    send(OomRecord {
+        header: header(Kind::OomMark),
+        victim_pid: victim.tid,
+        victim_tgid: victim.tgid,
+        victim_cgroup_id: victim.cgroup_id,
+        victim_start_ns: victim.start_ns,
+        anon_rss_kb: victim.anon_rss_kb,
+        total_vm_kb: victim.total_vm_kb,
+    })
 }

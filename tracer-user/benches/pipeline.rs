@@ -24,7 +24,7 @@ use clawtrace::{
     sys::WallClock,
 };
 use criterion::{criterion_group, Criterion, Throughput};
-use tracer_common::{kind, AttachRecord};
+use tracer_common::{AttachRecord, Kind};
 
 /// Containers in the recorded stream.
 const CONTAINERS: u64 = 2_000;
@@ -54,9 +54,9 @@ fn container(i: u64, start_ns: u64, keep: bool) -> Vec<Record> {
     };
     let agent = format!("agent-{}", i % 16);
     let mut records = vec![
-        cgroup(kind::CGROUP_MKDIR, start_ns, cg, &path),
+        cgroup(Kind::CgroupMkdir, start_ns, cg, &path),
         Record::Attach(AttachRecord {
-            header: header(kind::CGROUP_ATTACH, tick(), RUNTIME_PID, HOST_CGROUP),
+            header: header(Kind::CgroupAttach, tick(), RUNTIME_PID, HOST_CGROUP),
             dst_cgroup_id: cg,
             target_pid: init,
             _reserved: 0,
@@ -85,7 +85,7 @@ fn container(i: u64, start_ns: u64, keep: bool) -> Vec<Record> {
             records.push(exit(tick(), cg, init, 1, 3 << 8));
         }
     }
-    records.push(cgroup(kind::CGROUP_RMDIR, tick(), cg, &path));
+    records.push(cgroup(Kind::CgroupRmdir, tick(), cg, &path));
     records
 }
 
@@ -172,7 +172,7 @@ fn replay_stream(
             }
         }
         for (kind, n) in counts.iter() {
-            worker.records(kind, n);
+            worker.records(kind.name(), n);
         }
         for event in out.events.drain(..) {
             if let Some(printer) = printer.as_deref_mut() {

@@ -570,7 +570,7 @@ pub fn attribute(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tracer_common::{kind, Header};
+    use tracer_common::{Header, Kind};
 
     const CHILD: u32 = 500;
     const CONTAINER_CG: u64 = 77;
@@ -602,7 +602,7 @@ mod tests {
         };
         let exit = ExitRecord {
             header: Header {
-                kind: kind::PROCESS_EXIT,
+                kind: Kind::ProcessExit as u32,
                 _reserved: 0,
                 ts_ns: 10_000_000_000,
                 pid: CHILD,

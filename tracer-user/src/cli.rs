@@ -5,6 +5,7 @@ use std::{path::PathBuf, time::Duration};
 use clap::{Parser, Subcommand};
 
 use crate::{
+    defaults,
     export::{agent::AgentSource, labels::LabelMode},
     output::Format,
 };
@@ -37,7 +38,7 @@ pub enum LabelsCommand {
     Lookup {
         hash: String,
         /// Where the label key and lookup table are kept.
-        #[arg(long, value_name = "DIR", default_value = "/var/lib/clawtrace")]
+        #[arg(long, value_name = "DIR", default_value = defaults::STATE_DIR)]
         state_dir: PathBuf,
     },
 }
@@ -53,14 +54,14 @@ pub struct RunArgs {
     #[arg(long = "container-cgroup-pattern", value_name = "REGEX")]
     pub container_cgroup_pattern: Vec<String>,
     /// runc's state directory: a cgroup named after a container there is a bare runc container.
-    #[arg(long, value_name = "DIR", default_value = "/run/runc")]
+    #[arg(long, value_name = "DIR", default_value = defaults::RUNC_ROOT)]
     pub runc_root: PathBuf,
     /// A container whose init exited this long ago while its cgroup remains is reported as
     /// lingering (e.g. 30s, 1m, 500ms).
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = defaults::LINGER_AFTER, value_parser = parse_duration)]
     pub linger_after: Duration,
     /// Size of the kernel ring buffer in bytes (a power of two, at least 4096).
-    #[arg(long, value_name = "BYTES", default_value_t = 4 << 20, value_parser = parse_ring_size)]
+    #[arg(long, value_name = "BYTES", default_value_t = defaults::RING_BUFFER_BYTES, value_parser = parse_ring_size)]
     pub ring_buffer_size: u32,
 
     /// A host path that must only be bind-mounted read-only into containers; a writable bind of
@@ -84,7 +85,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub trace_mount_syscalls: bool,
     /// How often GPU processes are read through NVML (when libnvidia-ml.so.1 is present).
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = defaults::GPU_POLL, value_parser = parse_duration)]
     pub gpu_poll_interval: Duration,
 
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
@@ -95,20 +96,20 @@ pub struct RunArgs {
     #[arg(long)]
     pub otlp: bool,
     /// How often metrics are pushed over OTLP (OTEL_METRIC_EXPORT_INTERVAL wins when set).
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = defaults::OTLP_INTERVAL, value_parser = parse_duration)]
     pub otlp_interval: Duration,
     /// Container spans waiting for the collector at most; past that they are dropped.
-    #[arg(long, value_name = "N", default_value_t = 4096)]
+    #[arg(long, value_name = "N", default_value_t = defaults::OTLP_MAX_QUEUED_SPANS)]
     pub otlp_max_queued_spans: usize,
 
     /// Append one JSON line per process exit in a container to FILE.
     #[arg(long, value_name = "FILE")]
     pub audit_log: Option<PathBuf>,
     /// Rotate the audit log before it passes this size.
-    #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
+    #[arg(long, value_name = "BYTES", default_value_t = defaults::AUDIT_LOG_MAX_BYTES)]
     pub audit_log_max_bytes: u64,
     /// Rotated audit logs kept (FILE.1 … FILE.N).
-    #[arg(long, value_name = "N", default_value_t = 5)]
+    #[arg(long, value_name = "N", default_value_t = defaults::AUDIT_LOG_KEEP)]
     pub audit_log_keep: usize,
 
     /// Where a container's agent_name comes from, in order.
@@ -116,29 +117,29 @@ pub struct RunArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "docker,oci,env,pattern"
+        default_value = defaults::AGENT_SOURCES
     )]
     pub agent_sources: Vec<AgentSource>,
     /// The Docker label / OCI annotation that holds the agent name.
-    #[arg(long, value_name = "KEY", default_value = "agent_name")]
+    #[arg(long, value_name = "KEY", default_value = defaults::AGENT_LABEL_KEY)]
     pub agent_label_key: String,
     /// The environment variable of a container's init that holds the agent name.
-    #[arg(long, value_name = "NAME", default_value = "AGENT_NAME")]
+    #[arg(long, value_name = "NAME", default_value = defaults::AGENT_ENV_VAR)]
     pub agent_env_var: String,
     /// The Docker Engine API socket (only read).
-    #[arg(long, value_name = "PATH", default_value = "/var/run/docker.sock")]
+    #[arg(long, value_name = "PATH", default_value = defaults::DOCKER_SOCKET)]
     pub docker_socket: PathBuf,
     /// `plain` exports sanitized agent names; `hash` exports keyed hashes (see `labels lookup`).
     #[arg(long, value_enum, default_value = "plain")]
     pub label_mode: LabelMode,
     /// Distinct agent_name values exported at most; the rest become `_overflow`.
-    #[arg(long, value_name = "N", default_value_t = 256)]
+    #[arg(long, value_name = "N", default_value_t = defaults::LABEL_MAX_VALUES)]
     pub label_max_values: usize,
     /// An agent_name with no container for this long is forgotten and its series dropped.
-    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = defaults::LABEL_TTL, value_parser = parse_duration)]
     pub label_ttl: Duration,
     /// Where the label key and lookup table are kept (hash mode).
-    #[arg(long, value_name = "DIR", default_value = "/var/lib/clawtrace")]
+    #[arg(long, value_name = "DIR", default_value = defaults::STATE_DIR)]
     pub state_dir: PathBuf,
 }
 

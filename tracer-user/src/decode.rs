@@ -4,8 +4,8 @@
 use std::mem::size_of;
 
 use tracer_common::{
-    kind, AttachRecord, CgroupRecord, CgroupRmdirRecord, DeviceAccessRecord, ExecEnvRecord,
-    ExecRecord, ExitRecord, Header, MountRecord, OomRecord, SignalRecord,
+    AttachRecord, CgroupRecord, CgroupRmdirRecord, DeviceAccessRecord, ExecEnvRecord, ExecRecord,
+    ExitRecord, Header, Kind, MountRecord, OomRecord, SignalRecord,
 };
 
 /// One decoded record.
@@ -34,32 +34,18 @@ pub enum DecodeError {
     UnknownKind(u32),
 }
 
-/// The names of [`Record::kind_name`], in [`Record::kind_index`] order.
-pub const KIND_NAMES: [&str; 9] = [
-    "cgroup_mkdir",
-    "cgroup_rmdir",
-    "cgroup_attach",
-    "exec",
-    "exit",
-    "signal",
-    "oom_mark",
-    "mount",
-    "device_access",
-];
-
-/// Records counted by kind (`Record::kind_name`): how `clawtrace_events_total` is fed, one
-/// poll at a time.
+/// Records counted by kind: how `clawtrace_events_total{kind}` is fed, one poll at a time.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct KindCounts([u64; KIND_NAMES.len()]);
+pub struct KindCounts([u64; Kind::COUNT]);
 
 impl KindCounts {
     pub fn add(&mut self, record: &Record) {
-        self.0[record.kind_index()] += 1;
+        self.0[record.kind().index()] += 1;
     }
 
-    /// The kinds with records and their counts, in [`KIND_NAMES`] order.
-    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
-        KIND_NAMES
+    /// The kinds with records and their counts, in [`Kind::ALL`] order.
+    pub fn iter(&self) -> impl Iterator<Item = (Kind, u64)> + '_ {
+        Kind::ALL
             .iter()
             .zip(self.0)
             .filter(|&(_, n)| n > 0)
@@ -87,9 +73,9 @@ fn read<T: Copy>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
 /// do not make a whole value are ignored, as after any record.
 fn read_exec(bytes: &[u8]) -> Result<Record, DecodeError> {
     if bytes.len() < size_of::<ExecEnvRecord>() {
-        return Ok(Record::Exec(read(bytes, kind::PROCESS_EXEC)?));
+        return Ok(Record::Exec(read(bytes, Kind::ProcessExec as u32)?));
     }
-    let mut record: ExecEnvRecord = read(bytes, kind::PROCESS_EXEC)?;
+    let mut record: ExecEnvRecord = read(bytes, Kind::ProcessExec as u32)?;
     // Only `value_len` bytes are the value; the kernel leaves the rest of the field as the ring
     // held it, and nothing of that is kept.
     let len = (record.env.value_len as usize).min(record.env.value.len());
@@ -107,17 +93,19 @@ impl Record {
         }
         let header: Header = read(bytes, 0)?;
         let k = header.kind;
-        Ok(match k {
-            kind::CGROUP_MKDIR => Record::CgroupMkdir(read(bytes, k)?),
-            kind::CGROUP_RMDIR => Record::CgroupRmdir(read(bytes, k)?),
-            kind::CGROUP_ATTACH => Record::Attach(read(bytes, k)?),
-            kind::PROCESS_EXEC => read_exec(bytes)?,
-            kind::PROCESS_EXIT => Record::Exit(read(bytes, k)?),
-            kind::SIGNAL => Record::Signal(read(bytes, k)?),
-            kind::OOM_MARK => Record::Oom(read(bytes, k)?),
-            kind::MOUNT => Record::Mount(read(bytes, k)?),
-            kind::DEVICE_ACCESS => Record::DeviceAccess(read(bytes, k)?),
-            other => return Err(DecodeError::UnknownKind(other)),
+        let Some(kind) = Kind::from_wire(k) else {
+            return Err(DecodeError::UnknownKind(k));
+        };
+        Ok(match kind {
+            Kind::CgroupMkdir => Record::CgroupMkdir(read(bytes, k)?),
+            Kind::CgroupRmdir => Record::CgroupRmdir(read(bytes, k)?),
+            Kind::CgroupAttach => Record::Attach(read(bytes, k)?),
+            Kind::ProcessExec => read_exec(bytes)?,
+            Kind::ProcessExit => Record::Exit(read(bytes, k)?),
+            Kind::Signal => Record::Signal(read(bytes, k)?),
+            Kind::OomMark => Record::Oom(read(bytes, k)?),
+            Kind::Mount => Record::Mount(read(bytes, k)?),
+            Kind::DeviceAccess => Record::DeviceAccess(read(bytes, k)?),
         })
     }
 
@@ -145,23 +133,18 @@ impl Record {
         }
     }
 
-    /// Short name of the record's kind, as metrics and logs show it.
-    pub fn kind_name(&self) -> &'static str {
-        KIND_NAMES[self.kind_index()]
-    }
-
-    /// Where the record's kind is in [`KIND_NAMES`].
-    pub fn kind_index(&self) -> usize {
+    /// The record's kind.
+    pub fn kind(&self) -> Kind {
         match self {
-            Record::CgroupMkdir(_) => 0,
-            Record::CgroupRmdir(_) => 1,
-            Record::Attach(_) => 2,
-            Record::Exec(_) | Record::ExecEnv(_) => 3,
-            Record::Exit(_) => 4,
-            Record::Signal(_) => 5,
-            Record::Oom(_) => 6,
-            Record::Mount(_) => 7,
-            Record::DeviceAccess(_) => 8,
+            Record::CgroupMkdir(_) => Kind::CgroupMkdir,
+            Record::CgroupRmdir(_) => Kind::CgroupRmdir,
+            Record::Attach(_) => Kind::CgroupAttach,
+            Record::Exec(_) | Record::ExecEnv(_) => Kind::ProcessExec,
+            Record::Exit(_) => Kind::ProcessExit,
+            Record::Signal(_) => Kind::Signal,
+            Record::Oom(_) => Kind::OomMark,
+            Record::Mount(_) => Kind::Mount,
+            Record::DeviceAccess(_) => Kind::DeviceAccess,
         }
     }
 
@@ -209,9 +192,9 @@ mod tests {
         FILENAME_LEN, MOUNT_PATH_LEN, MOUNT_TYPE_LEN,
     };
 
-    fn head(kind: u32) -> Header {
+    fn head(kind: Kind) -> Header {
         Header {
-            kind,
+            kind: kind as u32,
             _reserved: 0,
             ts_ns: 123_456_789,
             pid: 42,
@@ -239,22 +222,22 @@ mod tests {
         let mut filename = [0u8; FILENAME_LEN];
         filename[..8].copy_from_slice(b"/bin/sh\0");
         vec![
-            Record::CgroupMkdir(cg(kind::CGROUP_MKDIR)),
+            Record::CgroupMkdir(cg(Kind::CgroupMkdir)),
             Record::CgroupRmdir(CgroupRmdirRecord {
-                header: head(kind::CGROUP_RMDIR),
+                header: head(Kind::CgroupRmdir),
                 id: 99,
                 level: 2,
                 _reserved: 0,
             }),
             Record::Attach(AttachRecord {
-                header: head(kind::CGROUP_ATTACH),
+                header: head(Kind::CgroupAttach),
                 dst_cgroup_id: 99,
                 target_pid: 50,
                 _reserved: 0,
                 target_comm: comm("sleep"),
             }),
             Record::Exec(ExecRecord {
-                header: head(kind::PROCESS_EXEC),
+                header: head(Kind::ProcessExec),
                 old_pid: 42,
                 filename_len: 7,
                 ns_pid: 1,
@@ -265,7 +248,7 @@ mod tests {
                 filename,
             }),
             Record::Exit(ExitRecord {
-                header: head(kind::PROCESS_EXIT),
+                header: head(Kind::ProcessExit),
                 exit_status: 9,
                 _reserved: 0,
                 parent_tgid: 40,
@@ -274,7 +257,7 @@ mod tests {
                 comm: comm("sleep"),
             }),
             Record::Signal(SignalRecord {
-                header: head(kind::SIGNAL),
+                header: head(Kind::Signal),
                 target_pid: 50,
                 target_tgid: 50,
                 target_cgroup_id: 99,
@@ -299,7 +282,7 @@ mod tests {
                 },
             }),
             Record::Oom(OomRecord {
-                header: head(kind::OOM_MARK),
+                header: head(Kind::OomMark),
                 victim_pid: 50,
                 victim_tgid: 50,
                 victim_cgroup_id: 99,
@@ -308,7 +291,7 @@ mod tests {
                 total_vm_kb: 4096,
             }),
             Record::Mount(MountRecord {
-                header: head(kind::MOUNT),
+                header: head(Kind::Mount),
                 call: mount_call::MOUNT,
                 _reserved: 0,
                 ret: 0,
@@ -324,7 +307,7 @@ mod tests {
                 fstype: [0; MOUNT_TYPE_LEN],
             }),
             Record::DeviceAccess(DeviceAccessRecord {
-                header: head(kind::DEVICE_ACCESS),
+                header: head(Kind::DeviceAccess),
                 access_type: tracer_common::device_access::CHAR
                     | (tracer_common::device_access::READ | tracer_common::device_access::WRITE)
                         << 16,
@@ -335,7 +318,7 @@ mod tests {
             }),
             Record::ExecEnv(ExecEnvRecord {
                 exec: ExecRecord {
-                    header: head(kind::PROCESS_EXEC),
+                    header: head(Kind::ProcessExec),
                     old_pid: 42,
                     filename_len: 7,
                     ns_pid: 1,
@@ -373,8 +356,8 @@ mod tests {
         for record in samples {
             let bytes = record.to_bytes();
             let back = Record::decode(&bytes).expect("decode");
-            assert_eq!(back.to_bytes(), bytes, "{}", record.kind_name());
-            assert_eq!(back.kind_name(), record.kind_name());
+            assert_eq!(back.to_bytes(), bytes, "{}", record.kind().name());
+            assert_eq!(back.kind().name(), record.kind().name());
         }
     }
 
@@ -411,7 +394,7 @@ mod tests {
         };
         assert_eq!(sized_str(&back.env.value, back.env.value_len), "nemo_claw");
         assert!(back.env.value[9..].iter().all(|&b| b == 0), "tail kept");
-        assert_eq!(back.exec.header.kind, kind::PROCESS_EXEC);
+        assert_eq!(back.exec.header.kind, Kind::ProcessExec as u32);
         assert_eq!(
             sized_str(&back.exec.filename, back.exec.filename_len),
             "/bin/sh"
@@ -447,7 +430,7 @@ mod tests {
             assert!(
                 matches!(Record::decode(cut), Err(DecodeError::Short { got, need, .. }) if got + 1 == need),
                 "{}",
-                record.kind_name()
+                record.kind().name()
             );
         }
         let mut unknown = samples()[0].to_bytes();
@@ -469,44 +452,31 @@ mod tests {
     #[test]
     fn counts_records_by_kind() {
         let samples = samples();
-        // Three more execs and one more signal than the samples hold once each.
+        // The samples hold one record of each kind, and two execs (bare, and with the agent
+        // variable); three more execs and one more signal.
         let mut records = samples.clone();
-        for record in &samples {
-            let extra = match record.kind_name() {
-                "exec" => 3,
-                "signal" => 1,
-                _ => 0,
-            };
-            for _ in 0..extra {
-                records.push(*record);
-            }
-        }
-        let mut expected: Vec<(&str, u64)> = Vec::new();
-        for record in &records {
-            match expected.iter_mut().find(|(k, _)| *k == record.kind_name()) {
-                Some((_, n)) => *n += 1,
-                None => expected.push((record.kind_name(), 1)),
-            }
-        }
+        let exec = samples.iter().find(|r| matches!(r, Record::Exec(_)));
+        let signal = samples.iter().find(|r| matches!(r, Record::Signal(_)));
+        records.extend([exec, exec, exec, signal].into_iter().flatten().copied());
         let mut counts = KindCounts::default();
         for record in &records {
             counts.add(record);
         }
-        let mut counted: Vec<(&str, u64)> = counts.iter().collect();
+        let mut counted: Vec<(&str, u64)> = counts.iter().map(|(k, n)| (k.name(), n)).collect();
         counted.sort();
+        let mut expected = vec![
+            ("cgroup_attach", 1),
+            ("cgroup_mkdir", 1),
+            ("cgroup_rmdir", 1),
+            ("device_access", 1),
+            ("exec", 5),
+            ("exit", 1),
+            ("mount", 1),
+            ("oom_mark", 1),
+            ("signal", 2),
+        ];
         expected.sort();
         assert_eq!(counted, expected);
-        assert_eq!(
-            counted.iter().map(|(_, n)| n).sum::<u64>(),
-            records.len() as u64
-        );
         assert!(KindCounts::default().iter().next().is_none());
-        for (i, name) in KIND_NAMES.iter().enumerate() {
-            assert_eq!(
-                KIND_NAMES.iter().position(|n| n == name),
-                Some(i),
-                "{name} twice"
-            );
-        }
     }
 }

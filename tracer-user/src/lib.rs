@@ -18,6 +18,7 @@ pub mod check;
 pub mod cli;
 pub mod containers;
 pub mod decode;
+pub mod defaults;
 pub mod devices;
 pub mod export;
 pub mod features;

@@ -15,7 +15,7 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
 };
 use tracer_common::{
-    cgroup_state, probe, untracked, DeviceRange, EnvKey, DEVICE_RANGES, ENV_KEY_LEN,
+    cgroup_state, object, DeviceRange, EnvKey, Kind, Miss, DEVICE_RANGES, ENV_KEY_LEN,
 };
 
 use crate::{
@@ -59,8 +59,8 @@ impl TracerConfig {
 impl Default for TracerConfig {
     fn default() -> Self {
         TracerConfig {
-            ring_buffer_bytes: 4 << 20,
-            init_env_var: Some("AGENT_NAME".to_string()),
+            ring_buffer_bytes: crate::defaults::RING_BUFFER_BYTES,
+            init_env_var: Some(crate::defaults::AGENT_ENV_VAR.to_string()),
             devices: crate::devices::default_gpu_devices(),
             trace_mount_syscalls: false,
             trace_devices: true,
@@ -87,14 +87,23 @@ fn verified_insns(
     info.ok()?.verified_instruction_count()
 }
 
+/// What the probes missed, per [`Kind`] (its index) and [`Miss`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Missed(pub [[u64; Miss::COUNT]; Kind::COUNT]);
+
+impl Missed {
+    pub fn get(&self, kind: Kind, miss: Miss) -> u64 {
+        self.0[kind.index()][miss as usize]
+    }
+}
+
 /// The loaded and attached programs with the maps user space talks to. Dropping it detaches
 /// every program.
 pub struct Tracer {
     ring: RingBuf<MapData>,
     cgroups: HashMap<MapData, u64, u32>,
     features: KernelFeatures,
-    lost: PerCpuArray<MapData, u64>,
-    untracked: PerCpuArray<MapData, u64>,
+    missed: PerCpuArray<MapData, u64>,
     decode_errors: u64,
     attached: usize,
     /// Per program, the instructions the verifier walked to accept it (None: not reported).
@@ -146,14 +155,14 @@ impl Tracer {
             }
         }
         let mut ebpf = loader
-            .override_global(tracer_common::KERNEL_FEATURES, &bits, true)
-            .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
-            .map_max_entries("EVENTS", size)
+            .override_global(object::KERNEL_FEATURES, &bits, true)
+            .override_global(object::WAKEUP_BYTES, &wakeup_bytes, true)
+            .map_max_entries(object::EVENTS, size)
             .load(EBPF_OBJECT)
             .context("loading the eBPF programs into the kernel")?;
         if let Some(key) = env_key {
             let mut map: Array<_, EnvKey> = Array::try_from(
-                ebpf.map_mut("ENV_KEY")
+                ebpf.map_mut(object::ENV_KEY)
                     .context("map ENV_KEY missing from the eBPF object")?,
             )?;
             map.set(0, key, 0)
@@ -161,7 +170,7 @@ impl Tracer {
         }
         {
             let mut map: Array<_, DeviceRange> = Array::try_from(
-                ebpf.map_mut("DEVICE_RANGE")
+                ebpf.map_mut(object::DEVICE_RANGE)
                     .context("map DEVICE_RANGE missing from the eBPF object")?,
             )?;
             for (i, range) in config.devices.iter().enumerate() {
@@ -214,16 +223,14 @@ impl Tracer {
             }
         }
 
-        let ring = RingBuf::try_from(take(&mut ebpf, "EVENTS")?)?;
-        let cgroups = HashMap::try_from(take(&mut ebpf, "CGROUPS")?)?;
-        let lost = PerCpuArray::try_from(take(&mut ebpf, "LOST")?)?;
-        let untracked = PerCpuArray::try_from(take(&mut ebpf, "UNTRACKED")?)?;
+        let ring = RingBuf::try_from(take(&mut ebpf, object::EVENTS)?)?;
+        let cgroups = HashMap::try_from(take(&mut ebpf, object::CGROUPS)?)?;
+        let missed = PerCpuArray::try_from(take(&mut ebpf, object::MISSED)?)?;
         Ok(Tracer {
             ring,
             cgroups,
             features: found,
-            lost,
-            untracked,
+            missed,
             decode_errors: 0,
             attached,
             verified,
@@ -305,19 +312,16 @@ impl Tracer {
         self.decode_errors
     }
 
-    /// Records each probe could not write because the ring buffer was full, summed over CPUs,
-    /// indexed by [`tracer_common::probe`].
-    pub fn lost_records(&self) -> Result<[u64; probe::COUNT as usize]> {
-        let mut counts = [0u64; probe::COUNT as usize];
-        for (i, count) in counts.iter_mut().enumerate() {
-            *count = self.lost.get(&(i as u32), 0)?.iter().sum();
+    /// What each probe missed since start, summed over CPUs.
+    pub fn missed(&self) -> Result<Missed> {
+        let mut missed = Missed::default();
+        for kind in Kind::ALL {
+            for miss in Miss::ALL {
+                missed.0[kind.index()][miss as usize] =
+                    self.missed.get(&miss.slot(kind), 0)?.iter().sum();
+            }
         }
-        Ok(counts)
-    }
-
-    /// cgroups that could not be followed because the kernel's table was full.
-    pub fn untracked_cgroups(&self) -> Result<u64> {
-        Ok(self.untracked.get(&untracked::CGROUP, 0)?.iter().sum())
+        Ok(missed)
     }
 
     /// Follows the processes of cgroup `id` (a container found by scanning, or one of its
@@ -336,7 +340,7 @@ impl Tracer {
 }
 
 /// The cgroup device program's name in the eBPF object.
-pub const DEVICE_PROGRAM: &str = "device_access";
+pub const DEVICE_PROGRAM: &str = object::DEVICE_PROGRAM;
 
 /// Loads the device program and attaches it at the cgroup v2 root, beside any other device
 /// programs: every cgroup's effective device programs then include it, after their own. The
@@ -372,5 +376,39 @@ fn take(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
 fn log_decode_error(err: &DecodeError, nth: u64) {
     if nth <= 5 || nth.is_multiple_of(1000) {
         log::warn!("undecodable record ({nth} so far): {err}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ::object::{Object as _, ObjectSymbol as _};
+
+    use super::*;
+
+    /// Every name the loader looks up in the embedded object (maps, globals, programs) is
+    /// there: a renamed static in tracer-ebpf fails here, not at load time on a user's node.
+    #[test]
+    fn the_embedded_object_has_every_name_the_loader_uses() {
+        let elf = ::object::File::parse(EBPF_OBJECT).expect("the embedded eBPF object parses");
+        let symbols: std::collections::HashSet<&str> =
+            elf.symbols().filter_map(|s| s.name().ok()).collect();
+        let globals = tracer_common::BTF_FIELDS.iter().map(|f| f.global).chain([
+            tracer_common::MM_ANON_RSS,
+            tracer_common::PAGE_KB_SHIFT,
+            tracer_common::UPID_SHIFT,
+        ]);
+        let programs = HOOKS.iter().map(|h| h.program).chain([DEVICE_PROGRAM]);
+        let wanted: Vec<&str> = object::MAPS
+            .iter()
+            .chain(object::GLOBALS)
+            .copied()
+            .chain(globals)
+            .chain(programs)
+            .chain(tracer_common::FALLBACK_MAPS.iter().map(|(name, _)| *name))
+            .collect();
+        let missing: Vec<&&str> = wanted.iter().filter(|n| !symbols.contains(**n)).collect();
+        assert!(missing.is_empty(), "not in the eBPF object: {missing:?}");
+        // And the check can fail: a name that is not there is not found.
+        assert!(!symbols.contains("NO_SUCH_MAP"));
     }
 }

@@ -86,7 +86,7 @@ fn main() -> ExitCode {
             let out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
             match run::run(&options, &stop, out) {
                 Ok(summary) => {
-                    let lost: u64 = summary.lost.iter().sum();
+                    let lost = summary.records_lost();
                     log::info!(
                         "stopped: {} events, {lost} records lost, {} undecodable",
                         summary.events,

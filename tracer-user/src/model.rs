@@ -1326,7 +1326,7 @@ mod tests {
     use super::*;
     use crate::containers::Recognizer;
     use crate::replay::{attach, cgroup, exec, exit as exit_of_child, origin, sent, signal};
-    use tracer_common::kind;
+    use tracer_common::Kind;
 
     const HOST_CG: u64 = crate::replay::HOST_CGROUP;
     const RUNTIME: u32 = crate::replay::RUNTIME_PID;
@@ -1376,7 +1376,7 @@ mod tests {
         let path = format!("/docker/{}", id64('c'));
         let mut m = model();
         let mut records = vec![
-            cgroup(kind::CGROUP_MKDIR, SECOND, 100, &path),
+            cgroup(Kind::CgroupMkdir, SECOND, 100, &path),
             named(exec(SECOND + 10, 100, 500, "/init"), init),
         ];
         if oom {
@@ -1386,7 +1386,7 @@ mod tests {
         records.extend([
             exit_of_child(2 * SECOND, 100, 501, 500, child_status),
             named(exit_of_child(3 * SECOND, 100, 500, 1, init_status), init),
-            cgroup(kind::CGROUP_RMDIR, 4 * SECOND, 100, &path),
+            cgroup(Kind::CgroupRmdir, 4 * SECOND, 100, &path),
         ]);
         let out = replay(&mut m, &records);
         let d = events(&out)
@@ -1508,11 +1508,11 @@ mod tests {
             let out = replay(
                 &mut m,
                 &[
-                    cgroup(kind::CGROUP_MKDIR, SECOND, 100, &path),
+                    cgroup(Kind::CgroupMkdir, SECOND, 100, &path),
                     exec(SECOND + 10, 100, pid, "/bin/agent"),
                     sent(&send, pid, 100),
                     exit(t + 10, 100, pid, status),
-                    cgroup(kind::CGROUP_RMDIR, 3 * SECOND, 100, &path),
+                    cgroup(Kind::CgroupRmdir, 3 * SECOND, 100, &path),
                 ],
             );
             let ev = events(&out);
@@ -1551,14 +1551,14 @@ mod tests {
         let out = replay(
             &mut m,
             &[
-                cgroup(kind::CGROUP_MKDIR, SECOND, 100, &path),
+                cgroup(Kind::CgroupMkdir, SECOND, 100, &path),
                 exec(SECOND + 10, 100, init, "/bin/agent"),
                 exec(SECOND + 20, 100, child, "/bin/worker"),
                 sent(&kill, init, 100),
                 exit(t + 10, 100, init, 9),
                 sent(&zap, child, 100),
                 exit_of_child(t + 20, 100, child, init, 9),
-                cgroup(kind::CGROUP_RMDIR, 3 * SECOND, 100, &path),
+                cgroup(Kind::CgroupRmdir, 3 * SECOND, 100, &path),
             ],
         );
         let ev = events(&out);
@@ -1593,7 +1593,7 @@ mod tests {
         let out = replay(
             &mut m,
             &[
-                cgroup(kind::CGROUP_MKDIR, SECOND, 100, &path),
+                cgroup(Kind::CgroupMkdir, SECOND, 100, &path),
                 // A helper execs in the cgroup first, in the host's pid namespace…
                 exec_in_ns(SECOND + 10, 100, helper, "/usr/bin/conmon", helper, 0),
                 // …then pid 1 of the container's own namespace, and a child of the helper.
@@ -1601,7 +1601,7 @@ mod tests {
                 exit_in_ns(SECOND + 25, 100, child, helper, 0, 0),
                 exit_in_ns(2 * SECOND, 100, payload, helper, 3 << 8, 1),
                 exit_in_ns(2 * SECOND + 5, 100, helper, 1, 0, 0),
-                cgroup(kind::CGROUP_RMDIR, 3 * SECOND, 100, &path),
+                cgroup(Kind::CgroupRmdir, 3 * SECOND, 100, &path),
             ],
         );
         let exits: Vec<&ProcessExit> = events(&out)
@@ -1644,7 +1644,7 @@ mod tests {
         let out = replay(
             &mut m,
             &[
-                cgroup(kind::CGROUP_MKDIR, SECOND, 100, &path),
+                cgroup(Kind::CgroupMkdir, SECOND, 100, &path),
                 attach(SECOND + 5, 100, parent),
                 named(exec(SECOND + 10, 100, parent, "/dev/fd/6"), "runc"),
                 named(
@@ -1659,7 +1659,7 @@ mod tests {
                 // A child of the payload that exits before it, named as its parent.
                 named(exit_in_ns(SECOND + 40, 100, sibling, init, 0, 1), "sh"),
                 named(exit_in_ns(2 * SECOND, 100, init, RUNTIME, 3 << 8, 1), "sh"),
-                cgroup(kind::CGROUP_RMDIR, 3 * SECOND, 100, &path),
+                cgroup(Kind::CgroupRmdir, 3 * SECOND, 100, &path),
             ],
         );
         let ev = events(&out);
@@ -1700,13 +1700,13 @@ mod tests {
         let out = replay(
             &mut m,
             &[
-                cgroup(kind::CGROUP_MKDIR, SECOND, 100, &path),
+                cgroup(Kind::CgroupMkdir, SECOND, 100, &path),
                 attach(SECOND + 1000, 100, 500),
                 exec(SECOND + 250_000_000, 100, 500, "/usr/bin/agent"),
                 signal(5 * SECOND, RUNTIME, HOST_CG, 500, 100, 15, 0),
                 signal(15 * SECOND, RUNTIME, HOST_CG, 500, 100, 9, 0),
                 exit(15 * SECOND + 1000, 100, 500, 9),
-                cgroup(kind::CGROUP_RMDIR, 16 * SECOND, 100, &path),
+                cgroup(Kind::CgroupRmdir, 16 * SECOND, 100, &path),
             ],
         );
         let ev = events(&out);
@@ -1761,14 +1761,14 @@ mod tests {
         let out = replay(
             &mut m,
             &[
-                cgroup(kind::CGROUP_MKDIR, SECOND, 900, path),
+                cgroup(Kind::CgroupMkdir, SECOND, 900, path),
                 attach(SECOND, 900, 910),
                 exit_of_child(2 * SECOND, 900, 911, 910, 0),
                 exec(2 * SECOND, 900, 912, "/bin/sleep"),
                 exit_of_child(2 * SECOND, 900, 910, RUNTIME, 0),
                 sent(&origin(3 * SECOND, RUNTIME, HOST_CG, 9, 0), 912, 900),
                 exit_of_child(3 * SECOND, 900, 912, 911, 9),
-                cgroup(kind::CGROUP_RMDIR, 4 * SECOND, 900, path),
+                cgroup(Kind::CgroupRmdir, 4 * SECOND, 900, path),
             ],
         );
         let ev = events(&out);
@@ -1793,11 +1793,11 @@ mod tests {
         let out = replay(
             &mut m,
             &[
-                cgroup(kind::CGROUP_MKDIR, SECOND, 7, "/system.slice/cron.service"),
+                cgroup(Kind::CgroupMkdir, SECOND, 7, "/system.slice/cron.service"),
                 exec(2 * SECOND, 7, 70, "/usr/sbin/cron"),
                 exit(3 * SECOND, 7, 70, 0),
                 cgroup(
-                    kind::CGROUP_RMDIR,
+                    Kind::CgroupRmdir,
                     4 * SECOND,
                     7,
                     "/system.slice/cron.service",
@@ -1816,15 +1816,15 @@ mod tests {
         let out = replay(
             &mut m,
             &[
-                cgroup(kind::CGROUP_MKDIR, SECOND, 200, &path),
-                cgroup(kind::CGROUP_MKDIR, SECOND, 201, &format!("{path}/workers")),
+                cgroup(Kind::CgroupMkdir, SECOND, 200, &path),
+                cgroup(Kind::CgroupMkdir, SECOND, 201, &format!("{path}/workers")),
                 exec(2 * SECOND, 200, 600, "/sbin/init"),
                 exec(3 * SECOND, 201, 601, "/usr/bin/worker"),
                 // The init kills the worker in the sub-cgroup.
                 sent(&origin(4 * SECOND, 600, 200, 9, 0), 601, 201),
                 exit(4 * SECOND, 201, 601, 9),
                 cgroup(
-                    kind::CGROUP_RMDIR,
+                    Kind::CgroupRmdir,
                     5 * SECOND,
                     201,
                     &format!("{path}/workers"),
@@ -1869,7 +1869,7 @@ mod tests {
             let out = replay(
                 &mut m,
                 &[
-                    cgroup(kind::CGROUP_MKDIR, SECOND, 100, &path),
+                    cgroup(Kind::CgroupMkdir, SECOND, 100, &path),
                     exec(SECOND + 10, 100, 500, "/bin/agent"),
                     with_start(signal(2 * SECOND, RUNTIME, HOST_CG, 500, 100, 9, 0), SECOND),
                     with_start(exit(2 * SECOND + 10, 100, 500, 9), exit_start),
@@ -1909,7 +1909,7 @@ mod tests {
     fn duplicate_creation_is_reported_once() {
         let mut m = model();
         let path = format!("/docker/{}", id64('c'));
-        let mkdir = cgroup(kind::CGROUP_MKDIR, SECOND, 300, &path);
+        let mkdir = cgroup(Kind::CgroupMkdir, SECOND, 300, &path);
         let out = replay(&mut m, &[mkdir, mkdir]);
         assert_eq!(out.events.len(), 1);
     }
@@ -1921,7 +1921,7 @@ mod tests {
         let mut out = replay(
             &mut m,
             &[
-                cgroup(kind::CGROUP_MKDIR, SECOND, 400, &path),
+                cgroup(Kind::CgroupMkdir, SECOND, 400, &path),
                 exec(2 * SECOND, 400, 700, "/bin/sh"),
                 exec(3 * SECOND, 400, 701, "/bin/sleep"),
                 exit(4 * SECOND, 400, 700, 0),
@@ -1945,7 +1945,7 @@ mod tests {
         assert_eq!(lingering[0].init_exited_seconds_ago, 30.0);
         let out = replay(
             &mut m,
-            &[cgroup(kind::CGROUP_RMDIR, 50 * SECOND, 400, &path)],
+            &[cgroup(Kind::CgroupRmdir, 50 * SECOND, 400, &path)],
         );
         let Event::ContainerDelete(d) = &out.events[0].event else {
             panic!()
@@ -1977,7 +1977,7 @@ mod tests {
             &[
                 exit(2 * SECOND, 501, 801, 3 << 8),
                 exit(3 * SECOND, 500, 800, 0),
-                cgroup(kind::CGROUP_RMDIR, 4 * SECOND, 500, &path),
+                cgroup(Kind::CgroupRmdir, 4 * SECOND, 500, &path),
             ],
         );
         let Event::ContainerCreate(c) = &out.events[0].event else {

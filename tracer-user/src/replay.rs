@@ -2,9 +2,9 @@
 //! the model's tests, the pipeline benchmark and the fuzz targets build their streams here.
 
 use tracer_common::{
-    kind, Ancestor, AttachRecord, CgroupRecord, CgroupRmdirRecord, EnvValue, ExecEnvRecord,
-    ExecRecord, ExitRecord, Header, OomRecord, SignalRecord, ANCESTRY_LEN, CGROUP_PATH_LEN,
-    COMM_LEN, ENV_VALUE_LEN, FILENAME_LEN,
+    Ancestor, AttachRecord, CgroupRecord, CgroupRmdirRecord, EnvValue, ExecEnvRecord, ExecRecord,
+    ExitRecord, Header, Kind, OomRecord, SignalRecord, ANCESTRY_LEN, CGROUP_PATH_LEN, COMM_LEN,
+    ENV_VALUE_LEN, FILENAME_LEN,
 };
 
 use crate::{attribution::SignalOrigin, decode::Record};
@@ -14,9 +14,9 @@ pub const RUNTIME_PID: u32 = 4000;
 /// The host's cgroup (the v2 root) in made-up streams.
 pub const HOST_CGROUP: u64 = 1;
 
-pub fn header(kind: u32, ts_ns: u64, pid: u32, cgroup_id: u64) -> Header {
+pub fn header(kind: Kind, ts_ns: u64, pid: u32, cgroup_id: u64) -> Header {
     Header {
-        kind,
+        kind: kind as u32,
         _reserved: 0,
         ts_ns,
         pid,
@@ -33,10 +33,10 @@ pub fn comm(name: &str) -> [u8; COMM_LEN] {
     c
 }
 
-/// A mkdir (`kind::CGROUP_MKDIR`) or rmdir of cgroup `id` at `path`, made by the runtime.
-pub fn cgroup(record_kind: u32, ts_ns: u64, id: u64, path: &str) -> Record {
+/// A mkdir (`Kind::CgroupMkdir`) or rmdir of cgroup `id` at `path`, made by the runtime.
+pub fn cgroup(record_kind: Kind, ts_ns: u64, id: u64, path: &str) -> Record {
     let level = path.matches('/').count() as u32;
-    if record_kind != kind::CGROUP_MKDIR {
+    if record_kind != Kind::CgroupMkdir {
         return Record::CgroupRmdir(CgroupRmdirRecord {
             header: header(record_kind, ts_ns, RUNTIME_PID, HOST_CGROUP),
             id,
@@ -59,7 +59,7 @@ pub fn cgroup(record_kind: u32, ts_ns: u64, id: u64, path: &str) -> Record {
 /// The runtime moving `pid` into cgroup `cgroup_id`.
 pub fn attach(ts_ns: u64, cgroup_id: u64, pid: u32) -> Record {
     Record::Attach(AttachRecord {
-        header: header(kind::CGROUP_ATTACH, ts_ns, RUNTIME_PID, HOST_CGROUP),
+        header: header(Kind::CgroupAttach, ts_ns, RUNTIME_PID, HOST_CGROUP),
         dst_cgroup_id: cgroup_id,
         target_pid: pid,
         _reserved: 0,
@@ -123,7 +123,7 @@ fn exec_record(ts_ns: u64, cgroup_id: u64, pid: u32, file: &str) -> ExecRecord {
     let n = file.len().min(FILENAME_LEN);
     filename[..n].copy_from_slice(&file.as_bytes()[..n]);
     ExecRecord {
-        header: header(kind::PROCESS_EXEC, ts_ns, pid, cgroup_id),
+        header: header(Kind::ProcessExec, ts_ns, pid, cgroup_id),
         old_pid: pid,
         filename_len: n as u32,
         // In the host's pid namespace, as a container that shares it.
@@ -160,7 +160,7 @@ pub fn signal(
     code: i32,
 ) -> Record {
     Record::Signal(SignalRecord {
-        header: header(kind::SIGNAL, ts_ns, from, from_cgroup),
+        header: header(Kind::Signal, ts_ns, from, from_cgroup),
         target_pid: to,
         target_tgid: to,
         target_cgroup_id: to_cgroup,
@@ -228,7 +228,7 @@ pub fn sent(send: &SignalOrigin, to: u32, to_cgroup: u64) -> Record {
 /// The OOM killer (run by `killer`) choosing process `victim` in cgroup `cgroup_id`.
 pub fn oom(ts_ns: u64, killer: u32, victim: u32, cgroup_id: u64) -> Record {
     Record::Oom(OomRecord {
-        header: header(kind::OOM_MARK, ts_ns, killer, HOST_CGROUP),
+        header: header(Kind::OomMark, ts_ns, killer, HOST_CGROUP),
         victim_pid: victim,
         victim_tgid: victim,
         victim_cgroup_id: cgroup_id,
@@ -241,7 +241,7 @@ pub fn oom(ts_ns: u64, killer: u32, victim: u32, cgroup_id: u64) -> Record {
 /// Process `pid` (child of `parent`) ending with wait status `status` in cgroup `cgroup_id`.
 pub fn exit(ts_ns: u64, cgroup_id: u64, pid: u32, parent: u32, status: u32) -> Record {
     Record::Exit(ExitRecord {
-        header: header(kind::PROCESS_EXIT, ts_ns, pid, cgroup_id),
+        header: header(Kind::ProcessExit, ts_ns, pid, cgroup_id),
         exit_status: status,
         _reserved: 0,
         parent_tgid: parent,
@@ -249,4 +249,81 @@ pub fn exit(ts_ns: u64, cgroup_id: u64, pid: u32, parent: u32, status: u32) -> R
         start_ns: 0,
         comm: comm("agent"),
     })
+}
+
+/// One round of a made-up workload's metrics: every metric of
+/// [`crate::export::metrics::METRICS`] gets series with all its labels, counters grow by the
+/// same amount each round, and histograms get observations across their buckets. For tests
+/// that need a realistic exposition (the dashboard's queries against a real Prometheus).
+pub fn metrics_round(m: &crate::export::metrics::Metrics) {
+    use crate::export::metrics::{sink, AgentName};
+    let (nemo, openclaw): (AgentName, AgentName) = ("nemo".into(), "openclaw".into());
+    m.declare(&Kind::ALL.map(Kind::probe), sink::ALL);
+    for agent in [&nemo, &nemo, &nemo, &openclaw, &openclaw] {
+        m.container_created(agent);
+    }
+    for (seconds, agent) in [
+        (0.005, &nemo),
+        (0.02, &nemo),
+        (0.3, &openclaw),
+        (2.0, &openclaw),
+    ] {
+        m.start_duration(agent, seconds);
+    }
+    m.container_lingering(&nemo);
+    m.container_deleted(&nemo, 12.0, Some("exited"), Some(0), false);
+    m.container_deleted(&nemo, 0.5, Some("oom_kill"), Some(137), false);
+    m.container_deleted(&openclaw, 90.0, Some("crash"), Some(139), false);
+    m.container_deleted(&openclaw, 3600.0, None, None, false);
+    for (agent, cause, signal, code) in [
+        (&nemo, "exited", "none", 0),
+        (&nemo, "failed", "none", 3),
+        (&nemo, "oom_kill", "SIGKILL", 137),
+        (&openclaw, "orchestrator_kill", "SIGKILL", 137),
+        (&openclaw, "crash", "SIGSEGV", 139),
+    ] {
+        m.process_exit(agent, cause, signal.into(), code);
+    }
+    for (agent, signal, sender) in [
+        (&nemo, "SIGTERM", "outside"),
+        (&nemo, "SIGKILL", "kernel"),
+        (&openclaw, "SIGKILL", "peer"),
+        (&openclaw, "SIGSEGV", "self"),
+    ] {
+        m.signal(agent, signal.into(), sender);
+    }
+    for (kind, n) in [
+        (Kind::CgroupMkdir, 3),
+        (Kind::ProcessExec, 7),
+        (Kind::Signal, 5),
+    ] {
+        m.events(kind.name(), n);
+    }
+    m.label_overflow(0);
+    m.spans_dropped(0);
+    for (agent, writable, seconds) in [
+        (&nemo, true, 0.00005),
+        (&nemo, true, 0.0005),
+        (&nemo, false, 0.002),
+        (&openclaw, true, 0.00002),
+    ] {
+        m.mount(agent, writable, seconds);
+    }
+    m.volume_violation(&nemo, "shared_writable", true);
+    m.volume_violation(&openclaw, "read_only_volume_writable", true);
+    m.volume_violation(&openclaw, "read_only_volume_writable", false);
+    m.gpu_users("nvidia0", 2, 1);
+    m.gpu_users("nvidia1", 1, 1);
+    m.gpu_sharing(&nemo);
+    m.gpu_memory(
+        &[
+            (("nemo".to_string(), 0, "GPU-0b1c".to_string()), 2u64 << 30),
+            (
+                ("openclaw".to_string(), 1, "GPU-7e2d".to_string()),
+                512 << 20,
+            ),
+        ]
+        .into_iter()
+        .collect(),
+    );
 }

@@ -12,11 +12,12 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use tracer_common::probe;
+use tracer_common::{Kind, Miss};
 
 use crate::{
     containers::Recognizer,
     decode::KindCounts,
+    defaults,
     export::{
         agent::{AgentConfig, AgentSource},
         audit::AuditLog,
@@ -24,7 +25,7 @@ use crate::{
         otlp::OtlpConfig,
         pipeline::{ExportConfig, Exporter},
     },
-    loader::{Tracer, TracerConfig},
+    loader::{Missed, Tracer, TracerConfig},
     model::{Event, Model, ModelConfig, Output},
     output::{self, Format, Printer},
     scan, sys,
@@ -67,13 +68,13 @@ impl RunOptions {
             format,
             patterns,
             runc_root: None,
-            linger_after: Duration::from_secs(30),
-            ring_buffer_bytes: 4 << 20,
+            linger_after: defaults::LINGER_AFTER_VALUE,
+            ring_buffer_bytes: defaults::RING_BUFFER_BYTES,
             read_only_volumes: Vec::new(),
             gpu_devices: crate::devices::default_gpu_devices(),
             trace_mount_syscalls: false,
             trace_devices: true,
-            gpu_poll: Duration::from_secs(5),
+            gpu_poll: defaults::GPU_POLL_VALUE,
             prometheus_listen: None,
             otlp: None,
             audit: None,
@@ -87,10 +88,20 @@ impl RunOptions {
 #[derive(Debug, Default, Clone)]
 pub struct RunSummary {
     pub events: u64,
-    pub lost: [u64; probe::COUNT as usize],
+    /// What the probes missed, as last reported.
+    pub missed: Missed,
     pub decode_errors: u64,
-    pub untracked_cgroups: u64,
     pub audit_errors: u64,
+}
+
+impl RunSummary {
+    /// Records lost to a full ring buffer, all probes together.
+    pub fn records_lost(&self) -> u64 {
+        Kind::ALL
+            .iter()
+            .map(|&kind| self.missed.get(kind, Miss::RingFull))
+            .sum()
+    }
 }
 
 const POLL: Duration = Duration::from_millis(100);
@@ -183,8 +194,8 @@ pub fn run(options: &RunOptions, stop: &Arc<AtomicBool>, out: impl Write) -> Res
                 otlp: options.otlp.clone(),
                 agent: options.agent.clone(),
                 labels: options.labels.clone(),
-                queue: 65536,
-                settle_after: Duration::from_secs(2),
+                queue: defaults::EXPORT_QUEUE,
+                settle_after: defaults::SETTLE_AFTER,
                 gpu_poll: options.gpu_poll,
             },
             clock,
@@ -228,7 +239,7 @@ pub fn run(options: &RunOptions, stop: &Arc<AtomicBool>, out: impl Write) -> Res
         })?;
         if let Some(exporter) = &exporter {
             for (kind, n) in counts.iter() {
-                exporter.records(kind, n);
+                exporter.records(kind.name(), n);
             }
         }
         if stopping || last_housekeeping.elapsed() >= HOUSEKEEPING {
@@ -264,7 +275,9 @@ pub fn run(options: &RunOptions, stop: &Arc<AtomicBool>, out: impl Write) -> Res
                 if let Err(err) = log.append(&output::json(event, &clock)) {
                     summary.audit_errors += 1;
                     if let Some(exporter) = &exporter {
-                        exporter.metrics().export_error("audit_log");
+                        exporter
+                            .metrics()
+                            .export_error(crate::export::metrics::sink::AUDIT_LOG);
                     }
                     if summary.audit_errors == 1 || summary.audit_errors.is_power_of_two() {
                         log::warn!(
@@ -301,32 +314,37 @@ pub fn run(options: &RunOptions, stop: &Arc<AtomicBool>, out: impl Write) -> Res
     Ok(summary)
 }
 
-/// Logs each probe's losses since the last report; never silent.
+/// Logs what each probe missed since the last report; never silent.
 fn report_losses(tracer: &Tracer, summary: &mut RunSummary, exporter: Option<&Exporter>) {
-    let Ok(lost) = tracer.lost_records() else {
+    let Ok(missed) = tracer.missed() else {
         return;
     };
-    for (i, (&now, before)) in lost.iter().zip(summary.lost.iter_mut()).enumerate() {
-        if now > *before {
-            log::warn!(
-                "ring buffer full: {} record(s) lost in probe {} ({} in total); raise --ring-buffer-size",
-                now - *before,
-                probe::NAMES[i],
-                now
-            );
-            if let Some(exporter) = exporter {
-                exporter.lost(probe::NAMES[i], now - *before);
+    for kind in Kind::ALL {
+        for miss in Miss::ALL {
+            let (now, before) = (missed.get(kind, miss), summary.missed.get(kind, miss));
+            if now <= before {
+                continue;
             }
-            *before = now;
+            let (probe, new) = (kind.probe(), now - before);
+            match miss {
+                Miss::RingFull => {
+                    log::warn!(
+                        "ring buffer full: {new} record(s) lost in probe {probe} ({now} in total); \
+                         raise --ring-buffer-size"
+                    );
+                    if let Some(exporter) = exporter {
+                        exporter.lost(probe, new);
+                    }
+                }
+                Miss::TableFull if kind == Kind::CgroupMkdir => log::warn!(
+                    "{now} cgroup(s) could not be followed: the kernel's cgroup table is full"
+                ),
+                Miss::TableFull => log::warn!(
+                    "{new} {} missed in probe {probe} ({now} in total): its table is full",
+                    kind.name()
+                ),
+            }
         }
     }
-    if let Ok(n) = tracer.untracked_cgroups() {
-        if n > summary.untracked_cgroups {
-            log::warn!(
-                "{n} cgroup(s) could not be followed: the kernel's cgroup table is full, or it \
-                 could not allocate their mark"
-            );
-            summary.untracked_cgroups = n;
-        }
-    }
+    summary.missed = missed;
 }

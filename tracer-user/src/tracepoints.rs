@@ -9,14 +9,17 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use tracer_common::feature;
+use tracer_common::{
+    feature,
+    tp::{cgroup_rmdir, sched_process_exec, sched_process_exit, syscalls},
+    TpField,
+};
 
-/// One field a program reads: its name in the tracepoint's `format` file and expected offset/size.
+/// One field a program reads (its layout, from [`tracer_common::tp`], which the programs read
+/// too), and which kernels' programs read it.
 #[derive(Debug, Clone, Copy)]
 pub struct Field {
-    pub name: &'static str,
-    pub offset: usize,
-    pub size: usize,
+    pub field: TpField,
     /// The [`feature`] bit whose fast path reads it, 0 if every kernel's program does: the
     /// field is checked only where the kernel has the feature.
     pub feature: u64,
@@ -70,23 +73,23 @@ pub enum HookGroup {
     MountSyscalls,
 }
 
-const fn f(name: &'static str, offset: usize, size: usize) -> Field {
-    Field {
-        name,
-        offset,
-        size,
-        feature: 0,
-    }
+const fn f(field: TpField) -> Field {
+    Field { field, feature: 0 }
 }
 
-/// Every hook, in attach order. Offsets must match the constants in tracer-ebpf.
+/// Argument `i` of a system call's `sys_enter_*` record, named `name` there.
+const fn arg(name: &'static str, i: usize) -> Field {
+    f(syscalls::arg(name, i))
+}
+
+/// Every hook, in attach order.
 pub const HOOKS: &[Hook] = &[
     Hook {
         category: "cgroup",
         name: "cgroup_mkdir",
         program: "cgroup_mkdir",
         fields: &[],
-        // A BTF tracepoint: the program marks the new cgroup itself (cgroup storage).
+        // A BTF tracepoint, for the new cgroup itself.
         btf_args: Some(&["struct cgroup *", "const char *"]),
         group: HookGroup::Core,
         when: When::Always,
@@ -95,7 +98,11 @@ pub const HOOKS: &[Hook] = &[
         category: "cgroup",
         name: "cgroup_rmdir",
         program: "cgroup_rmdir",
-        fields: &[f("root", 8, 4), f("level", 12, 4), f("id", 16, 8)],
+        fields: &[
+            f(cgroup_rmdir::ROOT),
+            f(cgroup_rmdir::LEVEL),
+            f(cgroup_rmdir::ID),
+        ],
         btf_args: None,
         group: HookGroup::Core,
         when: When::Always,
@@ -118,7 +125,11 @@ pub const HOOKS: &[Hook] = &[
         category: "sched",
         name: "sched_process_exec",
         program: "sched_process_exec",
-        fields: &[f("filename", 8, 4), f("pid", 12, 4), f("old_pid", 16, 4)],
+        fields: &[
+            f(sched_process_exec::FILENAME),
+            f(sched_process_exec::PID),
+            f(sched_process_exec::OLD_PID),
+        ],
         btf_args: None,
         group: HookGroup::Core,
         when: When::Always,
@@ -128,11 +139,11 @@ pub const HOOKS: &[Hook] = &[
         name: "sched_process_exit",
         program: "sched_process_exit",
         fields: &[
-            f("comm", 8, 16),
-            f("pid", 24, 4),
+            f(sched_process_exit::COMM),
+            f(sched_process_exit::PID),
             Field {
                 feature: feature::EXIT_GROUP_DEAD,
-                ..f("group_dead", 32, 1)
+                ..f(sched_process_exit::GROUP_DEAD)
             },
         ],
         btf_args: None,
@@ -175,24 +186,24 @@ pub const HOOKS: &[Hook] = &[
     syscall(
         "sys_enter_mount",
         &[
-            f("dev_name", 16, 8),
-            f("dir_name", 24, 8),
-            f("type", 32, 8),
-            f("flags", 40, 8),
+            arg("dev_name", 0),
+            arg("dir_name", 1),
+            arg("type", 2),
+            arg("flags", 3),
         ],
     ),
     syscall("sys_exit_mount", EXIT),
-    syscall("sys_enter_umount", &[f("name", 16, 8), f("flags", 24, 8)]),
+    syscall("sys_enter_umount", &[arg("name", 0), arg("flags", 1)]),
     syscall("sys_exit_umount", EXIT),
     Hook {
         when: When::Has(feature::MOUNT_SETATTR),
         ..syscall(
             "sys_enter_mount_setattr",
             &[
-                f("dfd", 16, 8),
-                f("path", 24, 8),
-                f("flags", 32, 8),
-                f("uattr", 40, 8),
+                arg("dfd", 0),
+                arg("path", 1),
+                arg("flags", 2),
+                arg("uattr", 3),
             ],
         )
     },
@@ -202,40 +213,40 @@ pub const HOOKS: &[Hook] = &[
     },
     syscall(
         "sys_enter_open_tree",
-        &[f("dfd", 16, 8), f("filename", 24, 8), f("flags", 32, 8)],
+        &[arg("dfd", 0), arg("filename", 1), arg("flags", 2)],
     ),
     syscall("sys_exit_open_tree", EXIT),
     syscall(
         "sys_enter_move_mount",
         &[
-            f("from_dfd", 16, 8),
-            f("from_pathname", 24, 8),
-            f("to_dfd", 32, 8),
-            f("to_pathname", 40, 8),
-            f("flags", 48, 8),
+            arg("from_dfd", 0),
+            arg("from_pathname", 1),
+            arg("to_dfd", 2),
+            arg("to_pathname", 3),
+            arg("flags", 4),
         ],
     ),
     syscall("sys_exit_move_mount", EXIT),
     syscall(
         "sys_enter_fsmount",
-        &[f("fs_fd", 16, 8), f("flags", 24, 8), f("attr_flags", 32, 8)],
+        &[arg("fs_fd", 0), arg("flags", 1), arg("attr_flags", 2)],
     ),
     syscall("sys_exit_fsmount", EXIT),
     syscall(
         "sys_enter_fsconfig",
         &[
-            f("fd", 16, 8),
-            f("cmd", 24, 8),
-            f("_key", 32, 8),
-            f("_value", 40, 8),
-            f("aux", 48, 8),
+            arg("fd", 0),
+            arg("cmd", 1),
+            arg("_key", 2),
+            arg("_value", 3),
+            arg("aux", 4),
         ],
     ),
     syscall("sys_exit_fsconfig", EXIT),
 ];
 
 /// The return value every `sys_exit_*` record has.
-const EXIT: &[Field] = &[f("ret", 16, 8)];
+const EXIT: &[Field] = &[f(syscalls::RET)];
 
 const fn syscall(name: &'static str, fields: &'static [Field]) -> Hook {
     Hook {
@@ -340,6 +351,7 @@ fn check_fields(
         .fields
         .iter()
         .filter(|f| f.feature == 0 || features & f.feature != 0)
+        .map(|f| f.field)
     {
         let Some((_, offset, size)) = fields.iter().find(|(n, _, _)| n == want.name) else {
             return Err(LayoutError::NoField {

@@ -51,12 +51,12 @@ impl Default for AgentConfig {
                 AgentSource::Env,
                 AgentSource::Pattern,
             ],
-            label_key: "agent_name".to_string(),
-            env_var: "AGENT_NAME".to_string(),
-            docker_socket: PathBuf::from("/var/run/docker.sock"),
-            runc_root: PathBuf::from("/run/runc"),
-            containerd_root: PathBuf::from("/run/containerd/io.containerd.runtime.v2.task"),
-            crio_root: PathBuf::from("/run/containers/storage/overlay-containers"),
+            label_key: crate::defaults::AGENT_LABEL_KEY.to_string(),
+            env_var: crate::defaults::AGENT_ENV_VAR.to_string(),
+            docker_socket: PathBuf::from(crate::defaults::DOCKER_SOCKET),
+            runc_root: PathBuf::from(crate::defaults::RUNC_ROOT),
+            containerd_root: PathBuf::from(crate::defaults::CONTAINERD_ROOT),
+            crio_root: PathBuf::from(crate::defaults::CRIO_ROOT),
         }
     }
 }

@@ -70,10 +70,10 @@ impl Default for LabelPolicy {
     fn default() -> Self {
         LabelPolicy {
             mode: LabelMode::Plain,
-            max_values: 256,
-            max_len: 64,
-            state_dir: PathBuf::from("/var/lib/clawtrace"),
-            idle_ttl: Duration::from_secs(60 * 60),
+            max_values: crate::defaults::LABEL_MAX_VALUES,
+            max_len: crate::defaults::LABEL_MAX_LEN,
+            state_dir: PathBuf::from(crate::defaults::STATE_DIR),
+            idle_ttl: crate::defaults::LABEL_TTL_VALUE,
         }
     }
 }

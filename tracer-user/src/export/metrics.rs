@@ -115,35 +115,333 @@ struct SinkLabel {
     sink: &'static str,
 }
 
+/// How a metric is kept (and its Prometheus type).
+#[derive(Debug, Clone, Copy)]
+pub enum MetricKind {
+    /// Only goes up (Prometheus: a counter, named `…_total`).
+    Counter,
+    /// Goes up and down by steps (Prometheus: a gauge; OTLP: an up-down counter).
+    UpDown,
+    /// Set to a reading (Prometheus and OTLP: a gauge).
+    Gauge,
+    /// Observations in the buckets `bounds` gives.
+    Histogram { bounds: fn() -> Vec<f64> },
+}
+
+/// A metric's unit: Prometheus adds it to the name (`_seconds`, `_bytes`), OTLP carries it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricUnit {
+    Seconds,
+    Bytes,
+}
+
+impl MetricUnit {
+    fn prometheus(self) -> Unit {
+        match self {
+            MetricUnit::Seconds => Unit::Seconds,
+            MetricUnit::Bytes => Unit::Bytes,
+        }
+    }
+
+    fn otlp(self) -> &'static str {
+        match self {
+            MetricUnit::Seconds => "s",
+            MetricUnit::Bytes => "By",
+        }
+    }
+}
+
+/// One metric, as both backends register it: the only place its name, help, unit, kind and
+/// labels are written.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricDesc {
+    /// The name without type or unit suffix (OTLP's name; the Collector's translation adds
+    /// the same suffixes Prometheus does).
+    pub name: &'static str,
+    pub help: &'static str,
+    pub unit: Option<MetricUnit>,
+    pub kind: MetricKind,
+    /// Its labels (OTLP attributes), in exposition order.
+    pub labels: &'static [&'static str],
+}
+
+impl MetricDesc {
+    /// The family's name in Prometheus: with `_total` for a counter, the unit's suffix.
+    pub fn prometheus_name(&self) -> String {
+        let unit = match self.unit {
+            Some(MetricUnit::Seconds) => "_seconds",
+            Some(MetricUnit::Bytes) => "_bytes",
+            None => "",
+        };
+        let total = if matches!(self.kind, MetricKind::Counter) {
+            "_total"
+        } else {
+            ""
+        };
+        format!("{}{unit}{total}", self.name)
+    }
+
+    /// The family's `# TYPE` in Prometheus.
+    pub fn prometheus_type(&self) -> &'static str {
+        match self.kind {
+            MetricKind::Counter => "counter",
+            MetricKind::UpDown | MetricKind::Gauge => "gauge",
+            MetricKind::Histogram { .. } => "histogram",
+        }
+    }
+
+    fn bounds(&self) -> Vec<f64> {
+        match self.kind {
+            MetricKind::Histogram { bounds } => bounds(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+const fn desc(
+    name: &'static str,
+    help: &'static str,
+    kind: MetricKind,
+    labels: &'static [&'static str],
+) -> MetricDesc {
+    MetricDesc {
+        name,
+        help,
+        unit: None,
+        kind,
+        labels,
+    }
+}
+
+const fn with_unit(d: MetricDesc, unit: MetricUnit) -> MetricDesc {
+    MetricDesc {
+        unit: Some(unit),
+        ..d
+    }
+}
+
 /// 1 ms .. ~65 s: container starts range from a fork to a slow image mount.
-fn start_boundaries() -> Vec<f64> {
+fn start_bounds() -> Vec<f64> {
     exponential_buckets(0.001, 2.0, 17).collect()
 }
 
 /// 10 ms .. ~11 days in factors of 4.
-fn lifetime_boundaries() -> Vec<f64> {
+fn lifetime_bounds() -> Vec<f64> {
     exponential_buckets(0.01, 4.0, 14).collect()
 }
 
 /// 10 µs .. ~10 s: a mount is fast unless a lock is contended.
-fn mount_boundaries() -> Vec<f64> {
+fn mount_bounds() -> Vec<f64> {
     exponential_buckets(0.00001, 2.0, 21).collect()
 }
 
-fn mount_buckets() -> Histogram {
-    Histogram::new(mount_boundaries())
+use MetricKind::{Counter as C, Gauge as G, UpDown as U};
+
+pub const CONTAINER_CHANGES: MetricDesc = desc(
+    "container_changes",
+    "Containers created and deleted",
+    C,
+    &["operation", "agent_name"],
+);
+pub const CONTAINER_EXITS: MetricDesc = desc(
+    "container_exits",
+    "Containers that ended, one per container, by verdict",
+    C,
+    &["agent_name", "verdict", "exit_code"],
+);
+pub const CONTAINER_PROCESS_EXITS: MetricDesc = desc(
+    "container_process_exits",
+    "Processes of containers' payloads that ended, by cause",
+    C,
+    &["agent_name", "cause", "signal", "exit_code"],
+);
+pub const CONTAINER_SIGNALS: MetricDesc = desc(
+    "container_signals",
+    "Signals sent to processes in containers, by sender",
+    C,
+    &["agent_name", "signal", "sender"],
+);
+pub const CONTAINERS_LIVE: MetricDesc = desc(
+    "containers_live",
+    "Containers that exist now",
+    U,
+    &["agent_name"],
+);
+pub const CONTAINERS_LINGERING: MetricDesc = desc(
+    "containers_lingering",
+    "Containers whose init exited but whose cgroup remains",
+    U,
+    &["agent_name"],
+);
+pub const CONTAINER_START_DURATION: MetricDesc = with_unit(
+    desc(
+        "container_start_duration",
+        "From cgroup creation to the first exec of the payload",
+        MetricKind::Histogram {
+            bounds: start_bounds,
+        },
+        &["agent_name"],
+    ),
+    MetricUnit::Seconds,
+);
+pub const CONTAINER_LIFETIME: MetricDesc = with_unit(
+    desc(
+        "container_lifetime",
+        "From cgroup creation to deletion",
+        MetricKind::Histogram {
+            bounds: lifetime_bounds,
+        },
+        &["agent_name", "verdict"],
+    ),
+    MetricUnit::Seconds,
+);
+pub const CLAWTRACE_EVENTS: MetricDesc = desc(
+    "clawtrace_events",
+    "Kernel records received, by kind",
+    C,
+    &["kind"],
+);
+pub const CLAWTRACE_EVENTS_LOST: MetricDesc = desc(
+    "clawtrace_events_lost",
+    "Kernel records lost because the ring buffer was full, by probe",
+    C,
+    &["probe"],
+);
+pub const CLAWTRACE_LABEL_OVERFLOW: MetricDesc = desc(
+    "clawtrace_label_overflow",
+    "Containers labelled _overflow because the agent_name cap was reached",
+    C,
+    &[],
+);
+pub const CLAWTRACE_EXPORT_ERRORS: MetricDesc = desc(
+    "clawtrace_export_errors",
+    "Failed exports, by sink",
+    C,
+    &["sink"],
+);
+pub const CLAWTRACE_SPANS_DROPPED: MetricDesc = desc(
+    "clawtrace_spans_dropped",
+    "Container spans dropped while the collector was unreachable",
+    C,
+    &[],
+);
+pub const CONTAINER_MOUNT_DURATION: MetricDesc = with_unit(
+    desc(
+        "container_mount_duration",
+        "Mount system calls made in containers",
+        MetricKind::Histogram {
+            bounds: mount_bounds,
+        },
+        &["agent_name", "writable"],
+    ),
+    MetricUnit::Seconds,
+);
+pub const CONTAINER_VOLUME_VIOLATIONS: MetricDesc = desc(
+    "container_volume_violations",
+    "Writable binds that break the volume policy",
+    C,
+    &["agent_name", "kind"],
+);
+pub const CONTAINER_VOLUME_VIOLATIONS_CURRENT: MetricDesc = desc(
+    "container_volume_violations_current",
+    "Writable binds that break the volume policy now",
+    U,
+    &["agent_name", "kind"],
+);
+pub const GPU_CONTAINERS: MetricDesc = desc(
+    "gpu_containers",
+    "Live containers that opened each GPU device",
+    G,
+    &["gpu"],
+);
+pub const GPU_SHARED_DEVICES: MetricDesc = desc(
+    "gpu_shared_devices",
+    "GPU devices used by more than one live container",
+    G,
+    &[],
+);
+pub const GPU_SHARING: MetricDesc = desc(
+    "gpu_sharing",
+    "Containers that began using a GPU device another live container was using",
+    C,
+    &["agent_name"],
+);
+pub const CONTAINER_GPU_MEMORY: MetricDesc = with_unit(
+    desc(
+        "container_gpu_memory",
+        "GPU memory held by a container's processes (NVML)",
+        G,
+        &["agent_name", "gpu", "gpu_uuid"],
+    ),
+    MetricUnit::Bytes,
+);
+
+/// Every metric clawtrace exports, in exposition order.
+pub const METRICS: &[MetricDesc] = &[
+    CONTAINER_CHANGES,
+    CONTAINER_EXITS,
+    CONTAINER_PROCESS_EXITS,
+    CONTAINER_SIGNALS,
+    CONTAINERS_LIVE,
+    CONTAINERS_LINGERING,
+    CONTAINER_START_DURATION,
+    CONTAINER_LIFETIME,
+    CLAWTRACE_EVENTS,
+    CLAWTRACE_EVENTS_LOST,
+    CLAWTRACE_LABEL_OVERFLOW,
+    CLAWTRACE_EXPORT_ERRORS,
+    CLAWTRACE_SPANS_DROPPED,
+    CONTAINER_MOUNT_DURATION,
+    CONTAINER_VOLUME_VIOLATIONS,
+    CONTAINER_VOLUME_VIOLATIONS_CURRENT,
+    GPU_CONTAINERS,
+    GPU_SHARED_DEVICES,
+    GPU_SHARING,
+    CONTAINER_GPU_MEMORY,
+];
+
+/// The sinks whose failures `clawtrace_export_errors_total{sink}` counts.
+pub mod sink {
+    pub const OTLP_METRICS: &str = "otlp_metrics";
+    pub const OTLP_TRACES: &str = "otlp_traces";
+    pub const AUDIT_LOG: &str = "audit_log";
+    /// The export worker's queue (events dropped because it was full).
+    pub const QUEUE: &str = "queue";
+    pub const ALL: &[&str] = &[OTLP_METRICS, OTLP_TRACES, AUDIT_LOG, QUEUE];
 }
 
-fn start_buckets() -> Histogram {
-    Histogram::new(start_boundaries())
+fn register(
+    registry: &mut Registry,
+    d: &MetricDesc,
+    metric: impl prometheus_client::registry::Metric,
+) {
+    match d.unit {
+        Some(unit) => registry.register_with_unit(d.name, d.help, unit.prometheus(), metric),
+        None => registry.register(d.name, d.help, metric),
+    }
 }
 
-fn lifetime_buckets() -> Histogram {
-    Histogram::new(lifetime_boundaries())
+fn counter(meter: &Meter, d: &MetricDesc) -> OtelCounter<u64> {
+    meter.u64_counter(d.name).with_description(d.help).build()
 }
 
-const CONTAINER_EXITS_HELP: &str = "Containers that ended, one per container, by verdict";
-const PROCESS_EXITS_HELP: &str = "Processes of containers' payloads that ended, by cause";
+fn up_down(meter: &Meter, d: &MetricDesc) -> UpDownCounter<i64> {
+    meter
+        .i64_up_down_counter(d.name)
+        .with_description(d.help)
+        .build()
+}
+
+fn histogram(meter: &Meter, d: &MetricDesc) -> OtelHistogram<f64> {
+    let builder = meter
+        .f64_histogram(d.name)
+        .with_description(d.help)
+        .with_boundaries(d.bounds());
+    match d.unit {
+        Some(unit) => builder.with_unit(unit.otlp()).build(),
+        None => builder.build(),
+    }
+}
 
 /// The verdict label of a container whose init's exit was not seen (it ended while clawtrace
 /// was not running, or its records were lost).
@@ -175,97 +473,31 @@ struct Otel {
 
 impl Otel {
     fn new(meter: &Meter) -> Otel {
+        let i64_gauge = |d: &MetricDesc| meter.i64_gauge(d.name).with_description(d.help).build();
         Otel {
-            changes: meter
-                .u64_counter("container_changes")
-                .with_description("Containers created and deleted")
-                .build(),
-            exits: meter
-                .u64_counter("container_exits")
-                .with_description(CONTAINER_EXITS_HELP)
-                .build(),
-            process_exits: meter
-                .u64_counter("container_process_exits")
-                .with_description(PROCESS_EXITS_HELP)
-                .build(),
-            signals: meter
-                .u64_counter("container_signals")
-                .with_description("Signals sent to processes in containers, by sender")
-                .build(),
-            live: meter
-                .i64_up_down_counter("containers_live")
-                .with_description("Containers that exist now")
-                .build(),
-            lingering: meter
-                .i64_up_down_counter("containers_lingering")
-                .with_description("Containers whose init exited but whose cgroup remains")
-                .build(),
-            start: meter
-                .f64_histogram("container_start_duration")
-                .with_unit("s")
-                .with_description("From cgroup creation to the first exec of the payload")
-                .with_boundaries(start_boundaries())
-                .build(),
-            lifetime: meter
-                .f64_histogram("container_lifetime")
-                .with_unit("s")
-                .with_description("From cgroup creation to deletion")
-                .with_boundaries(lifetime_boundaries())
-                .build(),
-            events: meter
-                .u64_counter("clawtrace_events")
-                .with_description("Kernel records received, by kind")
-                .build(),
-            lost: meter
-                .u64_counter("clawtrace_events_lost")
-                .with_description("Kernel records lost because the ring buffer was full, by probe")
-                .build(),
-            overflow: meter
-                .u64_counter("clawtrace_label_overflow")
-                .with_description(
-                    "Containers labelled _overflow because the agent_name cap was reached",
-                )
-                .build(),
-            export_errors: meter
-                .u64_counter("clawtrace_export_errors")
-                .with_description("Failed exports, by sink")
-                .build(),
-            spans_dropped: meter
-                .u64_counter("clawtrace_spans_dropped")
-                .with_description("Container spans dropped while the collector was unreachable")
-                .build(),
-            mount: meter
-                .f64_histogram("container_mount_duration")
-                .with_unit("s")
-                .with_description("Mount system calls made in containers")
-                .with_boundaries(mount_boundaries())
-                .build(),
-            violations: meter
-                .u64_counter("container_volume_violations")
-                .with_description("Writable binds that break the volume policy")
-                .build(),
-            violations_now: meter
-                .i64_up_down_counter("container_volume_violations_current")
-                .with_description("Writable binds that break the volume policy now")
-                .build(),
-            gpu_containers: meter
-                .i64_gauge("gpu_containers")
-                .with_description("Live containers that opened each GPU device")
-                .build(),
-            gpu_shared: meter
-                .i64_gauge("gpu_shared_devices")
-                .with_description("GPU devices used by more than one live container")
-                .build(),
-            gpu_sharing: meter
-                .u64_counter("gpu_sharing")
-                .with_description(
-                    "Containers that began using a GPU device another live container was using",
-                )
-                .build(),
+            changes: counter(meter, &CONTAINER_CHANGES),
+            exits: counter(meter, &CONTAINER_EXITS),
+            process_exits: counter(meter, &CONTAINER_PROCESS_EXITS),
+            signals: counter(meter, &CONTAINER_SIGNALS),
+            live: up_down(meter, &CONTAINERS_LIVE),
+            lingering: up_down(meter, &CONTAINERS_LINGERING),
+            start: histogram(meter, &CONTAINER_START_DURATION),
+            lifetime: histogram(meter, &CONTAINER_LIFETIME),
+            events: counter(meter, &CLAWTRACE_EVENTS),
+            lost: counter(meter, &CLAWTRACE_EVENTS_LOST),
+            overflow: counter(meter, &CLAWTRACE_LABEL_OVERFLOW),
+            export_errors: counter(meter, &CLAWTRACE_EXPORT_ERRORS),
+            spans_dropped: counter(meter, &CLAWTRACE_SPANS_DROPPED),
+            mount: histogram(meter, &CONTAINER_MOUNT_DURATION),
+            violations: counter(meter, &CONTAINER_VOLUME_VIOLATIONS),
+            violations_now: up_down(meter, &CONTAINER_VOLUME_VIOLATIONS_CURRENT),
+            gpu_containers: i64_gauge(&GPU_CONTAINERS),
+            gpu_shared: i64_gauge(&GPU_SHARED_DEVICES),
+            gpu_sharing: counter(meter, &GPU_SHARING),
             gpu_memory: meter
-                .u64_gauge("container_gpu_memory")
-                .with_unit("By")
-                .with_description("GPU memory held by a container's processes (NVML)")
+                .u64_gauge(CONTAINER_GPU_MEMORY.name)
+                .with_unit(MetricUnit::Bytes.otlp())
+                .with_description(CONTAINER_GPU_MEMORY.help)
                 .build(),
         }
     }
@@ -344,14 +576,18 @@ impl Metrics {
             signals: Family::default(),
             live: Family::default(),
             lingering: Family::default(),
-            start: Family::new_with_constructor(start_buckets),
-            lifetime: Family::new_with_constructor(lifetime_buckets),
+            start: Family::new_with_constructor(|| {
+                Histogram::new(CONTAINER_START_DURATION.bounds())
+            }),
+            lifetime: Family::new_with_constructor(|| Histogram::new(CONTAINER_LIFETIME.bounds())),
             events: Family::default(),
             lost: Family::default(),
             overflow: Counter::default(),
             export_errors: Family::default(),
             spans_dropped: Counter::default(),
-            mount: Family::new_with_constructor(mount_buckets),
+            mount: Family::new_with_constructor(|| {
+                Histogram::new(CONTAINER_MOUNT_DURATION.bounds())
+            }),
             violations: Family::default(),
             violations_now: Family::default(),
             gpu_containers: Family::default(),
@@ -359,107 +595,36 @@ impl Metrics {
             gpu_sharing: Family::default(),
             gpu_memory: Family::default(),
         };
-        let mut registry = Registry::default();
-        registry.register(
-            "container_changes",
-            "Containers created and deleted",
-            prom.changes.clone(),
-        );
-        registry.register("container_exits", CONTAINER_EXITS_HELP, prom.exits.clone());
-        registry.register(
-            "container_process_exits",
-            PROCESS_EXITS_HELP,
-            prom.process_exits.clone(),
-        );
-        registry.register(
-            "container_signals",
-            "Signals sent to processes in containers, by sender",
-            prom.signals.clone(),
-        );
-        registry.register(
-            "containers_live",
-            "Containers that exist now",
-            prom.live.clone(),
-        );
-        registry.register(
-            "containers_lingering",
-            "Containers whose init exited but whose cgroup remains",
-            prom.lingering.clone(),
-        );
-        registry.register_with_unit(
-            "container_start_duration",
-            "From cgroup creation to the first exec of the payload",
-            Unit::Seconds,
-            prom.start.clone(),
-        );
-        registry.register_with_unit(
-            "container_lifetime",
-            "From cgroup creation to deletion",
-            Unit::Seconds,
-            prom.lifetime.clone(),
-        );
-        registry.register(
-            "clawtrace_events",
-            "Kernel records received, by kind",
-            prom.events.clone(),
-        );
-        registry.register(
-            "clawtrace_events_lost",
-            "Kernel records lost because the ring buffer was full, by probe",
-            prom.lost.clone(),
-        );
-        registry.register(
-            "clawtrace_label_overflow",
-            "Containers labelled _overflow because the agent_name cap was reached",
-            prom.overflow.clone(),
-        );
-        registry.register(
-            "clawtrace_export_errors",
-            "Failed exports, by sink",
-            prom.export_errors.clone(),
-        );
-        registry.register(
-            "clawtrace_spans_dropped",
-            "Container spans dropped while the collector was unreachable",
-            prom.spans_dropped.clone(),
-        );
-        registry.register_with_unit(
-            "container_mount_duration",
-            "Mount system calls made in containers",
-            Unit::Seconds,
-            prom.mount.clone(),
-        );
-        registry.register(
-            "container_volume_violations",
-            "Writable binds that break the volume policy",
+        let mut r = Registry::default();
+        register(&mut r, &CONTAINER_CHANGES, prom.changes.clone());
+        register(&mut r, &CONTAINER_EXITS, prom.exits.clone());
+        register(&mut r, &CONTAINER_PROCESS_EXITS, prom.process_exits.clone());
+        register(&mut r, &CONTAINER_SIGNALS, prom.signals.clone());
+        register(&mut r, &CONTAINERS_LIVE, prom.live.clone());
+        register(&mut r, &CONTAINERS_LINGERING, prom.lingering.clone());
+        register(&mut r, &CONTAINER_START_DURATION, prom.start.clone());
+        register(&mut r, &CONTAINER_LIFETIME, prom.lifetime.clone());
+        register(&mut r, &CLAWTRACE_EVENTS, prom.events.clone());
+        register(&mut r, &CLAWTRACE_EVENTS_LOST, prom.lost.clone());
+        register(&mut r, &CLAWTRACE_LABEL_OVERFLOW, prom.overflow.clone());
+        register(&mut r, &CLAWTRACE_EXPORT_ERRORS, prom.export_errors.clone());
+        register(&mut r, &CLAWTRACE_SPANS_DROPPED, prom.spans_dropped.clone());
+        register(&mut r, &CONTAINER_MOUNT_DURATION, prom.mount.clone());
+        register(
+            &mut r,
+            &CONTAINER_VOLUME_VIOLATIONS,
             prom.violations.clone(),
         );
-        registry.register(
-            "container_volume_violations_current",
-            "Writable binds that break the volume policy now",
+        register(
+            &mut r,
+            &CONTAINER_VOLUME_VIOLATIONS_CURRENT,
             prom.violations_now.clone(),
         );
-        registry.register(
-            "gpu_containers",
-            "Live containers that opened each GPU device",
-            prom.gpu_containers.clone(),
-        );
-        registry.register(
-            "gpu_shared_devices",
-            "GPU devices used by more than one live container",
-            prom.gpu_shared.clone(),
-        );
-        registry.register(
-            "gpu_sharing",
-            "Containers that began using a GPU device another live container was using",
-            prom.gpu_sharing.clone(),
-        );
-        registry.register_with_unit(
-            "container_gpu_memory",
-            "GPU memory held by a container's processes (NVML)",
-            Unit::Bytes,
-            prom.gpu_memory.clone(),
-        );
+        register(&mut r, &GPU_CONTAINERS, prom.gpu_containers.clone());
+        register(&mut r, &GPU_SHARED_DEVICES, prom.gpu_shared.clone());
+        register(&mut r, &GPU_SHARING, prom.gpu_sharing.clone());
+        register(&mut r, &CONTAINER_GPU_MEMORY, prom.gpu_memory.clone());
+        let registry = r;
         let metrics = Metrics {
             prom: Arc::new(prom),
             registry: Arc::new(registry),
@@ -899,6 +1064,51 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
         }
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    /// Every metric of the table is in the exposition under its Prometheus name and type, and
+    /// its series carry exactly the table's labels: the label sets cannot drift from it.
+    #[test]
+    fn the_exposition_follows_the_table() {
+        let m = Metrics::new(None);
+        crate::replay::metrics_round(&m);
+        let text = m.encode();
+        for d in METRICS {
+            let (name, kind) = (d.prometheus_name(), d.prometheus_type());
+            assert!(
+                text.contains(&format!("# TYPE {name} {kind}\n"))
+                    // OpenMetrics names a counter's family without `_total`.
+                    || text.contains(&format!(
+                        "# TYPE {} {kind}\n",
+                        name.trim_end_matches("_total")
+                    )),
+                "no {name} {kind} in\n{text}"
+            );
+            let series: Vec<&str> = text
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+                .filter(|l| {
+                    let series = l.split(['{', ' ']).next().unwrap_or_default();
+                    series == name
+                        || ["_bucket", "_sum", "_count"]
+                            .iter()
+                            .any(|suffix| series == format!("{name}{suffix}"))
+                })
+                .collect();
+            assert!(!series.is_empty(), "no {name} series in\n{text}");
+            for line in series {
+                let labels: Vec<&str> = line
+                    .split_once('{')
+                    .map(|(_, rest)| rest.split_once('}').map_or("", |(l, _)| l))
+                    .unwrap_or("")
+                    .split(',')
+                    .filter(|l| !l.is_empty())
+                    .filter_map(|l| l.split_once('=').map(|(k, _)| k))
+                    .filter(|&k| k != "le")
+                    .collect();
+                assert_eq!(labels, d.labels, "{line}");
+            }
+        }
     }
 
     #[test]

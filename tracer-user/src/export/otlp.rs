@@ -258,7 +258,7 @@ impl Providers {
             .unwrap_or(config.metric_interval);
         let reader = PeriodicReader::builder(CountingMetricExporter {
             inner: metric_exporter,
-            failures: FailureLog::new("otlp_metrics", metrics.clone()),
+            failures: FailureLog::new(super::metrics::sink::OTLP_METRICS, metrics.clone()),
         })
         .with_interval(interval)
         .build();
@@ -274,7 +274,7 @@ impl Providers {
         .context("building the OTLP span exporter")?;
         let processor = BatchSpanProcessor::builder(CountingSpanExporter {
             inner: span_exporter,
-            failures: FailureLog::new("otlp_traces", metrics.clone()),
+            failures: FailureLog::new(super::metrics::sink::OTLP_TRACES, metrics.clone()),
             held: Default::default(),
             max_held: config.max_queued_spans,
         })
@@ -324,7 +324,7 @@ mod tests {
     #[test]
     fn failures_are_counted_and_logged_sparingly() {
         let metrics = Metrics::new(None);
-        let log = FailureLog::new("otlp_traces", metrics.clone());
+        let log = FailureLog::new(crate::export::metrics::sink::OTLP_TRACES, metrics.clone());
         for _ in 0..5 {
             log.record(&Err(
                 opentelemetry_sdk::error::OTelSdkError::InternalFailure("down".into()),

@@ -129,8 +129,8 @@ impl Exporter {
             None => None,
         };
         metrics.declare(
-            &tracer_common::probe::NAMES,
-            &["otlp_metrics", "otlp_traces", "audit_log", "queue"],
+            &tracer_common::Kind::ALL.map(tracer_common::Kind::probe),
+            super::metrics::sink::ALL,
         );
         if let Some(listener) = config.prometheus.take() {
             listener
@@ -197,7 +197,7 @@ impl Exporter {
 
     fn send(&self, message: Message) {
         if self.tx.send(message).is_err() {
-            self.metrics.export_error("queue");
+            self.metrics.export_error(super::metrics::sink::QUEUE);
         }
     }
 
@@ -209,12 +209,14 @@ impl Exporter {
             return;
         }
         if !self.backlog.admit(n) {
-            self.metrics.export_errors("queue", n as u64);
+            self.metrics
+                .export_errors(super::metrics::sink::QUEUE, n as u64);
             return;
         }
         if self.tx.send(Message::Events(events)).is_err() {
             self.backlog.done(n);
-            self.metrics.export_errors("queue", n as u64);
+            self.metrics
+                .export_errors(super::metrics::sink::QUEUE, n as u64);
         }
     }
 
