@@ -213,6 +213,33 @@ fn program_names(pid: u32) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The programs (name, kernel program type) `clawtrace run` attaches without flags: the
+/// lifecycle hooks (BTF tracepoints are `tracing` programs, the others `tracepoint`), the OOM
+/// mark's program for this kernel's `mark_victim` prototype, and the cgroup device program.
+fn core_programs() -> Vec<(String, String)> {
+    let bits = clawtrace::features::probe_running_kernel()
+        .expect("probe the kernel")
+        .bits;
+    let oom = if bits & tracer_common::feature::OOM_VICTIM_TASK != 0 {
+        "mark_victim"
+    } else {
+        "mark_victim_pid"
+    };
+    [
+        ("cgroup_mkdir", "tracing"),
+        ("cgroup_rmdir", "tracepoint"),
+        ("cgroup_attach_task", "tracing"),
+        ("sched_process_exec", "tracepoint"),
+        ("sched_process_exit", "tracepoint"),
+        ("signal_generate", "tracing"),
+        (oom, "tracing"),
+        ("device_access", "cgroup_device"),
+    ]
+    .into_iter()
+    .map(|(name, kind)| (name.to_string(), kind.to_string()))
+    .collect()
+}
+
 fn start_and_list(extra: &[&str]) -> Vec<(String, String)> {
     let pattern = test_pattern();
     let mut args = vec!["run", "--container-cgroup-pattern", &pattern];
@@ -242,7 +269,11 @@ fn by_default_no_syscall_hook_is_loaded() {
     require_privileged!();
     // What the kernel holds for the process: no syscall tracepoint program by default; the
     // cgroup device program sees GPU accesses.
-    let programs = start_and_list(&[]);
+    let mut programs = start_and_list(&[]);
+    programs.sort();
+    let mut want = core_programs();
+    want.sort();
+    assert_eq!(programs, want);
     assert!(
         !programs.iter().any(|(name, _)| name.starts_with("sys_")),
         "{programs:?}"
@@ -252,7 +283,33 @@ fn by_default_no_syscall_hook_is_loaded() {
         "{programs:?}"
     );
     // The mount system calls only when asked for; the device hook can be left out.
-    let programs = start_and_list(&["--trace-mount-syscalls", "--no-gpu-tracking"]);
+    let mut programs = start_and_list(&["--trace-mount-syscalls", "--no-gpu-tracking"]);
+    programs.sort();
+    let mut want: Vec<(String, String)> = core_programs()
+        .into_iter()
+        .filter(|(name, _)| name != "device_access")
+        .collect();
+    let bits = clawtrace::features::probe_running_kernel()
+        .expect("probe the kernel")
+        .bits;
+    let mut calls = vec![
+        "mount",
+        "umount",
+        "open_tree",
+        "move_mount",
+        "fsmount",
+        "fsconfig",
+    ];
+    if bits & tracer_common::feature::MOUNT_SETATTR != 0 {
+        calls.push("mount_setattr");
+    }
+    for call in calls {
+        for side in ["enter", "exit"] {
+            want.push((format!("sys_{side}_{call}"), "tracepoint".to_string()));
+        }
+    }
+    want.sort();
+    assert_eq!(programs, want);
     assert!(
         programs
             .iter()
@@ -278,16 +335,20 @@ fn text_output_and_clean_stop_on_sigterm() {
             .expect("start clawtrace"),
     );
     let pid = child.id();
-    let (_, _stderr) = await_tracing_line(&mut child);
-    let bits = clawtrace::features::probe_running_kernel()
-        .expect("probe the kernel")
-        .bits;
+    let (line, _stderr) = await_tracing_line(&mut child);
+    // What the kernel holds for the process, by name and type: the core tracepoints and the
+    // cgroup device program, nothing else (no mount system call hook without its flag).
+    let mut attached = program_names(pid);
+    attached.sort();
+    let mut want = core_programs();
+    want.sort();
+    assert_eq!(attached, want, "{line}");
+    assert!(
+        line.contains(&format!("tracing: {} programs attached", want.len())),
+        "{line}"
+    );
     let programs = programs_of(pid);
-    let hooks = clawtrace::tracepoints::HOOKS
-        .iter()
-        .filter(|h| h.group == clawtrace::tracepoints::HookGroup::Core && h.when.holds(bits));
-    // The core tracepoints and the cgroup device program.
-    assert_eq!(programs.len(), hooks.count() + 1);
+    assert_eq!(programs.len(), want.len(), "{attached:?}");
     assert!(programs.iter().all(|&id| program_loaded(id)));
 
     let mut cgroup = TestCgroup::new("text");

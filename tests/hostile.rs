@@ -370,20 +370,48 @@ fn extreme_accepted_values_do_not_crash() {
         ],
     );
     let mut cg = TestCgroup::new(&format!("{SCOPE}-a"));
+    // The container's only process: a shell that exits 3 without starting anything.
     let mut child = cg.spawn(Command::new("/bin/sh").args(["-c", "exit 3"]));
-    let _ = child.wait();
+    let pid = child.id();
+    let status = wait_status(&mut child);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 3,
+        "{status}"
+    );
     let id = cg.container_id();
-    ct.wait_event("process_exit", &id, |v| v["exit_code"] == 3);
+    let exit = ct.wait_event("process_exit", &id, |v| v["pid"] == pid);
+    assert_status(&exit, status);
     // Lingering at once: the init is gone and the cgroup is still there.
     ct.wait_event("container_lingering", &id, |_| true);
     cg.remove();
     ct.wait_event("container_delete", &id, |_| true);
     let stderr = ct.stop();
     assert!(!stderr.iter().any(|l| l.contains("panicked")), "{stderr:?}");
-    let log = std::fs::read_to_string(&audit).unwrap_or_default();
-    for line in log.lines() {
-        serde_json::from_str::<Value>(line).unwrap_or_else(|e| panic!("audit line {line:?}: {e}"));
-    }
+    // One process exited in the one container this clawtrace follows: the audit log holds one
+    // record, its exit. (`--audit-log-max-bytes 0 --audit-log-keep 0` restart the file before
+    // each record but the first, so a second record would replace it, not join it.)
+    let log = std::fs::read_to_string(&audit)
+        .unwrap_or_else(|e| panic!("audit log {}: {e}", audit.display()));
+    let records: Vec<Value> = log
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("audit line {line:?}: {e}"))
+        })
+        .collect();
+    assert_eq!(records.len(), 1, "audit log:\n{log}");
+    let record = &records[0];
+    assert_eq!(record["event"], "process_exit", "{record}");
+    assert_eq!(record["container_id"], id.as_str(), "{record}");
+    assert_eq!(record["pid"], pid, "{record}");
+    assert_status(record, status);
+    // The record is the event clawtrace printed.
+    assert_eq!(record, &exit);
+    // Nothing was kept beside it.
+    let names: Vec<_> = std::fs::read_dir(&scratch.0)
+        .expect("scratch folder")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(names, [OsString::from("audit.log")], "{names:?}");
 }
 
 /// Durations far beyond any real use are taken as "never", not cut down: 2^64 ns as

@@ -251,10 +251,15 @@ pub fn await_tracing(child: &mut Child) -> Arc<Mutex<Vec<String>>> {
 }
 
 /// A running `clawtrace run --output json`, its events collected as they come.
+///
+/// Every stdout line must be one JSON value: a line that is not (or is not UTF-8) is kept in
+/// `bad_lines`, and the accessors, [`Clawtrace::stop`] and drop fail the test with it.
 pub struct Clawtrace {
     child: Child,
     events: Arc<Mutex<Vec<Value>>>,
     stderr: Arc<Mutex<Vec<String>>>,
+    bad_lines: Arc<Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 /// How long a test waits for an event ([`scaled`]).
@@ -296,15 +301,35 @@ impl Clawtrace {
         .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("start clawtrace");
         let events = Arc::new(Mutex::new(Vec::new()));
+        let bad_lines = Arc::new(Mutex::new(Vec::new()));
         let stdout = child.stdout.take().expect("stdout");
         let sink = Arc::clone(&events);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let value: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
-                    panic!("clawtrace printed a line that is not JSON ({e}): {line}")
-                });
-                sink.lock().unwrap().push(value);
+        let bad = Arc::clone(&bad_lines);
+        // A panic here would end only this thread, which nobody joins: bad lines are kept for
+        // the test's thread to fail on.
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).split(b'\n') {
+                let line = match line {
+                    Ok(line) => line,
+                    Err(e) => {
+                        bad.lock()
+                            .unwrap()
+                            .push(format!("(reading stdout failed: {e})"));
+                        break;
+                    }
+                };
+                let parsed = std::str::from_utf8(&line)
+                    .map_err(|e| e.to_string())
+                    .and_then(|text| {
+                        serde_json::from_str::<Value>(text).map_err(|e| e.to_string())
+                    });
+                match parsed {
+                    Ok(value) => sink.lock().unwrap().push(value),
+                    Err(e) => bad
+                        .lock()
+                        .unwrap()
+                        .push(format!("({e}): {}", String::from_utf8_lossy(&line))),
+                }
             }
         });
         let stderr = await_tracing(&mut child);
@@ -312,7 +337,20 @@ impl Clawtrace {
             child,
             events,
             stderr,
+            bad_lines,
+            reader: Some(reader),
         }
+    }
+
+    /// Fails the test if clawtrace printed a line that is not JSON so far.
+    pub fn assert_json_only(&self) {
+        let bad = self.bad_lines.lock().unwrap();
+        assert!(
+            bad.is_empty(),
+            "clawtrace printed {} line(s) that are not JSON, the first {}",
+            bad.len(),
+            bad[0]
+        );
     }
 
     pub fn pid(&self) -> u32 {
@@ -331,11 +369,13 @@ impl Clawtrace {
 
     /// Lines clawtrace wrote to stderr so far.
     pub fn stderr(&self) -> Vec<String> {
+        self.assert_json_only();
         self.stderr.lock().unwrap().clone()
     }
 
     /// Events seen so far that match `pred`.
     pub fn matching(&self, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+        self.assert_json_only();
         self.events
             .lock()
             .unwrap()
@@ -349,6 +389,7 @@ impl Clawtrace {
     pub fn wait_for(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + scaled(EVENT_TIMEOUT);
         loop {
+            self.assert_json_only();
             if let Some(v) = self.events.lock().unwrap().iter().find(|v| pred(v)) {
                 return v.clone();
             }
@@ -370,11 +411,19 @@ impl Clawtrace {
         })
     }
 
-    /// Stops clawtrace with SIGINT; it must exit 0 within 5 s. Returns its stderr lines.
+    /// Stops clawtrace with SIGINT; it must exit 0 within 5 s, and every line it printed must
+    /// be JSON. Returns its stderr lines.
     pub fn stop(mut self) -> Vec<String> {
         interrupt_and_wait(&mut self.child, &self.stderr);
-        // Give the reader threads a moment to take the last lines.
+        // The stdout reader ends at the pipe's end, once it has taken the last lines.
+        let reader = self.reader.take().expect("stdout reader");
+        wait_until("clawtrace's stdout to end", Duration::from_secs(5), || {
+            reader.is_finished()
+        });
+        reader.join().expect("the stdout reader never panics");
+        // Give the stderr reader a moment to take the last lines.
         std::thread::sleep(Duration::from_millis(50));
+        self.assert_json_only();
         self.stderr.lock().unwrap().clone()
     }
 }
@@ -405,6 +454,17 @@ impl Drop for Clawtrace {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A test that ends without `stop` still fails on a line that is not JSON (unless it
+        // is failing already).
+        if !std::thread::panicking() {
+            if let Some(reader) = self.reader.take() {
+                let deadline = Instant::now() + scaled(Duration::from_secs(5));
+                while !reader.is_finished() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+            self.assert_json_only();
+        }
     }
 }
 

@@ -266,12 +266,20 @@ fn resolve_through_modifiers(btf: &Btf, member: &dyn BtfType) -> Option<Type> {
 mod tests {
     use super::*;
 
+    /// The variable of the privileged tests (tests/support) that turns a skip into a failure.
+    const REQUIRE_PRIVILEGED: &str = "CLAWTRACE_REQUIRE_PRIVILEGED";
+
     /// The running kernel's BTF where there is one. These are plain unit tests because
-    /// /sys/kernel/btf/vmlinux is world-readable.
-    fn running_kernel_btf() -> Option<Btf> {
+    /// /sys/kernel/btf/vmlinux is world-readable. Without it, `test` says why it skips, or
+    /// fails under CLAWTRACE_REQUIRE_PRIVILEGED=1 (every check must run).
+    fn running_kernel_btf(test: &str) -> Option<Btf> {
         let path = Path::new(VMLINUX_BTF);
         if !path.exists() {
-            eprintln!("skipping: no kernel BTF at {VMLINUX_BTF}");
+            let reason = format!("no kernel BTF at {}", path.display());
+            if std::env::var(REQUIRE_PRIVILEGED).as_deref() == Ok("1") {
+                panic!("{test}: cannot run: {reason}, and {REQUIRE_PRIVILEGED}=1");
+            }
+            eprintln!("skipping {test}: {reason}");
             return None;
         }
         Some(open(path).expect("kernel BTF"))
@@ -279,7 +287,7 @@ mod tests {
 
     #[test]
     fn finds_task_exit_code_in_running_kernel() {
-        let Some(btf) = running_kernel_btf() else {
+        let Some(btf) = running_kernel_btf("finds_task_exit_code_in_running_kernel") else {
             return;
         };
         let globals = globals(&btf, u64::MAX).expect("globals");
@@ -318,7 +326,7 @@ mod tests {
 
     #[test]
     fn reads_btf_tracepoint_prototypes() {
-        let Some(btf) = running_kernel_btf() else {
+        let Some(btf) = running_kernel_btf("reads_btf_tracepoint_prototypes") else {
             return;
         };
         assert_eq!(

@@ -194,12 +194,71 @@ mod tests {
         assert_eq!(users.shared(), 0);
     }
 
+    /// What the test finds of NVML on this machine by itself, the way nvml-wrapper goes about
+    /// it: `Err(why)` when the dynamic linker cannot load `libnvidia-ml.so.1`; otherwise what the
+    /// library's own `nvmlInit_v2` returns (0: NVML_SUCCESS; an uninitialised driver fails there).
+    fn nvml_here() -> Result<i32, String> {
+        type Call = unsafe extern "C" fn() -> libc::c_int;
+        // SAFETY: dlopen/dlsym/dlerror/dlclose get NUL-terminated names; the symbols called are
+        // NVML's `nvmlReturn_t nvmlInit_v2(void)` and `nvmlReturn_t nvmlShutdown(void)`, and the
+        // library stays open while they run.
+        unsafe {
+            let lib = libc::dlopen(
+                c"libnvidia-ml.so.1".as_ptr(),
+                libc::RTLD_NOW | libc::RTLD_LOCAL,
+            );
+            if lib.is_null() {
+                let err = libc::dlerror();
+                return Err(if err.is_null() {
+                    "dlopen failed".to_string()
+                } else {
+                    std::ffi::CStr::from_ptr(err).to_string_lossy().into_owned()
+                });
+            }
+            let init = libc::dlsym(lib, c"nvmlInit_v2".as_ptr());
+            let code = if init.is_null() {
+                -1
+            } else {
+                let code = std::mem::transmute::<*mut libc::c_void, Call>(init)();
+                let shutdown = libc::dlsym(lib, c"nvmlShutdown".as_ptr());
+                if code == 0 && !shutdown.is_null() {
+                    std::mem::transmute::<*mut libc::c_void, Call>(shutdown)();
+                }
+                code
+            };
+            libc::dlclose(lib);
+            Ok(code)
+        }
+    }
+
     #[test]
     fn nvml_is_absent_here_or_describes_itself() {
-        // Where no NVIDIA driver is installed, NVML fails to load with a clear reason.
-        match NvmlSource::init() {
-            Ok(nvml) => assert!(nvml.describe().contains("GPU")),
-            Err(reason) => assert!(!reason.is_empty()),
+        // NvmlSource must come up exactly where the library loads (and its driver answers),
+        // and say which library is missing where it does not load.
+        let here = nvml_here();
+        match (&here, NvmlSource::init()) {
+            (Ok(0), Ok(nvml)) => {
+                let described = nvml.describe();
+                assert!(
+                    described.starts_with("driver ") && described.ends_with(" GPU(s)"),
+                    "{described}"
+                );
+            }
+            (Ok(0), Err(reason)) => {
+                panic!("libnvidia-ml.so.1 loads and initialises here, yet NVML is not: {reason}")
+            }
+            (Ok(code), Ok(_)) => panic!("nvmlInit_v2 returns {code} here, yet NVML came up"),
+            // The library is there but its driver refuses: a reason, not "not found".
+            (Ok(code), Err(reason)) => assert!(
+                !reason.is_empty() && !reason.contains("not found"),
+                "nvmlInit_v2 returns {code}: {reason}"
+            ),
+            (Err(why), Ok(_)) => {
+                panic!("libnvidia-ml.so.1 does not load here ({why}), yet NVML came up")
+            }
+            (Err(_), Err(reason)) => {
+                assert_eq!(reason, "libnvidia-ml.so.1 not found", "{here:?}")
+            }
         }
         assert_eq!(cgroup_path_of(u32::MAX), None);
         assert!(cgroup_path_of(std::process::id()).is_some_and(|p| p.starts_with('/')));
