@@ -20,7 +20,7 @@ use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc, Mutex,
     },
     thread::JoinHandle,
@@ -213,70 +213,17 @@ fn grafana_to_promql(expr: &str) -> String {
     out
 }
 
+/// A metric family as Prometheus shows it: (name, type, labels).
+type Family = (String, &'static str, &'static [&'static str]);
+
 /// The metric families clawtrace exposes (on its /metrics and after the collector's
-/// translation): (name, type, labels).
-const FAMILIES: &[(&str, &str, &[&str])] = &[
-    (
-        "container_changes_total",
-        "counter",
-        &["operation", "agent_name"],
-    ),
-    (
-        "container_exits_total",
-        "counter",
-        &["agent_name", "verdict", "exit_code"],
-    ),
-    (
-        "container_process_exits_total",
-        "counter",
-        &["agent_name", "cause", "signal", "exit_code"],
-    ),
-    (
-        "container_signals_total",
-        "counter",
-        &["agent_name", "signal", "sender"],
-    ),
-    ("containers_live", "gauge", &["agent_name"]),
-    ("containers_lingering", "gauge", &["agent_name"]),
-    (
-        "container_start_duration_seconds",
-        "histogram",
-        &["agent_name"],
-    ),
-    (
-        "container_lifetime_seconds",
-        "histogram",
-        &["agent_name", "verdict"],
-    ),
-    ("clawtrace_events_total", "counter", &["kind"]),
-    ("clawtrace_events_lost_total", "counter", &["probe"]),
-    ("clawtrace_label_overflow_total", "counter", &[]),
-    ("clawtrace_export_errors_total", "counter", &["sink"]),
-    ("clawtrace_spans_dropped_total", "counter", &[]),
-    (
-        "container_mount_duration_seconds",
-        "histogram",
-        &["agent_name", "writable"],
-    ),
-    (
-        "container_volume_violations_total",
-        "counter",
-        &["agent_name", "kind"],
-    ),
-    (
-        "container_volume_violations_current",
-        "gauge",
-        &["agent_name", "kind"],
-    ),
-    ("gpu_containers", "gauge", &["gpu"]),
-    ("gpu_shared_devices", "gauge", &[]),
-    ("gpu_sharing_total", "counter", &["agent_name"]),
-    (
-        "container_gpu_memory_bytes",
-        "gauge",
-        &["agent_name", "gpu", "gpu_uuid"],
-    ),
-];
+/// translation), from its own table of metrics.
+static FAMILIES: std::sync::LazyLock<Vec<Family>> = std::sync::LazyLock::new(|| {
+    clawtrace::export::metrics::METRICS
+        .iter()
+        .map(|d| (d.prometheus_name(), d.prometheus_type(), d.labels))
+        .collect()
+});
 
 /// The names of a family's series in Prometheus (a histogram's _bucket, _sum and _count).
 fn family_series(name: &str, kind: &str) -> Vec<String> {
@@ -299,9 +246,7 @@ fn series_names() -> BTreeSet<String> {
 }
 
 /// The family a series belongs to: (name, type, labels).
-fn family_of(
-    series: &str,
-) -> Option<&'static (&'static str, &'static str, &'static [&'static str])> {
+fn family_of(series: &str) -> Option<&'static Family> {
     FAMILIES
         .iter()
         .find(|(name, kind, _)| family_series(name, kind).iter().any(|s| s == series))
@@ -433,7 +378,7 @@ fn dashboard_is_well_formed() {
         }
         assert_eq!(depth, 0, "{title}: unbalanced {expr}");
     }
-    for (name, kind, _) in FAMILIES {
+    for (name, kind, _) in FAMILIES.iter() {
         let series = if *kind == "histogram" {
             format!("{name}_bucket")
         } else {
@@ -746,9 +691,9 @@ impl Prometheus {
             let Some(bare) = expr.strip_suffix(" or vector(0)") else {
                 continue;
             };
-            let optional = referenced_series(bare)
-                .iter()
-                .all(|s| family_of(s).is_some_and(|(name, _, _)| may_be_absent.contains(name)));
+            let optional = referenced_series(bare).iter().all(|s| {
+                family_of(s).is_some_and(|(name, _, _)| may_be_absent.contains(&name.as_str()))
+            });
             if !optional {
                 queries.push((
                     format!("panel {title:?} without its `or vector(0)`"),
@@ -859,248 +804,11 @@ struct SampleExporter {
     thread: Option<JoinHandle<()>>,
 }
 
-/// Writes the HELP and TYPE lines of a family.
-fn family(s: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
-/// The exposition for the `n`th scrape.
-fn sample_exposition(n: u64) -> String {
-    let mut s = String::new();
-    family(
-        &mut s,
-        "container_changes_total",
-        "counter",
-        "Container cgroups created and removed.",
-    );
-    for (agent, op, per) in [
-        ("nemo", "create", 3),
-        ("nemo", "delete", 2),
-        ("openclaw", "create", 1),
-        ("openclaw", "delete", 1),
-    ] {
-        let _ = writeln!(
-            s,
-            "container_changes_total{{operation=\"{op}\",agent_name=\"{agent}\"}} {}",
-            per * n
-        );
-    }
-    family(
-        &mut s,
-        "container_exits_total",
-        "counter",
-        "Container exits.",
-    );
-    for (agent, verdict, code) in [
-        ("nemo", "exited", "0"),
-        ("nemo", "oom_kill", "137"),
-        ("openclaw", "crash", "139"),
-        ("openclaw", "init_exit_unseen", "none"),
-    ] {
-        let _ = writeln!(
-            s,
-            "container_exits_total{{agent_name=\"{agent}\",verdict=\"{verdict}\",exit_code=\"{code}\"}} {n}"
-        );
-    }
-    family(
-        &mut s,
-        "container_process_exits_total",
-        "counter",
-        "Process exits.",
-    );
-    for (agent, cause, signal, code) in [
-        ("nemo", "exited", "none", "0"),
-        ("nemo", "failed", "none", "3"),
-        ("nemo", "oom_kill", "SIGKILL", "137"),
-        ("openclaw", "orchestrator_kill", "SIGKILL", "137"),
-        ("openclaw", "crash", "SIGSEGV", "139"),
-    ] {
-        let _ = writeln!(
-            s,
-            "container_process_exits_total{{agent_name=\"{agent}\",cause=\"{cause}\",signal=\"{signal}\",exit_code=\"{code}\"}} {n}"
-        );
-    }
-    family(
-        &mut s,
-        "container_signals_total",
-        "counter",
-        "Signals to container processes.",
-    );
-    for (agent, signal, sender) in [
-        ("nemo", "SIGTERM", "outside"),
-        ("nemo", "SIGKILL", "kernel"),
-        ("openclaw", "SIGKILL", "peer"),
-        ("openclaw", "SIGSEGV", "self"),
-    ] {
-        let _ = writeln!(
-            s,
-            "container_signals_total{{agent_name=\"{agent}\",signal=\"{signal}\",sender=\"{sender}\"}} {n}"
-        );
-    }
-    for (name, help, values) in [
-        ("containers_live", "Live containers.", [4, 1]),
-        ("containers_lingering", "Lingering containers.", [1, 0]),
-    ] {
-        family(&mut s, name, "gauge", help);
-        for (agent, v) in ["nemo", "openclaw"].iter().zip(values) {
-            let _ = writeln!(s, "{name}{{agent_name=\"{agent}\"}} {v}");
-        }
-    }
-    // Histograms: per scrape, 10 observations spread over the buckets.
-    let les = ["0.01", "0.05", "0.1", "0.5", "1", "5", "+Inf"];
-    let cumulative = [1u64, 3, 5, 8, 9, 10, 10];
-    for (name, help, label_sets) in [
-        (
-            "container_start_duration_seconds",
-            "From cgroup creation to the payload's first exec.",
-            ["agent_name=\"nemo\"", "agent_name=\"openclaw\""],
-        ),
-        (
-            "container_lifetime_seconds",
-            "From cgroup creation to the container's end.",
-            [
-                "agent_name=\"nemo\",verdict=\"exited\"",
-                "agent_name=\"openclaw\",verdict=\"orchestrator_kill\"",
-            ],
-        ),
-    ] {
-        family(&mut s, name, "histogram", help);
-        for labels in label_sets {
-            for (le, c) in les.iter().zip(cumulative) {
-                let _ = writeln!(s, "{name}_bucket{{{labels},le=\"{le}\"}} {}", c * n);
-            }
-            let _ = writeln!(s, "{name}_sum{{{labels}}} {}", 2 * n);
-            let _ = writeln!(s, "{name}_count{{{labels}}} {}", 10 * n);
-        }
-    }
-    family(
-        &mut s,
-        "clawtrace_events_total",
-        "counter",
-        "Kernel records decoded.",
-    );
-    for (kind, per) in [("cgroup_mkdir", 3), ("process_exec", 7), ("signal", 5)] {
-        let _ = writeln!(s, "clawtrace_events_total{{kind=\"{kind}\"}} {}", per * n);
-    }
-    family(
-        &mut s,
-        "clawtrace_events_lost_total",
-        "counter",
-        "Records lost: ring buffer full.",
-    );
-    for probe in ["cgroup_mkdir", "signal_generate"] {
-        let _ = writeln!(s, "clawtrace_events_lost_total{{probe=\"{probe}\"}} 0");
-    }
-    family(
-        &mut s,
-        "clawtrace_label_overflow_total",
-        "counter",
-        "Label values not kept.",
-    );
-    let _ = writeln!(s, "clawtrace_label_overflow_total 0");
-    family(
-        &mut s,
-        "clawtrace_export_errors_total",
-        "counter",
-        "Failed exports.",
-    );
-    for sink in ["otlp", "audit"] {
-        let _ = writeln!(s, "clawtrace_export_errors_total{{sink=\"{sink}\"}} 0");
-    }
-    family(
-        &mut s,
-        "clawtrace_spans_dropped_total",
-        "counter",
-        "Container spans dropped.",
-    );
-    let _ = writeln!(s, "clawtrace_spans_dropped_total 0");
-    // Mount calls per scrape: nemo's 4 writable and 2 read-only ones, openclaw's 4 writable ones.
-    family(
-        &mut s,
-        "container_mount_duration_seconds",
-        "histogram",
-        "Mount system calls made in containers.",
-    );
-    let mount_les = ["0.00001", "0.0001", "0.001", "0.01", "+Inf"];
-    for (agent, writable, cumulative) in [
-        ("nemo", "true", [0u64, 2, 3, 4, 4]),
-        ("nemo", "false", [0, 1, 2, 2, 2]),
-        ("openclaw", "true", [1, 2, 4, 4, 4]),
-    ] {
-        let labels = format!("agent_name=\"{agent}\",writable=\"{writable}\"");
-        for (le, c) in mount_les.iter().zip(cumulative) {
-            let _ = writeln!(
-                s,
-                "container_mount_duration_seconds_bucket{{{labels},le=\"{le}\"}} {}",
-                c * n
-            );
-        }
-        let _ = writeln!(s, "container_mount_duration_seconds_sum{{{labels}}} {}", n);
-        let _ = writeln!(
-            s,
-            "container_mount_duration_seconds_count{{{labels}}} {}",
-            cumulative[4] * n
-        );
-    }
-    family(
-        &mut s,
-        "container_volume_violations_total",
-        "counter",
-        "Writable binds that break the volume policy.",
-    );
-    family(
-        &mut s,
-        "container_volume_violations_current",
-        "gauge",
-        "Writable binds that break the volume policy now.",
-    );
-    for (agent, kind, now) in [
-        ("nemo", "shared_writable", 1),
-        ("openclaw", "read_only_volume_writable", 0),
-    ] {
-        let labels = format!("agent_name=\"{agent}\",kind=\"{kind}\"");
-        let _ = writeln!(s, "container_volume_violations_total{{{labels}}} {n}");
-        let _ = writeln!(s, "container_volume_violations_current{{{labels}}} {now}");
-    }
-    family(
-        &mut s,
-        "gpu_containers",
-        "gauge",
-        "Live containers that opened each GPU device.",
-    );
-    for (gpu, v) in [("nvidia0", 2), ("nvidia1", 1)] {
-        let _ = writeln!(s, "gpu_containers{{gpu=\"{gpu}\"}} {v}");
-    }
-    family(
-        &mut s,
-        "gpu_shared_devices",
-        "gauge",
-        "GPU devices used by more than one live container.",
-    );
-    let _ = writeln!(s, "gpu_shared_devices 1");
-    family(
-        &mut s,
-        "gpu_sharing_total",
-        "counter",
-        "Containers that began using a GPU device another live container was using.",
-    );
-    let _ = writeln!(s, "gpu_sharing_total{{agent_name=\"nemo\"}} {n}");
-    family(
-        &mut s,
-        "container_gpu_memory_bytes",
-        "gauge",
-        "GPU memory held by a container's processes (NVML).",
-    );
-    for (agent, gpu, uuid, bytes) in [
-        ("nemo", "0", "GPU-0b1c", 2u64 << 30),
-        ("openclaw", "1", "GPU-7e2d", 512 << 20),
-    ] {
-        let _ = writeln!(
-            s,
-            "container_gpu_memory_bytes{{agent_name=\"{agent}\",gpu=\"{gpu}\",gpu_uuid=\"{uuid}\"}} {bytes}"
-        );
-    }
-    s
+/// The exposition for the `n`th scrape: clawtrace's own metrics after `n` rounds of a made-up
+/// workload (every family, counters growing by the same amount each round).
+fn sample_exposition(metrics: &clawtrace::export::metrics::Metrics) -> String {
+    clawtrace::replay::metrics_round(metrics);
+    metrics.encode()
 }
 
 impl SampleExporter {
@@ -1108,7 +816,7 @@ impl SampleExporter {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind sample exporter");
         let addr = listener.local_addr().expect("local addr");
         let stop = Arc::new(AtomicBool::new(false));
-        let scrapes = AtomicU64::new(0);
+        let metrics = clawtrace::export::metrics::Metrics::new(None);
         let stopping = Arc::clone(&stop);
         let thread = std::thread::spawn(move || {
             for conn in listener.incoming() {
@@ -1129,12 +837,12 @@ impl SampleExporter {
                     }
                     line.clear();
                 }
-                let n = scrapes.fetch_add(1, Ordering::Relaxed) + 1;
-                let body = sample_exposition(n);
+                let body = sample_exposition(&metrics);
                 let _ = write!(
                     conn,
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n\
+                    "HTTP/1.1 200 OK\r\nContent-Type: {}\r\n\
                      Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    clawtrace::export::metrics::CONTENT_TYPE,
                     body.len()
                 );
                 let _ = conn.shutdown(Shutdown::Both);
@@ -1161,10 +869,14 @@ impl Drop for SampleExporter {
 
 #[test]
 fn sample_exposition_has_every_family() {
-    let text = sample_exposition(1);
-    for (name, kind, labels) in FAMILIES {
+    // The exposition the dashboard is checked against is clawtrace's own: every family of its
+    // table, with the table's labels.
+    let text = sample_exposition(&clawtrace::export::metrics::Metrics::new(None));
+    for (name, kind, labels) in FAMILIES.iter() {
+        // OpenMetrics names a counter's family without its `_total`.
+        let family = name.strip_suffix("_total").unwrap_or(name);
         assert!(
-            text.contains(&format!("# TYPE {name} {kind}\n")),
+            text.contains(&format!("# TYPE {family} {kind}\n")),
             "sample exposition lacks {name}"
         );
         // Its samples carry the family's labels.
@@ -1635,7 +1347,7 @@ fn dashboard_queries_return_data_from_clawtrace() {
         "clawtrace_export_errors_total",
         "container_gpu_memory_bytes",
     ];
-    for (name, kind, _) in FAMILIES {
+    for (name, kind, _) in FAMILIES.iter() {
         let series = if *kind == "histogram" {
             format!("{name}_count")
         } else {
@@ -1643,7 +1355,7 @@ fn dashboard_queries_return_data_from_clawtrace() {
         };
         if prom.vector(&format!("count({series})")).is_empty() {
             assert!(
-                may_be_absent.contains(name),
+                may_be_absent.contains(&name.as_str()),
                 "clawtrace exposes no {series} series after the workload"
             );
             eprintln!("note: clawtrace exposes no {series} series");
@@ -1971,7 +1683,7 @@ fn yaml_files_parse_and_hold_the_deployment() {
     assert_eq!(records, recorded_names());
     // The collector's comment states the names its translation produces.
     let otel = read_deploy("otel-collector/config.yaml");
-    for (name, _, _) in FAMILIES {
+    for (name, _, _) in FAMILIES.iter() {
         assert!(otel.contains(name), "otel config does not mention {name}");
     }
 }
