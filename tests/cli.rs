@@ -217,7 +217,7 @@ fn program_names(pid: u32) -> Vec<(String, String)> {
 /// lifecycle hooks (BTF tracepoints are `tracing` programs, the others `tracepoint`), the OOM
 /// mark's program for this kernel's `mark_victim` prototype, and the cgroup device program.
 fn core_programs() -> Vec<(String, String)> {
-    let bits = clawtrace::features::probe_running_kernel()
+    let bits = clawtrace::source::features::probe_running_kernel()
         .expect("probe the kernel")
         .bits;
     let oom = if bits & tracer_common::feature::OOM_VICTIM_TASK != 0 {
@@ -289,7 +289,7 @@ fn by_default_no_syscall_hook_is_loaded() {
         .into_iter()
         .filter(|(name, _)| name != "device_access")
         .collect();
-    let bits = clawtrace::features::probe_running_kernel()
+    let bits = clawtrace::source::features::probe_running_kernel()
         .expect("probe the kernel")
         .bits;
     let mut calls = vec![

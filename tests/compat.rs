@@ -21,7 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use clawtrace::{
+use clawtrace::source::{
     decode::Record,
     loader::{Tracer, TracerConfig},
 };

@@ -219,7 +219,7 @@ type Family = (String, &'static str, &'static [&'static str]);
 /// The metric families clawtrace exposes (on its /metrics and after the collector's
 /// translation), from its own table of metrics.
 static FAMILIES: std::sync::LazyLock<Vec<Family>> = std::sync::LazyLock::new(|| {
-    clawtrace::export::metrics::METRICS
+    clawtrace::sinks::metrics::METRICS
         .iter()
         .map(|d| (d.prometheus_name(), d.prometheus_type(), d.labels))
         .collect()
@@ -806,7 +806,7 @@ struct SampleExporter {
 
 /// The exposition for the `n`th scrape: clawtrace's own metrics after `n` rounds of a made-up
 /// workload (every family, counters growing by the same amount each round).
-fn sample_exposition(metrics: &clawtrace::export::metrics::Metrics) -> String {
+fn sample_exposition(metrics: &clawtrace::sinks::metrics::Metrics) -> String {
     clawtrace::replay::metrics_round(metrics);
     metrics.encode()
 }
@@ -816,7 +816,7 @@ impl SampleExporter {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind sample exporter");
         let addr = listener.local_addr().expect("local addr");
         let stop = Arc::new(AtomicBool::new(false));
-        let metrics = clawtrace::export::metrics::Metrics::new(None);
+        let metrics = clawtrace::sinks::metrics::Metrics::new(None);
         let stopping = Arc::clone(&stop);
         let thread = std::thread::spawn(move || {
             for conn in listener.incoming() {
@@ -842,7 +842,7 @@ impl SampleExporter {
                     conn,
                     "HTTP/1.1 200 OK\r\nContent-Type: {}\r\n\
                      Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    clawtrace::export::metrics::CONTENT_TYPE,
+                    clawtrace::sinks::metrics::CONTENT_TYPE,
                     body.len()
                 );
                 let _ = conn.shutdown(Shutdown::Both);
@@ -871,7 +871,7 @@ impl Drop for SampleExporter {
 fn sample_exposition_has_every_family() {
     // The exposition the dashboard is checked against is clawtrace's own: every family of its
     // table, with the table's labels.
-    let text = sample_exposition(&clawtrace::export::metrics::Metrics::new(None));
+    let text = sample_exposition(&clawtrace::sinks::metrics::Metrics::new(None));
     for (name, kind, labels) in FAMILIES.iter() {
         // OpenMetrics names a counter's family without its `_total`.
         let family = name.strip_suffix("_total").unwrap_or(name);

@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use clawtrace::output::short_id;
+use clawtrace::sinks::terminal::short_id;
 use serde_json::Value;
 use support::*;
 

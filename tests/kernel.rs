@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use clawtrace::{
+use clawtrace::source::{
     decode::{c_str, sized_str, Record},
     loader::{Tracer, TracerConfig},
 };

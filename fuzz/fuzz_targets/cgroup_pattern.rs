@@ -12,7 +12,7 @@
 
 use std::{cell::RefCell, collections::HashMap, path::PathBuf, rc::Rc, sync::OnceLock};
 
-use clawtrace::containers::{PatternError, Recognize as _, Recognizer};
+use clawtrace::model::containers::{PatternError, Recognize as _, Recognizer};
 use libfuzzer_sys::fuzz_target;
 
 /// An empty runc state directory, so the bare-runc branch runs (and finds nothing). One fixed

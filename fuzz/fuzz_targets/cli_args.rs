@@ -16,8 +16,8 @@ use std::{ffi::OsString, os::unix::ffi::OsStringExt as _};
 use clap::{error::ErrorKind, CommandFactory as _, Parser as _};
 use clawtrace::{
     cli::{Cli, Command, LabelsCommand},
-    containers::{Recognize as _, Recognizer},
-    loader::env_key,
+    model::containers::{Recognize as _, Recognizer},
+    source::loader::env_key,
 };
 use libfuzzer_sys::fuzz_target;
 

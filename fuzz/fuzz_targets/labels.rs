@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use clawtrace::export::labels::{sanitize, AgentLabels, LabelMode, LabelPolicy, OVERFLOW, UNKNOWN};
+use clawtrace::enrich::labels::{sanitize, AgentLabels, LabelMode, LabelPolicy, OVERFLOW, UNKNOWN};
 use libfuzzer_sys::{
     arbitrary::{Result, Unstructured},
     fuzz_target,

@@ -16,10 +16,12 @@
 use std::{mem::size_of, sync::OnceLock};
 
 use clawtrace::{
-    containers::{ContainerIdent, Recognize, Recognizer},
-    decode::Record,
-    model::{Event, ExistingContainer, Model, ModelConfig, Output, Timed},
-    output,
+    model::{
+        containers::{ContainerIdent, Recognize, Recognizer},
+        Event, ExistingContainer, Model, ModelConfig, Output, Timed,
+    },
+    sinks::terminal as output,
+    source::decode::Record,
     sys::WallClock,
 };
 use libfuzzer_sys::{
@@ -125,10 +127,10 @@ fn small_pid(u: &mut Unstructured) -> Result<u32> {
 }
 
 /// A zeroed `T` whose bytes after the header are the fuzzer's, through the decoder.
-fn record<T>(u: &mut Unstructured, k: u32) -> Result<Record> {
+fn record<T>(u: &mut Unstructured, kind: Kind) -> Result<Record> {
     let mut bytes = vec![0u8; size_of::<T>()];
     u.fill_buffer(&mut bytes[size_of::<Header>()..])?;
-    bytes[..4].copy_from_slice(&k.to_ne_bytes());
+    bytes[..4].copy_from_slice(&(kind as u32).to_ne_bytes());
     // The kernel pads samples to 8 bytes; the decoder must not mind the tail.
     bytes.extend_from_slice(&[0xa5; 7][..usize::from(u.int_in_range(0..=7u8)?)]);
     Ok(Record::decode(&bytes).expect("a full-length record of a known kind decodes"))

@@ -11,16 +11,17 @@
 use std::{hint::black_box, time::Duration};
 
 use clawtrace::{
-    containers::Recognizer,
-    decode::{KindCounts, Record},
-    export::{
+    enrich::{
         agent::{AgentConfig, AgentSource},
         labels::LabelPolicy,
-        pipeline::{ExportConfig, InlineWorker},
     },
-    model::{Model, ModelConfig, Output},
-    output::{Format, Printer},
+    model::{containers::Recognizer, Model, ModelConfig, Output},
     replay::{self, cgroup, comm, exec, exec_with_env, exit, header, HOST_CGROUP, RUNTIME_PID},
+    sinks::{
+        export::{ExportConfig, InlineWorker},
+        terminal::{Format, Printer},
+    },
+    source::decode::{KindCounts, Record},
     sys::WallClock,
 };
 use criterion::{criterion_group, Criterion, Throughput};

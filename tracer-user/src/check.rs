@@ -6,11 +6,13 @@ use std::{io::Write, path::Path};
 use aya::maps::MapType;
 
 use crate::{
-    features::{self, KernelFeatures},
-    kernel_btf,
-    loader::{Tracer, TracerConfig},
+    source::{
+        features::{self, KernelFeatures},
+        kernel_btf,
+        loader::{Tracer, TracerConfig},
+        tracepoints::{self, HOOKS},
+    },
     sys,
-    tracepoints::{self, HOOKS},
 };
 
 /// One requirement and whether this host meets it.
@@ -183,7 +185,7 @@ pub fn run_checks() -> Vec<Requirement> {
     });
     let all_ok = out.iter().all(|r| r.ok || r.optional);
     // NVML is optional: its absence is reported, not a failure.
-    let nvml = crate::export::gpu::NvmlSource::init();
+    let nvml = crate::source::nvml::NvmlSource::init();
     out.push(req(
         "programs load and attach",
         if all_ok {

@@ -6,8 +6,8 @@ use clap::{Parser, Subcommand};
 
 use crate::{
     defaults,
-    export::{agent::AgentSource, labels::LabelMode},
-    output::Format,
+    enrich::{agent::AgentSource, labels::LabelMode},
+    sinks::terminal::Format,
 };
 
 #[derive(Debug, Parser)]
@@ -72,7 +72,7 @@ pub struct RunArgs {
     /// GPU device numbers whose accesses are followed: MAJOR, MAJOR:MINOR or MAJOR:FIRST-LAST
     /// (character devices; up to 8; default NVIDIA's 195 and the DRM render nodes
     /// 226:128-255). Repeatable; the first one given replaces the defaults.
-    #[arg(long = "gpu-device", value_name = "DEVICE", default_values = crate::devices::DEFAULT_GPU_DEVICES, value_parser = crate::devices::parse_device_range)]
+    #[arg(long = "gpu-device", value_name = "DEVICE", default_values = crate::source::devices::DEFAULT_GPU_DEVICES, value_parser = crate::source::devices::parse_device_range)]
     pub gpu_device: Vec<tracer_common::DeviceRange>,
     /// Do not attach the cgroup device hook: GPU use is then known from NVML only.
     #[arg(long)]

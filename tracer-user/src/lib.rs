@@ -1,37 +1,29 @@
 //! clawtrace: a tracer of container lifecycles. The kernel side (tracer-ebpf) writes records
-//! into a ring buffer; this library loads it and carries records one way through
-//! decode → lifecycle model → sinks.
+//! into a ring buffer; this library carries them one way:
 //!
-//! - [`features`]: what the running kernel offers, probed; which paths the programs take.
-//! - [`loader`]: load, attach, read the ring buffer, talk to the kernel's maps.
-//! - [`decode`]: ring-buffer bytes to typed records.
-//! - [`containers`]: which cgroups are containers.
-//! - [`attribution`]: how a process died and who caused it.
-//! - [`model`]: the lifecycle state machine (pure).
-//! - [`scan`]: containers that already run at start.
-//! - [`output`]: text and JSON lines.
-//! - [`check`]: the preflight report.
+//! ```text
+//! source (kernel records, scans, mount tables) → model (pure) → enrich (agent names) → sinks
+//! ```
+//!
+//! - [`source`]: where records come from: the loader, the decoder, what the kernel offers, the
+//!   containers running at start, mount tables, device names, NVML.
+//! - [`model`]: the lifecycle machine, attribution of deaths, volumes, GPU sharing, and the
+//!   event schema; pure, no I/O.
+//! - [`enrich`]: agent names and their labels, from metadata that arrives later.
+//! - [`sinks`]: the terminal, the audit log, metrics, spans, OTLP.
+//! - [`run`]: the composition of the above, over any record source.
+//! - [`check`]: the preflight report, from the same requirement probes the loader uses.
 //! - [`replay`]: made-up record streams for tests, benchmarks and fuzzing.
 
-pub mod attribution;
 pub mod check;
 pub mod cli;
-pub mod containers;
-pub mod decode;
 pub mod defaults;
-pub mod devices;
-pub mod export;
-pub mod features;
-pub mod kernel_btf;
-pub mod loader;
+pub mod enrich;
 pub mod model;
-pub mod mountinfo;
-pub mod output;
 pub mod replay;
 pub mod run;
-pub mod scan;
+pub mod sinks;
+pub mod source;
 pub mod sys;
 #[cfg(test)]
 mod test_dir;
-pub mod tracepoints;
-pub mod volumes;

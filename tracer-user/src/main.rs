@@ -9,12 +9,12 @@ use clap::Parser;
 use clawtrace::{
     check,
     cli::{Cli, Command, LabelsCommand, RunArgs},
-    export::{
+    enrich::{
         agent::AgentConfig,
         labels::{self, LabelPolicy},
-        otlp::{self, OtlpConfig, Protocol},
     },
     run::{self, AuditSettings, RunOptions},
+    sinks::otlp::{self, OtlpConfig, Protocol},
 };
 
 fn main() -> ExitCode {

@@ -7,7 +7,7 @@ use tracer_common::{
     ENV_VALUE_LEN, FILENAME_LEN,
 };
 
-use crate::{attribution::SignalOrigin, decode::Record};
+use crate::{model::attribution::SignalOrigin, source::decode::Record};
 
 /// The pid of "the runtime" in made-up streams.
 pub const RUNTIME_PID: u32 = 4000;
@@ -252,11 +252,11 @@ pub fn exit(ts_ns: u64, cgroup_id: u64, pid: u32, parent: u32, status: u32) -> R
 }
 
 /// One round of a made-up workload's metrics: every metric of
-/// [`crate::export::metrics::METRICS`] gets series with all its labels, counters grow by the
+/// [`crate::sinks::metrics::METRICS`] gets series with all its labels, counters grow by the
 /// same amount each round, and histograms get observations across their buckets. For tests
 /// that need a realistic exposition (the dashboard's queries against a real Prometheus).
-pub fn metrics_round(m: &crate::export::metrics::Metrics) {
-    use crate::export::metrics::{sink, AgentName};
+pub fn metrics_round(m: &crate::sinks::metrics::Metrics) {
+    use crate::sinks::metrics::{sink, AgentName};
     let (nemo, openclaw): (AgentName, AgentName) = ("nemo".into(), "openclaw".into());
     m.declare(&Kind::ALL.map(Kind::probe), sink::ALL);
     for agent in [&nemo, &nemo, &nemo, &openclaw, &openclaw] {

@@ -15,20 +15,24 @@ use anyhow::{Context as _, Result};
 use tracer_common::{Kind, Miss};
 
 use crate::{
-    containers::Recognizer,
-    decode::KindCounts,
     defaults,
-    export::{
+    enrich::{
         agent::{AgentConfig, AgentSource},
-        audit::AuditLog,
         labels::LabelPolicy,
-        otlp::OtlpConfig,
-        pipeline::{ExportConfig, Exporter},
     },
-    loader::{Missed, Tracer, TracerConfig},
-    model::{Event, Model, ModelConfig, Output},
-    output::{self, Format, Printer},
-    scan, sys,
+    model::{containers::Recognizer, Event, Model, ModelConfig, Output},
+    sinks::{
+        audit::AuditLog,
+        export::{ExportConfig, Exporter},
+        otlp::OtlpConfig,
+        terminal::{self, Format, Printer},
+    },
+    source::{
+        decode::KindCounts,
+        loader::{Missed, Tracer, TracerConfig},
+        scan,
+    },
+    sys,
 };
 
 /// Everything `clawtrace run` is told.
@@ -71,7 +75,7 @@ impl RunOptions {
             linger_after: defaults::LINGER_AFTER_VALUE,
             ring_buffer_bytes: defaults::RING_BUFFER_BYTES,
             read_only_volumes: Vec::new(),
-            gpu_devices: crate::devices::default_gpu_devices(),
+            gpu_devices: crate::source::devices::default_gpu_devices(),
             trace_mount_syscalls: false,
             trace_devices: true,
             gpu_poll: defaults::GPU_POLL_VALUE,
@@ -150,7 +154,7 @@ pub fn run(options: &RunOptions, stop: &Arc<AtomicBool>, out: impl Write) -> Res
             read_only_volumes: options
                 .read_only_volumes
                 .iter()
-                .map(|p| crate::volumes::normalize(p))
+                .map(|p| crate::model::volumes::normalize(p))
                 .collect(),
             host_ns_level: crate::sys::pid_ns_level(),
             devices_v1_controller,
@@ -159,7 +163,7 @@ pub fn run(options: &RunOptions, stop: &Arc<AtomicBool>, out: impl Write) -> Res
     );
     let mut summary = RunSummary::default();
     let mut step = Output::default();
-    let mut device_names = crate::devices::DeviceNames::new(std::path::Path::new("/dev"));
+    let mut device_names = crate::source::devices::DeviceNames::new(std::path::Path::new("/dev"));
 
     let mut adopted_inits = Vec::new();
     // The programs are attached before the scan, so nothing created meanwhile is missed; the
@@ -183,7 +187,7 @@ pub fn run(options: &RunOptions, stop: &Arc<AtomicBool>, out: impl Write) -> Res
     // Attached and scanned: from here on only what the sinks need is kept. Capabilities are per
     // thread, so this comes before the export threads start.
     sys::drop_privileges()?;
-    let mut mounts = crate::mountinfo::MountWatcher::new();
+    let mut mounts = crate::source::mountinfo::MountWatcher::new();
     for (cgroup_id, init) in adopted_inits {
         mounts.watch_running(cgroup_id, init);
     }
@@ -228,7 +232,7 @@ pub fn run(options: &RunOptions, stop: &Arc<AtomicBool>, out: impl Write) -> Res
         let mut counts = KindCounts::default();
         tracer.poll_each(if stopping { Duration::ZERO } else { POLL }, |record| {
             counts.add(&record);
-            if let crate::decode::Record::DeviceAccess(r) = &record {
+            if let crate::source::decode::Record::DeviceAccess(r) = &record {
                 if !model.knows_device(r.major, r.minor) {
                     if let Some(path) = device_names.lookup(r.major, r.minor) {
                         model.name_device(r.major, r.minor, path);
@@ -272,12 +276,12 @@ pub fn run(options: &RunOptions, stop: &Arc<AtomicBool>, out: impl Write) -> Res
                 Event::ProcessExit(_) | Event::VolumeViolation(_)
             );
             if let (Some(log), true) = (&mut audit, audited) {
-                if let Err(err) = log.append(&output::json(event, &clock)) {
+                if let Err(err) = log.append(&terminal::json(event, &clock)) {
                     summary.audit_errors += 1;
                     if let Some(exporter) = &exporter {
                         exporter
                             .metrics()
-                            .export_error(crate::export::metrics::sink::AUDIT_LOG);
+                            .export_error(crate::sinks::metrics::sink::AUDIT_LOG);
                     }
                     if summary.audit_errors == 1 || summary.audit_errors.is_power_of_two() {
                         log::warn!(

@@ -177,7 +177,7 @@ pub fn cgroup2_mount() -> Option<PathBuf> {
 }
 
 fn cgroup2_mount_in(mountinfo: &str) -> Option<PathBuf> {
-    crate::volumes::parse_mountinfo(mountinfo)
+    crate::model::volumes::parse_mountinfo(mountinfo)
         .into_iter()
         .find(|m| m.fstype == "cgroup2")
         .map(|m| PathBuf::from(m.mount_point))
@@ -235,7 +235,7 @@ pub fn cgroup_v1_devices_mounted() -> bool {
 }
 
 fn cgroup_v1_devices_in(mountinfo: &str) -> bool {
-    crate::volumes::parse_mountinfo(mountinfo)
+    crate::model::volumes::parse_mountinfo(mountinfo)
         .iter()
         .any(|m| m.fstype == "cgroup" && m.super_option("devices"))
 }

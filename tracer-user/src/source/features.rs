@@ -12,7 +12,7 @@ use aya::{
 use btf_rs::Btf;
 use tracer_common::feature;
 
-use crate::{kernel_btf, tracepoints};
+use super::{kernel_btf, tracepoints};
 
 /// One feature: its bit, what it is, and what the user loses without it.
 #[derive(Debug)]

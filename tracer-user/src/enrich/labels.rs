@@ -24,7 +24,7 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-use super::files::open_append;
+use crate::sinks::files::open_append;
 
 /// The value of a container for which no source had an agent name, or whose name sanitized to
 /// nothing. It never counts against the cap.

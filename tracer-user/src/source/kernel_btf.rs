@@ -335,11 +335,11 @@ mod tests {
         );
         // Where programs for kernels with and without a feature share a tracepoint, exactly one
         // of them fits this kernel's prototype.
-        for hook in crate::tracepoints::HOOKS
+        for hook in crate::source::tracepoints::HOOKS
             .iter()
             .filter(|h| h.btf_args.is_some())
         {
-            let fitting = crate::tracepoints::HOOKS
+            let fitting = crate::source::tracepoints::HOOKS
                 .iter()
                 .filter(|h| h.name == hook.name)
                 .filter_map(|h| h.btf_args)

@@ -1,24 +1,21 @@
-//! Sinks beyond the terminal: agent labels, metrics (Prometheus endpoint and OTLP), container
-//! spans (OTLP), and the audit log.
+//! Where events go: the terminal (text or JSON lines), the audit log, metrics (Prometheus
+//! endpoint and OTLP), container spans (OTLP); the export worker that feeds the metrics and
+//! spans off the tracing loop; and the file-safety rules the files clawtrace writes follow.
 
-pub mod agent;
 pub mod audit;
-mod files;
-pub mod gpu;
-pub mod labels;
+pub mod export;
+pub mod files;
 pub mod metrics;
 pub mod otlp;
-pub mod pipeline;
 pub mod spans;
+pub mod terminal;
 
 #[cfg(test)]
 mod tests {
     use std::{collections::HashSet, time::Instant};
 
-    use super::{
-        labels::{AgentLabels, LabelPolicy},
-        metrics::Metrics,
-    };
+    use super::metrics::Metrics;
+    use crate::enrich::labels::{AgentLabels, LabelPolicy};
 
     /// 10,000 distinct hostile agent names through the label guard into the exposition.
     #[test]

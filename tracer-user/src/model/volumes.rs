@@ -1,5 +1,5 @@
 //! The bind mounts each container has and their effective read-only state, read from the
-//! kernel's own mount table (`/proc/<init>/mountinfo`, see [`crate::mountinfo`]) rather than
+//! kernel's own mount table (`/proc/<init>/mountinfo`, see [`crate::source::mountinfo`]) rather than
 //! replayed from mount system calls: the state the kernel enforces, however the runtime made it
 //! (runc's bind then per-mount read-only remount, `mount_setattr(AT_RECURSIVE)`, the new mount
 //! API's `open_tree` + `move_mount`). And the shared-volume policy over live containers. Pure:

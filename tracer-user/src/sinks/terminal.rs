@@ -5,7 +5,7 @@ use std::io::Write;
 use serde::Serialize;
 
 use crate::{
-    attribution::{ExitCause, SenderKind},
+    model::attribution::{ExitCause, SenderKind},
     model::{DeviceDecision, Event, ProcessExit, Sender, Timed},
     sys::WallClock,
 };
@@ -360,7 +360,7 @@ impl<W: Write> Printer<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::attribution::SenderClass;
+    use crate::model::attribution::SenderClass;
     use crate::model::{AncestorRef, ContainerCreate, ContainerRef};
 
     fn container() -> ContainerRef {

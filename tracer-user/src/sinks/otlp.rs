@@ -324,7 +324,7 @@ mod tests {
     #[test]
     fn failures_are_counted_and_logged_sparingly() {
         let metrics = Metrics::new(None);
-        let log = FailureLog::new(crate::export::metrics::sink::OTLP_TRACES, metrics.clone());
+        let log = FailureLog::new(crate::sinks::metrics::sink::OTLP_TRACES, metrics.clone());
         for _ in 0..5 {
             log.record(&Err(
                 opentelemetry_sdk::error::OTelSdkError::InternalFailure("down".into()),

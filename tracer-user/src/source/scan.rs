@@ -9,7 +9,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::{containers::Recognize, model::ExistingContainer};
+use crate::model::{containers::Recognize, ExistingContainer};
 
 /// Deepest cgroup nesting walked; real hierarchies are far shallower.
 const MAX_DEPTH: usize = 32;
@@ -63,7 +63,7 @@ fn walk(root: &Path, dir: &Path, recognizer: &impl Recognize, depth: usize, scan
 fn container(
     dir: &Path,
     cgroup_path: String,
-    ident: crate::containers::ContainerIdent,
+    ident: crate::model::containers::ContainerIdent,
 ) -> Option<ExistingContainer> {
     let cgroup_id = fs::metadata(dir).ok()?.ino();
     let mut cgroups = vec![(dir.to_path_buf(), cgroup_id)];

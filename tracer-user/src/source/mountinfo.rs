@@ -18,7 +18,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use crate::volumes::{self, Bind, Mount};
+use crate::model::volumes::{self, Bind, Mount};
 
 /// The host's table: that of pid 1, so a tracer in a container with the host's pid namespace
 /// still resolves host paths.

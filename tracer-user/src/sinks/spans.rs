@@ -14,7 +14,7 @@ use opentelemetry_sdk::trace::SdkTracer;
 
 use super::metrics::AgentName;
 use crate::{
-    attribution::ExitCause,
+    model::attribution::ExitCause,
     model::{ContainerRef, DeviceDecision, Event, Sender},
     sys::WallClock,
 };

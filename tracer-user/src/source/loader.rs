@@ -18,12 +18,13 @@ use tracer_common::{
     cgroup_state, object, DeviceRange, EnvKey, Kind, Miss, DEVICE_RANGES, ENV_KEY_LEN,
 };
 
-use crate::{
+use super::{
     decode::{DecodeError, Record},
     features::{self, KernelFeatures},
-    kernel_btf, sys,
+    kernel_btf,
     tracepoints::{self, HookGroup, HOOKS},
 };
+use crate::sys;
 
 /// The compiled eBPF object, built by build.rs with aya-build.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf"));
@@ -61,7 +62,7 @@ impl Default for TracerConfig {
         TracerConfig {
             ring_buffer_bytes: crate::defaults::RING_BUFFER_BYTES,
             init_env_var: Some(crate::defaults::AGENT_ENV_VAR.to_string()),
-            devices: crate::devices::default_gpu_devices(),
+            devices: crate::source::devices::default_gpu_devices(),
             trace_mount_syscalls: false,
             trace_devices: true,
         }

@@ -25,12 +25,16 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracer;
 
 use super::{
-    agent::{AgentConfig, AgentResolver, ContainerFacts},
-    gpu::{cgroup_path_of, memory_by_container, DeviceUsers, GpuSource, NvmlSource},
-    labels::{AgentLabels, LabelPolicy},
     metrics::{AgentName, Metrics, CONTENT_TYPE},
     otlp::{OtlpConfig, Protocol, Providers},
     spans::{system_time, ContainerSpan},
+};
+use crate::{
+    enrich::{
+        agent::{AgentConfig, AgentResolver, ContainerFacts},
+        labels::{AgentLabels, LabelPolicy},
+    },
+    source::nvml::{cgroup_path_of, memory_by_container, DeviceUsers, GpuSource, NvmlSource},
 };
 use crate::{
     model::{ContainerRef, Event, Timed},

@@ -15,15 +15,19 @@ use tracer_common::{
     ExecRecord, ExitRecord, MountRecord, OomRecord, SignalRecord,
 };
 
-use crate::{
+pub mod attribution;
+pub mod containers;
+pub mod volumes;
+
+use self::{
     attribution::{
         attribute, is_runtime, signal_name, ExitCause, Policy, SenderClass, SenderKind,
         SignalOrigin, SignalTrack, WaitStatus,
     },
     containers::{ContainerIdent, Recognize},
-    decode::{c_str, sized_str, Record},
-    volumes::{self, Bind, ReadOnly, Violation, ViolationKind},
+    volumes::{Bind, ReadOnly, Violation, ViolationKind},
 };
+use crate::source::decode::{c_str, sized_str, Record};
 
 fn call_name(call: u32) -> &'static str {
     match call {
@@ -921,8 +925,8 @@ impl<R: Recognize> Model<R> {
                 format!("{}:{}", r.major, r.minor),
             ),
         };
-        let is_gpu = !(r.major == crate::devices::NVIDIA_MAJOR
-            && r.minor >= crate::devices::NVIDIA_FIRST_CONTROL_MINOR);
+        let is_gpu = !(r.major == crate::source::devices::NVIDIA_MAJOR
+            && r.minor >= crate::source::devices::NVIDIA_FIRST_CONTROL_MINOR);
         let decision = match r.decision {
             da::ALLOWED if self.config.devices_v1_controller => DeviceDecision::Undecided,
             da::ALLOWED => DeviceDecision::Allowed,
@@ -1324,7 +1328,7 @@ fn verdict(c: &Container) -> Option<(ExitCause, ProcessRef)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::containers::Recognizer;
+    use crate::model::containers::Recognizer;
     use crate::replay::{attach, cgroup, exec, exit as exit_of_child, origin, sent, signal};
     use tracer_common::Kind;
 
