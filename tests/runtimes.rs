@@ -6,12 +6,15 @@
 //! Needs root and the Debian packages runc, busybox-static, docker.io and containerd; without
 //! them the tests skip, unless CLAWTRACE_REQUIRE_PRIVILEGED=1.
 //!
-//! What the runtimes themselves do is asserted at once (a test that cannot set up its ground
-//! truth stops there); what clawtrace reports is gathered in [`Findings`], so one failing run
-//! lists every field clawtrace got wrong, with the containers' event timelines.
+//! What the runtimes themselves do is asserted with plain asserts (a test that cannot set up
+//! its ground truth stops there); what clawtrace reports is checked with the typed checkers of
+//! `support/checkers.rs` (`ExitChecker::of(pid).code(137)…`), whose failure lists every field
+//! of the event that clawtrace got wrong, with the container's events.
 
 mod support;
 
+#[path = "support/checkers.rs"]
+mod checkers;
 #[path = "support/runtimes.rs"]
 mod runtimes;
 
@@ -23,9 +26,12 @@ use std::{
 use serde_json::{json, Value};
 use support::{free_port, http_get, sample};
 
+use checkers::{
+    of_container, CreateChecker, DeleteChecker, ExecChecker, ExitChecker, MountCallsChecker,
+    ProcessesChecker, SignalChecker, VolumeMountChecker,
+};
 use runtimes::{
-    cgroup_id, cgroup_of, run_ok, runtime_tools, DockerDaemon, Findings, Podman, Runc,
-    RuncContainer, TempDir,
+    cgroup_id, cgroup_of, run_ok, runtime_tools, DockerDaemon, Podman, Runc, RuncContainer, TempDir,
 };
 use support::Clawtrace;
 
@@ -59,7 +65,6 @@ fn runc_kill_is_an_orchestrator_kill() {
     let bundle = runc.bundle(&bundle_dir, tools.get("busybox"), &id, &["sleep", "1000"]);
     let root = runc.root.to_str().expect("utf-8 runc root").to_string();
     let trace = Clawtrace::start(&["--runc-root", &root]);
-    let mut found = Findings::default();
 
     let mut ctr = RuncContainer::start(&runc, &bundle, &id, &dir.path().join("runc-run.log"));
     let init = ctr.pid;
@@ -71,27 +76,18 @@ fn runc_kill_is_an_orchestrator_kill() {
     );
     let cgid = cgroup_id(&path);
 
-    let create = trace.wait_event("container_create", &id, |_| true);
-    found.check_event(
-        "container_create of the runc container",
-        &create,
-        &[
-            ("/runtime", json!("runc")),
-            ("/cgroup_path", json!(path)),
-            ("/cgroup_id", json!(cgid)),
-            ("/preexisting", json!(false)),
-        ],
-    );
-    let exec = trace.wait_event("process_exec", &id, |v| v["pid"] == init);
-    found.check_event(
-        &format!("process_exec of the runc container's init (pid {init}, runc's --pid-file)"),
-        &exec,
-        &[
-            ("/is_container_init", json!(true)),
-            ("/comm", json!("sleep")),
-            ("/filename", json!("/bin/sleep")),
-        ],
-    );
+    CreateChecker::of(&id)
+        .runtime("runc")
+        .cgroup_path(&path)
+        .cgroup_id(cgid)
+        .preexisting(false)
+        .check_in(&trace, &id);
+    // The init's pid is runc's --pid-file.
+    ExecChecker::of(init)
+        .init(true)
+        .comm("sleep")
+        .filename("/bin/sleep")
+        .check_in(&trace, &id);
 
     let mut killer = runc
         .cmd()
@@ -104,62 +100,40 @@ fn runc_kill_is_an_orchestrator_kill() {
     // Ground truth: SIGKILL cannot be caught, so the init died of it (shell style 137).
     ctr.wait_status("stopped", Duration::from_secs(10));
 
-    let exit = trace.wait_event("process_exit", &id, |v| v["pid"] == init);
-    found.check_event(
-        &format!("process_exit of the runc container's init (pid {init}) after `runc kill KILL`"),
-        &exit,
-        &[
-            ("/runtime", json!("runc")),
-            ("/cgroup_id", json!(cgid)),
-            ("/is_container_init", json!(true)),
-            ("/comm", json!("sleep")),
-            ("/cause", json!("orchestrator_kill")),
-            ("/signal", json!("SIGKILL")),
-            ("/exit_code", json!(137)),
-            ("/core_dumped", json!(false)),
-            ("/escalated_from", Value::Null),
-            ("/sender/pid", json!(killer_pid)),
-            ("/sender/comm", json!("runc")),
-            ("/sender/container_id", Value::Null),
-        ],
-    );
-    let signal = trace.wait_event("signal", &id, |v| {
-        v["target_pid"] == init && v["signal"] == "SIGKILL"
-    });
-    found.check_event(
-        &format!("signal event of `runc kill KILL` (runc kill was pid {killer_pid})"),
-        &signal,
-        &[
-            ("/sender/pid", json!(killer_pid)),
-            ("/sender/comm", json!("runc")),
-            ("/sender/container_id", Value::Null),
-            ("/sender_kind", json!("outside")),
-            ("/si_code", json!(0)),
-        ],
-    );
+    ExitChecker::of(init)
+        .runtime("runc")
+        .cgroup_id(cgid)
+        .init(true)
+        .comm("sleep")
+        .cause("orchestrator_kill")
+        .signal("SIGKILL")
+        .code(137)
+        .core_dumped(false)
+        .not_escalated()
+        .sender_pid(killer_pid)
+        .sender_comm("runc")
+        .sender_outside()
+        .check_in(&trace, &id);
+    SignalChecker::of(init, "SIGKILL")
+        .sender_pid(killer_pid)
+        .sender_comm("runc")
+        .sender_outside()
+        .sender_kind("outside")
+        .si_code(0)
+        .check_in(&trace, &id);
 
     ctr.delete();
-    let delete = trace.wait_event("container_delete", &id, |_| true);
-    found.check_event(
-        "container_delete after `runc delete` (init was SIGKILLed: 137)",
-        &delete,
-        &[
-            ("/runtime", json!("runc")),
-            ("/cgroup_path", json!(path)),
-            ("/cgroup_id", json!(cgid)),
-            ("/exit_code", json!(137)),
-            ("/was_lingering", json!(false)),
-            ("/cause", json!("orchestrator_kill")),
-        ],
-    );
-    found.check_verdict(
-        "the verdict of the killed container",
-        &delete,
-        "orchestrator_kill",
-        json!(init),
-        "sleep",
-    );
-    found.finish(&trace, &[&id]);
+    // After `runc delete`; the init was SIGKILLed: 137.
+    DeleteChecker::of(&id)
+        .runtime("runc")
+        .cgroup_path(&path)
+        .cgroup_id(cgid)
+        .exit_code(137)
+        .was_lingering(false)
+        .cause("orchestrator_kill")
+        .verdict("orchestrator_kill")
+        .verdict_process(init, "sleep")
+        .check_in(&trace, &id);
     trace.stop();
     eprintln!("runc test took {:.1?}", started.elapsed());
 }
@@ -225,24 +199,17 @@ fn runc_read_only_and_writable_binds() {
     assert!(options_of("/data-ro/sub").split(',').any(|o| o == "rw"));
     assert!(options_of("/data-rw").split(',').any(|o| o == "rw"));
 
-    let ro = trace.wait_event("volume_mount", &id, |v| {
-        v["source"] == host_ro.to_string_lossy().as_ref()
-    });
-    assert_eq!(ro["read_only"], "yes", "{ro}");
-    let rw = trace.wait_event("volume_mount", &id, |v| {
-        v["source"] == host_rw.to_string_lossy().as_ref()
-    });
-    assert_eq!(rw["read_only"], "no", "{rw}");
+    VolumeMountChecker::of_source(&host_ro.to_string_lossy())
+        .read_only("yes")
+        .check_in(&trace, &id);
+    VolumeMountChecker::of_source(&host_rw.to_string_lossy())
+        .read_only("no")
+        .check_in(&trace, &id);
     // The calls runc made, as it made them.
-    let calls = trace.matching(|v| {
-        v["event"] == "mount"
-            && v["container_id"] == id.as_str()
-            && v["source"] == host_ro.to_string_lossy().as_ref()
-    });
-    assert!(calls.len() >= 2, "{calls:#?}");
-    assert!(calls
-        .iter()
-        .any(|c| c["writable"] == false && c["flags"].as_u64().unwrap() & 32 != 0));
+    MountCallsChecker::of_source(&host_ro.to_string_lossy())
+        .at_least(2)
+        .some_read_only_remount()
+        .check(&of_container(&trace, &id));
     run_ok(runc.cmd().args(["kill", &id, "KILL"]));
     ctr.wait_status("stopped", Duration::from_secs(10));
     ctr.delete();
@@ -280,7 +247,6 @@ fn docker_kill_and_failed_exit() {
     let socket = daemon.socket().to_string_lossy().to_string();
     let listen = format!("127.0.0.1:{}", free_port());
     let trace = Clawtrace::start(&["--docker-socket", &socket, "--prometheus-listen", &listen]);
-    let mut found = Findings::default();
 
     // (a) docker kill: SIGKILL from the runtime, outside the container.
     let name = test_name("kill");
@@ -307,31 +273,22 @@ fn docker_kill_and_failed_exit() {
         "dockerd put the container's init elsewhere"
     );
     let cgid = cgroup_id(&path);
-    let create = trace.wait_event("container_create", id, |_| true);
-    found.check_event(
-        "container_create of the docker container",
-        &create,
-        &[
-            ("/runtime", json!("docker")),
-            ("/cgroup_path", json!(path)),
-            ("/cgroup_id", json!(cgid)),
-            ("/preexisting", json!(false)),
-        ],
-    );
+    let create = CreateChecker::of(id)
+        .runtime("docker")
+        .cgroup_path(&path)
+        .cgroup_id(cgid)
+        .preexisting(false)
+        .check_in(&trace, id);
     eprintln!(
         "container_create of a container labelled agent_name=nemo_claw: agent {}",
         create["agent"]
     );
-    let exec = trace.wait_event("process_exec", id, |v| v["pid"] == init);
-    found.check_event(
-        &format!("process_exec of the docker container's init (pid {init}, State.Pid)"),
-        &exec,
-        &[
-            ("/is_container_init", json!(true)),
-            ("/comm", json!("sleep")),
-            ("/filename", json!("/bin/sleep")),
-        ],
-    );
+    // The init's pid is docker inspect's State.Pid.
+    ExecChecker::of(init)
+        .init(true)
+        .comm("sleep")
+        .filename("/bin/sleep")
+        .check_in(&trace, id);
 
     daemon.docker(&["kill", id]);
     assert_eq!(
@@ -340,84 +297,55 @@ fn docker_kill_and_failed_exit() {
         "docker wait after docker kill"
     );
     assert_eq!(daemon.inspect(id, "{{.State.ExitCode}}"), "137");
-    let exit = trace.wait_event("process_exit", id, |v| v["pid"] == init);
-    found.check_event(
-        &format!("process_exit of the docker container's init (pid {init}) after `docker kill`"),
-        &exit,
-        &[
-            ("/runtime", json!("docker")),
-            ("/cgroup_id", json!(cgid)),
-            ("/is_container_init", json!(true)),
-            ("/comm", json!("sleep")),
-            ("/cause", json!("orchestrator_kill")),
-            ("/signal", json!("SIGKILL")),
-            ("/exit_code", json!(137)),
-            ("/core_dumped", json!(false)),
-            ("/escalated_from", Value::Null),
-            ("/sender/container_id", Value::Null),
-        ],
-    );
-    // Docker 20.10 asks containerd, whose shim runs `runc kill`: that runc process sends it.
+    // Docker 20.10 asks containerd, whose shim runs `runc kill`: that runc process sends it,
+    // from outside the container. The kill chain: the runtime, started by the shim
+    // (containerd's), nearest first.
+    let exit = ExitChecker::of(init)
+        .runtime("docker")
+        .cgroup_id(cgid)
+        .init(true)
+        .comm("sleep")
+        .cause("orchestrator_kill")
+        .signal("SIGKILL")
+        .code(137)
+        .core_dumped(false)
+        .not_escalated()
+        .sender_outside()
+        .sender_comm_where("runc or a containerd shim", |comm| {
+            comm == "runc" || comm.starts_with("containerd-shim")
+        })
+        .sender_pid_not(init)
+        .sender_class("runtime")
+        .sender_ancestor("named containerd-shim…", |comm| {
+            comm.starts_with("containerd-shim")
+        })
+        .sender_cgroup_id_not(cgid)
+        .check_in(&trace, id);
     let sender = &exit["sender"];
-    let sender_comm = sender["comm"].as_str().unwrap_or_default();
     eprintln!("docker kill: SIGKILL sent by {sender}");
-    found.check(
-        sender_comm == "runc" || sender_comm.starts_with("containerd-shim"),
-        || format!("docker kill's SIGKILL should come from runc or the shim, not {sender}"),
-    );
-    found.check(sender["pid"] != init, || {
-        format!("docker kill's sender is the container's init itself: {sender}")
-    });
-    // The kill chain: the runtime, started by the shim (containerd's), nearest first.
-    found.check(sender["class"] == "runtime", || {
-        format!("docker kill's sender should be classed runtime: {sender}")
-    });
     let chain: Vec<&str> = sender["ancestry"]
         .as_array()
         .map(|a| a.iter().filter_map(|p| p["comm"].as_str()).collect())
         .unwrap_or_default();
     eprintln!("docker kill: kill chain {chain:?}");
-    found.check(
-        chain.iter().any(|c| c.starts_with("containerd-shim")),
-        || format!("docker kill's sender should descend from a containerd shim: {chain:?}"),
-    );
-    found.check(sender["cgroup_id"] != cgid, || {
-        format!("docker kill's sender is inside the container: {sender}")
-    });
-    let signal = trace.wait_event("signal", id, |v| {
-        v["target_pid"] == init && v["signal"] == "SIGKILL"
-    });
-    found.check_event(
-        "signal event of `docker kill`",
-        &signal,
-        &[
-            ("/sender/pid", sender["pid"].clone()),
-            ("/sender/comm", sender["comm"].clone()),
-            ("/sender/container_id", Value::Null),
-            ("/sender_kind", json!("outside")),
-        ],
-    );
+    SignalChecker::of(init, "SIGKILL")
+        .sender_pid(sender["pid"].clone())
+        .sender_comm(sender["comm"].clone())
+        .sender_outside()
+        .sender_kind("outside")
+        .check_in(&trace, id);
     daemon.docker(&["rm", id]);
-    let delete = trace.wait_event("container_delete", id, |_| true);
-    found.check_event(
-        "container_delete after `docker rm` of the killed container (137)",
-        &delete,
-        &[
-            ("/runtime", json!("docker")),
-            ("/cgroup_path", json!(path)),
-            ("/cgroup_id", json!(cgid)),
-            ("/exit_code", json!(137)),
-            ("/was_lingering", json!(false)),
-            ("/cause", json!("orchestrator_kill")),
-        ],
-    );
-    found.check_verdict(
-        "the verdict of the killed container",
-        &delete,
-        "orchestrator_kill",
-        json!(init),
-        "sleep",
-    );
+    // After `docker rm` of the killed container (137).
+    DeleteChecker::of(id)
+        .runtime("docker")
+        .cgroup_path(&path)
+        .cgroup_id(cgid)
+        .exit_code(137)
+        .was_lingering(false)
+        .cause("orchestrator_kill")
+        .verdict("orchestrator_kill")
+        .verdict_process(init, "sleep")
+        .check_in(&trace, id);
 
     // (b) sh -c 'exit 3': a failure, exit code 3 as docker tells it.
     let name = test_name("exit3");
@@ -439,54 +367,35 @@ fn docker_kill_and_failed_exit() {
     );
     assert_eq!(daemon.inspect(id, "{{.State.ExitCode}}"), "3");
     let path = format!("/docker/{id}");
-    let create = trace.wait_event("container_create", id, |_| true);
-    found.check_event(
-        "container_create of the failing container",
-        &create,
-        &[
-            ("/runtime", json!("docker")),
-            ("/cgroup_path", json!(path)),
-            ("/preexisting", json!(false)),
-        ],
-    );
+    let create = CreateChecker::of(id)
+        .runtime("docker")
+        .cgroup_path(&path)
+        .preexisting(false)
+        .check_in(&trace, id);
     // Its init is the only `sh` (busybox sh runs the builtin `exit` itself); its host pid is
     // gone from docker inspect once it has exited.
-    let exit = trace.wait_event("process_exit", id, |v| v["comm"] == "sh");
-    found.check_event(
-        "process_exit of the init of sh -c 'exit 3'",
-        &exit,
-        &[
-            ("/runtime", json!("docker")),
-            ("/cgroup_id", create["cgroup_id"].clone()),
-            ("/is_container_init", json!(true)),
-            ("/cause", json!("failed")),
-            ("/exit_code", json!(3)),
-            ("/signal", Value::Null),
-            ("/core_dumped", json!(false)),
-            ("/sender", Value::Null),
-        ],
-    );
+    let exit = ExitChecker::of_comm("sh")
+        .runtime("docker")
+        .cgroup_id(create["cgroup_id"].clone())
+        .init(true)
+        .cause("failed")
+        .code(3)
+        .no_signal()
+        .core_dumped(false)
+        .no_sender()
+        .check_in(&trace, id);
     daemon.docker(&["rm", id]);
-    let delete = trace.wait_event("container_delete", id, |_| true);
-    found.check_event(
-        "container_delete after `docker rm` of the failed container (3)",
-        &delete,
-        &[
-            ("/runtime", json!("docker")),
-            ("/cgroup_path", json!(path)),
-            ("/cgroup_id", create["cgroup_id"].clone()),
-            ("/exit_code", json!(3)),
-            ("/was_lingering", json!(false)),
-            ("/cause", json!("failed")),
-        ],
-    );
-    found.check_verdict(
-        "the verdict of the failed container",
-        &delete,
-        "failed",
-        exit["pid"].clone(),
-        "sh",
-    );
+    // After `docker rm` of the failed container (3).
+    DeleteChecker::of(id)
+        .runtime("docker")
+        .cgroup_path(&path)
+        .cgroup_id(create["cgroup_id"].clone())
+        .exit_code(3)
+        .was_lingering(false)
+        .cause("failed")
+        .verdict("failed")
+        .verdict_process(exit["pid"].clone(), "sh")
+        .check_in(&trace, id);
 
     // (c) A seccomp profile whose kill action fires: `mkdir` (and `mkdirat`, whichever the
     // payload's libc calls) kill the process; docker reports 159 (128 + SIGSYS).
@@ -515,30 +424,19 @@ fn docker_kill_and_failed_exit() {
         "docker wait of the refused mkdir"
     );
     assert_eq!(daemon.inspect(id, "{{.State.ExitCode}}"), "159");
-    let exit = trace.wait_event("process_exit", id, |v| v["comm"] == "mkdir");
-    found.check_event(
-        "process_exit of a payload a seccomp profile killed",
-        &exit,
-        &[
-            ("/cause", json!("policy_kill")),
-            ("/policy", json!("seccomp")),
-            ("/signal", json!("SIGSYS")),
-            ("/exit_code", json!(159)),
-        ],
+    // The kernel raises SIGSYS in the process's own context.
+    let exit = ExitChecker::of_comm("mkdir")
+        .cause("policy_kill")
+        .policy("seccomp")
+        .signal("SIGSYS")
+        .code(159)
+        .syscall_one_of(&[(83, "mkdir"), (258, "mkdirat")])
+        .sender_is_itself()
+        .check_in(&trace, id);
+    eprintln!(
+        "seccomp profile kill: {} refused {}",
+        exit["comm"], exit["syscall"]
     );
-    let call = &exit["syscall"];
-    eprintln!("seccomp profile kill: {} refused {call}", exit["comm"]);
-    let (number, name) = (call["number"].as_u64(), call["name"].as_str());
-    found.check(
-        matches!(
-            (number, name),
-            (Some(83), Some("mkdir")) | (Some(258), Some("mkdirat"))
-        ),
-        || format!("the refused call should be mkdir (83) or mkdirat (258): {call}"),
-    );
-    found.check(exit["sender"]["pid"] == exit["pid"], || {
-        format!("the kernel raises SIGSYS in the process's own context: {exit}")
-    });
     daemon.docker(&["rm", id]);
 
     // (d) docker stop -t 2 of a container whose init does not act on SIGTERM (a pid
@@ -556,22 +454,18 @@ fn docker_kill_and_failed_exit() {
     daemon.docker(&["stop", "-t", "2", id]);
     let took = asked.elapsed().as_secs_f64();
     assert_eq!(daemon.inspect(id, "{{.State.ExitCode}}"), "137");
-    let exit = trace.wait_event("process_exit", id, |v| v["pid"] == init);
-    found.check_event(
-        "process_exit of a container `docker stop -t 2` had to kill",
-        &exit,
-        &[
-            ("/cause", json!("orchestrator_kill")),
-            ("/signal", json!("SIGKILL")),
-            ("/escalated_from", json!("SIGTERM")),
-            ("/exit_code", json!(137)),
-        ],
+    // The grace lies between the 2 s asked for and the time the command took.
+    let exit = ExitChecker::of(init)
+        .cause("orchestrator_kill")
+        .signal("SIGKILL")
+        .escalated_from("SIGTERM")
+        .code(137)
+        .grace_within(2.0..took)
+        .check_in(&trace, id);
+    eprintln!(
+        "docker stop -t 2: grace {:.3} s, the command took {took:.3} s",
+        exit["grace_seconds"].as_f64().unwrap_or(-1.0)
     );
-    let grace = exit["grace_seconds"].as_f64().unwrap_or(-1.0);
-    eprintln!("docker stop -t 2: grace {grace:.3} s, the command took {took:.3} s");
-    found.check((2.0..took).contains(&grace), || {
-        format!("docker stop -t 2: grace {grace} s, not within 2 s and the {took} s it took")
-    });
     daemon.docker(&["rm", id]);
 
     // (e) docker run --init: tini (docker-init) is pid 1 and reports its child's SIGSEGV as
@@ -602,35 +496,24 @@ fn docker_kill_and_failed_exit() {
     runtimes::release_payload(payload, go);
     assert_eq!(daemon.docker(&["wait", id]), "139", "docker wait of --init");
     assert_eq!(daemon.inspect(id, "{{.State.ExitCode}}"), "139");
-    let exit = trace.wait_event("process_exit", id, |v| v["pid"] == payload);
-    found.check_event(
-        "process_exit of the payload that segfaulted under docker-init",
-        &exit,
-        &[
-            ("/cause", json!("crash")),
-            ("/signal", json!("SIGSEGV")),
-            ("/is_container_init", json!(false)),
-        ],
-    );
-    let exit = trace.wait_event("process_exit", id, |v| v["pid"] == init);
-    found.check_event(
-        "process_exit of docker-init, forwarding 139",
-        &exit,
-        &[
-            ("/cause", json!("failed")),
-            ("/exit_code", json!(139)),
-            ("/is_container_init", json!(true)),
-        ],
-    );
+    ExitChecker::of(payload)
+        .cause("crash")
+        .signal("SIGSEGV")
+        .init(false)
+        .check_in(&trace, id);
+    // docker-init forwards 139.
+    ExitChecker::of(init)
+        .cause("failed")
+        .code(139)
+        .init(true)
+        .check_in(&trace, id);
     daemon.docker(&["rm", id]);
-    let delete = trace.wait_event("container_delete", id, |_| true);
-    let what = "the verdict of a container whose payload segfaulted under --init";
-    found.check_event(
-        what,
-        &delete,
-        &[("/exit_code", json!(139)), ("/cause", json!("failed"))],
-    );
-    found.check_verdict(what, &delete, "crash", json!(payload), runtimes::PAYLOAD);
+    DeleteChecker::of(id)
+        .exit_code(139)
+        .cause("failed")
+        .verdict("crash")
+        .verdict_process(payload, runtimes::PAYLOAD)
+        .check_in(&trace, id);
 
     // (f) docker run -m: the OOM killer takes the shell's child; the shell exits 137, and
     // docker reports OOMKilled.
@@ -662,22 +545,17 @@ fn docker_kill_and_failed_exit() {
     assert_eq!(daemon.docker(&["wait", id]), "137", "docker wait of -m");
     assert_eq!(daemon.inspect(id, "{{.State.ExitCode}}"), "137");
     assert_eq!(daemon.inspect(id, "{{.State.OOMKilled}}"), "true");
-    let exit = trace.wait_event("process_exit", id, |v| v["pid"] == hog);
-    found.check_event(
-        "process_exit of the payload the OOM killer took",
-        &exit,
-        &[("/cause", json!("oom_kill")), ("/signal", json!("SIGKILL"))],
-    );
+    ExitChecker::of(hog)
+        .cause("oom_kill")
+        .signal("SIGKILL")
+        .check_in(&trace, id);
     daemon.docker(&["rm", id]);
-    let delete = trace.wait_event("container_delete", id, |_| true);
-    let what = "the verdict of a container docker reports OOMKilled";
-    found.check_event(what, &delete, &[("/exit_code", json!(137))]);
-    found.check_verdict(what, &delete, "oom_kill", json!(hog), runtimes::PAYLOAD);
+    DeleteChecker::of(id)
+        .exit_code(137)
+        .verdict("oom_kill")
+        .verdict_process(hog, runtimes::PAYLOAD)
+        .check_in(&trace, id);
 
-    found.finish(
-        &trace,
-        &[&killed, &failed, &refused, &stopped, &wrapped, &starved],
-    );
     // The container labelled agent_name=nemo_claw is counted under that label, read from
     // dockerd's API; the unlabelled one under `unknown`.
     let metrics = http_get(&listen, "/metrics").expect("scrape /metrics");
@@ -739,7 +617,6 @@ fn podman_exit_and_kill() {
     podman.import(&rootfs, tools.get("tar"), image);
     let listen = format!("127.0.0.1:{}", free_port());
     let trace = Clawtrace::start(&["--prometheus-listen", &listen]);
-    let mut found = Findings::default();
     let go = "/tmp/go";
 
     // (a) The payload, the container's init, exits 3.
@@ -765,43 +642,30 @@ fn podman_exit_and_kill() {
         format!("/libpod_parent/libpod-{id}"),
         "podman put the container's init elsewhere"
     );
-    let create = trace.wait_event("container_create", id, |_| true);
-    found.check_event(
-        "container_create of the podman container",
-        &create,
-        &[
-            ("/runtime", json!("podman")),
-            ("/cgroup_path", json!(path)),
-            ("/cgroup_id", json!(cgroup_id(&path))),
-        ],
-    );
-    let exec = trace.wait_event("process_exec", id, |v| v["pid"] == init);
-    found.check_event(
-        &format!("process_exec of the podman container's init (pid {init}, State.Pid)"),
-        &exec,
-        &[
-            ("/is_container_init", json!(true)),
-            ("/comm", json!(runtimes::PAYLOAD)),
-        ],
-    );
+    CreateChecker::of(id)
+        .runtime("podman")
+        .cgroup_path(&path)
+        .cgroup_id(cgroup_id(&path))
+        .check_in(&trace, id);
+    // The init's pid is podman inspect's State.Pid.
+    ExecChecker::of(init)
+        .init(true)
+        .comm(runtimes::PAYLOAD)
+        .check_in(&trace, id);
     runtimes::release_payload(init, go);
     assert_eq!(podman.podman(&["wait", id]), "3", "podman wait of exit 3");
     assert_eq!(podman.inspect(id, "{{.State.ExitCode}}"), "3");
-    let exit = trace.wait_event("process_exit", id, |v| v["pid"] == init);
-    found.check_event(
-        "process_exit of the podman container's init",
-        &exit,
-        &[
-            ("/is_container_init", json!(true)),
-            ("/cause", json!("failed")),
-            ("/exit_code", json!(3)),
-        ],
-    );
+    ExitChecker::of(init)
+        .init(true)
+        .cause("failed")
+        .code(3)
+        .check_in(&trace, id);
     podman.podman(&["rm", id]);
-    let delete = trace.wait_event("container_delete", id, |_| true);
-    let what = "the verdict of the podman container whose payload exited 3";
-    found.check_event(what, &delete, &[("/exit_code", json!(3))]);
-    found.check_verdict(what, &delete, "failed", json!(init), runtimes::PAYLOAD);
+    DeleteChecker::of(id)
+        .exit_code(3)
+        .verdict("failed")
+        .verdict_process(init, runtimes::PAYLOAD)
+        .check_in(&trace, id);
 
     // (b) podman kill: SIGKILL sent by the runc that podman runs, from outside.
     let name = test_name("pm-kill");
@@ -819,49 +683,29 @@ fn podman_exit_and_kill() {
         "podman wait after kill"
     );
     assert_eq!(podman.inspect(id, "{{.State.ExitCode}}"), "137");
-    let exit = trace.wait_event("process_exit", id, |v| v["pid"] == init);
-    found.check_event(
-        &format!("process_exit of the podman container's init (pid {init}) after podman kill"),
-        &exit,
-        &[
-            ("/is_container_init", json!(true)),
-            ("/cause", json!("orchestrator_kill")),
-            ("/signal", json!("SIGKILL")),
-            ("/sender/comm", json!("runc")),
-            ("/sender/class", json!("runtime")),
-        ],
-    );
-    let ancestry = exit["sender"]["ancestry"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    found.check(ancestry.iter().any(|a| a["comm"] == "podman"), || {
-        format!("podman is not in the ancestry of the runc that killed: {ancestry:?}")
-    });
+    // Sent by the runc that podman runs.
+    ExitChecker::of(init)
+        .init(true)
+        .cause("orchestrator_kill")
+        .signal("SIGKILL")
+        .sender_comm("runc")
+        .sender_class("runtime")
+        .sender_ancestor("named podman", |comm| comm == "podman")
+        .check_in(&trace, id);
     podman.podman(&["rm", id]);
-    let delete = trace.wait_event("container_delete", id, |_| true);
-    let what = "the verdict of the podman container that podman kill killed";
-    found.check_event(what, &delete, &[("/exit_code", json!(137))]);
-    found.check_verdict(what, &delete, "orchestrator_kill", json!(init), "sleep");
+    DeleteChecker::of(id)
+        .exit_code(137)
+        .verdict("orchestrator_kill")
+        .verdict_process(init, "sleep")
+        .check_in(&trace, id);
 
     // runc's re-exec and its stages, and conmon, are no process of either container.
     for id in [&failed, &killed] {
-        let execs = trace.matching(|v| {
-            (v["event"] == "process_exec" || v["event"] == "process_exit")
-                && v["container_id"] == id.as_str()
-        });
-        let strays: Vec<&Value> = execs
-            .iter()
-            .filter(|v| {
-                let comm = v["comm"].as_str().unwrap_or_default();
-                comm.starts_with("runc") || comm == "conmon" || comm == "exe"
-            })
-            .collect();
-        found.check(strays.is_empty(), || {
-            format!("runtime helpers reported as the container's processes: {strays:#?}")
-        });
+        ProcessesChecker::none_of("runtime helpers (runc…, conmon, exe)", |comm| {
+            comm.starts_with("runc") || comm == "conmon" || comm == "exe"
+        })
+        .check(&of_container(&trace, id));
     }
-    found.finish(&trace, &[&failed, &killed]);
 
     // The agent-name variable is read from the init's environment, not from runc's.
     let metrics = http_get(&listen, "/metrics").expect("scrape /metrics");

@@ -20,7 +20,7 @@ use std::{
 
 use serde_json::{json, Value};
 
-use crate::support::{cgroup2_root, Clawtrace, REQUIRE_PRIVILEGED};
+use crate::support::{cgroup2_root, REQUIRE_PRIVILEGED};
 
 /// How long one runtime command (`runc …`, `docker …`) may take before the test gives up.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
@@ -178,92 +178,6 @@ pub fn cgroup_id(path: &str) -> u64 {
     fs::metadata(&dir)
         .unwrap_or_else(|e| panic!("stat {}: {e}", dir.display()))
         .ino()
-}
-
-/// What a test found wrong in clawtrace's events. Checks of event fields are gathered rather
-/// than failing at the first, so that one run tells everything clawtrace got wrong;
-/// [`Findings::finish`] fails the test with all of them and the containers' event timelines.
-#[derive(Default)]
-pub struct Findings {
-    items: Vec<String>,
-}
-
-impl Findings {
-    /// Compares fields of a clawtrace event (JSON pointers such as `/sender/comm`) with what the
-    /// test knows; every difference is a finding.
-    pub fn check_event(&mut self, what: &str, event: &Value, want: &[(&str, Value)]) {
-        let wrong: Vec<String> = want
-            .iter()
-            .filter_map(|(pointer, expected)| match event.pointer(pointer) {
-                Some(got) if got == expected => None,
-                Some(got) => Some(format!("{pointer} is {got}, expected {expected}")),
-                None => Some(format!("{pointer} is missing, expected {expected}")),
-            })
-            .collect();
-        if !wrong.is_empty() {
-            self.items
-                .push(format!("{what}: {}\n    event: {event}", wrong.join("; ")));
-        }
-    }
-
-    /// Checks a `container_delete`'s verdict: its cause and the process (pid, comm) it is taken
-    /// from.
-    pub fn check_verdict(
-        &mut self,
-        what: &str,
-        delete: &Value,
-        verdict: &str,
-        pid: Value,
-        comm: &str,
-    ) {
-        self.check_event(
-            what,
-            delete,
-            &[
-                ("/verdict", json!(verdict)),
-                ("/verdict_process/pid", pid),
-                ("/verdict_process/comm", json!(comm)),
-            ],
-        );
-    }
-
-    /// Records `finding` unless `ok`.
-    pub fn check(&mut self, ok: bool, finding: impl FnOnce() -> String) {
-        if !ok {
-            self.items.push(finding());
-        }
-    }
-
-    /// Fails the test if anything was found, with the events clawtrace printed for `ids`.
-    pub fn finish(mut self, trace: &Clawtrace, ids: &[&str]) {
-        let items = std::mem::take(&mut self.items);
-        if items.is_empty() {
-            return;
-        }
-        let mut timeline = String::new();
-        for id in ids {
-            timeline.push_str(&format!("\nevents of {id}:\n"));
-            for event in trace.matching(|v| v["container_id"] == *id) {
-                timeline.push_str(&format!("  {event}\n"));
-            }
-        }
-        panic!(
-            "clawtrace disagrees with the ground truth ({} findings):\n- {}\n{timeline}",
-            items.len(),
-            items.join("\n- ")
-        );
-    }
-}
-
-impl Drop for Findings {
-    fn drop(&mut self) {
-        if !self.items.is_empty() {
-            eprintln!(
-                "findings before the test stopped:\n- {}",
-                self.items.join("\n- ")
-            );
-        }
-    }
 }
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);

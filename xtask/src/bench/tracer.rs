@@ -267,6 +267,20 @@ impl Tracer {
 
     /// SIGINT (again every [`RESIGNAL_AFTER`]), then waits for it to exit (SIGKILL after
     /// [`STOP_TIMEOUT`]).
+    /// Stops the tracer (see [`Tracer::stop`]); an error if it did not exit successfully.
+    pub fn stop_ok(self) -> Result<Stopped> {
+        let name = self.name;
+        let stopped = self.stop()?;
+        if !stopped.status.success() {
+            bail!(
+                "{name} exited with {}: {}",
+                stopped.status,
+                last_lines(&stopped.stderr, 5)
+            );
+        }
+        Ok(stopped)
+    }
+
     pub fn stop(mut self) -> Result<Stopped> {
         let mut child = self
             .child
