@@ -260,26 +260,12 @@ fn step(
 }
 
 /// The container fields of the events that carry them (events added later may not).
-fn container(event: &Event) -> Option<&clawtrace::model::ContainerRef> {
-    Some(match event {
-        Event::ContainerCreate(e) => &e.container,
-        Event::ContainerDelete(e) => &e.container,
-        Event::ProcessExec(e) => &e.container,
-        Event::Signal(e) => &e.container,
-        Event::OomMark(e) => &e.container,
-        Event::ProcessExit(e) => &e.container,
-        Event::ContainerLingering(e) => &e.container,
-        #[allow(unreachable_patterns)]
-        _ => return None,
-    })
-}
-
 fn check_event(event: &Timed, clock: &WallClock) {
     let line = output::json(event, clock);
     assert!(!line.contains('\n'), "JSON line with a newline: {line}");
     let value: serde_json::Value = serde_json::from_str(&line)
         .unwrap_or_else(|e| panic!("JSON line does not parse ({e}): {line}"));
-    if let Some(c) = container(&event.event) {
+    if let Some(c) = event.event.container() {
         assert_eq!(
             value["cgroup_path"].as_str(),
             Some(&*c.cgroup_path),

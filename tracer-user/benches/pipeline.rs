@@ -136,6 +136,7 @@ fn model_with_live(n: u64) -> Model<Recognizer> {
             m.handle(&r, &mut out);
         }
         out.events.clear();
+        out.notes.clear();
     }
     m
 }
@@ -175,6 +176,10 @@ fn replay_stream(
         for (kind, n) in counts.iter() {
             worker.records(kind.name(), n);
         }
+        // Notes first, as the worker takes them (the init's environment before its exec).
+        for note in out.notes.drain(..) {
+            worker.note(&note);
+        }
         for event in out.events.drain(..) {
             if let Some(printer) = printer.as_deref_mut() {
                 black_box(printer.print(&event)).ok();
@@ -212,6 +217,7 @@ fn pipeline(c: &mut Criterion) {
                 }
                 out.events.clear();
                 out.untrack.clear();
+                out.notes.clear();
             }
         })
     });

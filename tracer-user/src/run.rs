@@ -1,5 +1,6 @@
-//! `clawtrace run`: load the programs, find the containers already running, then turn records
-//! into events until told to stop.
+//! `clawtrace run`: the composition of the data path. Load the programs, find the containers
+//! already running, then carry records one way until told to stop:
+//! source → model → enrich (in the export worker) → sinks.
 
 use std::{
     io::Write,
@@ -20,17 +21,12 @@ use crate::{
         agent::{AgentConfig, AgentSource},
         labels::LabelPolicy,
     },
-    model::{containers::Recognizer, Event, Model, ModelConfig, Output},
-    sinks::{
-        audit::AuditLog,
-        export::{ExportConfig, Exporter},
-        otlp::OtlpConfig,
-        terminal::{self, Format, Printer},
-    },
+    model::{containers::Recognizer, Event, Model, ModelConfig, Note, Output},
+    sinks::{export::ExportConfig, otlp::OtlpConfig, terminal::Format, Sinks},
     source::{
-        decode::KindCounts,
+        decode::{KindCounts, Record},
         loader::{Missed, Tracer, TracerConfig},
-        scan,
+        scan, HostFacts, RecordSource,
     },
     sys,
 };
@@ -113,8 +109,8 @@ const HOUSEKEEPING: Duration = Duration::from_secs(1);
 
 /// Runs until `stop` is set; writes events to `out`.
 pub fn run(options: &RunOptions, stop: &Arc<AtomicBool>, out: impl Write) -> Result<RunSummary> {
-    let recognizer = Recognizer::new(&options.patterns, options.runc_root.clone())?;
     // Everything that can fail on bad settings fails before anything is loaded.
+    let recognizer = Recognizer::new(&options.patterns, options.runc_root.clone())?;
     let listener = match options.prometheus_listen {
         Some(addr) => Some(
             std::net::TcpListener::bind(addr)
@@ -122,91 +118,144 @@ pub fn run(options: &RunOptions, stop: &Arc<AtomicBool>, out: impl Write) -> Res
         ),
         None => None,
     };
-    let mut audit = match &options.audit {
-        Some(a) => Some(
-            AuditLog::open(&a.path, a.max_bytes, a.keep)
-                .with_context(|| format!("--audit-log {}", a.path.display()))?,
-        ),
-        None => None,
-    };
-    let env_source = options.agent.sources.contains(&AgentSource::Env);
-    let mut tracer = Tracer::start(&TracerConfig {
-        ring_buffer_bytes: options.ring_buffer_bytes,
-        init_env_var: env_source.then(|| options.agent.env_var.clone()),
-        devices: options.gpu_devices.clone(),
-        trace_mount_syscalls: options.trace_mount_syscalls,
-        trace_devices: options.trace_devices,
-    })?;
-    let devices_v1_controller = sys::cgroup_v1_devices_mounted();
-    if devices_v1_controller && options.trace_devices {
-        log::info!(
-            "a cgroup v1 devices hierarchy is mounted: it decides device accesses after the \
-             device programs, so a GPU access they allow is reported undecided"
-        );
-    }
     let clock = sys::WallClock::now();
-    let mut printer = Printer::new(out, options.format, clock);
-    let mut model = Model::new(
-        recognizer,
-        ModelConfig {
-            // A duration past u64 nanoseconds (585 years) means never.
-            linger_after_ns: u64::try_from(options.linger_after.as_nanos()).unwrap_or(u64::MAX),
-            read_only_volumes: options
-                .read_only_volumes
-                .iter()
-                .map(|p| crate::model::volumes::normalize(p))
-                .collect(),
-            host_ns_level: crate::sys::pid_ns_level(),
-            devices_v1_controller,
-            mount_syscalls: options.trace_mount_syscalls,
-        },
-    );
-    let mut summary = RunSummary::default();
+    let audit = options.audit.as_ref();
+    let audit = audit.map(|a| (a.path.as_path(), a.max_bytes, a.keep));
+    let mut sinks = Sinks::open(out, options.format, clock, audit)?;
+    let mut tracer = Tracer::start(&options.tracer_config())?;
+    let mut model = Model::new(recognizer, options.model_config());
+    let mut facts = HostFacts::new();
     let mut step = Output::default();
-    let mut device_names = crate::source::devices::DeviceNames::new(std::path::Path::new("/dev"));
-
-    let mut adopted_inits = Vec::new();
-    // The programs are attached before the scan, so nothing created meanwhile is missed; the
-    // model ignores a container it already knows.
-    if let Some(root) = sys::cgroup2_mount() {
-        let found = scan::scan(&root, model.recognizer());
-        let now = sys::monotonic_ns();
-        for container in found.containers {
-            for &id in std::iter::once(&container.cgroup_id).chain(&container.sub_cgroups) {
-                tracer.track_cgroup(id)?;
-            }
-            if let Some(init) = container.init {
-                adopted_inits.push((container.cgroup_id, init));
-            }
-            model.adopt(container, now, &mut step);
-        }
-    } else {
-        log::warn!("no cgroup v2 mount found: containers already running are not followed");
-    }
-
+    adopt_running(&mut tracer, &mut model, &mut facts, &mut step)?;
     // Attached and scanned: from here on only what the sinks need is kept. Capabilities are per
     // thread, so this comes before the export threads start.
     sys::drop_privileges()?;
-    let mut mounts = crate::source::mountinfo::MountWatcher::new();
-    for (cgroup_id, init) in adopted_inits {
-        mounts.watch_running(cgroup_id, init);
+    if listener.is_some() || options.otlp.is_some() {
+        sinks.start_export(options.export_config(listener))?;
     }
-    let exporter = if listener.is_some() || options.otlp.is_some() {
-        Some(Exporter::start(
-            ExportConfig {
-                prometheus: listener,
-                otlp: options.otlp.clone(),
-                agent: options.agent.clone(),
-                labels: options.labels.clone(),
-                queue: defaults::EXPORT_QUEUE,
-                settle_after: defaults::SETTLE_AFTER,
-                gpu_poll: options.gpu_poll,
+    log_start(&tracer, &model);
+    let summary = drive(
+        &mut tracer,
+        &mut model,
+        &mut facts,
+        &mut sinks,
+        &mut step,
+        stop,
+    );
+    // Detach first, then flush the sinks.
+    drop(tracer);
+    sinks.shutdown();
+    summary
+}
+
+/// Carries records from `source` through the model to the sinks until `stop` is set (then
+/// drains what is left). Any record source will do: a recorded stream drives the whole path.
+pub fn drive<W: Write>(
+    source: &mut impl RecordSource,
+    model: &mut Model<Recognizer>,
+    facts: &mut HostFacts,
+    sinks: &mut Sinks<W>,
+    step: &mut Output,
+    stop: &AtomicBool,
+) -> Result<RunSummary> {
+    let mut missed = Missed::default();
+    let mut last_housekeeping = Instant::now();
+    loop {
+        let stopping = stop.load(Ordering::Relaxed);
+        let mut counts = KindCounts::default();
+        source.poll_each(
+            if stopping { Duration::ZERO } else { POLL },
+            &mut |record| {
+                counts.add(&record);
+                if let Record::DeviceAccess(r) = &record {
+                    if !model.knows_device(r.major, r.minor) {
+                        if let Some(path) = facts.devices.lookup(r.major, r.minor) {
+                            model.name_device(r.major, r.minor, path);
+                        }
+                    }
+                }
+                model.handle(&record, step);
             },
-            clock,
-        )?)
-    } else {
-        None
+        )?;
+        sinks.records(&counts);
+        if stopping || last_housekeeping.elapsed() >= HOUSEKEEPING {
+            last_housekeeping = Instant::now();
+            model.tick(sys::monotonic_ns(), step);
+            if let Ok(now) = source.missed() {
+                sinks.missed(&now, &missed);
+                missed = now;
+            }
+        }
+        for id in step.untrack.drain(..) {
+            source.untrack(id);
+        }
+        follow_mount_tables(model, facts, step);
+        sinks.take(step)?;
+        if stopping {
+            break;
+        }
+    }
+    Ok(RunSummary {
+        events: sinks.events,
+        missed,
+        decode_errors: source.decode_errors(),
+        audit_errors: sinks.audit_errors,
+    })
+}
+
+/// An exec of a container's init: its mount table is as the runtime made it (a wrapper such
+/// as `unshare -m` may have moved it to a namespace of its own since the first). A
+/// container's end: its table is no longer followed. And the tables that changed, to the model.
+fn follow_mount_tables(model: &mut Model<Recognizer>, facts: &mut HostFacts, step: &mut Output) {
+    for note in &step.notes {
+        if let Note::InitExec {
+            cgroup_id,
+            pid,
+            mnt_ns,
+            ..
+        } = note
+        {
+            facts.mounts.watch(*cgroup_id, *pid, *mnt_ns);
+        }
+    }
+    for event in &step.events {
+        if let Event::ContainerDelete(d) = &event.event {
+            facts.mounts.unwatch(d.container.cgroup_id);
+        }
+    }
+    for table in facts.mounts.tables() {
+        model.on_mount_table(table.cgroup_id, table.binds, table.ts_ns, step);
+    }
+}
+
+/// Follows the containers that already run: the programs are attached before the scan, so
+/// nothing created meanwhile is missed; the model ignores a container it already knows.
+fn adopt_running(
+    tracer: &mut Tracer,
+    model: &mut Model<Recognizer>,
+    facts: &mut HostFacts,
+    step: &mut Output,
+) -> Result<()> {
+    let Some(root) = sys::cgroup2_mount() else {
+        log::warn!("no cgroup v2 mount found: containers already running are not followed");
+        return Ok(());
     };
+    let found = scan::scan(&root, model.recognizer());
+    let now = sys::monotonic_ns();
+    for container in found.containers {
+        for &id in std::iter::once(&container.cgroup_id).chain(&container.sub_cgroups) {
+            tracer.track_cgroup(id)?;
+        }
+        if let Some(init) = container.init {
+            facts.mounts.watch_running(container.cgroup_id, init);
+        }
+        model.adopt(container, now, step);
+    }
+    Ok(())
+}
+
+/// What the kernel lacks, and the `tracing:` line that says tracing has begun.
+fn log_start(tracer: &Tracer, model: &Model<Recognizer>) {
     for (feature, why) in &tracer.features().missing {
         log::info!(
             "kernel feature {} ({}) absent: {why}; instead {}",
@@ -226,129 +275,136 @@ pub fn run(options: &RunOptions, stop: &Arc<AtomicBool>, out: impl Write) -> Res
             fallbacks.join(",")
         }
     );
-    let mut last_housekeeping = Instant::now();
-    loop {
-        let stopping = stop.load(Ordering::Relaxed);
-        let mut counts = KindCounts::default();
-        tracer.poll_each(if stopping { Duration::ZERO } else { POLL }, |record| {
-            counts.add(&record);
-            if let crate::source::decode::Record::DeviceAccess(r) = &record {
-                if !model.knows_device(r.major, r.minor) {
-                    if let Some(path) = device_names.lookup(r.major, r.minor) {
-                        model.name_device(r.major, r.minor, path);
-                    }
-                }
-            }
-            model.handle(&record, &mut step);
-        })?;
-        if let Some(exporter) = &exporter {
-            for (kind, n) in counts.iter() {
-                exporter.records(kind.name(), n);
-            }
-        }
-        if stopping || last_housekeeping.elapsed() >= HOUSEKEEPING {
-            last_housekeeping = Instant::now();
-            model.tick(sys::monotonic_ns(), &mut step);
-            report_losses(&tracer, &mut summary, exporter.as_ref());
-        }
-        for id in step.untrack.drain(..) {
-            tracer.untrack_cgroup(id);
-        }
-        // An exec of the container's init: its mount table is as the runtime made it (a
-        // wrapper such as `unshare -m` may have moved it to a namespace of its own since the
-        // first). A container's end: its table is no longer followed.
-        for event in &step.events {
-            match &event.event {
-                Event::ProcessExec(e) if e.is_container_init => {
-                    mounts.watch(e.container.cgroup_id, e.pid, e.mnt_ns)
-                }
-                Event::ContainerDelete(d) => mounts.unwatch(d.container.cgroup_id),
-                _ => {}
-            }
-        }
-        for table in mounts.tables() {
-            model.on_mount_table(table.cgroup_id, table.binds, table.ts_ns, &mut step);
-        }
-        for event in &step.events {
-            printer.print(event)?;
-            let audited = matches!(
-                event.event,
-                Event::ProcessExit(_) | Event::VolumeViolation(_)
-            );
-            if let (Some(log), true) = (&mut audit, audited) {
-                if let Err(err) = log.append(&terminal::json(event, &clock)) {
-                    summary.audit_errors += 1;
-                    if let Some(exporter) = &exporter {
-                        exporter
-                            .metrics()
-                            .export_error(crate::sinks::metrics::sink::AUDIT_LOG);
-                    }
-                    if summary.audit_errors == 1 || summary.audit_errors.is_power_of_two() {
-                        log::warn!(
-                            "audit log write failed ({} so far): {err}",
-                            summary.audit_errors
-                        );
-                    }
-                }
-            }
-            summary.events += 1;
-        }
-        match &exporter {
-            // The turn's events go to the worker as they are, in one hand-over. The next turn's
-            // vector starts with room for half as many again: growing it event by event
-            // reallocates and moves every event so far, and turns vary.
-            Some(exporter) => {
-                let n = step.events.len();
-                let next = Vec::with_capacity(n + n / 2);
-                exporter.events(std::mem::replace(&mut step.events, next));
-            }
-            None => step.events.clear(),
-        }
-        printer.flush()?;
-        if stopping {
-            break;
-        }
-    }
-    summary.decode_errors = tracer.decode_errors();
-    // Detach first, then flush the sinks.
-    drop(tracer);
-    if let Some(exporter) = exporter {
-        exporter.shutdown();
-    }
-    Ok(summary)
 }
 
-/// Logs what each probe missed since the last report; never silent.
-fn report_losses(tracer: &Tracer, summary: &mut RunSummary, exporter: Option<&Exporter>) {
-    let Ok(missed) = tracer.missed() else {
-        return;
-    };
-    for kind in Kind::ALL {
-        for miss in Miss::ALL {
-            let (now, before) = (missed.get(kind, miss), summary.missed.get(kind, miss));
-            if now <= before {
-                continue;
-            }
-            let (probe, new) = (kind.probe(), now - before);
-            match miss {
-                Miss::RingFull => {
-                    log::warn!(
-                        "ring buffer full: {new} record(s) lost in probe {probe} ({now} in total); \
-                         raise --ring-buffer-size"
-                    );
-                    if let Some(exporter) = exporter {
-                        exporter.lost(probe, new);
-                    }
-                }
-                Miss::TableFull if kind == Kind::CgroupMkdir => log::warn!(
-                    "{now} cgroup(s) could not be followed: the kernel's cgroup table is full"
-                ),
-                Miss::TableFull => log::warn!(
-                    "{new} {} missed in probe {probe} ({now} in total): its table is full",
-                    kind.name()
-                ),
-            }
+impl RunOptions {
+    fn tracer_config(&self) -> TracerConfig {
+        let env_source = self.agent.sources.contains(&AgentSource::Env);
+        TracerConfig {
+            ring_buffer_bytes: self.ring_buffer_bytes,
+            init_env_var: env_source.then(|| self.agent.env_var.clone()),
+            devices: self.gpu_devices.clone(),
+            trace_mount_syscalls: self.trace_mount_syscalls,
+            trace_devices: self.trace_devices,
         }
     }
-    summary.missed = missed;
+
+    fn model_config(&self) -> ModelConfig {
+        let devices_v1_controller = sys::cgroup_v1_devices_mounted();
+        if devices_v1_controller && self.trace_devices {
+            log::info!(
+                "a cgroup v1 devices hierarchy is mounted: it decides device accesses after the \
+                 device programs, so a GPU access they allow is reported undecided"
+            );
+        }
+        ModelConfig {
+            // A duration past u64 nanoseconds (585 years) means never.
+            linger_after_ns: u64::try_from(self.linger_after.as_nanos()).unwrap_or(u64::MAX),
+            read_only_volumes: self
+                .read_only_volumes
+                .iter()
+                .map(|p| crate::model::volumes::normalize(p))
+                .collect(),
+            host_ns_level: sys::pid_ns_level(),
+            devices_v1_controller,
+            mount_syscalls: self.trace_mount_syscalls,
+        }
+    }
+
+    fn export_config(&self, prometheus: Option<std::net::TcpListener>) -> ExportConfig {
+        ExportConfig {
+            prometheus,
+            otlp: self.otlp.clone(),
+            agent: self.agent.clone(),
+            labels: self.labels.clone(),
+            queue: defaults::EXPORT_QUEUE,
+            settle_after: defaults::SETTLE_AFTER,
+            gpu_poll: self.gpu_poll,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+    use tracer_common::Kind;
+
+    use super::*;
+    use crate::{
+        replay::{cgroup, exec, exit, origin, sent, Recorded, HOST_CGROUP, RUNTIME_PID},
+        test_dir::TempDir,
+    };
+
+    const SECOND: u64 = 1_000_000_000;
+
+    /// A recorded stream through the whole path: model, terminal (JSON) and audit log.
+    #[test]
+    fn a_recorded_stream_drives_the_path_to_the_sinks() {
+        let id = "a".repeat(64);
+        let path = format!("/docker/{id}");
+        let (cg, init) = (100, 4_100_000);
+        let kill = origin(2 * SECOND, RUNTIME_PID, HOST_CGROUP, 9, 0);
+        let mut source = Recorded::new(vec![
+            cgroup(Kind::CgroupMkdir, SECOND, cg, &path),
+            // Not a container: the path tells the source to stop following it.
+            cgroup(Kind::CgroupMkdir, SECOND, 7, "/system.slice/cron.service"),
+            exec(SECOND + 10, cg, init, "/bin/agent"),
+            sent(&kill, init, cg),
+            exit(2 * SECOND + 10, cg, init, 1, 9),
+            cgroup(Kind::CgroupRmdir, 3 * SECOND, cg, &path),
+        ]);
+        let dir = TempDir::new("drive");
+        let audit = dir.0.join("audit.log");
+        let mut out = Vec::new();
+        let clock = sys::WallClock::now();
+        let mut sinks =
+            Sinks::open(&mut out, Format::Json, clock, Some((&audit, 1 << 20, 1))).unwrap();
+        let mut model = Model::new(Recognizer::new(&[], None).unwrap(), ModelConfig::default());
+        let stop = AtomicBool::new(true);
+        let summary = drive(
+            &mut source,
+            &mut model,
+            &mut HostFacts::new(),
+            &mut sinks,
+            &mut Output::default(),
+            &stop,
+        )
+        .unwrap();
+        drop(sinks);
+        let lines: Vec<Value> = String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let kinds: Vec<&str> = lines.iter().map(|l| l["event"].as_str().unwrap()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "container_create",
+                "process_exec",
+                "signal",
+                "process_exit",
+                "container_delete"
+            ]
+        );
+        assert_eq!(summary.events, 5);
+        assert_eq!(source.untracked, [7]);
+        let exit = &lines[3];
+        assert_eq!(
+            (&exit["pid"], &exit["cause"], &exit["sender"]["pid"]),
+            (
+                &Value::from(init),
+                &Value::from("orchestrator_kill"),
+                &Value::from(RUNTIME_PID)
+            )
+        );
+        assert_eq!(lines[4]["verdict"], "orchestrator_kill");
+        // The audit log holds the process exit, as printed.
+        let audited: Vec<Value> = std::fs::read_to_string(&audit)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(audited, std::slice::from_ref(exit));
+    }
 }

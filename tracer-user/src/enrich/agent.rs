@@ -61,6 +61,20 @@ impl Default for AgentConfig {
     }
 }
 
+/// A resolution: the value, and what fell short on the way to it.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Resolved {
+    pub value: Option<Vec<u8>>,
+    pub shortfalls: Vec<Shortfall>,
+}
+
+/// A source that could not answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shortfall {
+    DockerError,
+    DockerTimeout,
+}
+
 /// What is known about a container when its agent name is resolved.
 #[derive(Debug, Clone)]
 pub struct ContainerFacts<'a> {
@@ -148,15 +162,16 @@ impl AgentResolver {
         roots
     }
 
-    /// The first value any source gives, raw. `rt` runs the Docker API calls.
-    pub fn resolve(
-        &self,
-        rt: &tokio::runtime::Runtime,
-        facts: &ContainerFacts<'_>,
-    ) -> Option<Vec<u8>> {
+    /// The first value any source gives, raw, and what fell short on the way. `rt` runs the
+    /// Docker API calls.
+    pub fn resolve(&self, rt: &tokio::runtime::Runtime, facts: &ContainerFacts<'_>) -> Resolved {
+        let mut shortfalls = Vec::new();
         for source in &self.config.sources {
             let found = match source {
-                AgentSource::Docker => self.docker_label(rt, facts),
+                AgentSource::Docker => self.docker_label(rt, facts).unwrap_or_else(|short| {
+                    shortfalls.push(short);
+                    None
+                }),
                 AgentSource::Oci => self.oci_annotation(facts),
                 // What the kernel read at exec time holds even if the init is already gone;
                 // /proc serves containers found at start.
@@ -167,20 +182,28 @@ impl AgentResolver {
                 AgentSource::Pattern => facts.pattern_agent.map(|a| a.as_bytes().to_vec()),
             };
             if let Some(value) = found.filter(|v| !v.is_empty()) {
-                return Some(value);
+                return Resolved {
+                    value: Some(value),
+                    shortfalls,
+                };
             }
         }
-        None
+        Resolved {
+            value: None,
+            shortfalls,
+        }
     }
 
     fn docker_label(
         &self,
         rt: &tokio::runtime::Runtime,
         facts: &ContainerFacts<'_>,
-    ) -> Option<Vec<u8>> {
-        let docker = self.docker.as_ref()?;
+    ) -> Result<Option<Vec<u8>>, Shortfall> {
+        let Some(docker) = self.docker.as_ref() else {
+            return Ok(None);
+        };
         if facts.runtime != "docker" {
-            return None;
+            return Ok(None);
         }
         let inspect = rt.block_on(async {
             tokio::time::timeout(
@@ -193,18 +216,18 @@ impl AgentResolver {
             .await
         });
         match inspect {
-            Ok(Ok(info)) => info
+            Ok(Ok(info)) => Ok(info
                 .config
                 .and_then(|c| c.labels)
                 .and_then(|labels| labels.get(&self.config.label_key).cloned())
-                .map(String::into_bytes),
+                .map(String::into_bytes)),
             Ok(Err(err)) => {
                 log::debug!("docker inspect {}: {err}", facts.id);
-                None
+                Err(Shortfall::DockerError)
             }
             Err(_) => {
                 log::debug!("docker inspect {} timed out", facts.id);
-                None
+                Err(Shortfall::DockerTimeout)
             }
         }
     }
@@ -354,19 +377,19 @@ mod tests {
             pattern_agent: None,
         };
         assert_eq!(
-            resolver.resolve(&rt, &facts("job-1")).as_deref(),
+            resolver.resolve(&rt, &facts("job-1")).value.as_deref(),
             Some(&b"ironclaw"[..])
         );
         assert_eq!(
-            resolver.resolve(&rt, &facts("abc")).as_deref(),
+            resolver.resolve(&rt, &facts("abc")).value.as_deref(),
             Some(&b"openclaw"[..])
         );
         assert_eq!(
-            resolver.resolve(&rt, &facts("def")).as_deref(),
+            resolver.resolve(&rt, &facts("def")).value.as_deref(),
             Some(&b"nanoclaw"[..])
         );
-        assert_eq!(resolver.resolve(&rt, &facts("nope")), None);
-        assert_eq!(resolver.resolve(&rt, &facts("../runc")), None);
+        assert_eq!(resolver.resolve(&rt, &facts("nope")).value, None);
+        assert_eq!(resolver.resolve(&rt, &facts("../runc")).value, None);
         std::fs::remove_dir_all(dir).unwrap();
     }
 
@@ -406,7 +429,7 @@ mod tests {
             ..AgentConfig::default()
         });
         assert_eq!(
-            env_first.resolve(&rt, &facts).as_deref(),
+            env_first.resolve(&rt, &facts).value.as_deref(),
             Some(&b"nemo_claw"[..])
         );
         let pattern_first = AgentResolver::new(AgentConfig {
@@ -414,7 +437,7 @@ mod tests {
             ..AgentConfig::default()
         });
         assert_eq!(
-            pattern_first.resolve(&rt, &facts).as_deref(),
+            pattern_first.resolve(&rt, &facts).value.as_deref(),
             Some(&b"from_pattern"[..])
         );
         let other_var = AgentResolver::new(AgentConfig {
@@ -422,7 +445,7 @@ mod tests {
             env_var: "NOT_SET_HERE".to_string(),
             ..AgentConfig::default()
         });
-        assert_eq!(other_var.resolve(&rt, &facts), None);
+        assert_eq!(other_var.resolve(&rt, &facts).value, None);
         child.kill().unwrap();
         child.wait().unwrap();
     }

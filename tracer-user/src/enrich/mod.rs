@@ -4,3 +4,4 @@
 
 pub mod agent;
 pub mod labels;
+pub mod pending;

@@ -3,13 +3,12 @@
 //! container's init, and turns records into [`Event`]s. It does no I/O, so recorded streams can
 //! be replayed through it in tests.
 
-use std::{borrow::Cow, sync::Arc};
+use std::sync::Arc;
 
 // The model's tables are looked up on every record, mostly by kernel ids (cgroup ids, pids):
 // foldhash, randomly seeded per process, rather than std's SipHash.
 use foldhash::{HashMap, HashSet};
 
-use serde::Serialize;
 use tracer_common::{
     mount_call, AttachRecord, CgroupRecord, CgroupRmdirRecord, DeviceAccessRecord, EnvValue,
     ExecRecord, ExitRecord, MountRecord, OomRecord, SignalRecord,
@@ -17,7 +16,11 @@ use tracer_common::{
 
 pub mod attribution;
 pub mod containers;
+pub mod events;
+pub mod gpu;
 pub mod volumes;
+
+pub use events::*;
 
 use self::{
     attribution::{
@@ -25,7 +28,7 @@ use self::{
         SignalOrigin, SignalTrack, WaitStatus,
     },
     containers::{ContainerIdent, Recognize},
-    volumes::{Bind, ReadOnly, Violation, ViolationKind},
+    volumes::{Bind, Violation},
 };
 use crate::source::decode::{c_str, sized_str, Record};
 
@@ -119,15 +122,6 @@ pub struct Container {
     pub lingering: bool,
 }
 
-/// The fields every container event carries.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ContainerRef {
-    pub container_id: Arc<str>,
-    pub cgroup_id: u64,
-    pub cgroup_path: Arc<str>,
-    pub runtime: &'static str,
-}
-
 impl ContainerRef {
     fn of(c: &Container) -> ContainerRef {
         ContainerRef {
@@ -137,24 +131,6 @@ impl ContainerRef {
             runtime: c.ident.runtime,
         }
     }
-}
-
-/// Who sent a signal.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Sender {
-    /// The sending process (tgid).
-    pub pid: u32,
-    /// The sending thread.
-    pub tid: u32,
-    pub comm: String,
-    pub cgroup_id: u64,
-    /// The sender's container, when it is in one.
-    pub container_id: Option<Arc<str>>,
-    /// Who started the sender, nearest first, as the kernel read it when the signal was sent
-    /// (up to 8 processes, or up to the host's init); empty when that send was not seen.
-    pub ancestry: Arc<[AncestorRef]>,
-    /// What kind of sender it is, from its name and ancestry.
-    pub class: SenderClass,
 }
 
 /// What was sent to one process: the first send of each signal and the OOM mark, and the
@@ -176,49 +152,6 @@ impl Sends {
         }
         entry
     }
-}
-
-/// One process of a sender's ancestry.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct AncestorRef {
-    pub pid: u32,
-    pub comm: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ContainerCreate {
-    #[serde(flatten)]
-    pub container: ContainerRef,
-    pub preexisting: bool,
-    /// The `agent` capture of a user pattern, when there was one.
-    pub agent: Option<String>,
-    /// The init's pid, when already known (a container found at start).
-    pub init_pid: Option<u32>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ContainerDelete {
-    #[serde(flatten)]
-    pub container: ContainerRef,
-    pub lifetime_seconds: f64,
-    /// The init's exit code (shell style, as the runtime reports it) and cause.
-    pub exit_code: Option<u32>,
-    pub cause: Option<ExitCause>,
-    /// Why the container ended: the init's cause, except where the init only reports another
-    /// death (an init wrapper, or a shell exiting 128+N after its child died of signal N: that
-    /// child's cause), or where the OOM killer killed a process of the container and the
-    /// init's exit followed from it (`oom_kill`). Null when the init's exit was not seen.
-    pub verdict: Option<ExitCause>,
-    /// The process the verdict is about.
-    pub verdict_process: Option<ProcessRef>,
-    pub was_lingering: bool,
-}
-
-/// A process, by pid and command name.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ProcessRef {
-    pub pid: u32,
-    pub comm: String,
 }
 
 /// Init wrappers (`docker run --init`'s tini, dumb-init, catatonit): they forward their
@@ -243,256 +176,32 @@ pub struct Ending {
     pub cause: ExitCause,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ProcessExec {
-    #[serde(flatten)]
-    pub container: ContainerRef,
-    pub pid: u32,
-    pub comm: String,
-    pub filename: String,
-    pub is_container_init: bool,
-    /// For the container's first exec: seconds since the cgroup was created.
-    pub start_seconds: Option<f64>,
-    /// For the container's first exec: seconds of that start spent in mount system calls.
-    pub mount_seconds: Option<f64>,
-    /// For the init's exec: the agent-name variable of its environment, as the kernel read it
-    /// (raw, untrusted; not part of the JSON output).
-    #[serde(skip)]
-    pub agent_env: Option<Vec<u8>>,
-    /// The inode number of the process's mount namespace (0: not known; not in the output).
-    #[serde(skip)]
-    pub mnt_ns: u32,
-}
-
-/// One mount system call made in a container.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct MountCall {
-    #[serde(flatten)]
-    pub container: ContainerRef,
-    pub pid: u32,
-    pub comm: String,
-    /// `mount`, `umount2`, `mount_setattr`, `open_tree`, `move_mount`, `fsmount`, `fsconfig`.
-    pub call: &'static str,
-    pub source: String,
-    pub target: String,
-    pub fstype: String,
-    /// The call's flags (mount flags, AT_* flags, or the fsconfig command), as passed.
-    pub flags: u64,
-    pub attr_set: u64,
-    pub attr_clr: u64,
-    /// 0 on success (or the new file descriptor), a negative errno on failure.
-    pub result: i64,
-    pub duration_seconds: f64,
-    /// Whether what the call asked for can be written (the effective state is the mount
-    /// table's: see `volume_mount`).
-    pub writable: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct BindState {
-    pub source: String,
-    pub target: String,
-    pub read_only: ReadOnly,
-}
-
-/// A process in a container asked for a GPU device (a device number under `--gpu-device`):
-/// opened it for reading or writing, checked it with `access(2)`, or made a node of it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DeviceAccess {
-    #[serde(flatten)]
-    pub container: ContainerRef,
-    /// The caller, on kernels that let device programs name it (absent elsewhere).
-    pub pid: Option<u32>,
-    pub comm: Option<String>,
-    /// The node under /dev with this number, or `char MAJOR:MINOR` when /dev has none.
-    pub device: String,
-    pub major: u32,
-    pub minor: u32,
-    /// The device's name (`nvidia0`, `renderD128`, or `MAJOR:MINOR`): the `gpu` label of the
-    /// metrics.
-    pub gpu: String,
-    /// What was asked: `read`, `write`, `mknod`, joined with `,`.
-    pub access: String,
-    /// What the device programs before clawtrace's decided (the runtime's).
-    pub decision: DeviceDecision,
-    /// The container's first access of this device that was not denied.
-    pub first_use: bool,
-    /// A GPU, as opposed to a control node such as `nvidiactl`; only these count for sharing.
-    pub is_gpu: bool,
-}
-
-/// The decision on a device access, as the kernel told it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DeviceDecision {
-    Allowed,
-    /// Denied by a device program of the container's cgroups: the caller got EPERM.
-    Denied,
-    /// Not known: the kernel does not tell device programs the decision (before Linux 5.18),
-    /// or the device programs allowed it and a cgroup v1 `devices` hierarchy decides after them.
-    Undecided,
-}
-
-impl DeviceDecision {
-    /// The name the JSON output gives it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeviceDecision::Allowed => "allowed",
-            DeviceDecision::Denied => "denied",
-            DeviceDecision::Undecided => "undecided",
-        }
-    }
-}
-
-/// A container began using a GPU device that other live containers use.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct GpuSharing {
-    #[serde(flatten)]
-    pub container: ContainerRef,
-    pub device: String,
-    pub gpu: String,
-    /// Every live container using the device, this one included.
-    pub containers: Vec<Arc<str>>,
-}
-
-/// A container's bind mount as it stands when the container starts (its first exec).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct VolumeMount {
-    #[serde(flatten)]
-    pub container: ContainerRef,
-    #[serde(flatten)]
-    pub bind: BindState,
-}
-
-/// A bind mount that breaks the volume policy, or stopped breaking it (`active` false).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct VolumeViolation {
-    #[serde(flatten)]
-    pub container: ContainerRef,
-    pub kind: ViolationKind,
-    pub source: String,
-    pub active: bool,
-    /// Every live container that binds the source.
-    pub containers: Vec<Arc<str>>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct SignalSent {
-    #[serde(flatten)]
-    pub container: ContainerRef,
-    pub signal: Cow<'static, str>,
-    pub target_pid: u32,
-    pub target_tid: u32,
-    pub target_comm: String,
-    pub sender: Sender,
-    pub sender_kind: SenderKind,
-    pub si_code: i32,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct OomMark {
-    #[serde(flatten)]
-    pub container: ContainerRef,
-    pub pid: u32,
-    pub anon_rss_kb: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ProcessExit {
-    #[serde(flatten)]
-    pub container: ContainerRef,
-    pub pid: u32,
-    pub comm: String,
-    pub is_container_init: bool,
-    /// Shell-style: the exit code, or 128 + signal.
-    pub exit_code: u32,
-    pub signal: Option<Cow<'static, str>>,
-    pub core_dumped: bool,
-    pub cause: ExitCause,
-    /// For a `policy_kill`: `seccomp`, `rlimit` or `kernel`.
-    pub policy: Option<&'static str>,
-    /// For a seccomp kill: the system call the filter refused.
-    pub syscall: Option<SyscallRef>,
-    /// For an rlimit kill: which limit (`cpu`, `fsize`).
-    pub limit: Option<&'static str>,
-    /// For `init_exited`: the init whose exit took the pid namespace down, with its own cause
-    /// and sender.
-    pub init: Option<InitRef>,
-    pub sender: Option<Sender>,
-    pub escalated_from: Option<Cow<'static, str>>,
-    pub grace_seconds: Option<f64>,
-    /// The raw wait status.
-    pub wait_status: u32,
-}
-
-/// A system call, by the number the kernel reported and its name on this architecture.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct SyscallRef {
-    pub number: u32,
-    /// None for a number this architecture has no call for.
-    pub name: Option<&'static str>,
-}
-
-impl SyscallRef {
-    pub fn of(number: u32) -> SyscallRef {
-        SyscallRef {
-            number,
-            name: syscalls::Sysno::new(number as usize).map(|s| s.name()),
-        }
-    }
-}
-
-/// A pid namespace's init that exited, and how.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct InitRef {
-    pub pid: u32,
-    pub comm: String,
-    /// Its own cause and sender, when it is the container's init the tracer saw exit.
-    pub cause: Option<ExitCause>,
-    pub sender: Option<Sender>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ContainerLingering {
-    #[serde(flatten)]
-    pub container: ContainerRef,
-    pub init_exited_seconds_ago: f64,
-    /// Processes the tracer knows to be still alive in the container.
-    pub processes_left: usize,
-}
-
-/// What the model reports. Serialized as one JSON object with an `event` tag.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "event", rename_all = "snake_case")]
-pub enum Event {
-    ContainerCreate(ContainerCreate),
-    ContainerDelete(ContainerDelete),
-    ProcessExec(ProcessExec),
-    Signal(SignalSent),
-    OomMark(OomMark),
-    // Boxed: the largest kind, twice the size of the next; unboxed, every event would be as big.
-    ProcessExit(Box<ProcessExit>),
-    ContainerLingering(ContainerLingering),
-    Mount(MountCall),
-    VolumeMount(VolumeMount),
-    VolumeViolation(VolumeViolation),
-    DeviceAccess(DeviceAccess),
-    GpuSharing(GpuSharing),
-}
-
-/// An event and when it happened (CLOCK_MONOTONIC ns, the records' time base).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Timed {
-    pub ts_ns: u64,
-    pub event: Event,
-}
-
 /// What one step of the model produced: events, and cgroups the kernel should stop following
 /// because they are not containers.
 #[derive(Debug, Default)]
 pub struct Output {
     pub events: Vec<Timed>,
+    /// Cgroups the kernel should stop following: they are not containers.
     pub untrack: Vec<u64>,
+    /// What the rest of clawtrace needs to know besides the events.
+    pub notes: Vec<Note>,
+}
+
+/// What the model tells the rest of clawtrace besides events: facts that are no part of the
+/// event schema.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Note {
+    /// A container's init exec'd: its mount table is as the runtime made it.
+    InitExec {
+        cgroup_id: u64,
+        pid: u32,
+        /// Its mount namespace's inode number (0: not known).
+        mnt_ns: u32,
+        /// The agent-name variable of its environment, as the kernel read it (raw, untrusted).
+        agent_env: Option<Vec<u8>>,
+    },
+    /// A GPU's number of users changed.
+    GpuUsers(gpu::GpuUsers),
 }
 
 /// A container found by scanning the host at start.
@@ -522,7 +231,7 @@ pub struct Model<R> {
     /// Containers just deleted, so the violations they end can still name them.
     gone: HashMap<u64, ContainerRef>,
     /// Live containers that used each GPU device, by device number.
-    device_users: HashMap<(u32, u32), HashSet<u64>>,
+    device_users: gpu::DeviceUsers,
     /// The /dev node of each device number, as the caller found them ([`Model::name_device`]).
     device_names: HashMap<(u32, u32), Arc<str>>,
 }
@@ -548,7 +257,7 @@ impl<R: Recognize> Model<R> {
             by_path: HashMap::default(),
             violations: HashSet::default(),
             gone: HashMap::default(),
-            device_users: HashMap::default(),
+            device_users: gpu::DeviceUsers::default(),
             device_names: HashMap::default(),
         }
     }
@@ -748,10 +457,9 @@ impl<R: Recognize> Model<R> {
             self.owner.remove(sub);
         }
         self.by_path.remove(&*c.cgroup_path);
-        self.device_users.retain(|_, users| {
-            users.remove(&r.id);
-            !users.is_empty()
-        });
+        for users in self.device_users.remove(r.id) {
+            out.notes.push(Note::GpuUsers(users));
+        }
         if self.violations.iter().any(|v| v.container == r.id) || !c.mounts.is_empty() {
             self.gone.insert(r.id, ContainerRef::of(&c));
             self.check_volumes(r.header.ts_ns, out);
@@ -863,13 +571,19 @@ impl<R: Recognize> Model<R> {
                 is_container_init: init == tgid,
                 start_seconds,
                 mount_seconds,
-                mnt_ns: r.mnt_ns,
-                agent_env: match &c.init_env {
-                    Some((pid, value)) if init == tgid && *pid == tgid => Some(value.clone()),
-                    _ => None,
-                },
             }),
         });
+        if init == tgid {
+            out.notes.push(Note::InitExec {
+                cgroup_id: c.cgroup_id,
+                pid: tgid,
+                mnt_ns: r.mnt_ns,
+                agent_env: match &c.init_env {
+                    Some((pid, value)) if *pid == tgid => Some(value.clone()),
+                    _ => None,
+                },
+            });
+        }
     }
 
     /// A container's mount table as the kernel has it now (read at its payload's start and at
@@ -943,8 +657,10 @@ impl<R: Recognize> Model<R> {
         .filter(|(bit, _)| asked & bit != 0)
         .map(|(_, name)| name)
         .collect();
-        let users = self.device_users.entry(number).or_default();
-        let first_use = decision != DeviceDecision::Denied && users.insert(owner);
+        let others = (decision != DeviceDecision::Denied)
+            .then(|| self.device_users.add(number, is_gpu, &gpu, owner))
+            .flatten();
+        let first_use = others.is_some();
         let container = ContainerRef::of(c);
         // The caller's ids, where the kernel gave them (tgid 0, the idle task, is never one).
         let caller = (r.header.tgid != 0).then_some(r.header.tgid);
@@ -964,9 +680,19 @@ impl<R: Recognize> Model<R> {
                 is_gpu,
             }),
         });
-        if first_use && is_gpu && users.len() > 1 {
-            let mut containers: Vec<Arc<str>> = users
+        if !is_gpu {
+            return;
+        }
+        if let Some(users) = first_use
+            .then(|| self.device_users.gpu_users(number))
+            .flatten()
+        {
+            out.notes.push(Note::GpuUsers(users));
+        }
+        if let Some(others) = others.filter(|others| !others.is_empty()) {
+            let mut containers: Vec<Arc<str>> = others
                 .iter()
+                .chain([&owner])
                 .filter_map(|id| self.containers.get(id).map(|c| c.ident.id.clone()))
                 .collect();
             containers.sort();
@@ -1676,7 +1402,15 @@ mod tests {
             .collect();
         assert_eq!(execs.len(), 1, "only the payload's exec: {execs:#?}");
         assert_eq!((execs[0].pid, execs[0].is_container_init), (init, true));
-        assert_eq!(execs[0].agent_env.as_deref(), Some(&b"pm_agent"[..]));
+        assert_eq!(
+            out.notes,
+            vec![Note::InitExec {
+                cgroup_id: 100,
+                pid: init,
+                mnt_ns: 0,
+                agent_env: Some(b"pm_agent".to_vec())
+            }]
+        );
         let exits: Vec<(u32, bool)> = ev
             .iter()
             .filter_map(|e| match e {

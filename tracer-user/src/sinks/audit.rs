@@ -15,6 +15,13 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use super::files::open_append;
+use crate::model::Event;
+
+/// Whether `event` goes to the audit log: every process exit in a container (how it died and
+/// who caused it), and every volume-policy violation.
+pub fn audited(event: &Event) -> bool {
+    matches!(event, Event::ProcessExit(_) | Event::VolumeViolation(_))
+}
 
 /// An open audit log.
 #[derive(Debug)]

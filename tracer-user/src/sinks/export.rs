@@ -1,6 +1,6 @@
-//! The export pipeline: events from the tracing loop go through a bounded queue to one worker
-//! thread that resolves each container's agent_name, keeps the metrics, assembles container
-//! spans, and serves `/metrics`. Nothing here can stall tracing: the queue never blocks the
+//! The export worker: events from the tracing loop go through a bounded queue to one worker
+//! thread that has them enriched with each container's agent_name ([`crate::enrich`]), keeps
+//! the metrics, assembles container spans, and serves `/metrics`. Nothing here can stall tracing: the queue never blocks the
 //! sender (events that do not fit are counted as export errors), and slow metadata lookups,
 //! HTTP scrapes and OTLP exports all happen on the worker's side. Events travel in batches, one
 //! per turn of the tracing loop: one hand-over (and at most one wake-up of the worker) per
@@ -31,13 +31,12 @@ use super::{
 };
 use crate::{
     enrich::{
-        agent::{AgentConfig, AgentResolver, ContainerFacts},
+        agent::{AgentConfig, AgentResolver},
         labels::{AgentLabels, LabelPolicy},
+        pending::{Pending, Ready},
     },
-    source::nvml::{cgroup_path_of, memory_by_container, DeviceUsers, GpuSource, NvmlSource},
-};
-use crate::{
-    model::{ContainerRef, Event, Timed},
+    model::{Event, Note, Timed},
+    source::nvml::{cgroup_path_of, memory_by_container, GpuSource, NvmlSource},
     sys::WallClock,
 };
 
@@ -58,7 +57,7 @@ pub struct ExportConfig {
 }
 
 enum Message {
-    Events(Vec<Timed>),
+    Events(Vec<Timed>, Vec<Note>),
     Records(&'static str, u64),
     Lost(&'static str, u64),
     Stop,
@@ -205,11 +204,11 @@ impl Exporter {
         }
     }
 
-    /// Hands a turn's events to the worker; those that do not fit in the queue are counted as
-    /// export errors and dropped.
-    pub fn events(&self, events: Vec<Timed>) {
+    /// Hands a turn's events, and the model's notes, to the worker; events that do not fit in
+    /// the queue are counted as export errors and dropped.
+    pub fn events(&self, events: Vec<Timed>, notes: Vec<Note>) {
         let n = events.len();
-        if n == 0 {
+        if n == 0 && notes.is_empty() {
             return;
         }
         if !self.backlog.admit(n) {
@@ -217,7 +216,7 @@ impl Exporter {
                 .export_errors(super::metrics::sink::QUEUE, n as u64);
             return;
         }
-        if self.tx.send(Message::Events(events)).is_err() {
+        if self.tx.send(Message::Events(events, notes)).is_err() {
             self.backlog.done(n);
             self.metrics
                 .export_errors(super::metrics::sink::QUEUE, n as u64);
@@ -267,6 +266,11 @@ impl InlineWorker {
         self.worker.on_event(&self.rt, event);
     }
 
+    /// What the worker does with a note of the model.
+    pub fn note(&mut self, note: &Note) {
+        self.worker.on_note(note);
+    }
+
     /// `n` more kernel records of `kind` received.
     pub fn records(&self, kind: &'static str, n: u64) {
         self.worker.metrics.events(kind, n);
@@ -277,33 +281,22 @@ impl InlineWorker {
     }
 }
 
-struct Tracked {
-    container: ContainerRef,
-    created_ns: u64,
-    pattern_agent: Option<String>,
-    init_pid: Option<u32>,
-    init_env: Option<Vec<u8>>,
-    agent: Option<AgentName>,
-    /// Events that came before the agent_name was settled.
-    pending: Vec<Timed>,
-    deadline: Instant,
-    span: Option<ContainerSpan>,
-}
-
 struct Worker {
-    resolver: AgentResolver,
-    labels: AgentLabels,
+    /// Each container's agent name, and the events waiting for it.
+    pending: Pending,
     metrics: Metrics,
     tracer: Option<SdkTracer>,
-    /// By cgroup id, looked up on every event (foldhash: see the model's tables).
-    containers: foldhash::HashMap<u64, Tracked>,
+    /// The open span of each settled container, by cgroup id.
+    spans: foldhash::HashMap<u64, ContainerSpan>,
     clock: WallClock,
-    settle_after: Duration,
     overflow_seen: u64,
+    /// Each enrichment miss reason's count, as last reported.
+    misses_seen: Vec<u64>,
     gpu: Option<Box<dyn GpuSource>>,
     gpu_poll: Duration,
     gpu_polled: Instant,
-    device_users: DeviceUsers,
+    /// What `pending` hands on, reused.
+    ready: Vec<Ready>,
 }
 
 const TICK: Duration = Duration::from_millis(250);
@@ -318,18 +311,21 @@ impl Worker {
         clock: WallClock,
     ) -> Worker {
         Worker {
-            resolver: AgentResolver::new(config.agent),
-            labels,
+            pending: Pending::new(
+                AgentResolver::new(config.agent),
+                labels,
+                config.settle_after,
+            ),
             metrics,
             tracer,
-            containers: foldhash::HashMap::default(),
+            spans: foldhash::HashMap::default(),
             clock,
-            settle_after: config.settle_after,
             overflow_seen: 0,
+            misses_seen: Vec::new(),
             gpu,
             gpu_poll: config.gpu_poll,
             gpu_polled: Instant::now(),
-            device_users: DeviceUsers::default(),
+            ready: Vec::new(),
         }
     }
 
@@ -337,8 +333,12 @@ impl Worker {
         let mut last_tick = Instant::now();
         loop {
             match rx.recv_timeout(TICK) {
-                Ok(Message::Events(events)) => {
+                Ok(Message::Events(events, notes)) => {
                     let n = events.len();
+                    // Notes first: the init's environment is noted at its exec, which settles.
+                    for note in &notes {
+                        self.on_note(note);
+                    }
                     for event in events {
                         self.on_event(rt, event);
                     }
@@ -356,31 +356,32 @@ impl Worker {
             }
         }
         // Containers still there: settle them and end their spans as they stand.
+        let mut ready = std::mem::take(&mut self.ready);
+        self.pending.settle_all(rt, &mut ready);
+        self.hand_on(&mut ready);
         let now = SystemTime::now();
-        let ids: Vec<u64> = self.containers.keys().copied().collect();
-        for id in ids {
-            self.settle(rt, id);
-            if let Some(t) = self.containers.remove(&id) {
-                if let (Some(span), Some(tracer)) = (t.span, &self.tracer) {
-                    span.finish(tracer, now, true);
-                }
+        for (_, span) in self.spans.drain() {
+            if let Some(tracer) = &self.tracer {
+                span.finish(tracer, now, true);
             }
         }
     }
 
     fn housekeeping(&mut self, rt: &tokio::runtime::Runtime) {
         let now = Instant::now();
-        let due: Vec<u64> = self
-            .containers
-            .iter()
-            .filter(|(_, t)| t.agent.is_none() && t.deadline <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in due {
-            self.settle(rt, id);
-        }
-        for gone in self.labels.expire(now) {
+        let mut ready = std::mem::take(&mut self.ready);
+        self.pending.expire(rt, now, &mut ready);
+        self.hand_on(&mut ready);
+        for gone in self.pending.expired_agents(now) {
             self.metrics.forget_agent(&gone);
+        }
+        let misses: Vec<(_, u64)> = self.pending.misses().collect();
+        self.misses_seen.resize(misses.len(), 0);
+        for ((miss, total), seen) in misses.into_iter().zip(&mut self.misses_seen) {
+            if total > *seen {
+                self.metrics.agent_name_misses(miss.as_str(), total - *seen);
+                *seen = total;
+            }
         }
         if self.gpu.is_some() && self.gpu_polled.elapsed() >= self.gpu_poll {
             self.gpu_polled = now;
@@ -401,9 +402,9 @@ impl Worker {
             }
         };
         let containers: Vec<(u64, Arc<str>, AgentName)> = self
-            .containers
-            .iter()
-            .filter_map(|(id, t)| Some((*id, t.container.cgroup_path.clone(), t.agent.clone()?)))
+            .pending
+            .settled()
+            .map(|(id, c, agent)| (id, c.cgroup_path.clone(), agent.clone()))
             .collect();
         let by_container = memory_by_container(&processes, |pid| {
             let path = cgroup_path_of(pid)?;
@@ -425,176 +426,101 @@ impl Worker {
         self.metrics.gpu_memory(&readings);
     }
 
-    fn on_event(&mut self, rt: &tokio::runtime::Runtime, mut event: Timed) {
-        if let Event::ContainerCreate(create) = &event.event {
-            let id = create.container.cgroup_id;
-            self.containers.insert(
-                id,
-                Tracked {
-                    container: create.container.clone(),
-                    created_ns: event.ts_ns,
-                    pattern_agent: create.agent.clone(),
-                    init_pid: create.init_pid,
-                    init_env: None,
-                    agent: None,
-                    pending: Vec::new(),
-                    deadline: Instant::now() + self.settle_after,
-                    span: None,
-                },
-            );
-            // A container found at start already runs its payload: everything is known now.
-            if create.preexisting {
-                self.settle(rt, id);
+    fn on_note(&mut self, note: &Note) {
+        match note {
+            Note::InitExec { .. } => self.pending.note(note),
+            Note::GpuUsers(users) => {
+                self.metrics
+                    .gpu_users(&users.gpu, users.containers, users.shared)
             }
-            return;
         }
-        let Some(id) = container_of(&event.event) else {
-            return;
-        };
-        let Some(tracked) = self.containers.get_mut(&id) else {
-            return;
-        };
-        if tracked.agent.is_none() {
-            // The init's exec is when every source can answer (its environment exists, the
-            // runtime has written its metadata); a deletion ends the wait too.
-            let settles = match &mut event.event {
-                Event::ProcessExec(e) if e.is_container_init => {
-                    tracked.init_pid = Some(e.pid);
-                    // Only the resolver reads it.
-                    tracked.init_env = e.agent_env.take();
-                    true
+    }
+
+    fn on_event(&mut self, rt: &tokio::runtime::Runtime, event: Timed) {
+        let mut ready = std::mem::take(&mut self.ready);
+        self.pending.push(rt, event, &mut ready);
+        self.hand_on(&mut ready);
+    }
+
+    /// What enrichment handed on, to the metrics and spans.
+    fn hand_on(&mut self, ready: &mut Vec<Ready>) {
+        for item in ready.drain(..) {
+            match item {
+                Ready::Settled {
+                    container,
+                    created_ns,
+                    agent,
+                } => {
+                    let overflow = self.pending.overflow_total();
+                    if overflow > self.overflow_seen {
+                        self.metrics.label_overflow(overflow - self.overflow_seen);
+                        self.overflow_seen = overflow;
+                    }
+                    self.metrics.container_created(&agent);
+                    if self.tracer.is_some() {
+                        let start = system_time(&self.clock, created_ns);
+                        let id = container.cgroup_id;
+                        self.spans
+                            .insert(id, ContainerSpan::new(container, agent, start));
+                    }
                 }
-                Event::ContainerDelete(_) => true,
-                _ => false,
-            };
-            tracked.pending.push(event);
-            if settles {
-                self.settle(rt, id);
+                Ready::Event { agent, event } => self.apply(&agent, &event),
             }
-            return;
         }
-        self.apply(id, &event);
+        // Reused: its room stays for the next turn.
+        self.ready = std::mem::take(ready);
     }
 
-    /// Resolves the container's agent_name, counts its creation, and replays what waited.
-    fn settle(&mut self, rt: &tokio::runtime::Runtime, id: u64) {
-        let Some(tracked) = self.containers.get_mut(&id) else {
-            return;
-        };
-        if tracked.agent.is_some() {
-            return;
-        }
-        let raw = self.resolver.resolve(
-            rt,
-            &ContainerFacts {
-                id: &tracked.container.container_id,
-                runtime: tracked.container.runtime,
-                init_pid: tracked.init_pid,
-                init_env: tracked.init_env.as_deref(),
-                pattern_agent: tracked.pattern_agent.as_deref(),
-            },
-        );
-        let agent: AgentName = self.labels.acquire(raw.as_deref(), Instant::now()).into();
-        let overflow = self.labels.overflow_total();
-        if overflow > self.overflow_seen {
-            self.metrics.label_overflow(overflow - self.overflow_seen);
-            self.overflow_seen = overflow;
-        }
-        self.metrics.container_created(&agent);
-        let start = system_time(&self.clock, tracked.created_ns);
-        tracked.span = self
-            .tracer
-            .as_ref()
-            .map(|_| ContainerSpan::new(tracked.container.clone(), agent.clone(), start));
-        tracked.agent = Some(agent);
-        let pending = std::mem::take(&mut tracked.pending);
-        for event in pending {
-            self.apply(id, &event);
-        }
-    }
-
-    /// Metrics and span for one event of a settled container.
-    fn apply(&mut self, id: u64, event: &Timed) {
-        let Some(tracked) = self.containers.get_mut(&id) else {
-            return;
-        };
-        let Some(agent) = tracked.agent.clone() else {
+    /// Metrics and span for one event of a settled container of `agent`.
+    fn apply(&mut self, agent: &AgentName, event: &Timed) {
+        let Some(id) = event.event.container().map(|c| c.cgroup_id) else {
             return;
         };
         let at = system_time(&self.clock, event.ts_ns);
-        if let Some(span) = &mut tracked.span {
+        if let Some(span) = self.spans.get_mut(&id) {
             span.record(&event.event, at);
         }
         match &event.event {
             Event::ProcessExec(e) => {
                 if let Some(seconds) = e.start_seconds {
-                    self.metrics.start_duration(&agent, seconds);
+                    self.metrics.start_duration(agent, seconds);
                 }
             }
             Event::Signal(s) => {
                 self.metrics
-                    .signal(&agent, s.signal.clone(), s.sender_kind.as_str())
+                    .signal(agent, s.signal.clone(), s.sender_kind.as_str())
             }
             Event::ProcessExit(e) => self.metrics.process_exit(
-                &agent,
+                agent,
                 e.cause.as_str(),
                 e.signal.clone().unwrap_or(Cow::Borrowed("none")),
                 e.exit_code,
             ),
-            Event::ContainerLingering(_) => self.metrics.container_lingering(&agent),
+            Event::ContainerLingering(_) => self.metrics.container_lingering(agent),
             Event::ContainerDelete(d) => {
                 self.metrics.container_deleted(
-                    &agent,
+                    agent,
                     d.lifetime_seconds,
                     d.verdict.map(|v| v.as_str()),
                     d.exit_code,
                     d.was_lingering,
                 );
-                self.labels.release(&agent, Instant::now());
-                for (gpu, users) in self.device_users.remove(id) {
-                    self.metrics
-                        .gpu_users(&gpu, users, self.device_users.shared());
-                }
-                if let Some(t) = self.containers.remove(&id) {
-                    if let (Some(span), Some(tracer)) = (t.span, &self.tracer) {
-                        span.finish(tracer, at, false);
-                    }
+                if let (Some(span), Some(tracer)) = (self.spans.remove(&id), &self.tracer) {
+                    span.finish(tracer, at, false);
                 }
             }
-            Event::Mount(m) => self.metrics.mount(&agent, m.writable, m.duration_seconds),
-            Event::DeviceAccess(d) => {
-                if d.first_use && d.is_gpu {
-                    let users = self.device_users.add(&d.gpu, id);
-                    self.metrics
-                        .gpu_users(&d.gpu, users, self.device_users.shared());
-                }
-            }
-            Event::GpuSharing(_) => self.metrics.gpu_sharing(&agent),
+            Event::Mount(m) => self.metrics.mount(agent, m.writable, m.duration_seconds),
+            Event::GpuSharing(_) => self.metrics.gpu_sharing(agent),
             Event::VolumeViolation(v) => {
                 self.metrics
-                    .volume_violation(&agent, v.kind.as_str(), v.active)
+                    .volume_violation(agent, v.kind.as_str(), v.active)
             }
-            Event::OomMark(_) | Event::ContainerCreate(_) | Event::VolumeMount(_) => {}
+            Event::OomMark(_)
+            | Event::ContainerCreate(_)
+            | Event::VolumeMount(_)
+            | Event::DeviceAccess(_) => {}
         }
     }
-}
-
-/// The container (cgroup id) an event belongs to.
-fn container_of(event: &Event) -> Option<u64> {
-    Some(match event {
-        Event::ContainerCreate(e) => e.container.cgroup_id,
-        Event::ContainerDelete(e) => e.container.cgroup_id,
-        Event::ProcessExec(e) => e.container.cgroup_id,
-        Event::Signal(e) => e.container.cgroup_id,
-        Event::OomMark(e) => e.container.cgroup_id,
-        Event::ProcessExit(e) => e.container.cgroup_id,
-        Event::ContainerLingering(e) => e.container.cgroup_id,
-        Event::Mount(e) => e.container.cgroup_id,
-        Event::VolumeMount(e) => e.container.cgroup_id,
-        Event::VolumeViolation(e) => e.container.cgroup_id,
-        Event::DeviceAccess(e) => e.container.cgroup_id,
-        Event::GpuSharing(e) => e.container.cgroup_id,
-    })
 }
 
 #[cfg(test)]

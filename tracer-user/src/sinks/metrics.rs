@@ -115,6 +115,11 @@ struct SinkLabel {
     sink: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
 /// How a metric is kept (and its Prometheus type).
 #[derive(Debug, Clone, Copy)]
 pub enum MetricKind {
@@ -319,6 +324,12 @@ pub const CLAWTRACE_EXPORT_ERRORS: MetricDesc = desc(
     C,
     &["sink"],
 );
+pub const CLAWTRACE_AGENT_NAME_MISSES: MetricDesc = desc(
+    "clawtrace_agent_name_misses",
+    "Containers whose agent name fell short of what its sources could give, by reason",
+    C,
+    &["reason"],
+);
 pub const CLAWTRACE_SPANS_DROPPED: MetricDesc = desc(
     "clawtrace_spans_dropped",
     "Container spans dropped while the collector was unreachable",
@@ -390,6 +401,7 @@ pub const METRICS: &[MetricDesc] = &[
     CLAWTRACE_EVENTS_LOST,
     CLAWTRACE_LABEL_OVERFLOW,
     CLAWTRACE_EXPORT_ERRORS,
+    CLAWTRACE_AGENT_NAME_MISSES,
     CLAWTRACE_SPANS_DROPPED,
     CONTAINER_MOUNT_DURATION,
     CONTAINER_VOLUME_VIOLATIONS,
@@ -461,6 +473,7 @@ struct Otel {
     lost: OtelCounter<u64>,
     overflow: OtelCounter<u64>,
     export_errors: OtelCounter<u64>,
+    agent_name_misses: OtelCounter<u64>,
     spans_dropped: OtelCounter<u64>,
     mount: OtelHistogram<f64>,
     violations: OtelCounter<u64>,
@@ -487,6 +500,7 @@ impl Otel {
             lost: counter(meter, &CLAWTRACE_EVENTS_LOST),
             overflow: counter(meter, &CLAWTRACE_LABEL_OVERFLOW),
             export_errors: counter(meter, &CLAWTRACE_EXPORT_ERRORS),
+            agent_name_misses: counter(meter, &CLAWTRACE_AGENT_NAME_MISSES),
             spans_dropped: counter(meter, &CLAWTRACE_SPANS_DROPPED),
             mount: histogram(meter, &CONTAINER_MOUNT_DURATION),
             violations: counter(meter, &CONTAINER_VOLUME_VIOLATIONS),
@@ -516,6 +530,7 @@ struct Prom {
     lost: Family<ProbeLabel, Counter>,
     overflow: Counter,
     export_errors: Family<SinkLabel, Counter>,
+    agent_name_misses: Family<ReasonLabel, Counter>,
     spans_dropped: Counter,
     mount: Family<MountLabels, Histogram, fn() -> Histogram>,
     violations: Family<ViolationLabels, Counter>,
@@ -584,6 +599,7 @@ impl Metrics {
             lost: Family::default(),
             overflow: Counter::default(),
             export_errors: Family::default(),
+            agent_name_misses: Family::default(),
             spans_dropped: Counter::default(),
             mount: Family::new_with_constructor(|| {
                 Histogram::new(CONTAINER_MOUNT_DURATION.bounds())
@@ -608,6 +624,11 @@ impl Metrics {
         register(&mut r, &CLAWTRACE_EVENTS_LOST, prom.lost.clone());
         register(&mut r, &CLAWTRACE_LABEL_OVERFLOW, prom.overflow.clone());
         register(&mut r, &CLAWTRACE_EXPORT_ERRORS, prom.export_errors.clone());
+        register(
+            &mut r,
+            &CLAWTRACE_AGENT_NAME_MISSES,
+            prom.agent_name_misses.clone(),
+        );
         register(&mut r, &CLAWTRACE_SPANS_DROPPED, prom.spans_dropped.clone());
         register(&mut r, &CONTAINER_MOUNT_DURATION, prom.mount.clone());
         register(
@@ -946,6 +967,17 @@ impl Metrics {
         }
     }
 
+    /// `n` more containers whose agent name fell short, for `reason`.
+    pub fn agent_name_misses(&self, reason: &'static str, n: u64) {
+        self.prom
+            .agent_name_misses
+            .get_or_create(&ReasonLabel { reason })
+            .inc_by(n);
+        if let Some(o) = self.otel.get() {
+            o.agent_name_misses.add(n, &[kv("reason", reason)]);
+        }
+    }
+
     /// `n` container spans given up on.
     pub fn spans_dropped(&self, n: u64) {
         self.prom.spans_dropped.inc_by(n);
@@ -962,6 +994,11 @@ impl Metrics {
         }
         for &sink in sinks {
             let _ = self.prom.export_errors.get_or_create(&SinkLabel { sink });
+        }
+        for miss in crate::enrich::pending::Miss::ALL {
+            let _ = self.prom.agent_name_misses.get_or_create(&ReasonLabel {
+                reason: miss.as_str(),
+            });
         }
     }
 

@@ -10,6 +10,149 @@ pub mod otlp;
 pub mod spans;
 pub mod terminal;
 
+use std::io::Write;
+
+use anyhow::{Context as _, Result};
+
+use crate::{
+    model::Output,
+    source::{decode::KindCounts, loader::Missed},
+    sys::WallClock,
+};
+use audit::AuditLog;
+use export::{ExportConfig, Exporter};
+use terminal::{Format, Printer};
+use tracer_common::{Kind, Miss};
+
+/// Every sink of a run: the terminal, the audit log, and the export worker (metrics, spans).
+pub struct Sinks<W: Write> {
+    printer: Printer<W>,
+    clock: WallClock,
+    audit: Option<AuditLog>,
+    exporter: Option<Exporter>,
+    /// Failed audit-log writes so far.
+    pub audit_errors: u64,
+    /// Events handed to the sinks so far.
+    pub events: u64,
+}
+
+impl<W: Write> Sinks<W> {
+    /// The terminal and the audit log (opened now, so that a bad path fails before anything is
+    /// loaded). The export worker comes later ([`Sinks::start_export`]).
+    pub fn open(
+        out: W,
+        format: Format,
+        clock: WallClock,
+        audit: Option<(&std::path::Path, u64, usize)>,
+    ) -> Result<Sinks<W>> {
+        let audit = match audit {
+            Some((path, max_bytes, keep)) => Some(
+                AuditLog::open(path, max_bytes, keep)
+                    .with_context(|| format!("--audit-log {}", path.display()))?,
+            ),
+            None => None,
+        };
+        Ok(Sinks {
+            printer: Printer::new(out, format, clock),
+            clock,
+            audit,
+            exporter: None,
+            audit_errors: 0,
+            events: 0,
+        })
+    }
+
+    /// Starts the export worker (metrics, spans): after the privileges are dropped, since its
+    /// threads inherit them.
+    pub fn start_export(&mut self, config: ExportConfig) -> Result<()> {
+        self.exporter = Some(Exporter::start(config, self.clock)?);
+        Ok(())
+    }
+
+    /// One turn's events and notes: printed, audited, and handed to the export worker.
+    pub fn take(&mut self, step: &mut Output) -> Result<()> {
+        for event in &step.events {
+            self.printer.print(event)?;
+            if let (Some(log), true) = (&mut self.audit, audit::audited(&event.event)) {
+                if let Err(err) = log.append(&terminal::json(event, &self.clock)) {
+                    self.audit_errors += 1;
+                    if let Some(exporter) = &self.exporter {
+                        exporter.metrics().export_error(metrics::sink::AUDIT_LOG);
+                    }
+                    if self.audit_errors == 1 || self.audit_errors.is_power_of_two() {
+                        log::warn!(
+                            "audit log write failed ({} so far): {err}",
+                            self.audit_errors
+                        );
+                    }
+                }
+            }
+        }
+        self.events += step.events.len() as u64;
+        let notes = std::mem::take(&mut step.notes);
+        match &self.exporter {
+            // The turn's events go to the worker as they are, in one hand-over. The next turn's
+            // vector starts with room for half as many again: growing it event by event
+            // reallocates and moves every event so far, and turns vary.
+            Some(exporter) => {
+                let n = step.events.len();
+                let next = Vec::with_capacity(n + n / 2);
+                exporter.events(std::mem::replace(&mut step.events, next), notes);
+            }
+            None => step.events.clear(),
+        }
+        self.printer.flush()?;
+        Ok(())
+    }
+
+    /// Records received this turn, by kind.
+    pub fn records(&self, counts: &KindCounts) {
+        if let Some(exporter) = &self.exporter {
+            for (kind, n) in counts.iter() {
+                exporter.records(kind.name(), n);
+            }
+        }
+    }
+
+    /// What the probes missed since `before`, logged (never silent) and counted.
+    pub fn missed(&self, now: &Missed, before: &Missed) {
+        for kind in Kind::ALL {
+            for miss in Miss::ALL {
+                let (total, seen) = (now.get(kind, miss), before.get(kind, miss));
+                if total <= seen {
+                    continue;
+                }
+                let (probe, new) = (kind.probe(), total - seen);
+                match miss {
+                    Miss::RingFull => {
+                        log::warn!(
+                            "ring buffer full: {new} record(s) lost in probe {probe} ({total} in \
+                             total); raise --ring-buffer-size"
+                        );
+                        if let Some(exporter) = &self.exporter {
+                            exporter.lost(probe, new);
+                        }
+                    }
+                    Miss::TableFull if kind == Kind::CgroupMkdir => log::warn!(
+                        "{total} cgroup(s) could not be followed: the kernel's cgroup table is full"
+                    ),
+                    Miss::TableFull => log::warn!(
+                        "{new} {} missed in probe {probe} ({total} in total): its table is full",
+                        kind.name()
+                    ),
+                }
+            }
+        }
+    }
+
+    /// Flushes every sink and stops the export worker.
+    pub fn shutdown(self) {
+        if let Some(exporter) = self.exporter {
+            exporter.shutdown();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::{collections::HashSet, time::Instant};

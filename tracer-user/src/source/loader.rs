@@ -340,6 +340,24 @@ impl Tracer {
     }
 }
 
+impl super::RecordSource for Tracer {
+    fn poll_each(&mut self, timeout: Duration, each: &mut dyn FnMut(Record)) -> Result<()> {
+        Tracer::poll_each(self, timeout, each)
+    }
+
+    fn missed(&self) -> Result<Missed> {
+        Tracer::missed(self)
+    }
+
+    fn untrack(&mut self, id: u64) {
+        self.untrack_cgroup(id);
+    }
+
+    fn decode_errors(&self) -> u64 {
+        Tracer::decode_errors(self)
+    }
+}
+
 /// The cgroup device program's name in the eBPF object.
 pub const DEVICE_PROGRAM: &str = object::DEVICE_PROGRAM;
 

@@ -11,3 +11,44 @@ pub mod mountinfo;
 pub mod nvml;
 pub mod scan;
 pub mod tracepoints;
+
+use std::time::Duration;
+
+use anyhow::Result;
+
+use self::{decode::Record, loader::Missed};
+
+/// Where records come from: the kernel's ring buffer ([`loader::Tracer`]), or a recorded
+/// stream ([`crate::replay::Recorded`]), so that a recording drives the whole path.
+pub trait RecordSource {
+    /// Hands each record that arrives within `timeout` to `each`, in order.
+    fn poll_each(&mut self, timeout: Duration, each: &mut dyn FnMut(Record)) -> Result<()>;
+    /// What the kernel's probes missed so far.
+    fn missed(&self) -> Result<Missed>;
+    /// Stops following cgroup `id`: it is not a container.
+    fn untrack(&mut self, id: u64);
+    /// Records that could not be decoded so far.
+    fn decode_errors(&self) -> u64;
+}
+
+/// Facts about the containers from the host, beside the kernel's records: each container's
+/// mount table, and the names of device nodes.
+pub struct HostFacts {
+    pub mounts: mountinfo::MountWatcher,
+    pub devices: devices::DeviceNames,
+}
+
+impl HostFacts {
+    pub fn new() -> HostFacts {
+        HostFacts {
+            mounts: mountinfo::MountWatcher::new(),
+            devices: devices::DeviceNames::new(std::path::Path::new("/dev")),
+        }
+    }
+}
+
+impl Default for HostFacts {
+    fn default() -> Self {
+        HostFacts::new()
+    }
+}
