@@ -121,7 +121,7 @@ fn check_and_run_name_the_missing_privilege() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(
-        stderr.contains("missing privilege: CAP_BPF, CAP_PERFMON"),
+        stderr.contains("missing privileges: CAP_BPF, CAP_PERFMON"),
         "{stderr}"
     );
 }

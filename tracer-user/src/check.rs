@@ -1,18 +1,14 @@
-//! `clawtrace check`: a preflight report, one line per requirement, with the fix for each one
+//! `clawtrace check`: a preflight report, one line per requirement (the loader's own probes,
+//! [`crate::source::preflight`], and what only the report needs), with the fix for each one
 //! that is missing.
 
-use std::{io::Write, path::Path};
+use std::io::Write;
 
-use aya::maps::MapType;
-
-use crate::{
-    source::{
-        features::{self, KernelFeatures},
-        kernel_btf,
-        loader::{Tracer, TracerConfig},
-        tracepoints::{self, HOOKS},
-    },
-    sys,
+use crate::source::{
+    features::KernelFeatures,
+    loader::{Tracer, TracerConfig},
+    preflight::{self, Host, REQUIREMENTS},
+    tracepoints::HOOKS,
 };
 
 /// One requirement and whether this host meets it.
@@ -51,122 +47,21 @@ fn req(name: impl Into<String>, result: Result<String, String>) -> Requirement {
 /// and the process may mount it (as `clawtrace run` would).
 pub fn run_checks() -> Vec<Requirement> {
     let mut out = Vec::new();
-
-    let missing = sys::missing_bpf_caps();
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    let privileged = missing.is_empty();
-    out.push(req(
-        "privileges",
-        if privileged {
-            Ok(if euid == 0 {
-                "running as root".to_string()
-            } else {
-                "CAP_BPF and CAP_PERFMON held".to_string()
-            })
-        } else {
-            Err(sys::privilege_hint(&missing))
-        },
-    ));
-
-    let btf = kernel_btf::open(Path::new(kernel_btf::VMLINUX_BTF));
-    let tracefs = if privileged {
-        sys::ensure_tracefs().map_err(|e| e.to_string())
-    } else {
-        sys::mounted_tracefs().ok_or_else(|| {
-            if Path::new(sys::TRACEFS).exists() {
-                format!(
-                    "{} not readable without privilege (run as root)",
-                    sys::TRACEFS
-                )
-            } else {
-                format!(
-                    "tracefs not mounted (mount it as root: mount -t tracefs nodev {})",
-                    sys::TRACEFS
-                )
-            }
-        })
-    };
-    out.push(req(
-        "tracefs",
-        tracefs
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .map_err(|e| e.clone()),
-    ));
-
-    // What the kernel offers decides which programs, fields and tracepoints are needed.
-    let found = match (&tracefs, &btf, privileged) {
-        (Ok(tracefs), Ok(btf), true) => Some(features::probe(tracefs, btf)),
-        _ => None,
-    };
-    out.extend(feature_lines(found.as_ref(), privileged));
-    let bits = found.as_ref().map_or(u64::MAX, |f| f.bits);
-    out.push(req(
-        "kernel BTF",
-        btf.as_ref()
-            .map_err(Clone::clone)
-            .and_then(|btf| {
-                kernel_btf::globals(btf, bits)?;
-                let at = kernel_btf::field_offset(btf, "task_struct", "exit_code")?;
-                Ok(format!(
-                    "{} (task_struct.exit_code at offset {at})",
-                    kernel_btf::VMLINUX_BTF
-                ))
-            })
-            .map_err(|e| e.to_string()),
-    ));
-    for hook in HOOKS.iter().filter(|h| h.when.holds(bits)) {
-        let name = format!("tracepoint {}:{}", hook.category, hook.name);
-        let result = match &tracefs {
-            Ok(path) => tracepoints::check_hook(path, hook, bits)
-                .map_err(|e| e.to_string())
-                .and_then(|()| match (hook.btf_args, &btf) {
-                    (None, _) => Ok("present, layout as expected".to_string()),
-                    (Some(args), Ok(btf)) => {
-                        kernel_btf::check_tracepoint_args(btf, hook.name, args)
-                            .map(|()| "present, BTF arguments as expected".to_string())
-                            .map_err(|e| e.to_string())
-                    }
-                    (Some(_), Err(e)) => Err(e.to_string()),
-                })
-                .map_err(|e| {
-                    if !privileged && !tracepoints::format_path(path, hook).exists() {
-                        format!("cannot read its format without privilege ({e})")
-                    } else {
-                        e.to_string()
-                    }
-                }),
-            Err(_) => Err("cannot check without tracefs".to_string()),
-        };
-        out.push(req(name, result));
+    let mut host = Host::default();
+    for r in REQUIREMENTS {
+        out.push(req(r.name, (r.probe)(&mut host)));
+        // What the kernel offers decides which programs, fields and tracepoints are needed.
+        if r.name == "kernel BTF" {
+            out.extend(feature_lines(host.features.as_ref(), host.privileged));
+        }
     }
-
-    out.push(req(
-        "cgroup v2",
-        sys::cgroup2_mount()
-            .map(|p| format!("mounted at {}", p.display()))
-            .ok_or_else(|| {
-                "no cgroup2 mount found; mount it with: mount -t cgroup2 none /sys/fs/cgroup/unified"
-                    .to_string()
-            }),
-    ));
-
-    out.push(req(
-        "ring buffer",
-        if privileged {
-            match aya::sys::is_map_supported(MapType::RingBuf) {
-                Ok(true) => Ok("BPF_MAP_TYPE_RINGBUF supported".to_string()),
-                Ok(false) => Err(
-                    "BPF_MAP_TYPE_RINGBUF not supported; clawtrace needs Linux 5.8 or later"
-                        .to_string(),
-                ),
-                Err(e) => Err(format!("probing BPF_MAP_TYPE_RINGBUF failed: {e}")),
-            }
-        } else {
-            Err("cannot probe BPF_MAP_TYPE_RINGBUF without privilege".to_string())
-        },
-    ));
+    let bits = host.bits();
+    for hook in HOOKS.iter().filter(|h| h.when.holds(bits)) {
+        out.push(req(
+            preflight::hook_name(hook),
+            preflight::hook(&host, hook),
+        ));
+    }
 
     // Dropping the capabilities that are no longer needed once attached needs CAP_SETPCAP
     // (for the bounding set).
@@ -210,7 +105,7 @@ pub fn run_checks() -> Vec<Requirement> {
             Err("not tried: a requirement above is missing".to_string())
         },
     ));
-    let socket = std::path::Path::new("/var/run/docker.sock");
+    let socket = std::path::Path::new(crate::defaults::DOCKER_SOCKET);
     out.push(Requirement {
         name: "Docker Engine API".to_string(),
         ok: socket.exists(),

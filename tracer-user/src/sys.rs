@@ -26,15 +26,6 @@ pub fn missing_bpf_caps() -> Vec<Capability> {
         .collect()
 }
 
-/// Fails with a one-line explanation when the process may not load tracing programs.
-pub fn require_bpf_privileges() -> Result<()> {
-    let missing = missing_bpf_caps();
-    if !missing.is_empty() {
-        bail!("missing privilege: {}", privilege_hint(&missing));
-    }
-    Ok(())
-}
-
 pub fn privilege_hint(missing: &[Capability]) -> String {
     let names: Vec<String> = missing.iter().map(|c| c.to_string()).collect();
     format!(

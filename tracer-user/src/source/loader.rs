@@ -4,7 +4,6 @@
 
 use std::{
     os::fd::{AsFd, AsRawFd},
-    path::Path,
     time::Duration,
 };
 
@@ -20,9 +19,9 @@ use tracer_common::{
 
 use super::{
     decode::{DecodeError, Record},
-    features::{self, KernelFeatures},
-    kernel_btf,
-    tracepoints::{self, HookGroup, HOOKS},
+    features::KernelFeatures,
+    kernel_btf, preflight,
+    tracepoints::{Hook, HookGroup, HOOKS},
 };
 use crate::sys;
 
@@ -48,7 +47,7 @@ pub struct TracerConfig {
 impl TracerConfig {
     /// Whether `hook` is attached under this configuration, on a kernel with the
     /// [`feature`](tracer_common::feature) bits `features`.
-    pub fn wants(&self, hook: &tracepoints::Hook, features: u64) -> bool {
+    pub fn wants(&self, hook: &Hook, features: u64) -> bool {
         let group = match hook.group {
             HookGroup::Core => true,
             HookGroup::MountSyscalls => self.trace_mount_syscalls,
@@ -120,17 +119,13 @@ impl Tracer {
         if !size.is_power_of_two() || size < 4096 {
             bail!("ring buffer size {size} must be a power of two of at least 4096 bytes");
         }
-        sys::require_bpf_privileges()?;
-        let tracefs = sys::ensure_tracefs()?;
-        let btf = kernel_btf::open(Path::new(kernel_btf::VMLINUX_BTF))?;
-        let found = features::probe(&tracefs, &btf);
+        // Privileges, tracefs, the kernel's BTF and what the kernel offers, and each
+        // tracepoint's layout: the same probes `clawtrace check` reports.
+        let host = preflight::for_loader(|hook, bits| config.wants(hook, bits))?;
+        let (Some(btf), Some(found)) = (host.btf, host.features) else {
+            bail!("the kernel's features could not be probed");
+        };
         let bits = found.bits;
-        for hook in HOOKS.iter().filter(|h| config.wants(h, bits)) {
-            tracepoints::check_hook(&tracefs, hook, bits)?;
-            if let Some(args) = hook.btf_args {
-                kernel_btf::check_tracepoint_args(&btf, hook.name, args)?;
-            }
-        }
         let globals = kernel_btf::globals(&btf, bits)?;
         drop(btf);
         let aya_btf = Btf::from_sys_fs().context("reading the kernel's BTF for BTF tracepoints")?;

@@ -9,6 +9,7 @@ pub mod kernel_btf;
 pub mod loader;
 pub mod mountinfo;
 pub mod nvml;
+pub mod preflight;
 pub mod scan;
 pub mod tracepoints;
 
