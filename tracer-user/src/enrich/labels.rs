@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -24,7 +24,9 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-use crate::sinks::files::open_append;
+use crate::sinks::files::{
+    check_private_file, ensure_private_dir, nofollow_error, open_append, open_read_nofollow,
+};
 
 /// The value of a container for which no source had an agent name, or whose name sanitized to
 /// nothing. It never counts against the cap.
@@ -139,7 +141,7 @@ struct Hasher {
 
 impl Hasher {
     fn open(state_dir: &Path) -> anyhow::Result<Hasher> {
-        ensure_state_dir(state_dir)?;
+        ensure_private_dir(state_dir)?;
         let key = load_or_create_key(state_dir)?;
         let mac =
             <Hmac<Sha256> as Mac>::new_from_slice(&key).map_err(|e| anyhow!("HMAC key: {e}"))?;
@@ -417,62 +419,6 @@ pub fn lookup(state_dir: &Path, hashed: &str) -> anyhow::Result<Option<String>> 
     }
 }
 
-fn ensure_state_dir(dir: &Path) -> anyhow::Result<()> {
-    // 0700: the key and the plaintext names are nobody else's business. An existing directory
-    // keeps its mode; the files in it are 0600 regardless.
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("creating state directory {}", dir.display()))?;
-    let meta = fs::metadata(dir).with_context(|| format!("{}", dir.display()))?;
-    if !meta.is_dir() {
-        bail!("state directory {} is not a directory", dir.display());
-    }
-    Ok(())
-}
-
-/// Opens for reading without following a final symlink, and with O_NONBLOCK so a FIFO planted
-/// at the path cannot hang the open (it has no effect on regular files).
-fn open_read_nofollow(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-}
-
-/// O_NOFOLLOW reports a symlink as ELOOP, which reads as "too many levels of symbolic links";
-/// say what actually happened.
-fn nofollow_error(e: io::Error, path: &Path) -> anyhow::Error {
-    if e.raw_os_error() == Some(libc::ELOOP) {
-        anyhow!(
-            "{} is a symbolic link; refusing to follow it (remove it and start again)",
-            path.display()
-        )
-    } else {
-        anyhow::Error::new(e).context(format!("opening {}", path.display()))
-    }
-}
-
-/// A regular file that only its owner can access.
-fn check_private_file(file: &File, path: &Path) -> anyhow::Result<fs::Metadata> {
-    let meta = file
-        .metadata()
-        .with_context(|| format!("stat {}", path.display()))?;
-    if !meta.is_file() {
-        bail!("{} is not a regular file", path.display());
-    }
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        bail!(
-            "{} is accessible by group or others (mode {mode:03o}); run `chmod 600 {}`",
-            path.display(),
-            path.display()
-        );
-    }
-    Ok(meta)
-}
-
 fn load_or_create_key(dir: &Path) -> anyhow::Result<[u8; KEY_LEN]> {
     let path = dir.join(KEY_FILE);
     if let Some(key) = read_key(&path)? {
@@ -579,6 +525,8 @@ fn open_lookup(path: &Path) -> anyhow::Result<(File, HashSet<String>)> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
     use super::*;
     use std::os::unix::fs::symlink;
 
