@@ -575,10 +575,12 @@ fn audit_log_has_one_line_per_exit() {
             lines.extend(text.lines().map(str::to_string));
         }
     }
+    // The container's process exits (its creation and deletion are records too).
     let exits: Vec<serde_json::Value> = lines
         .iter()
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
         .filter(|v: &serde_json::Value| v["container_id"] == cgroup.container_id())
+        .filter(|v: &serde_json::Value| v["event"] == "process_exit")
         .collect();
     // Rotation keeps two old files; the newest exits are all there, in order.
     assert!(!exits.is_empty());
@@ -587,6 +589,90 @@ fn audit_log_has_one_line_per_exit() {
         assert_eq!(exit["event"], "process_exit");
         assert_eq!(exit["pid"], *pid);
     }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// `clawtrace explain` tells a real container's life from the audit log: its creation, its
+/// init, the SIGTERM and the SIGKILL this test sent (with this test as the sender), and the
+/// verdict in one sentence; by a prefix of its id, and as JSON.
+#[test]
+fn explain_tells_a_container_from_the_audit_log() {
+    require_privileged!();
+    let dir = std::env::temp_dir().join(format!("clawtrace-explain-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("audit.jsonl");
+    let log_arg = log.to_string_lossy().to_string();
+    let ct = Clawtrace::start_scoped("explain", &["--audit-log", &log_arg], &[]);
+    let mut cgroup = TestCgroup::new("explain");
+    // An init that ignores SIGTERM: the kill needs the SIGKILL after it.
+    let mut child = cgroup.spawn(Command::new("sh").args(["-c", "trap '' TERM; exec sleep 1000"]));
+    let pid = child.id();
+    let id = cgroup.container_id();
+    ct.wait_event("process_exec", &id, |v| v["filename"] == "/usr/bin/sleep");
+    kill(pid, libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(300));
+    kill(pid, libc::SIGKILL);
+    let status = wait_status(&mut child);
+    assert!(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL);
+    cgroup.remove();
+    ct.wait_event("container_delete", &id, |_| true);
+    ct.stop();
+
+    let prefix = &id[..id.len() - 3];
+    let explain = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_clawtrace"))
+            .args(["explain", prefix, "--audit-log", &log_arg])
+            .args(extra)
+            .output()
+            .expect("clawtrace explain")
+    };
+    let out = explain(&[]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let me = std::process::id();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], format!("container {id}"), "{text}");
+    for want in [
+        format!("created by custom (cgroup /{})", cgroup.name),
+        format!("init sleep[{pid}] /usr/bin/sleep"),
+        format!("SIGTERM to sleep[{pid}] from "),
+        format!("SIGKILL to sleep[{pid}] from "),
+        format!("sleep[{pid}] exited 137 (orchestrator_kill)"),
+    ] {
+        assert!(
+            lines.iter().any(|l| l.contains(&want)),
+            "no {want:?} in\n{text}"
+        );
+    }
+    let verdict = lines.last().expect("a verdict line");
+    let sent = format!("killed from outside the container: SIGKILL to sleep[{pid}] from ");
+    assert!(
+        verdict.starts_with(&format!("verdict: {sent}")),
+        "{verdict}"
+    );
+    assert!(
+        verdict.contains(&format!("[{me}]")),
+        "the sender is this test: {verdict}"
+    );
+    assert!(verdict.contains(" s after SIGTERM"), "{verdict}");
+    // As JSON: the same verdict, and the records are the audit log's own.
+    let out = explain(&["--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(report["container_id"], id.as_str());
+    assert_eq!(
+        format!(
+            "verdict: {}",
+            report["verdict"].as_str().unwrap_or_default()
+        ),
+        *verdict
+    );
+    // A prefix of no container is one line on stderr, and a failure.
+    let out = Command::new(env!("CARGO_BIN_EXE_clawtrace"))
+        .args(["explain", "no-such-container", "--audit-log", &log_arg])
+        .output()
+        .expect("clawtrace explain");
+    assert!(!out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
     std::fs::remove_dir_all(dir).unwrap();
 }
 

@@ -80,10 +80,12 @@ impl TextClawtrace {
     fn start(scope: &str) -> TextClawtrace {
         let pattern = format!("^/{CGROUP_PREFIX}(?P<id>[0-9]+-{scope}[^/]*)$");
         let mut child = clawtrace()
+            // -v: the exec and exit lines, with the odd file name, are the point.
             .args([
                 "run",
                 "--output",
                 "text",
+                "-v",
                 "--container-cgroup-pattern",
                 &pattern,
             ])
@@ -387,9 +389,9 @@ fn extreme_accepted_values_do_not_crash() {
     ct.wait_event("container_delete", &id, |_| true);
     let stderr = ct.stop();
     assert!(!stderr.iter().any(|l| l.contains("panicked")), "{stderr:?}");
-    // One process exited in the one container this clawtrace follows: the audit log holds one
-    // record, its exit. (`--audit-log-max-bytes 0 --audit-log-keep 0` restart the file before
-    // each record but the first, so a second record would replace it, not join it.)
+    // The one container this clawtrace follows ended: its deletion is the audit log's last
+    // record, and the only one left (`--audit-log-max-bytes 0 --audit-log-keep 0` restart the
+    // file before each record but the first, so each record replaced the one before).
     let log = std::fs::read_to_string(&audit)
         .unwrap_or_else(|e| panic!("audit log {}: {e}", audit.display()));
     let records: Vec<Value> = log
@@ -400,12 +402,13 @@ fn extreme_accepted_values_do_not_crash() {
         .collect();
     assert_eq!(records.len(), 1, "audit log:\n{log}");
     let record = &records[0];
-    assert_eq!(record["event"], "process_exit", "{record}");
+    assert_eq!(record["event"], "container_delete", "{record}");
     assert_eq!(record["container_id"], id.as_str(), "{record}");
-    assert_eq!(record["pid"], pid, "{record}");
-    assert_status(record, status);
-    // The record is the event clawtrace printed.
-    assert_eq!(record, &exit);
+    // Its init was the shell that exited 3.
+    assert_eq!(record["verdict"], "failed", "{record}");
+    assert_eq!(record["exit_code"], 3, "{record}");
+    assert_eq!(record["verdict_process"]["pid"], pid, "{record}");
+    assert_eq!(exit["exit_code"], 3, "{exit}");
     // Nothing was kept beside it.
     let names: Vec<_> = std::fs::read_dir(&scratch.0)
         .expect("scratch folder")

@@ -280,7 +280,10 @@ fn killed_mid_storm_and_started_again_it_finds_the_live_containers() {
     for line in text.lines() {
         let v: Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("broken line {line:?}: {e}"));
-        assert_eq!(v["event"], "process_exit");
+        assert!(
+            v["event"].is_string() && v["container_id"].is_string(),
+            "{line}"
+        );
     }
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -27,6 +27,18 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Check that this host has what clawtrace needs; exits 0 only if everything holds.
     Check,
+    /// Tell one container's life from the audit log: created by which runtime, its agent, its
+    /// start, volumes, GPU use, every kill with its sender chain, and its verdict.
+    Explain {
+        /// The container's id, or a prefix of it that names one container.
+        container: String,
+        /// The audit log `clawtrace run --audit-log` writes (its rotated files are read too).
+        #[arg(long, value_name = "FILE", default_value = defaults::AUDIT_LOG)]
+        audit_log: PathBuf,
+        /// One JSON object: the container's records and the verdict.
+        #[arg(long)]
+        json: bool,
+    },
     /// Work with hashed agent_name label values.
     #[command(subcommand)]
     Labels(LabelsCommand),
@@ -48,6 +60,12 @@ pub struct RunArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub output: Format,
+    /// Text output: by default one line per event an operator acts on (a container created,
+    /// each kill with its sender chain, OOM marks, violations, GPU sharing, lingering, the
+    /// verdict at the end); -v adds every process exec and exit, -vv mounts, volumes and device
+    /// accesses. JSON output has every event.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
     /// A regular expression over cgroup paths (relative to the cgroup v2 root) that marks a
     /// container; a named group `id` picks its id (default: the last path element) and `agent`
     /// its agent name. May be given several times; tried before the built-in runtime layouts.

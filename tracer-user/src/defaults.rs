@@ -22,6 +22,8 @@ pub const CONTAINERD_ROOT: &str = "/run/containerd/io.containerd.runtime.v2.task
 pub const CRIO_ROOT: &str = "/run/containers/storage/overlay-containers";
 /// `--state-dir`: the label key and lookup table (hash mode).
 pub const STATE_DIR: &str = "/var/lib/clawtrace";
+/// `clawtrace explain --audit-log`: where the deployments (`deploy/`) keep the audit log.
+pub const AUDIT_LOG: &str = "/var/lib/clawtrace/audit.jsonl";
 
 /// `--linger-after`.
 pub const LINGER_AFTER: &str = "30s";

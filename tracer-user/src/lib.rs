@@ -19,6 +19,7 @@ pub mod check;
 pub mod cli;
 pub mod defaults;
 pub mod enrich;
+pub mod explain;
 pub mod model;
 pub mod replay;
 pub mod run;

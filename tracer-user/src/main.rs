@@ -13,8 +13,12 @@ use clawtrace::{
         agent::AgentConfig,
         labels::{self, LabelPolicy},
     },
+    explain,
     run::{self, AuditSettings, RunOptions},
-    sinks::otlp::{self, OtlpConfig, Protocol},
+    sinks::{
+        otlp::{self, OtlpConfig, Protocol},
+        terminal::TextStyle,
+    },
 };
 
 fn main() -> ExitCode {
@@ -66,6 +70,23 @@ fn main() -> ExitCode {
                 _ => ExitCode::FAILURE,
             }
         }
+        Command::Explain {
+            container,
+            audit_log,
+            json,
+        } => match explain::records(&audit_log, &container) {
+            Ok((id, records)) => {
+                print!("{}", explain::report(&id, &records, json));
+                if json {
+                    println!();
+                }
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("clawtrace: {err:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Run(args) => {
             let stop = Arc::new(AtomicBool::new(false));
             for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -117,6 +138,7 @@ fn run_options(args: RunArgs) -> anyhow::Result<RunOptions> {
     };
     Ok(RunOptions {
         format: args.output,
+        text: TextStyle::for_terminal(args.verbose, &std::io::stdout()),
         patterns: args.container_cgroup_pattern,
         runc_root: Some(args.runc_root.clone()),
         linger_after: args.linger_after,

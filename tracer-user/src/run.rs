@@ -22,7 +22,12 @@ use crate::{
         labels::LabelPolicy,
     },
     model::{containers::Recognizer, Event, Model, ModelConfig, Note, Output},
-    sinks::{export::ExportConfig, otlp::OtlpConfig, terminal::Format, Sinks},
+    sinks::{
+        export::ExportConfig,
+        otlp::OtlpConfig,
+        terminal::{Format, TextStyle},
+        Sinks,
+    },
     source::{
         decode::{KindCounts, Record},
         loader::{Missed, Tracer, TracerConfig},
@@ -35,6 +40,8 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     pub format: Format,
+    /// Which text lines, and whether in colour.
+    pub text: TextStyle,
     pub patterns: Vec<String>,
     pub runc_root: Option<PathBuf>,
     pub linger_after: Duration,
@@ -66,6 +73,7 @@ impl RunOptions {
     pub fn terminal(format: Format, patterns: Vec<String>) -> RunOptions {
         RunOptions {
             format,
+            text: TextStyle::default(),
             patterns,
             runc_root: None,
             linger_after: defaults::LINGER_AFTER_VALUE,
@@ -121,7 +129,7 @@ pub fn run(options: &RunOptions, stop: &Arc<AtomicBool>, out: impl Write) -> Res
     let clock = sys::WallClock::now();
     let audit = options.audit.as_ref();
     let audit = audit.map(|a| (a.path.as_path(), a.max_bytes, a.keep));
-    let mut sinks = Sinks::open(out, options.format, clock, audit)?;
+    let mut sinks = Sinks::open(out, options.format, options.text, clock, audit)?;
     let mut tracer = Tracer::start(&options.tracer_config())?;
     let mut model = Model::new(recognizer, options.model_config());
     let mut facts = HostFacts::new();
@@ -357,8 +365,14 @@ mod tests {
         let audit = dir.0.join("audit.log");
         let mut out = Vec::new();
         let clock = sys::WallClock::now();
-        let mut sinks =
-            Sinks::open(&mut out, Format::Json, clock, Some((&audit, 1 << 20, 1))).unwrap();
+        let mut sinks = Sinks::open(
+            &mut out,
+            Format::Json,
+            TextStyle::default(),
+            clock,
+            Some((&audit, 1 << 20, 1)),
+        )
+        .unwrap();
         let mut model = Model::new(Recognizer::new(&[], None).unwrap(), ModelConfig::default());
         let stop = AtomicBool::new(true);
         let summary = drive(
@@ -399,12 +413,13 @@ mod tests {
             )
         );
         assert_eq!(lines[4]["verdict"], "orchestrator_kill");
-        // The audit log holds the process exit, as printed.
+        // The audit log holds the container's life, as printed: every one of these events is
+        // an audited kind (the exec is its init's).
         let audited: Vec<Value> = std::fs::read_to_string(&audit)
             .unwrap()
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
-        assert_eq!(audited, std::slice::from_ref(exit));
+        assert_eq!(audited, lines);
     }
 }

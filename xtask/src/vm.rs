@@ -3,7 +3,8 @@
 //! tracer-user) inside virtual machines booting Debian's kernels, one VM per kernel of
 //! [`KERNELS`] (all of them unless `--kernel` picks some).
 //!
-//! 1. **Tools**, installed when missing: the Debian package `qemu-system-x86`, and virtme-ng from PyPI (`python3 -m pip install virtme-ng==1.42`). pip's
+//! 1. **Tools**, installed when missing: the Debian packages `qemu-system-x86` and `kmod`
+//!    (depmod), and virtme-ng from PyPI (`python3 -m pip install virtme-ng==1.42`). pip's
 //!    script folders (`sysconfig`'s `scripts` and the user base's `bin`) are added to the PATH
 //!    of every child, so a `vng` pip put there is found.
 //! 2. **Kernels**: the newest package of the table's Debian release (its point release alone
@@ -67,7 +68,11 @@ const VIRTME_NG_VERSION: &str = "1.42";
 const COMPAT_TEST: &str = "compat";
 
 /// Debian packages the VMs need: (package, optional, what for).
-const VM_PACKAGES: &[(&str, bool, &str)] = &[("qemu-system-x86", false, "the virtual machines")];
+const VM_PACKAGES: &[(&str, bool, &str)] = &[
+    ("qemu-system-x86", false, "the virtual machines"),
+    // virtme-ng runs depmod over the unpacked kernel's modules before it boots.
+    ("kmod", false, "depmod, for the kernels' modules"),
+];
 
 /// The Debian architecture of the kernels (and of the host: the guest runs its binaries).
 const ARCH: &str = "amd64";
@@ -177,7 +182,7 @@ pub fn run(mut ctx: Ctx, options: Options) -> Result<ExitCode> {
     // What the tests drive (bpftool, python3, …), then what the VMs need.
     ctx.setup_packages()?;
     ctx.ensure_packages(VM_PACKAGES, "")?;
-    for tool in ["qemu-system-x86_64", "dpkg-deb", "apt-cache"] {
+    for tool in ["qemu-system-x86_64", "dpkg-deb", "apt-cache", "depmod"] {
         if ctx.which(tool).is_none() {
             bail!("vm-test: {tool} not found on PATH");
         }

@@ -73,6 +73,10 @@ pub struct ContainerDelete {
     /// The process the verdict is about.
     pub verdict_process: Option<ProcessRef>,
     pub was_lingering: bool,
+    /// Its agent name as the kernel's records tell it: a pattern's `agent` group, else the
+    /// init's agent-name variable, sanitized as labels are (Docker labels and OCI annotations
+    /// are read later, by the export worker, and are not here).
+    pub agent: Option<String>,
 }
 
 /// A process, by pid and command name.

@@ -482,6 +482,10 @@ impl<R: Recognize> Model<R> {
                 verdict,
                 verdict_process,
                 was_lingering: c.lingering,
+                agent: c.ident.agent.clone().or_else(|| {
+                    let (_, value) = c.init_env.as_ref()?;
+                    crate::enrich::labels::sanitize(value, crate::defaults::LABEL_MAX_LEN)
+                }),
             }),
         });
     }

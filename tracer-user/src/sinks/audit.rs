@@ -17,10 +17,26 @@ use anyhow::Context;
 use super::files::open_append;
 use crate::model::Event;
 
-/// Whether `event` goes to the audit log: every process exit in a container (how it died and
-/// who caused it), and every volume-policy violation.
+/// Whether `event` goes to the audit log, which holds each container's life as `clawtrace
+/// explain` tells it: its creation and deletion (with the verdict), its init's exec (the start
+/// latency), every process exit and every signal sent to its processes (who killed what), OOM
+/// marks, its volumes and their violations, its first use of each GPU and GPU sharing, and
+/// lingering. Not there: other processes' execs, mount calls, repeated device accesses.
 pub fn audited(event: &Event) -> bool {
-    matches!(event, Event::ProcessExit(_) | Event::VolumeViolation(_))
+    match event {
+        Event::ContainerCreate(_)
+        | Event::ContainerDelete(_)
+        | Event::ProcessExit(_)
+        | Event::Signal(_)
+        | Event::OomMark(_)
+        | Event::VolumeMount(_)
+        | Event::VolumeViolation(_)
+        | Event::GpuSharing(_)
+        | Event::ContainerLingering(_) => true,
+        Event::ProcessExec(e) => e.is_container_init,
+        Event::DeviceAccess(d) => d.first_use && d.is_gpu,
+        Event::Mount(_) => false,
+    }
 }
 
 /// An open audit log.

@@ -21,7 +21,7 @@ use crate::{
 };
 use audit::AuditLog;
 use export::{ExportConfig, Exporter};
-use terminal::{Format, Printer};
+use terminal::{Format, Printer, TextStyle};
 use tracer_common::{Kind, Miss};
 
 /// Every sink of a run: the terminal, the audit log, and the export worker (metrics, spans).
@@ -42,6 +42,7 @@ impl<W: Write> Sinks<W> {
     pub fn open(
         out: W,
         format: Format,
+        text: TextStyle,
         clock: WallClock,
         audit: Option<(&std::path::Path, u64, usize)>,
     ) -> Result<Sinks<W>> {
@@ -53,7 +54,7 @@ impl<W: Write> Sinks<W> {
             None => None,
         };
         Ok(Sinks {
-            printer: Printer::new(out, format, clock),
+            printer: Printer::new(out, format, clock).style(text),
             clock,
             audit,
             exporter: None,

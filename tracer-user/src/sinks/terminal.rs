@@ -17,6 +17,68 @@ pub enum Format {
     Json,
 }
 
+/// How text lines are written: which events, and whether in colour.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TextStyle {
+    /// Events of [`text_level`] up to this are printed.
+    pub verbosity: u8,
+    /// ANSI colour, for a terminal.
+    pub colour: bool,
+}
+
+impl TextStyle {
+    /// Colour when `out` is a terminal and `NO_COLOR` is not set (<https://no-color.org>).
+    pub fn for_terminal(verbosity: u8, out: &impl std::io::IsTerminal) -> TextStyle {
+        let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+        TextStyle {
+            verbosity,
+            colour: out.is_terminal() && !no_color,
+        }
+    }
+}
+
+/// The verbosity from which an event is a text line: 0 for what an operator acts on (a
+/// container created, each kill and who sent it, OOM marks, violations, GPU sharing,
+/// lingering, the verdict at the end), 1 for every process exec and exit, 2 for mount calls,
+/// volumes and device accesses.
+pub fn text_level(event: &Event) -> u8 {
+    match event {
+        Event::ContainerCreate(_)
+        | Event::ContainerDelete(_)
+        | Event::Signal(_)
+        | Event::OomMark(_)
+        | Event::VolumeViolation(_)
+        | Event::GpuSharing(_)
+        | Event::ContainerLingering(_) => 0,
+        Event::ProcessExec(_) | Event::ProcessExit(_) => 1,
+        Event::Mount(_) | Event::VolumeMount(_) | Event::DeviceAccess(_) => 2,
+    }
+}
+
+/// The colour of an event's line: green for a start or a clean end, yellow for a failure or a
+/// warning, red for a kill, a crash or a violation.
+fn colour_of(event: &Event) -> anstyle::Style {
+    use anstyle::{AnsiColor, Style};
+    let fg = |c: AnsiColor| Style::new().fg_color(Some(c.into()));
+    let of_cause = |cause: Option<ExitCause>| match cause {
+        Some(ExitCause::Exited) => fg(AnsiColor::Green),
+        Some(ExitCause::Failed) | None => fg(AnsiColor::Yellow),
+        Some(_) => fg(AnsiColor::Red).bold(),
+    };
+    match event {
+        Event::ContainerCreate(_) => fg(AnsiColor::Green),
+        Event::ContainerDelete(d) => of_cause(d.verdict),
+        Event::ProcessExit(e) => of_cause(Some(e.cause)),
+        Event::Signal(_) => fg(AnsiColor::Magenta),
+        Event::OomMark(_) | Event::VolumeViolation(_) => fg(AnsiColor::Red).bold(),
+        Event::GpuSharing(_) | Event::ContainerLingering(_) => fg(AnsiColor::Yellow),
+        Event::ProcessExec(_)
+        | Event::Mount(_)
+        | Event::VolumeMount(_)
+        | Event::DeviceAccess(_) => Style::new(),
+    }
+}
+
 /// RFC 3339 UTC time with nanoseconds.
 pub fn rfc3339(unix_ns: i128) -> String {
     with_rfc3339(unix_ns, str::to_string)
@@ -324,6 +386,7 @@ fn event_text(event: &Timed) -> String {
 pub struct Printer<W: Write> {
     out: W,
     format: Format,
+    style: TextStyle,
     clock: WallClock,
     /// The JSON line being written, reused: serde_json writes in many small pieces, which a
     /// vector takes for less than a buffered stream does, so the stream gets one write a line.
@@ -331,17 +394,31 @@ pub struct Printer<W: Write> {
 }
 
 impl<W: Write> Printer<W> {
+    /// Text lines at the default verbosity, without colour (see [`Printer::style`]).
     pub fn new(out: W, format: Format, clock: WallClock) -> Self {
         Printer {
             out,
             format,
+            style: TextStyle::default(),
             clock,
             line: Vec::with_capacity(1024),
         }
     }
 
+    /// Which text lines, and whether in colour.
+    pub fn style(mut self, style: TextStyle) -> Self {
+        self.style = style;
+        self
+    }
+
     pub fn print(&mut self, event: &Timed) -> std::io::Result<()> {
         match self.format {
+            Format::Text if text_level(&event.event) > self.style.verbosity => Ok(()),
+            // The line is escaped before it is coloured: the colour's own escapes are ours.
+            Format::Text if self.style.colour => {
+                let style = colour_of(&event.event);
+                writeln!(self.out, "{style}{}{style:#}", text(event))
+            }
             Format::Text => writeln!(self.out, "{}", text(event)),
             Format::Json => {
                 self.line.clear();
@@ -431,6 +508,55 @@ mod tests {
             text(&killed()),
             "container 3f2a9c0e1b7d… exited 137: SIGKILL from runc[4121] ← containerd-shim[4100] \
              (runtime, outside the container, after SIGTERM 10.0 s earlier)"
+        );
+    }
+
+    /// Default text: what an operator acts on; -v: process execs and exits too; colour only
+    /// when asked for, around the escaped line.
+    #[test]
+    fn text_lines_follow_the_verbosity_and_colour() {
+        let clock = WallClock::with_offset(0);
+        let created = Timed {
+            ts_ns: 1,
+            event: Event::ContainerCreate(ContainerCreate {
+                container: container(),
+                preexisting: false,
+                agent: None,
+                init_pid: None,
+            }),
+        };
+        let print = |style: TextStyle| {
+            let mut printer = Printer::new(Vec::new(), Format::Text, clock).style(style);
+            printer.print(&created).unwrap();
+            printer.print(&killed()).unwrap();
+            String::from_utf8(printer.out).unwrap()
+        };
+        let quiet = print(TextStyle::default());
+        assert_eq!(
+            quiet,
+            format!("{}\n", text(&created)),
+            "the exit is a -v line"
+        );
+        let verbose = print(TextStyle {
+            verbosity: 1,
+            colour: false,
+        });
+        assert_eq!(
+            verbose,
+            format!("{}\n{}\n", text(&created), text(&killed()))
+        );
+        let coloured = print(TextStyle {
+            verbosity: 1,
+            colour: true,
+        });
+        // Green for the creation, bold red for the kill; each line ends with a reset.
+        assert_eq!(
+            coloured,
+            format!(
+                "\x1b[32m{}\x1b[0m\n\x1b[1m\x1b[31m{}\x1b[0m\n",
+                text(&created),
+                text(&killed())
+            )
         );
     }
 
