@@ -24,6 +24,9 @@ use libfuzzer_sys::fuzz_target;
 const TOKENS: &[&str] = &[
     "run",
     "check",
+    "explain",
+    "--json",
+    "-v",
     "labels",
     "lookup",
     "help",
@@ -124,6 +127,17 @@ fuzz_target!(
                 }
             }
             Command::Check => {}
+            // An id prefix and a path: what explain does with any of them is an error of one
+            // line at worst.
+            Command::Explain {
+                container,
+                audit_log,
+                ..
+            } => {
+                if let Err(err) = clawtrace::explain::records(&audit_log, &container) {
+                    assert!(!format!("{err:#}").contains('\n'), "{err:#}");
+                }
+            }
             Command::Labels(LabelsCommand::Lookup { hash, state_dir }) => {
                 drop((hash, state_dir));
             }

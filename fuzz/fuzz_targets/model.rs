@@ -18,7 +18,7 @@ use std::{mem::size_of, sync::OnceLock};
 use clawtrace::{
     model::{
         containers::{ContainerIdent, Recognize, Recognizer},
-        Event, ExistingContainer, Model, ModelConfig, Output, Timed,
+        ExistingContainer, Model, ModelConfig, Output, Timed,
     },
     sinks::terminal as output,
     source::decode::Record,
