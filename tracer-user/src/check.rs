@@ -50,11 +50,9 @@ pub fn run_checks() -> Vec<Requirement> {
     let mut host = Host::default();
     for r in REQUIREMENTS {
         out.push(req(r.name, (r.probe)(&mut host)));
-        // What the kernel offers decides which programs, fields and tracepoints are needed.
-        if r.name == "kernel BTF" {
-            out.extend(feature_lines(host.features.as_ref(), host.privileged));
-        }
     }
+    // What the kernel offers decides which programs, fields and tracepoints are needed.
+    out.extend(feature_lines(host.features.as_ref(), host.privileged));
     let bits = host.bits();
     for hook in HOOKS.iter().filter(|h| h.when.holds(bits)) {
         out.push(req(

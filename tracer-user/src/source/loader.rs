@@ -20,7 +20,7 @@ use tracer_common::{
 use super::{
     decode::{DecodeError, Record},
     features::KernelFeatures,
-    kernel_btf, preflight,
+    preflight,
     tracepoints::{Hook, HookGroup, HOOKS},
 };
 use crate::sys;
@@ -122,12 +122,10 @@ impl Tracer {
         // Privileges, tracefs, the kernel's BTF and what the kernel offers, and each
         // tracepoint's layout: the same probes `clawtrace check` reports.
         let host = preflight::for_loader(|hook, bits| config.wants(hook, bits))?;
-        let (Some(btf), Some(found)) = (host.btf, host.features) else {
+        let Some(found) = host.features else {
             bail!("the kernel's features could not be probed");
         };
-        let bits = found.bits;
-        let globals = kernel_btf::globals(&btf, bits)?;
-        drop(btf);
+        let (bits, globals) = (found.bits, host.globals);
         let aya_btf = Btf::from_sys_fs().context("reading the kernel's BTF for BTF tracepoints")?;
         let env_key = config.init_env_var.as_deref().map(env_key).transpose()?;
         if config.devices.len() > DEVICE_RANGES as usize {

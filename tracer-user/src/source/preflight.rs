@@ -24,6 +24,9 @@ pub struct Host {
     pub btf: Option<Btf>,
     /// What the kernel offers; probing it needs privilege, tracefs and BTF.
     pub features: Option<KernelFeatures>,
+    /// The offsets and sizes the programs read from the kernel's BTF, as their globals, for
+    /// the features found.
+    pub globals: Vec<(&'static str, u64)>,
 }
 
 impl Host {
@@ -117,7 +120,7 @@ fn kernel_btf(host: &mut Host) -> Result<String, String> {
     if let (Some(tracefs), true) = (&host.tracefs, host.privileged) {
         host.features = Some(features::probe(tracefs, &btf));
     }
-    kernel_btf::globals(&btf, host.bits()).map_err(|e| e.to_string())?;
+    host.globals = kernel_btf::globals(&btf, host.bits()).map_err(|e| e.to_string())?;
     let at =
         kernel_btf::field_offset(&btf, "task_struct", "exit_code").map_err(|e| e.to_string())?;
     host.btf = Some(btf);
