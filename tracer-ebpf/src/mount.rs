@@ -229,9 +229,7 @@ fn finish(ctx: &TracePointContext) -> Done {
     };
     // SAFETY: sys_exit_*'s return value, read through bpf_probe_read.
     let ret = unsafe { ctx.read_at::<i64>(syscalls::RET.offset) }.unwrap_or(0);
-    let reserved = reserve::<MountRecord>();
-    let done = reserved.as_ref().map(|_| ()).map_err(|&miss| miss);
-    if let Ok(mut entry) = reserved {
+    let done = reserve::<MountRecord>().map(|mut entry| {
         let record = entry.as_mut_ptr();
         // SAFETY: `record` is reserved ring-buffer space of the record's size, filled from the
         // pending map value (live for this program's run) before submit.
@@ -242,7 +240,7 @@ fn finish(ctx: &TracePointContext) -> Done {
             (*record).comm = bpf_get_current_comm().unwrap_or_default();
         }
         submit(entry);
-    }
+    });
     // The call is over, reported or not.
     let _ = MOUNT_PENDING.remove(tid);
     done

@@ -21,7 +21,7 @@ use crate::{
 
 /// Why a container's agent name fell short of what its sources could have given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Miss {
+pub enum SettleMiss {
     /// Its init had not exec'd within the bound: resolved with what was there then.
     Deadline,
     /// The Docker Engine API answered with an error.
@@ -32,21 +32,21 @@ pub enum Miss {
     Unresolved,
 }
 
-impl Miss {
-    pub const ALL: [Miss; 4] = [
-        Miss::Deadline,
-        Miss::DockerError,
-        Miss::DockerTimeout,
-        Miss::Unresolved,
+impl SettleMiss {
+    pub const ALL: [SettleMiss; 4] = [
+        SettleMiss::Deadline,
+        SettleMiss::DockerError,
+        SettleMiss::DockerTimeout,
+        SettleMiss::Unresolved,
     ];
 
     /// The `reason` label of `clawtrace_agent_name_misses_total`.
     pub fn as_str(self) -> &'static str {
         match self {
-            Miss::Deadline => "deadline",
-            Miss::DockerError => "docker_error",
-            Miss::DockerTimeout => "docker_timeout",
-            Miss::Unresolved => "unresolved",
+            SettleMiss::Deadline => "deadline",
+            SettleMiss::DockerError => "docker_error",
+            SettleMiss::DockerTimeout => "docker_timeout",
+            SettleMiss::Unresolved => "unresolved",
         }
     }
 }
@@ -84,7 +84,7 @@ pub struct Pending {
     containers: HashMap<u64, Entry>,
     /// The agent-name variable the kernel read at each container's init exec, until used.
     init_env: HashMap<u64, Vec<u8>>,
-    misses: [u64; Miss::ALL.len()],
+    misses: [u64; SettleMiss::ALL.len()],
 }
 
 impl Pending {
@@ -95,7 +95,7 @@ impl Pending {
             settle_after,
             containers: HashMap::default(),
             init_env: HashMap::default(),
-            misses: [0; Miss::ALL.len()],
+            misses: [0; SettleMiss::ALL.len()],
         }
     }
 
@@ -215,18 +215,18 @@ impl Pending {
                 pattern_agent: entry.pattern_agent.as_deref(),
             },
         );
-        let mut misses = resolved.shortfalls.iter().map(|s| match s {
-            Shortfall::DockerError => Miss::DockerError,
-            Shortfall::DockerTimeout => Miss::DockerTimeout,
-        });
-        for miss in misses.by_ref() {
+        for short in &resolved.shortfalls {
+            let miss = match short {
+                Shortfall::DockerError => SettleMiss::DockerError,
+                Shortfall::DockerTimeout => SettleMiss::DockerTimeout,
+            };
             self.misses[miss as usize] += 1;
         }
         if late {
-            self.misses[Miss::Deadline as usize] += 1;
+            self.misses[SettleMiss::Deadline as usize] += 1;
         }
         if resolved.value.is_none() {
-            self.misses[Miss::Unresolved as usize] += 1;
+            self.misses[SettleMiss::Unresolved as usize] += 1;
         }
         let agent: AgentName = self
             .labels
@@ -263,8 +263,99 @@ impl Pending {
         self.labels.overflow_total()
     }
 
-    /// Each reason's count so far.
-    pub fn misses(&self) -> impl Iterator<Item = (Miss, u64)> + '_ {
-        Miss::ALL.iter().map(|&m| (m, self.misses[m as usize]))
+    /// Each reason's count since the last call (reasons with none left out).
+    pub fn take_misses(&mut self) -> Vec<(SettleMiss, u64)> {
+        let counts = std::mem::take(&mut self.misses);
+        SettleMiss::ALL
+            .into_iter()
+            .map(|m| (m, counts[m as usize]))
+            .filter(|&(_, n)| n > 0)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        enrich::{
+            agent::{AgentConfig, AgentSource},
+            labels::LabelPolicy,
+        },
+        model::{ContainerCreate, ContainerDelete},
+    };
+
+    fn pending() -> Pending {
+        let resolver = AgentResolver::new(AgentConfig {
+            sources: vec![AgentSource::Pattern],
+            ..AgentConfig::default()
+        });
+        let labels = AgentLabels::open(LabelPolicy::default()).unwrap();
+        Pending::new(resolver, labels, Duration::ZERO)
+    }
+
+    fn container(id: u64) -> ContainerRef {
+        ContainerRef {
+            container_id: format!("c{id}").into(),
+            cgroup_id: id,
+            cgroup_path: format!("/c{id}").into(),
+            runtime: "custom",
+        }
+    }
+
+    fn create(id: u64, agent: Option<&str>) -> Timed {
+        Timed {
+            ts_ns: 1,
+            event: Event::ContainerCreate(ContainerCreate {
+                container: container(id),
+                preexisting: false,
+                agent: agent.map(String::from),
+                init_pid: None,
+            }),
+        }
+    }
+
+    fn delete(id: u64) -> Timed {
+        Timed {
+            ts_ns: 2,
+            event: Event::ContainerDelete(ContainerDelete {
+                container: container(id),
+                lifetime_seconds: 1.0,
+                exit_code: None,
+                cause: None,
+                verdict: None,
+                verdict_process: None,
+                was_lingering: false,
+                agent: None,
+            }),
+        }
+    }
+
+    /// Events wait for the name; each way it falls short is counted once, and handed over once.
+    #[test]
+    fn events_wait_for_the_name_and_each_shortfall_is_counted() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let mut p = pending();
+        let mut ready = Vec::new();
+        // Named by its pattern, settled by its deletion: its creation, then the deletion.
+        p.push(&rt, create(1, Some("nemo")), &mut ready);
+        assert!(ready.is_empty(), "nothing before the name is settled");
+        p.push(&rt, delete(1), &mut ready);
+        assert!(
+            matches!(&ready[..], [Ready::Settled { agent, .. }, Ready::Event { .. }] if &**agent == "nemo")
+        );
+        assert!(p.take_misses().is_empty());
+        // No source names it, and its wait runs out: unresolved, and late.
+        ready.clear();
+        p.push(&rt, create(2, None), &mut ready);
+        p.expire(&rt, Instant::now(), &mut ready);
+        assert!(matches!(&ready[..], [Ready::Settled { .. }]));
+        assert_eq!(
+            p.take_misses(),
+            [(SettleMiss::Deadline, 1), (SettleMiss::Unresolved, 1)]
+        );
+        assert!(p.take_misses().is_empty(), "counted once");
     }
 }

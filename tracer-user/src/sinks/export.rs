@@ -290,8 +290,6 @@ struct Worker {
     spans: foldhash::HashMap<u64, ContainerSpan>,
     clock: WallClock,
     overflow_seen: u64,
-    /// Each enrichment miss reason's count, as last reported.
-    misses_seen: Vec<u64>,
     gpu: Option<Box<dyn GpuSource>>,
     gpu_poll: Duration,
     gpu_polled: Instant,
@@ -321,7 +319,6 @@ impl Worker {
             spans: foldhash::HashMap::default(),
             clock,
             overflow_seen: 0,
-            misses_seen: Vec::new(),
             gpu,
             gpu_poll: config.gpu_poll,
             gpu_polled: Instant::now(),
@@ -375,13 +372,8 @@ impl Worker {
         for gone in self.pending.expired_agents(now) {
             self.metrics.forget_agent(&gone);
         }
-        let misses: Vec<(_, u64)> = self.pending.misses().collect();
-        self.misses_seen.resize(misses.len(), 0);
-        for ((miss, total), seen) in misses.into_iter().zip(&mut self.misses_seen) {
-            if total > *seen {
-                self.metrics.agent_name_misses(miss.as_str(), total - *seen);
-                *seen = total;
-            }
+        for (miss, n) in self.pending.take_misses() {
+            self.metrics.agent_name_misses(miss.as_str(), n);
         }
         if self.gpu.is_some() && self.gpu_polled.elapsed() >= self.gpu_poll {
             self.gpu_polled = now;

@@ -995,7 +995,7 @@ impl Metrics {
         for &sink in sinks {
             let _ = self.prom.export_errors.get_or_create(&SinkLabel { sink });
         }
-        for miss in crate::enrich::pending::Miss::ALL {
+        for miss in crate::enrich::pending::SettleMiss::ALL {
             let _ = self.prom.agent_name_misses.get_or_create(&ReasonLabel {
                 reason: miss.as_str(),
             });
