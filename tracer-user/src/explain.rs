@@ -66,11 +66,18 @@ pub fn records(audit_log: &Path, prefix: &str) -> Result<(String, Vec<Value>)> {
 
 /// A sender as the text lines give it: `runc[4121] ← containerd-shim[4100]`.
 fn who(sender: &Value) -> String {
-    let mut chain = format!("{}[{}]", text(&sender["comm"]), sender["pid"]);
-    for a in sender["ancestry"].as_array().into_iter().flatten() {
-        chain.push_str(&format!(" ← {}[{}]", text(&a["comm"]), a["pid"]));
+    fn process(p: &Value) -> (&str, String) {
+        (p["comm"].as_str().unwrap_or("?"), p["pid"].to_string())
     }
-    chain
+    crate::sinks::terminal::kill_chain(
+        std::iter::once(process(sender)).chain(
+            sender["ancestry"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(process),
+        ),
+    )
 }
 
 fn text(v: &Value) -> String {

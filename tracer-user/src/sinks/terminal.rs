@@ -149,11 +149,24 @@ pub fn short_id(id: &str) -> String {
 /// `runc[4121] ← containerd-shim-runc-v2[4100] ← containerd[900]`: the sender, then who
 /// started it.
 fn who(sender: &Sender) -> String {
-    let mut chain = format!("{}[{}]", sender.comm, sender.pid);
-    for a in sender.ancestry.iter() {
-        chain.push_str(&format!(" ← {}[{}]", a.comm, a.pid));
-    }
-    chain
+    kill_chain(
+        std::iter::once((sender.comm.as_str(), sender.pid.to_string())).chain(
+            sender
+                .ancestry
+                .iter()
+                .map(|a| (a.comm.as_str(), a.pid.to_string())),
+        ),
+    )
+}
+
+/// A kill chain as every text says it: `comm[pid]` of the sender, then of each process that
+/// started the one before, joined by ` ← `.
+pub fn kill_chain<'a>(processes: impl IntoIterator<Item = (&'a str, String)>) -> String {
+    processes
+        .into_iter()
+        .map(|(comm, pid)| format!("{comm}[{pid}]"))
+        .collect::<Vec<_>>()
+        .join(" ← ")
 }
 
 fn kind_phrase(kind: SenderKind) -> &'static str {
