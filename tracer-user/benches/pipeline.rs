@@ -114,6 +114,7 @@ fn worker(clock: WallClock) -> InlineWorker {
             queue: 0,
             settle_after: Duration::from_secs(2),
             gpu_poll: Duration::from_secs(5),
+            watch: None,
         },
         clock,
     )

@@ -170,5 +170,6 @@ fn run_options(args: RunArgs) -> anyhow::Result<RunOptions> {
             idle_ttl: args.label_ttl,
             ..LabelPolicy::default()
         },
+        watch: None,
     })
 }

@@ -23,7 +23,7 @@ use crate::{
     },
     model::{containers::Recognizer, Event, Model, ModelConfig, Note, Output},
     sinks::{
-        export::ExportConfig,
+        export::{ExportConfig, Watcher},
         otlp::OtlpConfig,
         terminal::{Format, TextStyle},
         Sinks,
@@ -58,6 +58,18 @@ pub struct RunOptions {
     pub audit: Option<AuditSettings>,
     pub agent: AgentConfig,
     pub labels: LabelPolicy,
+    /// Sees every event with its agent_name (`clawtrace top`); starts the export worker.
+    pub watch: Option<Watch>,
+}
+
+/// A [`Watcher`] of the run's events.
+#[derive(Clone)]
+pub struct Watch(pub Arc<dyn Watcher>);
+
+impl std::fmt::Debug for Watch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Watch")
+    }
 }
 
 /// Where and how the audit log is written.
@@ -88,6 +100,7 @@ impl RunOptions {
             audit: None,
             agent: AgentConfig::default(),
             labels: LabelPolicy::default(),
+            watch: None,
         }
     }
 }
@@ -138,7 +151,7 @@ pub fn run(options: &RunOptions, stop: &Arc<AtomicBool>, out: impl Write) -> Res
     // Attached and scanned: from here on only what the sinks need is kept. Capabilities are per
     // thread, so this comes before the export threads start.
     sys::drop_privileges()?;
-    if listener.is_some() || options.otlp.is_some() {
+    if listener.is_some() || options.otlp.is_some() || options.watch.is_some() {
         sinks.start_export(options.export_config(listener))?;
     }
     log_start(&tracer, &model);
@@ -328,6 +341,7 @@ impl RunOptions {
             queue: defaults::EXPORT_QUEUE,
             settle_after: defaults::SETTLE_AFTER,
             gpu_poll: self.gpu_poll,
+            watch: self.watch.as_ref().map(|w| w.0.clone()),
         }
     }
 }

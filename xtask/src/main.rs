@@ -45,7 +45,11 @@ const PACKAGES: &[(&str, bool, &str)] = &[
     ("runc", false, "bare OCI containers"),
     ("busybox-static", false, "container root filesystems"),
     ("docker.io", false, "docker containers"),
-    ("containerd", false, "docker's runtime"),
+    (
+        "containerd",
+        false,
+        "docker's runtime, and the CRI plugin kubelet drives",
+    ),
     ("tini", false, "docker run --init"),
     ("podman", false, "podman containers"),
     ("gcc", false, "static test payloads"),
@@ -58,6 +62,12 @@ const PACKAGES: &[(&str, bool, &str)] = &[
     ("iproute2", false, "network namespaces"),
     ("prometheus", false, "scraping /metrics, promtool"),
     ("python3-yaml", false, "parsing deploy/'s YAML files"),
+    (
+        "protobuf-compiler",
+        false,
+        "building the CRI client of the Kubernetes test",
+    ),
+    ("tmux", false, "driving `clawtrace top` in a terminal"),
     ("linux-perf", true, "perf measurements"),
 ];
 

@@ -54,6 +54,14 @@ pub struct ExportConfig {
     pub settle_after: Duration,
     /// How often NVML is read, when it is there.
     pub gpu_poll: Duration,
+    /// Sees every event of a settled container with its agent_name (`clawtrace top`'s board).
+    pub watch: Option<Arc<dyn Watcher>>,
+}
+
+/// Something that sees each event of a settled container, with the container's agent_name as
+/// the metrics label it, in the export worker's thread.
+pub trait Watcher: Send + Sync {
+    fn event(&self, agent: &AgentName, event: &Timed);
 }
 
 enum Message {
@@ -295,6 +303,7 @@ struct Worker {
     gpu_polled: Instant,
     /// What `pending` hands on, reused.
     ready: Vec<Ready>,
+    watch: Option<Arc<dyn Watcher>>,
 }
 
 const TICK: Duration = Duration::from_millis(250);
@@ -323,6 +332,7 @@ impl Worker {
             gpu_poll: config.gpu_poll,
             gpu_polled: Instant::now(),
             ready: Vec::new(),
+            watch: config.watch,
         }
     }
 
@@ -468,6 +478,9 @@ impl Worker {
         let Some(id) = event.event.container().map(|c| c.cgroup_id) else {
             return;
         };
+        if let Some(watch) = &self.watch {
+            watch.event(agent, event);
+        }
         let at = system_time(&self.clock, event.ts_ns);
         if let Some(span) = self.spans.get_mut(&id) {
             span.record(&event.event, at);

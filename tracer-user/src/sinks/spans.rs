@@ -7,10 +7,10 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opentelemetry::{
-    trace::{Span as _, SpanKind, Status, Tracer as _},
+    trace::{Span as _, SpanId, SpanKind, Status, TraceId, Tracer as _},
     KeyValue,
 };
-use opentelemetry_sdk::trace::SdkTracer;
+use opentelemetry_sdk::trace::{IdGenerator as _, RandomIdGenerator, SdkTracer};
 
 use super::metrics::AgentName;
 use crate::{
@@ -30,6 +30,10 @@ struct SpanEvent {
 
 /// What is known of one container's span so far.
 pub struct ContainerSpan {
+    /// Chosen at creation, so that what is said of the container meanwhile (its log records)
+    /// names the span it will be.
+    trace_id: TraceId,
+    span_id: SpanId,
     container: ContainerRef,
     agent_name: AgentName,
     start: SystemTime,
@@ -71,7 +75,10 @@ fn sender_attributes(prefix: &'static str, sender: &Sender, out: &mut Vec<KeyVal
 
 impl ContainerSpan {
     pub fn new(container: ContainerRef, agent_name: AgentName, start: SystemTime) -> ContainerSpan {
+        let ids = RandomIdGenerator::default();
         ContainerSpan {
+            trace_id: ids.new_trace_id(),
+            span_id: ids.new_span_id(),
             container,
             agent_name,
             start,
@@ -86,6 +93,11 @@ impl ContainerSpan {
             mount_seconds: None,
             devices: Vec::new(),
         }
+    }
+
+    /// The trace and span ids the span will have.
+    pub fn ids(&self) -> (TraceId, SpanId) {
+        (self.trace_id, self.span_id)
     }
 
     fn push(&mut self, name: &'static str, at: SystemTime, attributes: Vec<KeyValue>) {
@@ -299,6 +311,8 @@ impl ContainerSpan {
         }
         let mut span = tracer
             .span_builder("container")
+            .with_trace_id(self.trace_id)
+            .with_span_id(self.span_id)
             .with_kind(SpanKind::Internal)
             .with_start_time(self.start)
             .with_attributes(attributes)
