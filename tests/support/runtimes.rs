@@ -145,7 +145,7 @@ pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
 }
 
 /// Runs a clean-up command quietly; failures are only reported.
-fn best_effort(cmd: &mut Command, timeout: Duration) {
+pub fn best_effort(cmd: &mut Command, timeout: Duration) {
     let what = format!("{cmd:?}");
     match cmd
         .stdin(Stdio::null())
@@ -554,7 +554,7 @@ fn run_detached(run: &mut Command, containers: &Mutex<Vec<String>>) -> String {
 
 /// Host paths that containerd or dockerd create whatever their options say: the ones that did
 /// not exist before the daemons started are removed again, children before parents.
-const HOST_PATHS: &[&str] = &[
+pub const HOST_PATHS: &[&str] = &[
     "/etc/docker/key.json",
     "/run/docker/plugins",
     "/run/docker",
@@ -571,7 +571,7 @@ fn docker_parent_cgroups() -> Vec<PathBuf> {
 }
 
 /// Cgroup `name` below the root of every hierarchy, v1 and v2.
-fn parent_cgroups(name: &str) -> Vec<PathBuf> {
+pub fn parent_cgroups(name: &str) -> Vec<PathBuf> {
     let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     text.lines()
         .filter_map(|line| {
@@ -584,7 +584,7 @@ fn parent_cgroups(name: &str) -> Vec<PathBuf> {
         .collect()
 }
 
-fn remove_host_path(path: &Path) {
+pub fn remove_host_path(path: &Path) {
     let result = if path.is_dir() {
         fs::remove_dir(path)
     } else {
@@ -596,7 +596,7 @@ fn remove_host_path(path: &Path) {
 }
 
 /// rmdir of a cgroup, retrying while its last tasks leave.
-fn remove_cgroup(dir: &Path) {
+pub fn remove_cgroup(dir: &Path) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while dir.exists() {
         match fs::remove_dir(dir) {
@@ -656,8 +656,42 @@ fn unix_sockets_of(pid: u32) -> Vec<PathBuf> {
         .collect()
 }
 
+/// The last 4000 bytes (or so) of a daemon's log, for failure messages.
+pub fn log_tail(path: &Path) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let start = text.len().saturating_sub(4000);
+    let start = (start..text.len())
+        .find(|i| text.is_char_boundary(*i))
+        .unwrap_or(text.len());
+    text[start..].to_string()
+}
+
+/// Kills what a stopped private containerd whose state is below `dir` left running (its
+/// shims, and the container processes they held), and removes the sockets the shims leave.
+pub fn kill_shims(dir: &Path) {
+    let needle = dir.display().to_string();
+    let mut sockets = Vec::new();
+    for pid in pids_mentioning(&needle) {
+        eprintln!("clean-up: killing leftover process {pid} of the private containerd");
+        // A shim listens on /run/containerd/s/<hash> and leaves it behind when killed.
+        sockets.extend(unix_sockets_of(pid));
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !pids_mentioning(&needle).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for socket in sockets
+        .iter()
+        .filter(|s| s.starts_with("/run/containerd/s"))
+    {
+        let _ = fs::remove_file(socket);
+    }
+}
+
 /// SIGTERM, then SIGKILL after `grace`; waits for our child.
-fn stop_child(child: &mut Child, grace: Duration) {
+pub fn stop_child(child: &mut Child, grace: Duration) {
     if let Ok(Some(_)) = child.try_wait() {
         return;
     }
@@ -810,12 +844,7 @@ impl DockerDaemon {
 
     /// The end of one of the daemons' logs, for failure messages.
     pub fn log(&self, name: &str) -> String {
-        let text = fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
-        let start = text.len().saturating_sub(4000);
-        let start = (start..text.len())
-            .find(|i| text.is_char_boundary(*i))
-            .unwrap_or(text.len());
-        text[start..].to_string()
+        log_tail(&self.dir.path().join(name))
     }
 
     /// A `docker` client command talking to this daemon.
@@ -892,25 +921,7 @@ impl DockerDaemon {
         for id in &ids {
             let _ = fs::write(v2.join("docker").join(id).join("cgroup.kill"), "1");
         }
-        let needle = self.dir.path().display().to_string();
-        let mut sockets = Vec::new();
-        for pid in pids_mentioning(&needle) {
-            eprintln!("clean-up: killing leftover process {pid} of the private containerd");
-            // A shim listens on /run/containerd/s/<hash> and leaves it behind when killed.
-            sockets.extend(unix_sockets_of(pid));
-            // SAFETY: kill has no memory-safety preconditions.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !pids_mentioning(&needle).is_empty() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        for socket in sockets
-            .iter()
-            .filter(|s| s.starts_with("/run/containerd/s"))
-        {
-            let _ = fs::remove_file(socket);
-        }
+        kill_shims(self.dir.path());
         for parent in docker_parent_cgroups() {
             for id in &ids {
                 remove_cgroup(&parent.join(id));

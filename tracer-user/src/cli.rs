@@ -74,6 +74,10 @@ pub struct RunArgs {
     /// runc's state directory: a cgroup named after a container there is a bare runc container.
     #[arg(long, value_name = "DIR", default_value = defaults::RUNC_ROOT)]
     pub runc_root: PathBuf,
+    /// containerd's state folder (its `state` setting): its task bundles there give
+    /// `agent_name` (OCI annotations) and the Kubernetes names of CRI containers.
+    #[arg(long, value_name = "DIR", default_value = defaults::CONTAINERD_STATE)]
+    pub containerd_state: PathBuf,
     /// A container whose init exited this long ago while its cgroup remains is reported as
     /// lingering (e.g. 30s, 1m, 500ms).
     #[arg(long, value_name = "DURATION", default_value = defaults::LINGER_AFTER, value_parser = parse_duration)]

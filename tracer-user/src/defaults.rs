@@ -16,10 +16,18 @@ pub const AGENT_SOURCES: &str = "docker,oci,env,pattern";
 pub const RUNC_ROOT: &str = "/run/runc";
 /// `--docker-socket`.
 pub const DOCKER_SOCKET: &str = "/var/run/docker.sock";
-/// containerd's task bundles (`<root>/<namespace>/<id>/config.json`).
-pub const CONTAINERD_ROOT: &str = "/run/containerd/io.containerd.runtime.v2.task";
+/// `--containerd-state`: containerd's state folder (its `state` setting).
+pub const CONTAINERD_STATE: &str = "/run/containerd";
+/// containerd's task bundles below its state folder (`<tasks>/<namespace>/<id>/config.json`).
+pub const CONTAINERD_TASKS: &str = "io.containerd.runtime.v2.task";
 /// CRI-O's container storage (`<root>/<id>/userdata/config.json`).
 pub const CRIO_ROOT: &str = "/run/containers/storage/overlay-containers";
+/// Bytes of a bundle's `config.json` read at most (runtime metadata: anything larger is not
+/// trusted).
+pub const BUNDLE_MAX_BYTES: u64 = 4 << 20;
+/// Bytes of a Kubernetes name read from an annotation at most (a pod or namespace name is
+/// at most 253, a container name 63, a uid 36).
+pub const K8S_NAME_MAX_LEN: usize = 253;
 /// `--state-dir`: the label key and lookup table (hash mode).
 pub const STATE_DIR: &str = "/var/lib/clawtrace";
 /// `clawtrace explain --audit-log`: where the deployments (`deploy/`) keep the audit log.
@@ -54,6 +62,11 @@ pub const EXPORT_QUEUE: usize = 65536;
 /// How long a container's events wait for its agent name's sources (its runtime's metadata)
 /// before they are counted without it.
 pub const SETTLE_AFTER: Duration = Duration::from_secs(2);
+
+/// containerd's task bundles for its state folder `state`.
+pub fn containerd_tasks(state: &std::path::Path) -> std::path::PathBuf {
+    state.join(CONTAINERD_TASKS)
+}
 
 #[cfg(test)]
 mod tests {

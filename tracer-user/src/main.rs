@@ -161,6 +161,7 @@ fn run_options(args: RunArgs) -> anyhow::Result<RunOptions> {
             env_var: args.agent_env_var,
             docker_socket: args.docker_socket,
             runc_root: args.runc_root,
+            containerd_root: clawtrace::defaults::containerd_tasks(&args.containerd_state),
             ..AgentConfig::default()
         },
         labels: LabelPolicy {

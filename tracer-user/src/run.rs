@@ -31,6 +31,7 @@ use crate::{
     source::{
         decode::{KindCounts, Record},
         loader::{Missed, Tracer, TracerConfig},
+        pods::PodNames,
         scan, HostFacts, RecordSource,
     },
     sys,
@@ -146,6 +147,10 @@ pub fn run(options: &RunOptions, stop: &Arc<AtomicBool>, out: impl Write) -> Res
     let mut tracer = Tracer::start(&options.tracer_config())?;
     let mut model = Model::new(recognizer, options.model_config());
     let mut facts = HostFacts::new();
+    facts.pods = PodNames::new(
+        options.agent.containerd_root.clone(),
+        options.agent.crio_root.clone(),
+    );
     let mut step = Output::default();
     adopt_running(&mut tracer, &mut model, &mut facts, &mut step)?;
     // Attached and scanned: from here on only what the sinks need is kept. Capabilities are per
@@ -210,6 +215,7 @@ pub fn drive<W: Write>(
         for id in step.untrack.drain(..) {
             source.untrack(id);
         }
+        name_pods(model, facts, step);
         follow_mount_tables(model, facts, step);
         sinks.take(step)?;
         if stopping {
@@ -222,6 +228,34 @@ pub fn drive<W: Write>(
         decode_errors: source.decode_errors(),
         audit_errors: sinks.audit_errors,
     })
+}
+
+/// The Kubernetes names of the CRI containers that appeared in this step, read from their
+/// bundles once; a container whose bundle did not give them is asked for again at its init's
+/// exec. Before the step's events are handed on, so that they carry the names too.
+fn name_pods(model: &mut Model<Recognizer>, facts: &HostFacts, step: &mut Output) {
+    let created = step.events.iter().filter_map(|e| match &e.event {
+        Event::ContainerCreate(c) => Some(c.container.cgroup_id),
+        _ => None,
+    });
+    let init_execs = step.notes.iter().filter_map(|n| match n {
+        Note::InitExec { cgroup_id, .. } => Some(*cgroup_id),
+        _ => None,
+    });
+    let asked: Vec<u64> = created.chain(init_execs).collect();
+    for cgroup_id in asked {
+        let Some(query) = model.pod_query(cgroup_id) else {
+            continue;
+        };
+        match facts.pods.lookup(query.runtime, &query.id) {
+            Some(names) => model.name_pod(cgroup_id, names, step),
+            None => log::debug!(
+                "no Kubernetes names in the {} bundle of {} (yet)",
+                query.runtime,
+                query.id
+            ),
+        }
+    }
 }
 
 /// An exec of a container's init: its mount table is as the runtime made it (a wrapper such

@@ -55,7 +55,9 @@ impl Default for AgentConfig {
             env_var: crate::defaults::AGENT_ENV_VAR.to_string(),
             docker_socket: PathBuf::from(crate::defaults::DOCKER_SOCKET),
             runc_root: PathBuf::from(crate::defaults::RUNC_ROOT),
-            containerd_root: PathBuf::from(crate::defaults::CONTAINERD_ROOT),
+            containerd_root: crate::defaults::containerd_tasks(Path::new(
+                crate::defaults::CONTAINERD_STATE,
+            )),
             crio_root: PathBuf::from(crate::defaults::CRIO_ROOT),
         }
     }
@@ -86,8 +88,6 @@ pub struct ContainerFacts<'a> {
     pub pattern_agent: Option<&'a str>,
 }
 
-/// Files read here are runtime metadata of bounded size; anything larger is not trusted.
-const MAX_METADATA_BYTES: u64 = 4 << 20;
 const DOCKER_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct AgentResolver {
@@ -284,14 +284,20 @@ impl AgentResolver {
     }
 }
 
+/// A runtime's metadata file, up to [`crate::defaults::BUNDLE_MAX_BYTES`]: anything larger is
+/// not trusted.
 fn read_bounded(path: &Path) -> Option<Vec<u8>> {
     let file = std::fs::File::open(path).ok()?;
     let mut bytes = Vec::new();
-    file.take(MAX_METADATA_BYTES).read_to_end(&mut bytes).ok()?;
+    file.take(crate::defaults::BUNDLE_MAX_BYTES)
+        .read_to_end(&mut bytes)
+        .ok()?;
     Some(bytes)
 }
 
-fn read_json(path: &Path) -> Option<Value> {
+/// A runtime's JSON metadata file (bounded, see [`read_bounded`]); None when it is missing,
+/// too large or not JSON.
+pub(crate) fn read_json(path: &Path) -> Option<Value> {
     serde_json::from_slice(&read_bounded(path)?).ok()
 }
 

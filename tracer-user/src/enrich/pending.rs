@@ -300,6 +300,7 @@ mod tests {
             cgroup_id: id,
             cgroup_path: format!("/c{id}").into(),
             runtime: "custom",
+            k8s: None,
         }
     }
 

@@ -48,6 +48,12 @@ const BUILTIN: &[(&str, &str)] = &[
     ),
 ];
 
+/// Whether a cgroup path is in a Kubernetes node's pod hierarchy: an element named `kubepods`
+/// (cgroupfs driver) or `kubepods.slice` / `kubepods-…` (systemd driver).
+pub fn is_kubernetes(path: &str) -> bool {
+    path.split('/').any(|e| e.starts_with("kubepods"))
+}
+
 /// Recognises containers by cgroup path.
 pub struct Recognizer {
     user: Vec<Regex>,

@@ -19,6 +19,28 @@ pub struct ContainerRef {
     pub cgroup_id: u64,
     pub cgroup_path: Arc<str>,
     pub runtime: &'static str,
+    /// For a container a Kubernetes CRI runtime made (containerd's CRI plugin, CRI-O): its
+    /// pod's and its own names, from the OCI annotations the runtime wrote. Absent for other
+    /// containers, and when the annotations could not be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub k8s: Option<Arc<K8sNames>>,
+}
+
+/// A CRI container's Kubernetes names, as its runtime's OCI annotations tell them (values
+/// the pod's author chose: sanitized, see `source::pods`). Serialized as the `k8s` object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct K8sNames {
+    /// The pod's name (`metadata.name`).
+    pub pod_name: String,
+    /// The pod's namespace.
+    pub namespace: String,
+    /// The pod's uid, when the runtime wrote it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
+    /// The container's name in the pod spec; absent for the pod's sandbox (pause) container
+    /// under containerd, `POD` for CRI-O's infra container.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_name: Option<String>,
 }
 
 /// Who sent a signal.
@@ -339,6 +361,24 @@ impl Event {
             Event::VolumeViolation(e) => &e.container,
             Event::DeviceAccess(e) => &e.container,
             Event::GpuSharing(e) => &e.container,
+        })
+    }
+
+    /// The container the event is about, to amend.
+    pub fn container_mut(&mut self) -> Option<&mut ContainerRef> {
+        Some(match self {
+            Event::ContainerCreate(e) => &mut e.container,
+            Event::ContainerDelete(e) => &mut e.container,
+            Event::ProcessExec(e) => &mut e.container,
+            Event::Signal(e) => &mut e.container,
+            Event::OomMark(e) => &mut e.container,
+            Event::ProcessExit(e) => &mut e.container,
+            Event::ContainerLingering(e) => &mut e.container,
+            Event::Mount(e) => &mut e.container,
+            Event::VolumeMount(e) => &mut e.container,
+            Event::VolumeViolation(e) => &mut e.container,
+            Event::DeviceAccess(e) => &mut e.container,
+            Event::GpuSharing(e) => &mut e.container,
         })
     }
 }

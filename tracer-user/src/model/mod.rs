@@ -120,6 +120,10 @@ pub struct Container {
     pub sub_cgroups: Vec<u64>,
     /// Lingering has been reported.
     pub lingering: bool,
+    /// Its Kubernetes names, once the host found them ([`Model::name_pod`]).
+    pub k8s: Option<Arc<K8sNames>>,
+    /// Times its Kubernetes names were asked for ([`Model::pod_query`]).
+    pub pod_lookups: u8,
 }
 
 impl ContainerRef {
@@ -129,8 +133,21 @@ impl ContainerRef {
             cgroup_id: c.cgroup_id,
             cgroup_path: c.cgroup_path.clone(),
             runtime: c.ident.runtime,
+            k8s: c.k8s.clone(),
         }
     }
+}
+
+/// How many times a container's Kubernetes names are asked for at most: when it appears, and
+/// once more at its init's exec if the first try found nothing.
+const POD_LOOKUPS: u8 = 2;
+
+/// A container whose Kubernetes names the host should look up: its runtime and id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodQuery {
+    pub cgroup_id: u64,
+    pub runtime: &'static str,
+    pub id: Arc<str>,
 }
 
 /// What was sent to one process: the first send of each signal and the OOM mark, and the
@@ -313,6 +330,8 @@ impl<R: Recognize> Model<R> {
             mount_ns_before_start: 0,
             sub_cgroups: Vec::new(),
             lingering: false,
+            k8s: None,
+            pod_lookups: 0,
         };
         out.events.push(Timed {
             ts_ns: now_ns,
@@ -331,6 +350,44 @@ impl<R: Recognize> Model<R> {
         let mut container = container;
         container.sub_cgroups = found.sub_cgroups;
         self.containers.insert(found.cgroup_id, container);
+    }
+
+    /// Asks for the Kubernetes names of the container of `cgroup_id` when it is a CRI
+    /// runtime's (containerd, CRI-O) in a Kubernetes cgroup, has none yet, and was asked for
+    /// fewer than [`POD_LOOKUPS`] times (this ask counts). The host answers with
+    /// [`Model::name_pod`].
+    pub fn pod_query(&mut self, cgroup_id: u64) -> Option<PodQuery> {
+        let c = self.containers.get_mut(&cgroup_id)?;
+        let cri = matches!(c.ident.runtime, "containerd" | "cri-o");
+        if !cri
+            || c.k8s.is_some()
+            || c.pod_lookups >= POD_LOOKUPS
+            || !containers::is_kubernetes(&c.cgroup_path)
+        {
+            return None;
+        }
+        c.pod_lookups += 1;
+        Some(PodQuery {
+            cgroup_id,
+            runtime: c.ident.runtime,
+            id: c.ident.id.clone(),
+        })
+    }
+
+    /// The Kubernetes names of the container of `cgroup_id`, as the host found them: every
+    /// later event carries them, and so do its events of this step not yet handed on.
+    pub fn name_pod(&mut self, cgroup_id: u64, names: Arc<K8sNames>, out: &mut Output) {
+        let Some(c) = self.containers.get_mut(&cgroup_id) else {
+            return;
+        };
+        c.k8s = Some(names.clone());
+        for timed in &mut out.events {
+            if let Some(container) = timed.event.container_mut() {
+                if container.cgroup_id == cgroup_id && container.k8s.is_none() {
+                    container.k8s = Some(names.clone());
+                }
+            }
+        }
     }
 
     /// Feeds one record.
@@ -427,6 +484,8 @@ impl<R: Recognize> Model<R> {
             mount_ns_before_start: 0,
             sub_cgroups: Vec::new(),
             lingering: false,
+            k8s: None,
+            pod_lookups: 0,
         };
         out.events.push(Timed {
             ts_ns: r.header.ts_ns,
@@ -1694,6 +1753,54 @@ mod tests {
         };
         assert!(d.was_lingering);
         assert_eq!(d.exit_code, Some(0));
+    }
+
+    /// A CRI container in a Kubernetes cgroup is asked for its names when it appears and once
+    /// more (at its init's exec) if that found nothing; the names the host gives go on the
+    /// step's events not yet handed on and on every later one. Others are never asked for.
+    #[test]
+    fn kubernetes_names_are_asked_for_twice_at_most_and_kept() {
+        let mut m = model();
+        let id = id64('d');
+        let path = format!("/kubepods/besteffort/pod0b1c2d3e-aaaa-bbbb-cccc-0123456789ab/{id}");
+        let docker = format!("/docker/{}", id64('f'));
+        let mut out = replay(
+            &mut m,
+            &[
+                cgroup(Kind::CgroupMkdir, SECOND, 100, &path),
+                cgroup(Kind::CgroupMkdir, SECOND, 200, &docker),
+                exec(SECOND + 10, 100, 700, "/bin/sh"),
+            ],
+        );
+        assert_eq!(m.pod_query(200), None, "not a CRI container");
+        let query = m.pod_query(100).expect("a CRI container in a pod");
+        assert_eq!((query.runtime, &*query.id), ("containerd", id.as_str()));
+        assert!(
+            m.pod_query(100).is_some(),
+            "asked again when the first found nothing"
+        );
+        assert_eq!(m.pod_query(100), None, "never a third time");
+        let names = Arc::new(K8sNames {
+            pod_name: "web-0".into(),
+            namespace: "shop".into(),
+            pod_uid: None,
+            container_name: Some("agent".into()),
+        });
+        m.name_pod(100, names.clone(), &mut out);
+        for timed in &out.events {
+            let c = timed.event.container().unwrap();
+            let expected = (c.cgroup_id == 100).then(|| names.clone());
+            assert_eq!(c.k8s, expected, "{:?}", timed.event);
+        }
+        let later = replay(&mut m, &[cgroup(Kind::CgroupRmdir, 2 * SECOND, 100, &path)]);
+        assert_eq!(later.events[0].event.container().unwrap().k8s, Some(names));
+        let json = serde_json::to_value(&later.events[0].event).unwrap();
+        assert_eq!(
+            json["k8s"],
+            serde_json::json!({"pod_name": "web-0", "namespace": "shop", "container_name": "agent"})
+        );
+        let docker_json = serde_json::to_value(&out.events[1].event).unwrap();
+        assert!(docker_json.get("k8s").is_none(), "omitted when absent");
     }
 
     #[test]

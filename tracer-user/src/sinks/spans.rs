@@ -114,6 +114,12 @@ impl ContainerSpan {
 
     /// Adds what `event` says about the container.
     pub fn record(&mut self, event: &Event, at: SystemTime) {
+        // Kubernetes names found after the creation (at the init's exec) still name the span.
+        if self.container.k8s.is_none() {
+            if let Some(k8s) = event.container().and_then(|c| c.k8s.as_ref()) {
+                self.container.k8s = Some(k8s.clone());
+            }
+        }
         match event {
             Event::ProcessExec(e) => {
                 if e.is_container_init {
@@ -265,6 +271,16 @@ impl ContainerSpan {
             KeyValue::new("clawtrace.cgroup.path", c.cgroup_path.clone()),
             KeyValue::new("clawtrace.cgroup.id", c.cgroup_id as i64),
         ];
+        if let Some(k8s) = &c.k8s {
+            attributes.push(KeyValue::new("k8s.pod.name", k8s.pod_name.clone()));
+            attributes.push(KeyValue::new("k8s.namespace.name", k8s.namespace.clone()));
+            if let Some(uid) = &k8s.pod_uid {
+                attributes.push(KeyValue::new("k8s.pod.uid", uid.clone()));
+            }
+            if let Some(name) = &k8s.container_name {
+                attributes.push(KeyValue::new("k8s.container.name", name.clone()));
+            }
+        }
         if let Some(pid) = self.init_pid {
             attributes.push(KeyValue::new("process.pid", i64::from(pid)));
         }

@@ -459,6 +459,7 @@ mod tests {
             cgroup_id: 1234,
             cgroup_path: "/docker/3f2a9c0e1b7d4a6f8e2c5b9d0a1f3e7c".into(),
             runtime: "docker",
+            k8s: None,
         }
     }
 

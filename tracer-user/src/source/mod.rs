@@ -9,6 +9,7 @@ pub mod kernel_btf;
 pub mod loader;
 pub mod mountinfo;
 pub mod nvml;
+pub mod pods;
 pub mod preflight;
 pub mod scan;
 pub mod tracepoints;
@@ -33,10 +34,11 @@ pub trait RecordSource {
 }
 
 /// Facts about the containers from the host, beside the kernel's records: each container's
-/// mount table, and the names of device nodes.
+/// mount table, the names of device nodes, and CRI containers' Kubernetes names.
 pub struct HostFacts {
     pub mounts: mountinfo::MountWatcher,
     pub devices: devices::DeviceNames,
+    pub pods: pods::PodNames,
 }
 
 impl HostFacts {
@@ -44,6 +46,7 @@ impl HostFacts {
         HostFacts {
             mounts: mountinfo::MountWatcher::new(),
             devices: devices::DeviceNames::new(std::path::Path::new("/dev")),
+            pods: pods::PodNames::default(),
         }
     }
 }
