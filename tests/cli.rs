@@ -39,6 +39,10 @@ fn bad_flags_and_values_fail_with_one_line() {
         &["run", "--linger-after", "whenever"],
         &["run", "--gpu-device", "195:9-3"],
         &["run", "--no-mount-tracking"],
+        // `top` takes the tracing flags, not the output ones.
+        &["top", "--output", "json"],
+        &["top", "-v"],
+        &["top", "--ring-buffer-size", "1000"],
         &["fly"],
     ] {
         let out = clawtrace().args(args).output().expect("run clawtrace");

@@ -113,7 +113,8 @@ fuzz_target!(
             }
         }
         Ok(cli) => match cli.command {
-            Command::Run(run) => {
+            // `top` takes the same tracing flags as `run`.
+            Command::Run { trace: run, .. } | Command::Top(run) => {
                 match Recognizer::new(&run.container_cgroup_pattern, None) {
                     Ok(recognizer) => {
                         for path in PATHS {

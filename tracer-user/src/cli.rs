@@ -24,7 +24,16 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Trace containers and print one line per event until SIGINT or SIGTERM.
-    Run(Box<RunArgs>),
+    Run {
+        #[command(flatten)]
+        output: OutputArgs,
+        #[command(flatten)]
+        trace: Box<RunArgs>,
+    },
+    /// Trace containers and show them live in the terminal, per agent: live containers,
+    /// creations and deletions, stuck ones, start latency, exits by verdict, GPU sharing, and the
+    /// latest verdicts. Keys: q quit, s sort, r reverse, / filter agents, Esc clear the filter.
+    Top(Box<RunArgs>),
     /// Check that this host has what clawtrace needs; exits 0 only if everything holds.
     Check,
     /// Tell one container's life from the audit log: created by which runtime, its agent, its
@@ -55,8 +64,9 @@ pub enum LabelsCommand {
     },
 }
 
+/// How `run` writes events.
 #[derive(Debug, clap::Args)]
-pub struct RunArgs {
+pub struct OutputArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub output: Format,
@@ -66,6 +76,11 @@ pub struct RunArgs {
     /// accesses. JSON output has every event.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+/// What to trace and where to export it: the flags `run` and `top` share.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
     /// A regular expression over cgroup paths (relative to the cgroup v2 root) that marks a
     /// container; a named group `id` picks its id (default: the last path element) and `agent`
     /// its agent name. May be given several times; tried before the built-in runtime layouts.
@@ -203,13 +218,40 @@ mod tests {
             "65536",
         ])
         .unwrap();
-        let Command::Run(args) = cli.command else {
+        let Command::Run { output, trace } = cli.command else {
             panic!("not run")
         };
-        assert_eq!(args.output, Format::Json);
-        assert_eq!(args.container_cgroup_pattern.len(), 2);
-        assert_eq!(args.linger_after, Duration::from_millis(1500));
-        assert_eq!(args.ring_buffer_size, 65536);
+        assert_eq!(output.output, Format::Json);
+        assert_eq!(trace.container_cgroup_pattern.len(), 2);
+        assert_eq!(trace.linger_after, Duration::from_millis(1500));
+        assert_eq!(trace.ring_buffer_size, 65536);
+    }
+
+    #[test]
+    fn top_takes_the_tracing_flags_and_not_the_output_ones() {
+        let cli = parse(&[
+            "top",
+            "--container-cgroup-pattern",
+            "^/a/(?P<agent>[^/]+)/(?P<id>.+)$",
+            "--agent-sources",
+            "pattern",
+            "--linger-after",
+            "10s",
+        ])
+        .unwrap();
+        let Command::Top(args) = cli.command else {
+            panic!("not top")
+        };
+        assert_eq!(args.container_cgroup_pattern.len(), 1);
+        assert_eq!(args.agent_sources, [AgentSource::Pattern]);
+        assert_eq!(args.linger_after, Duration::from_secs(10));
+        for bad in [
+            &["top", "--output", "json"][..],
+            &["top", "-v"],
+            &["top", "--linger-after", "soon"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! - [`run`]: the composition of the above, over any record source.
 //! - [`check`]: the preflight report, from the same requirement probes the loader uses.
 //! - [`replay`]: made-up record streams for tests, benchmarks and fuzzing.
+//! - [`top`]: the live terminal view, over a run.
 
 pub mod check;
 pub mod cli;
@@ -28,3 +29,4 @@ pub mod source;
 pub mod sys;
 #[cfg(test)]
 mod test_dir;
+pub mod top;

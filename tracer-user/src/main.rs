@@ -8,7 +8,7 @@ use std::{
 use clap::Parser;
 use clawtrace::{
     check,
-    cli::{Cli, Command, LabelsCommand, RunArgs},
+    cli::{Cli, Command, LabelsCommand, OutputArgs, RunArgs},
     enrich::{
         agent::AgentConfig,
         labels::{self, LabelPolicy},
@@ -17,14 +17,15 @@ use clawtrace::{
     run::{self, AuditSettings, RunOptions},
     sinks::{
         otlp::{self, OtlpConfig, Protocol},
-        terminal::TextStyle,
+        terminal::{Format, TextStyle},
     },
+    top,
 };
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_target(false)
-        .init();
+    let mut logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    logger.format_target(false);
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {
@@ -43,7 +44,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match cli.command {
+    let command = match cli.command {
+        // `top` holds log records while its view owns the terminal.
+        Command::Top(args) => return top_command(*args, logger.build()),
+        command => command,
+    };
+    logger.init();
+    match command {
         Command::Labels(LabelsCommand::Lookup { hash, state_dir }) => {
             match labels::lookup(&state_dir, &hash) {
                 Ok(Some(plain)) => {
@@ -87,16 +94,12 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run(args) => {
-            let stop = Arc::new(AtomicBool::new(false));
-            for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-                if let Err(err) = signal_hook::flag::register(signal, Arc::clone(&stop)) {
-                    eprintln!("clawtrace: cannot handle signal {signal}: {err}");
-                    return ExitCode::FAILURE;
-                }
-            }
-            let options = match run_options(*args) {
-                Ok(options) => options,
+        Command::Run { output, trace } => {
+            let Some(stop) = stop_on_signals() else {
+                return ExitCode::FAILURE;
+            };
+            let options = match run_options(*trace) {
+                Ok(options) => with_output(options, &output),
                 Err(err) => {
                     eprintln!("clawtrace: {err:#}");
                     return ExitCode::FAILURE;
@@ -105,26 +108,76 @@ fn main() -> ExitCode {
             // Events are written in blocks and flushed after each poll of the ring buffer (at
             // least every 100 ms): stdout's own line buffering would cost a write(2) per event.
             let out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
-            match run::run(&options, &stop, out) {
-                Ok(summary) => {
-                    let lost = summary.records_lost();
-                    log::info!(
-                        "stopped: {} events, {lost} records lost, {} undecodable",
-                        summary.events,
-                        summary.decode_errors
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(err) => {
-                    eprintln!("clawtrace: {err:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            stopped(run::run(&options, &stop, out))
+        }
+        Command::Top(_) => ExitCode::FAILURE,
+    }
+}
+
+/// A flag that SIGINT and SIGTERM set; None (and a line on stderr) if they cannot be handled.
+fn stop_on_signals() -> Option<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(err) = signal_hook::flag::register(signal, Arc::clone(&stop)) {
+            eprintln!("clawtrace: cannot handle signal {signal}: {err}");
+            return None;
+        }
+    }
+    Some(stop)
+}
+
+/// The exit of a run (of `run` or `top`), with the summary line.
+fn stopped(result: anyhow::Result<run::RunSummary>) -> ExitCode {
+    match result {
+        Ok(summary) => {
+            let lost = summary.records_lost();
+            log::info!(
+                "stopped: {} events, {lost} records lost, {} undecodable",
+                summary.events,
+                summary.decode_errors
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("clawtrace: {err:#}");
+            ExitCode::FAILURE
         }
     }
 }
 
-/// Turns `clawtrace run`'s flags and the OTEL_* environment into run options.
+/// `clawtrace top`: a run with the live view; log records go through `logger` once the view is
+/// gone.
+fn top_command(args: RunArgs, logger: env_logger::Logger) -> ExitCode {
+    let logs = match top::logs::install(logger) {
+        Ok(logs) => logs,
+        Err(err) => {
+            eprintln!("clawtrace: cannot set up logging: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(stop) = stop_on_signals() else {
+        return ExitCode::FAILURE;
+    };
+    match run_options(args) {
+        Ok(options) => stopped(top::run(options, &stop, Some(logs))),
+        Err(err) => {
+            eprintln!("clawtrace: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `run`'s output settings on options made from the tracing flags.
+fn with_output(options: RunOptions, output: &OutputArgs) -> RunOptions {
+    RunOptions {
+        format: output.output,
+        text: TextStyle::for_terminal(output.verbose, &std::io::stdout()),
+        ..options
+    }
+}
+
+/// Turns the tracing flags of `run` and `top` and the OTEL_* environment into run options
+/// (text output at the default verbosity; `run` sets its own, see [`with_output`]).
 fn run_options(args: RunArgs) -> anyhow::Result<RunOptions> {
     let otlp = if args.otlp || otlp::wanted_by_env() {
         Some(OtlpConfig {
@@ -137,8 +190,8 @@ fn run_options(args: RunArgs) -> anyhow::Result<RunOptions> {
         None
     };
     Ok(RunOptions {
-        format: args.output,
-        text: TextStyle::for_terminal(args.verbose, &std::io::stdout()),
+        format: Format::Text,
+        text: TextStyle::default(),
         patterns: args.container_cgroup_pattern,
         runc_root: Some(args.runc_root.clone()),
         linger_after: args.linger_after,

@@ -4,7 +4,8 @@
 //!   `bpf-linker` for nightly's LLVM, the Debian packages the tests drive). Idempotent.
 //! - `build [--release]`: checks the toolchain part of `setup`, then builds `clawtrace` (whose
 //!   build script builds the eBPF programs with nightly and bpf-linker).
-//! - `run [--release] [-- ARGS]`: builds, then runs `clawtrace run ARGS` as root.
+//! - `run [--release] [-- ARGS]`: builds, then runs `clawtrace run ARGS` as root; `run -- top
+//!   [ARGS]` runs the live view, `clawtrace top ARGS`, instead.
 //! - `test [-- ARGS]`: full `setup`, the unit tests, then the privileged end-to-end tests as root.
 //!   `--fuzz [SECONDS]` then runs each cargo-fuzz target of `fuzz/` for SECONDS (default 60;
 //!   `--fuzz-only` skips the tests; see `fuzz.rs`).
@@ -96,12 +97,13 @@ enum Task {
         #[arg(long)]
         release: bool,
     },
-    /// Build, then run `clawtrace run ARGS` as root (through `sudo -E` when not root).
+    /// Build, then run `clawtrace run ARGS` as root (through `sudo -E` when not root);
+    /// `-- top ARGS` runs `clawtrace top ARGS`, the live view.
     Run {
         /// Build and run the release profile.
         #[arg(long)]
         release: bool,
-        /// Arguments for `clawtrace run`.
+        /// Arguments for `clawtrace run`, or `top` and arguments for `clawtrace top`.
         #[arg(last = true)]
         args: Vec<OsString>,
     },
@@ -522,8 +524,8 @@ impl Ctx {
         run(&mut cmd)
     }
 
-    /// Runs the built `clawtrace run ARGS` as root and returns its exit code (128 + signal when
-    /// a signal ended it).
+    /// Runs the built `clawtrace run ARGS` (or `clawtrace top ARGS…` for ARGS `top ARGS…`) as
+    /// root and returns its exit code (128 + signal when a signal ended it).
     fn run_clawtrace(&self, release: bool, args: &[OsString]) -> Result<ExitCode> {
         const DEFAULT_PROMETHEUS_LISTEN: &str = "127.0.0.1:9464";
         let target_dir = match env::var_os("CARGO_TARGET_DIR") {
@@ -543,11 +545,17 @@ impl Ctx {
             cmd.arg("-E").arg(&binary);
             cmd
         };
-        cmd.arg("run").args(args);
-        // The ad hoc run serves metrics on loopback unless told where.
-        if !args
-            .iter()
-            .any(|a| a.to_string_lossy().starts_with("--prometheus-listen"))
+        let top = args.first().is_some_and(|a| a == "top");
+        if top {
+            cmd.args(args);
+        } else {
+            cmd.arg("run").args(args);
+        }
+        // The ad hoc run serves metrics on loopback unless told where (the live view does not).
+        if !top
+            && !args
+                .iter()
+                .any(|a| a.to_string_lossy().starts_with("--prometheus-listen"))
         {
             cmd.args(["--prometheus-listen", DEFAULT_PROMETHEUS_LISTEN]);
         }

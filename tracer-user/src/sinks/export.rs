@@ -35,7 +35,7 @@ use crate::{
         labels::{AgentLabels, LabelPolicy},
         pending::{Pending, Ready},
     },
-    model::{Event, Note, Timed},
+    model::{ContainerRef, Event, Note, Timed},
     source::nvml::{cgroup_path_of, memory_by_container, GpuSource, NvmlSource},
     sys::WallClock,
 };
@@ -61,6 +61,9 @@ pub struct ExportConfig {
 /// Something that sees each event of a settled container, with the container's agent_name as
 /// the metrics label it, in the export worker's thread.
 pub trait Watcher: Send + Sync {
+    /// A container settled: from here on its agent_name is known. `created_ns` is when it was
+    /// created (or found running at start); its `container_create` event comes no further.
+    fn created(&self, agent: &AgentName, container: &ContainerRef, created_ns: u64);
     fn event(&self, agent: &AgentName, event: &Timed);
 }
 
@@ -459,6 +462,9 @@ impl Worker {
                         self.overflow_seen = overflow;
                     }
                     self.metrics.container_created(&agent);
+                    if let Some(watch) = &self.watch {
+                        watch.created(&agent, &container, created_ns);
+                    }
                     if self.tracer.is_some() {
                         let start = system_time(&self.clock, created_ns);
                         let id = container.cgroup_id;
