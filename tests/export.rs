@@ -11,7 +11,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
+use opentelemetry_proto::tonic::{
+    common::v1::{any_value::Value as AnyValue, KeyValue},
+    logs::v1::LogRecord,
+    trace::v1::{status::StatusCode, Span},
+};
 use support::otlp::{self, Protocol, Receiver};
 use support::*;
 
@@ -211,6 +215,9 @@ fn check_otlp(protocol: Protocol) {
         Some(StatusCode::Error as i32)
     );
 
+    // Log records: each container's audit records, joined to its span.
+    check_log_records(&receiver, agent, &containers, &spans);
+
     // Metrics: the counts the test made, under the agent's label.
     receiver.wait_for(
         "the metrics of three containers",
@@ -291,6 +298,109 @@ fn check_otlp(protocol: Protocol) {
         );
     });
     ct.stop();
+}
+
+/// The audit records of the scripted containers (exit 3, SIGKILL from this test, segfault) as
+/// OTLP log records: the record's fields as attributes, the container span's ids.
+fn check_log_records(
+    receiver: &Receiver,
+    agent: &str,
+    containers: &[(String, u32)],
+    spans: &[(Vec<KeyValue>, Span)],
+) {
+    let of = |r: &otlp::Received, id: &str| -> Vec<LogRecord> {
+        otlp::logs(r)
+            .into_iter()
+            .map(|(_, l)| l)
+            .filter(|l| otlp::attr_str(&l.attributes, "container_id").as_deref() == Some(id))
+            .collect()
+    };
+    let ids: Vec<&str> = containers.iter().map(|(id, _)| id.as_str()).collect();
+    receiver.wait_for(
+        "the containers' deletes as log records",
+        Duration::from_secs(10),
+        |r| {
+            ids.iter()
+                .all(|id| of(r, id).iter().any(|l| l.event_name == "container_delete"))
+                .then_some(())
+        },
+    );
+    receiver.with(|r| {
+        let (resource, _) = otlp::logs(r).into_iter().next().expect("a log record");
+        assert_eq!(
+            otlp::attr_str(&resource, "service.name").as_deref(),
+            Some("clawtrace-under-test")
+        );
+        for (i, (id, init)) in containers.iter().enumerate() {
+            let records = of(r, id);
+            let names: Vec<&str> = records.iter().map(|l| l.event_name.as_str()).collect();
+            let mut want = vec![
+                "container_create",
+                "process_exec",
+                "process_exit",
+                "container_delete",
+            ];
+            // The SIGKILL this test sends, the SIGSEGV the kernel sends.
+            if i > 0 {
+                want.insert(2, "signal");
+            }
+            assert_eq!(names, want, "container {id}");
+            let span = &spans
+                .iter()
+                .find(|(_, s)| otlp::attr_str(&s.attributes, "container.id").as_deref() == Some(id))
+                .expect("span")
+                .1;
+            for record in &records {
+                assert_eq!(record.trace_id, span.trace_id, "{}", record.event_name);
+                assert_eq!(record.span_id, span.span_id, "{}", record.event_name);
+                assert_eq!(
+                    otlp::attr_str(&record.attributes, "agent_name").as_deref(),
+                    Some(agent)
+                );
+                assert!(record.time_unix_nano > 0);
+            }
+            let exit = records
+                .iter()
+                .find(|l| l.event_name == "process_exit")
+                .expect("exit record");
+            assert_eq!(
+                otlp::attr_int(&exit.attributes, "pid"),
+                Some(i64::from(*init))
+            );
+            let delete = records
+                .iter()
+                .find(|l| l.event_name == "container_delete")
+                .expect("delete record");
+            let (verdict, severity) = [
+                ("failed", "WARN"),
+                ("orchestrator_kill", "INFO"),
+                ("crash", "WARN"),
+            ][i];
+            assert_eq!(
+                otlp::attr_str(&delete.attributes, "verdict").as_deref(),
+                Some(verdict)
+            );
+            assert_eq!(delete.severity_text, severity, "{verdict}");
+        }
+        // Who killed the second: this test, as a map of the sender's fields.
+        let killed = of(r, &containers[1].0);
+        let exit = killed
+            .iter()
+            .find(|l| l.event_name == "process_exit")
+            .expect("exit record");
+        let Some(AnyValue::KvlistValue(sender)) = otlp::attr(&exit.attributes, "sender") else {
+            panic!("no sender map in {:?}", exit.attributes);
+        };
+        assert_eq!(
+            otlp::attr_int(&sender.values, "pid"),
+            Some(i64::from(std::process::id()))
+        );
+        let body = match exit.body.as_ref().and_then(|b| b.value.as_ref()) {
+            Some(AnyValue::StringValue(text)) => text.clone(),
+            other => panic!("body {other:?}"),
+        };
+        assert!(body.contains("SIGKILL"), "{body}");
+    });
 }
 
 #[test]
@@ -381,11 +491,39 @@ fn collector_outage_does_not_stop_tracing_and_counters_stay_continuous() {
             .collect();
         (seen.len() == ids.len()).then_some(())
     });
+    // So were their log records.
+    receiver.wait_for(
+        "the log records of the outage",
+        Duration::from_secs(15),
+        |r| {
+            let seen: HashSet<String> = otlp::logs(r)
+                .into_iter()
+                .filter(|(_, l)| l.event_name == "container_delete")
+                .filter_map(|(_, l)| otlp::attr_str(&l.attributes, "container_id"))
+                .filter(|id| ids.contains(id.as_str()))
+                .collect();
+            (seen.len() == ids.len()).then_some(())
+        },
+    );
     let metrics = http_get(&listen, "/metrics").expect("scrape");
-    assert_eq!(
-        sample(&metrics, "clawtrace_spans_dropped_total"),
-        Some(0.0),
-        "{metrics}"
+    for dropped in [
+        "clawtrace_spans_dropped_total",
+        "clawtrace_log_records_dropped_total",
+    ] {
+        assert_eq!(
+            sample(&metrics, dropped),
+            Some(0.0),
+            "{dropped}:\n{metrics}"
+        );
+    }
+    let errors = sample(
+        &metrics,
+        r#"clawtrace_export_errors_total{sink="otlp_logs"}"#,
+    )
+    .unwrap_or(0.0);
+    assert!(
+        errors > 0.0,
+        "failed log exports were not counted:\n{metrics}"
     );
     ct.stop();
 }

@@ -10,6 +10,10 @@ use std::{
 
 use opentelemetry_proto::tonic::{
     collector::{
+        logs::v1::{
+            logs_service_server::{LogsService, LogsServiceServer},
+            ExportLogsServiceRequest, ExportLogsServiceResponse,
+        },
         metrics::v1::{
             metrics_service_server::{MetricsService, MetricsServiceServer},
             ExportMetricsServiceRequest, ExportMetricsServiceResponse,
@@ -20,7 +24,9 @@ use opentelemetry_proto::tonic::{
         },
     },
     common::v1::{any_value::Value as AnyValue, KeyValue},
+    logs::v1::LogRecord,
     metrics::v1::{metric::Data, number_data_point::Value as NumberValue, Metric, NumberDataPoint},
+    resource::v1::Resource,
     trace::v1::Span,
 };
 use prost::Message as _;
@@ -29,6 +35,7 @@ use prost::Message as _;
 pub struct Received {
     pub metrics: Vec<ExportMetricsServiceRequest>,
     pub traces: Vec<ExportTraceServiceRequest>,
+    pub logs: Vec<ExportLogsServiceRequest>,
 }
 
 #[derive(Clone, Default)]
@@ -53,6 +60,17 @@ impl TraceService for Store {
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         self.0.lock().unwrap().traces.push(request.into_inner());
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+#[tonic::async_trait]
+impl LogsService for Store {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportLogsServiceRequest>,
+    ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
+        self.0.lock().unwrap().logs.push(request.into_inner());
+        Ok(tonic::Response::new(ExportLogsServiceResponse::default()))
     }
 }
 
@@ -97,7 +115,8 @@ impl Receiver {
                     Protocol::Grpc => {
                         tonic::transport::Server::builder()
                             .add_service(MetricsServiceServer::new(served.clone()))
-                            .add_service(TraceServiceServer::new(served))
+                            .add_service(TraceServiceServer::new(served.clone()))
+                            .add_service(LogsServiceServer::new(served))
                             .serve_with_incoming_shutdown(
                                 tokio_stream::wrappers::TcpListenerStream::new(listener),
                                 shutdown,
@@ -107,6 +126,7 @@ impl Receiver {
                     }
                     Protocol::HttpProtobuf => {
                         let metrics = served.clone();
+                        let logs = served.clone();
                         let app = axum::Router::new()
                             .route(
                                 "/v1/metrics",
@@ -128,6 +148,17 @@ impl Receiver {
                                         let req = ExportTraceServiceRequest::decode(body).unwrap();
                                         store.0.lock().unwrap().traces.push(req);
                                         ExportTraceServiceResponse::default().encode_to_vec()
+                                    }
+                                }),
+                            )
+                            .route(
+                                "/v1/logs",
+                                axum::routing::post(move |body: axum::body::Bytes| {
+                                    let store = logs.clone();
+                                    async move {
+                                        let req = ExportLogsServiceRequest::decode(body).unwrap();
+                                        store.0.lock().unwrap().logs.push(req);
+                                        ExportLogsServiceResponse::default().encode_to_vec()
                                     }
                                 }),
                             );
@@ -220,24 +251,38 @@ pub fn attr_int(attributes: &[KeyValue], key: &str) -> Option<i64> {
     }
 }
 
-/// Every metric with its resource attributes, newest request last.
-pub fn metrics(received: &Received) -> Vec<(Vec<KeyValue>, Metric)> {
+/// Each item of each scope of each resource of `requests`, in order, with the attributes of
+/// its resource: what every signal's export request holds, flattened.
+fn flatten<'a, Q, R: 'a, S: 'a, T: Clone + 'a>(
+    requests: &'a [Q],
+    resources: impl Fn(&'a Q) -> &'a [R],
+    resource: impl Fn(&'a R) -> Option<&'a Resource>,
+    scopes: impl Fn(&'a R) -> &'a [S],
+    items: impl Fn(&'a S) -> &'a [T],
+) -> Vec<(Vec<KeyValue>, T)> {
     let mut out = Vec::new();
-    for req in &received.metrics {
-        for rm in &req.resource_metrics {
-            let resource = rm
-                .resource
-                .as_ref()
+    for request in requests {
+        for r in resources(request) {
+            let attributes = resource(r)
                 .map(|r| r.attributes.clone())
                 .unwrap_or_default();
-            for sm in &rm.scope_metrics {
-                for m in &sm.metrics {
-                    out.push((resource.clone(), m.clone()));
-                }
+            for scope in scopes(r) {
+                out.extend(items(scope).iter().map(|i| (attributes.clone(), i.clone())));
             }
         }
     }
     out
+}
+
+/// Every metric with its resource attributes, newest request last.
+pub fn metrics(received: &Received) -> Vec<(Vec<KeyValue>, Metric)> {
+    flatten(
+        &received.metrics,
+        |q| &q.resource_metrics,
+        |r| r.resource.as_ref(),
+        |r| &r.scope_metrics,
+        |s| &s.metrics,
+    )
 }
 
 /// The newest data point of sum metric `name` whose attributes include all of `want`.
@@ -267,22 +312,24 @@ pub fn point_value(p: &NumberDataPoint) -> f64 {
     }
 }
 
+/// Every log record with its resource attributes, oldest first.
+pub fn logs(received: &Received) -> Vec<(Vec<KeyValue>, LogRecord)> {
+    flatten(
+        &received.logs,
+        |q| &q.resource_logs,
+        |r| r.resource.as_ref(),
+        |r| &r.scope_logs,
+        |s| &s.log_records,
+    )
+}
+
 /// Every span received, with its resource attributes.
 pub fn spans(received: &Received) -> Vec<(Vec<KeyValue>, Span)> {
-    let mut out = Vec::new();
-    for req in &received.traces {
-        for rs in &req.resource_spans {
-            let resource = rs
-                .resource
-                .as_ref()
-                .map(|r| r.attributes.clone())
-                .unwrap_or_default();
-            for ss in &rs.scope_spans {
-                for s in &ss.spans {
-                    out.push((resource.clone(), s.clone()));
-                }
-            }
-        }
-    }
-    out
+    flatten(
+        &received.traces,
+        |q| &q.resource_spans,
+        |r| r.resource.as_ref(),
+        |r| &r.scope_spans,
+        |s| &s.spans,
+    )
 }

@@ -135,11 +135,14 @@ pub struct RunArgs {
     /// How often metrics are pushed over OTLP (OTEL_METRIC_EXPORT_INTERVAL wins when set).
     #[arg(long, value_name = "DURATION", default_value = defaults::OTLP_INTERVAL, value_parser = parse_duration)]
     pub otlp_interval: Duration,
-    /// Container spans waiting for the collector at most; past that they are dropped.
+    /// Container spans, and audit log records, waiting for the collector at most (each); past
+    /// that the oldest are dropped and counted.
     #[arg(long, value_name = "N", default_value_t = defaults::OTLP_MAX_QUEUED_SPANS)]
     pub otlp_max_queued_spans: usize,
 
-    /// Append one JSON line per process exit in a container to FILE.
+    /// Append each container's life to FILE, one JSON line per record (creation, deletion with
+    /// the verdict, the init's exec, every exit and signal, OOM marks, volumes, GPU use);
+    /// `clawtrace explain` reads it.
     #[arg(long, value_name = "FILE")]
     pub audit_log: Option<PathBuf>,
     /// Rotate the audit log before it passes this size.

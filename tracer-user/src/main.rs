@@ -183,6 +183,7 @@ fn run_options(args: RunArgs) -> anyhow::Result<RunOptions> {
         Some(OtlpConfig {
             metrics_protocol: Protocol::from_env("METRICS")?,
             traces_protocol: Protocol::from_env("TRACES")?,
+            logs_protocol: otlp::logs_protocol_from_env()?,
             metric_interval: args.otlp_interval,
             max_queued_spans: args.otlp_max_queued_spans,
         })

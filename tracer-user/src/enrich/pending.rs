@@ -54,7 +54,8 @@ impl SettleMiss {
 /// What [`Pending`] hands on.
 #[derive(Debug)]
 pub enum Ready {
-    /// A container's agent name is settled (its creation, for the sinks).
+    /// A container's agent name is settled (its creation, for the spans; the creation event
+    /// itself follows as the first [`Ready::Event`]).
     Settled {
         container: ContainerRef,
         created_ns: u64,
@@ -70,7 +71,7 @@ struct Entry {
     pattern_agent: Option<String>,
     init_pid: Option<u32>,
     agent: Option<AgentName>,
-    /// Events that came before the agent name was settled.
+    /// Events that came before the agent name was settled, its creation first.
     waiting: Vec<Timed>,
     deadline: Instant,
 }
@@ -115,20 +116,21 @@ impl Pending {
     pub fn push(&mut self, rt: &tokio::runtime::Runtime, event: Timed, ready: &mut Vec<Ready>) {
         if let Event::ContainerCreate(create) = &event.event {
             let id = create.container.cgroup_id;
-            self.containers.insert(
-                id,
-                Entry {
-                    container: create.container.clone(),
-                    created_ns: event.ts_ns,
-                    pattern_agent: create.agent.clone(),
-                    init_pid: create.init_pid,
-                    agent: None,
-                    waiting: Vec::new(),
-                    deadline: Instant::now() + self.settle_after,
-                },
-            );
+            let preexisting = create.preexisting;
+            let entry = Entry {
+                container: create.container.clone(),
+                created_ns: event.ts_ns,
+                pattern_agent: create.agent.clone(),
+                init_pid: create.init_pid,
+                agent: None,
+                deadline: Instant::now() + self.settle_after,
+                // The creation waits too: the sinks after enrichment (log records, `top`) see
+                // it with the agent name.
+                waiting: vec![event],
+            };
+            self.containers.insert(id, entry);
             // A container found at start already runs its payload: everything is known now.
-            if create.preexisting {
+            if preexisting {
                 self.settle(rt, id, false, ready);
             }
             return;
@@ -344,15 +346,26 @@ mod tests {
         p.push(&rt, create(1, Some("nemo")), &mut ready);
         assert!(ready.is_empty(), "nothing before the name is settled");
         p.push(&rt, delete(1), &mut ready);
+        let kinds: Vec<&str> = ready
+            .iter()
+            .filter_map(|r| match r {
+                Ready::Event { event, .. } => Some(event.event.name()),
+                Ready::Settled { .. } => None,
+            })
+            .collect();
         assert!(
-            matches!(&ready[..], [Ready::Settled { agent, .. }, Ready::Event { .. }] if &**agent == "nemo")
+            matches!(&ready[..], [Ready::Settled { agent, .. }, Ready::Event { .. }, Ready::Event { .. }] if &**agent == "nemo")
         );
+        assert_eq!(kinds, ["container_create", "container_delete"]);
         assert!(p.take_misses().is_empty());
         // No source names it, and its wait runs out: unresolved, and late.
         ready.clear();
         p.push(&rt, create(2, None), &mut ready);
         p.expire(&rt, Instant::now(), &mut ready);
-        assert!(matches!(&ready[..], [Ready::Settled { .. }]));
+        assert!(matches!(
+            &ready[..],
+            [Ready::Settled { .. }, Ready::Event { .. }]
+        ));
         assert_eq!(
             p.take_misses(),
             [(SettleMiss::Deadline, 1), (SettleMiss::Unresolved, 1)]

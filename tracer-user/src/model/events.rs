@@ -346,6 +346,24 @@ pub struct Timed {
 }
 
 impl Event {
+    /// The kind's name: the JSON object's `event` tag.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::ContainerCreate(_) => "container_create",
+            Event::ContainerDelete(_) => "container_delete",
+            Event::ProcessExec(_) => "process_exec",
+            Event::Signal(_) => "signal",
+            Event::OomMark(_) => "oom_mark",
+            Event::ProcessExit(_) => "process_exit",
+            Event::ContainerLingering(_) => "container_lingering",
+            Event::Mount(_) => "mount",
+            Event::VolumeMount(_) => "volume_mount",
+            Event::VolumeViolation(_) => "volume_violation",
+            Event::DeviceAccess(_) => "device_access",
+            Event::GpuSharing(_) => "gpu_sharing",
+        }
+    }
+
     /// The container the event is about (every kind has one).
     pub fn container(&self) -> Option<&ContainerRef> {
         Some(match self {

@@ -21,10 +21,11 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use opentelemetry::metrics::MeterProvider as _;
-use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_sdk::trace::SdkTracer;
+use opentelemetry::{logs::LoggerProvider as _, trace::TracerProvider as _};
+use opentelemetry_sdk::{logs::SdkLogger, trace::SdkTracer};
 
 use super::{
+    audit, logs,
     metrics::{AgentName, Metrics, CONTENT_TYPE},
     otlp::{OtlpConfig, Protocol, Providers},
     spans::{system_time, ContainerSpan},
@@ -35,7 +36,7 @@ use crate::{
         labels::{AgentLabels, LabelPolicy},
         pending::{Pending, Ready},
     },
-    model::{ContainerRef, Event, Note, Timed},
+    model::{Event, Note, Timed},
     source::nvml::{cgroup_path_of, memory_by_container, GpuSource, NvmlSource},
     sys::WallClock,
 };
@@ -59,11 +60,9 @@ pub struct ExportConfig {
 }
 
 /// Something that sees each event of a settled container, with the container's agent_name as
-/// the metrics label it, in the export worker's thread.
+/// the metrics label it, in the export worker's thread: its `container_create` first (once the
+/// name is settled), its `container_delete` last.
 pub trait Watcher: Send + Sync {
-    /// A container settled: from here on its agent_name is known. `created_ns` is when it was
-    /// created (or found running at start); its `container_create` event comes no further.
-    fn created(&self, agent: &AgentName, container: &ContainerRef, created_ns: u64);
     fn event(&self, agent: &AgentName, event: &Timed);
 }
 
@@ -173,6 +172,10 @@ impl Exporter {
             });
         }
         let tracer = providers.as_ref().map(|p| p.tracer.tracer("clawtrace"));
+        let logger = providers
+            .as_ref()
+            .and_then(|p| p.logger.as_ref())
+            .map(|l| l.logger("clawtrace"));
         // NVML is optional: without it, device-open tracking still works and nothing complains
         // (`clawtrace check` says it is not available).
         let gpu: Option<Box<dyn GpuSource>> = match NvmlSource::init() {
@@ -185,7 +188,8 @@ impl Exporter {
                 None
             }
         };
-        let worker = Worker::new(config, labels, metrics.clone(), tracer, gpu, clock);
+        let mut worker = Worker::new(config, labels, metrics.clone(), tracer, gpu, clock);
+        worker.logger = logger;
         let handled = backlog.clone();
         let handle = std::thread::Builder::new()
             .name("clawtrace-export".into())
@@ -297,6 +301,8 @@ struct Worker {
     pending: Pending,
     metrics: Metrics,
     tracer: Option<SdkTracer>,
+    /// Audited events as OTLP log records.
+    logger: Option<SdkLogger>,
     /// The open span of each settled container, by cgroup id.
     spans: foldhash::HashMap<u64, ContainerSpan>,
     clock: WallClock,
@@ -328,6 +334,7 @@ impl Worker {
             ),
             metrics,
             tracer,
+            logger: None,
             spans: foldhash::HashMap::default(),
             clock,
             overflow_seen: 0,
@@ -462,9 +469,6 @@ impl Worker {
                         self.overflow_seen = overflow;
                     }
                     self.metrics.container_created(&agent);
-                    if let Some(watch) = &self.watch {
-                        watch.created(&agent, &container, created_ns);
-                    }
                     if self.tracer.is_some() {
                         let start = system_time(&self.clock, created_ns);
                         let id = container.cgroup_id;
@@ -488,6 +492,10 @@ impl Worker {
             watch.event(agent, event);
         }
         let at = system_time(&self.clock, event.ts_ns);
+        if let (Some(logger), true) = (&self.logger, audit::audited(&event.event)) {
+            let span = self.spans.get(&id).map(ContainerSpan::ids);
+            logs::emit(logger, event, agent, at, span);
+        }
         if let Some(span) = self.spans.get_mut(&id) {
             span.record(&event.event, at);
         }

@@ -336,6 +336,12 @@ pub const CLAWTRACE_SPANS_DROPPED: MetricDesc = desc(
     C,
     &[],
 );
+pub const CLAWTRACE_LOG_RECORDS_DROPPED: MetricDesc = desc(
+    "clawtrace_log_records_dropped",
+    "Audit records for OTLP logs dropped while the collector was unreachable",
+    C,
+    &[],
+);
 pub const CONTAINER_MOUNT_DURATION: MetricDesc = with_unit(
     desc(
         "container_mount_duration",
@@ -403,6 +409,7 @@ pub const METRICS: &[MetricDesc] = &[
     CLAWTRACE_EXPORT_ERRORS,
     CLAWTRACE_AGENT_NAME_MISSES,
     CLAWTRACE_SPANS_DROPPED,
+    CLAWTRACE_LOG_RECORDS_DROPPED,
     CONTAINER_MOUNT_DURATION,
     CONTAINER_VOLUME_VIOLATIONS,
     CONTAINER_VOLUME_VIOLATIONS_CURRENT,
@@ -416,10 +423,11 @@ pub const METRICS: &[MetricDesc] = &[
 pub mod sink {
     pub const OTLP_METRICS: &str = "otlp_metrics";
     pub const OTLP_TRACES: &str = "otlp_traces";
+    pub const OTLP_LOGS: &str = "otlp_logs";
     pub const AUDIT_LOG: &str = "audit_log";
     /// The export worker's queue (events dropped because it was full).
     pub const QUEUE: &str = "queue";
-    pub const ALL: &[&str] = &[OTLP_METRICS, OTLP_TRACES, AUDIT_LOG, QUEUE];
+    pub const ALL: &[&str] = &[OTLP_METRICS, OTLP_TRACES, OTLP_LOGS, AUDIT_LOG, QUEUE];
 }
 
 fn register(
@@ -475,6 +483,7 @@ struct Otel {
     export_errors: OtelCounter<u64>,
     agent_name_misses: OtelCounter<u64>,
     spans_dropped: OtelCounter<u64>,
+    log_records_dropped: OtelCounter<u64>,
     mount: OtelHistogram<f64>,
     violations: OtelCounter<u64>,
     violations_now: UpDownCounter<i64>,
@@ -502,6 +511,7 @@ impl Otel {
             export_errors: counter(meter, &CLAWTRACE_EXPORT_ERRORS),
             agent_name_misses: counter(meter, &CLAWTRACE_AGENT_NAME_MISSES),
             spans_dropped: counter(meter, &CLAWTRACE_SPANS_DROPPED),
+            log_records_dropped: counter(meter, &CLAWTRACE_LOG_RECORDS_DROPPED),
             mount: histogram(meter, &CONTAINER_MOUNT_DURATION),
             violations: counter(meter, &CONTAINER_VOLUME_VIOLATIONS),
             violations_now: up_down(meter, &CONTAINER_VOLUME_VIOLATIONS_CURRENT),
@@ -532,6 +542,7 @@ struct Prom {
     export_errors: Family<SinkLabel, Counter>,
     agent_name_misses: Family<ReasonLabel, Counter>,
     spans_dropped: Counter,
+    log_records_dropped: Counter,
     mount: Family<MountLabels, Histogram, fn() -> Histogram>,
     violations: Family<ViolationLabels, Counter>,
     violations_now: Family<ViolationLabels, Gauge>,
@@ -601,6 +612,7 @@ impl Metrics {
             export_errors: Family::default(),
             agent_name_misses: Family::default(),
             spans_dropped: Counter::default(),
+            log_records_dropped: Counter::default(),
             mount: Family::new_with_constructor(|| {
                 Histogram::new(CONTAINER_MOUNT_DURATION.bounds())
             }),
@@ -630,6 +642,11 @@ impl Metrics {
             prom.agent_name_misses.clone(),
         );
         register(&mut r, &CLAWTRACE_SPANS_DROPPED, prom.spans_dropped.clone());
+        register(
+            &mut r,
+            &CLAWTRACE_LOG_RECORDS_DROPPED,
+            prom.log_records_dropped.clone(),
+        );
         register(&mut r, &CONTAINER_MOUNT_DURATION, prom.mount.clone());
         register(
             &mut r,
@@ -983,6 +1000,14 @@ impl Metrics {
         self.prom.spans_dropped.inc_by(n);
         if let Some(o) = self.otel.get() {
             o.spans_dropped.add(n, &[]);
+        }
+    }
+
+    /// `n` audit records for OTLP logs given up on.
+    pub fn log_records_dropped(&self, n: u64) {
+        self.prom.log_records_dropped.inc_by(n);
+        if let Some(o) = self.otel.get() {
+            o.log_records_dropped.add(n, &[]);
         }
     }
 

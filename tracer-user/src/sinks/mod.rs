@@ -1,10 +1,12 @@
 //! Where events go: the terminal (text or JSON lines), the audit log, metrics (Prometheus
-//! endpoint and OTLP), container spans (OTLP); the export worker that feeds the metrics and
-//! spans off the tracing loop; and the file-safety rules the files clawtrace writes follow.
+//! endpoint and OTLP), container spans and the audit records as log records (OTLP); the export
+//! worker that feeds the metrics, spans and log records off the tracing loop; and the
+//! file-safety rules the files clawtrace writes follow.
 
 pub mod audit;
 pub mod export;
 pub mod files;
+pub mod logs;
 pub mod metrics;
 pub mod otlp;
 pub mod spans;

@@ -1,10 +1,11 @@
-//! OTLP export of metrics and container spans with the OpenTelemetry SDK. Endpoints, headers,
+//! OTLP export of metrics, container spans and audit log records with the OpenTelemetry SDK. Endpoints, headers,
 //! timeouts, the resource and the service name come from the standard `OTEL_*` variables,
 //! which the SDK reads; the protocol from `OTEL_EXPORTER_OTLP_PROTOCOL` (`grpc`, the default,
 //! or `http/protobuf`).
 //!
 //! A collector that is down must never stop or slow tracing: the SDK exports from its own
-//! threads, spans wait in a bounded queue, and every failed export is counted in
+//! threads, spans and log records wait in bounded queues (and those of failed exports are held,
+//! up to the same bound, for the next export), and every failed export is counted in
 //! `clawtrace_export_errors_total{sink}` and logged at most once per minute.
 
 use std::{
@@ -17,9 +18,16 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
-use opentelemetry_otlp::{MetricExporter, SpanExporter as OtlpSpanExporter};
+use opentelemetry::InstrumentationScope;
+use opentelemetry_otlp::{
+    LogExporter as OtlpLogExporter, MetricExporter, SpanExporter as OtlpSpanExporter,
+};
 use opentelemetry_sdk::{
     error::OTelSdkResult,
+    logs::{
+        BatchConfigBuilder as LogBatchConfigBuilder, BatchLogProcessor, LogBatch, LogExporter,
+        SdkLogRecord, SdkLoggerProvider,
+    },
     metrics::{
         data::ResourceMetrics, exporter::PushMetricExporter, PeriodicReader, SdkMeterProvider,
         Temporality,
@@ -66,6 +74,7 @@ pub fn wanted_by_env() -> bool {
         "OTEL_EXPORTER_OTLP_ENDPOINT",
         "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
     ]
     .iter()
     .any(|v| std::env::var_os(v).is_some())
@@ -163,21 +172,51 @@ impl PushMetricExporter for CountingMetricExporter {
     }
 }
 
-/// A span exporter that counts its failures.
-/// A span exporter that counts its failures and keeps the spans of failed exports, up to a
-/// bound, to send them with the next batch once the collector is back. Past the bound the oldest
-/// are dropped and counted (`clawtrace_spans_dropped_total`).
+/// What failed exports held for the next one, up to a bound: past it the oldest are dropped.
+struct Held<T> {
+    items: std::sync::Mutex<std::collections::VecDeque<T>>,
+    max: usize,
+}
+
+impl<T> Held<T> {
+    fn new(max: usize) -> Held<T> {
+        Held {
+            items: Default::default(),
+            max,
+        }
+    }
+
+    fn items(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<T>> {
+        self.items.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Everything held, oldest first, and nothing held any more.
+    fn take(&self) -> Vec<T> {
+        self.items().drain(..).collect()
+    }
+
+    /// Keeps `items` after what is held; returns how many of the oldest were dropped to stay
+    /// within the bound.
+    fn hold(&self, items: impl IntoIterator<Item = T>) -> u64 {
+        let mut held = self.items();
+        held.extend(items);
+        let excess = held.len().saturating_sub(self.max);
+        held.drain(..excess);
+        excess as u64
+    }
+
+    fn len(&self) -> usize {
+        self.items().len()
+    }
+}
+
+/// A span exporter that counts its failures and holds the spans of failed exports (up to a
+/// bound; past it the oldest are dropped and counted in `clawtrace_spans_dropped_total`) to
+/// send them with the next batch once the collector is back.
 struct CountingSpanExporter {
     inner: OtlpSpanExporter,
     failures: FailureLog,
-    held: std::sync::Mutex<std::collections::VecDeque<SpanData>>,
-    max_held: usize,
-}
-
-impl CountingSpanExporter {
-    fn held(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<SpanData>> {
-        self.held.lock().unwrap_or_else(|e| e.into_inner())
-    }
+    held: Held<SpanData>,
 }
 
 impl fmt::Debug for CountingSpanExporter {
@@ -190,24 +229,18 @@ impl fmt::Debug for CountingSpanExporter {
 impl SpanExporter for CountingSpanExporter {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         // Spans held from failed exports go first, in order.
-        let mut all: Vec<SpanData> = self.held().drain(..).collect();
+        let mut all = self.held.take();
         all.extend(batch);
         let result = self.inner.export(all.clone()).await;
         self.failures.record(&result);
         if result.is_err() {
-            let mut held = self.held();
-            held.extend(all);
-            let excess = held.len().saturating_sub(self.max_held);
-            if excess > 0 {
-                held.drain(..excess);
-                self.failures.metrics.spans_dropped(excess as u64);
-            }
+            self.failures.metrics.spans_dropped(self.held.hold(all));
         }
         result
     }
 
     fn shutdown_with_timeout(&mut self, timeout: Duration) -> OTelSdkResult {
-        let held = self.held().len();
+        let held = self.held.len();
         if held > 0 {
             self.failures.metrics.spans_dropped(held as u64);
             log::warn!("{held} span(s) not delivered at exit: the collector was unreachable");
@@ -224,21 +257,91 @@ impl SpanExporter for CountingSpanExporter {
     }
 }
 
+/// A log record exporter that counts its failures and, like [`CountingSpanExporter`], holds
+/// the records of failed exports (dropped past the bound and counted in
+/// `clawtrace_log_records_dropped_total`) for the next export.
+struct CountingLogExporter {
+    inner: OtlpLogExporter,
+    failures: FailureLog,
+    held: Held<(SdkLogRecord, InstrumentationScope)>,
+}
+
+impl fmt::Debug for CountingLogExporter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CountingLogExporter")
+            .finish_non_exhaustive()
+    }
+}
+
+impl LogExporter for CountingLogExporter {
+    async fn export(&self, batch: LogBatch<'_>) -> OTelSdkResult {
+        // Records held from failed exports go first, in order; the batch's own are copied only
+        // when they must be held.
+        let held = self.held.take();
+        let all: Vec<(&SdkLogRecord, &InstrumentationScope)> = held
+            .iter()
+            .map(|(record, scope)| (record, scope))
+            .chain(batch.iter())
+            .collect();
+        let result = self.inner.export(LogBatch::new(&all)).await;
+        self.failures.record(&result);
+        if result.is_err() {
+            let copies = all
+                .iter()
+                .skip(held.len())
+                .map(|&(record, scope)| (record.clone(), scope.clone()))
+                .collect::<Vec<_>>();
+            let dropped = self.held.hold(held.into_iter().chain(copies));
+            self.failures.metrics.log_records_dropped(dropped);
+        }
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        let held = self.held.len();
+        if held > 0 {
+            self.failures.metrics.log_records_dropped(held as u64);
+            log::warn!("{held} log record(s) not delivered at exit: the collector was unreachable");
+        }
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
 /// Settings of the OTLP sinks.
 #[derive(Debug, Clone)]
 pub struct OtlpConfig {
     pub metrics_protocol: Protocol,
     pub traces_protocol: Protocol,
+    /// `None`: no log records (`OTEL_LOGS_EXPORTER=none`).
+    pub logs_protocol: Option<Protocol>,
     /// How often metrics are pushed (`OTEL_METRIC_EXPORT_INTERVAL` is honoured when set).
     pub metric_interval: Duration,
-    /// Spans waiting for export at most; past that they are dropped and counted.
+    /// Spans waiting for export at most; past that they are dropped and counted. Log records
+    /// are held to the same bound.
     pub max_queued_spans: usize,
+}
+
+/// The protocol for log records: none when `OTEL_LOGS_EXPORTER` is `none`, else as for the
+/// other signals.
+pub fn logs_protocol_from_env() -> Result<Option<Protocol>> {
+    match std::env::var("OTEL_LOGS_EXPORTER") {
+        Ok(v) if v.trim() == "none" => Ok(None),
+        Ok(v) if v.trim() != "otlp" && !v.trim().is_empty() => {
+            bail!("OTEL_LOGS_EXPORTER={v:?} is not supported; use otlp or none")
+        }
+        _ => Protocol::from_env("LOGS").map(Some),
+    }
 }
 
 /// The SDK providers; shut them down in order on exit so the last batch is flushed.
 pub struct Providers {
     pub meter: SdkMeterProvider,
     pub tracer: SdkTracerProvider,
+    pub logger: Option<SdkLoggerProvider>,
 }
 
 impl Providers {
@@ -275,8 +378,7 @@ impl Providers {
         let processor = BatchSpanProcessor::builder(CountingSpanExporter {
             inner: span_exporter,
             failures: FailureLog::new(super::metrics::sink::OTLP_TRACES, metrics.clone()),
-            held: Default::default(),
-            max_held: config.max_queued_spans,
+            held: Held::new(config.max_queued_spans),
         })
         .with_batch_config(
             BatchConfigBuilder::default()
@@ -286,14 +388,53 @@ impl Providers {
         )
         .build();
         let tracer = SdkTracerProvider::builder()
-            .with_resource(resource)
+            .with_resource(resource.clone())
             .with_span_processor(processor)
             .build();
-        Ok(Providers { meter, tracer })
+
+        let logger = match config.logs_protocol {
+            Some(protocol) => {
+                let exporter = match protocol {
+                    Protocol::Grpc => OtlpLogExporter::builder().with_tonic().build(),
+                    Protocol::HttpProtobuf => OtlpLogExporter::builder().with_http().build(),
+                }
+                .context("building the OTLP log exporter")?;
+                let processor = BatchLogProcessor::builder(CountingLogExporter {
+                    inner: exporter,
+                    failures: FailureLog::new(super::metrics::sink::OTLP_LOGS, metrics.clone()),
+                    held: Held::new(config.max_queued_spans),
+                })
+                .with_batch_config(
+                    LogBatchConfigBuilder::default()
+                        .with_max_queue_size(config.max_queued_spans)
+                        .with_scheduled_delay(Duration::from_millis(500))
+                        .build(),
+                )
+                .build();
+                Some(
+                    SdkLoggerProvider::builder()
+                        .with_resource(resource)
+                        .with_log_processor(processor)
+                        .build(),
+                )
+            }
+            None => None,
+        };
+        Ok(Providers {
+            meter,
+            tracer,
+            logger,
+        })
     }
 
-    /// Flushes and shuts down: spans first (they may record nothing more), then metrics.
+    /// Flushes and shuts down: spans and log records first (they may record nothing more),
+    /// then metrics.
     pub fn shutdown(self) {
+        if let Some(logger) = self.logger {
+            if let Err(err) = logger.shutdown() {
+                log::warn!("flushing log records at exit failed: {err}");
+            }
+        }
         if let Err(err) = self.tracer.shutdown() {
             log::warn!("flushing spans at exit failed: {err}");
         }
@@ -306,6 +447,16 @@ impl Providers {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn held_keeps_the_newest_within_the_bound_in_order() {
+        let held = Held::new(3);
+        assert_eq!(held.hold([1, 2]), 0);
+        assert_eq!(held.hold([3, 4, 5]), 2, "the two oldest dropped");
+        assert_eq!(held.len(), 3);
+        assert_eq!(held.take(), [3, 4, 5]);
+        assert_eq!(held.len(), 0);
+    }
 
     #[test]
     fn protocol_names() {

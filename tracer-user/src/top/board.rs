@@ -194,7 +194,7 @@ impl Board {
     }
 
     /// A container of `agent` came into being at `ts_ns` (or was found running at start).
-    pub fn created(&mut self, agent: &AgentName, container: &ContainerRef, ts_ns: u64) {
+    fn created(&mut self, agent: &AgentName, container: &ContainerRef, ts_ns: u64) {
         if self.containers.contains_key(&container.cgroup_id) {
             return;
         }
@@ -219,6 +219,7 @@ impl Board {
             return;
         };
         match &event.event {
+            Event::ContainerCreate(c) => self.created(agent, &c.container, event.ts_ns),
             Event::ProcessExec(e) => {
                 if let Some(seconds) = e.start_seconds {
                     let starts = &mut self.agent(agent).starts;

@@ -25,7 +25,7 @@ use ratatui::{
 };
 
 use crate::{
-    model::{ContainerRef, Timed},
+    model::Timed,
     run::{self, RunOptions, RunSummary, Watch},
     sinks::{export::Watcher, metrics::AgentName},
     sys,
@@ -49,10 +49,6 @@ impl Shared {
 }
 
 impl Watcher for Shared {
-    fn created(&self, agent: &AgentName, container: &ContainerRef, created_ns: u64) {
-        self.board().created(agent, container, created_ns);
-    }
-
     fn event(&self, agent: &AgentName, event: &Timed) {
         self.board().event(agent, event);
     }
