@@ -397,5 +397,18 @@ fn cri_pods_carry_their_kubernetes_names() {
             "audit log: no {kind} of {container}: {kinds:?}"
         );
     }
+    // explain tells the container with its pod, as the test named it.
+    let explained = Command::new(env!("CARGO_BIN_EXE_clawtrace"))
+        .args(["explain", &container, "--audit-log"])
+        .arg(&audit)
+        .output()
+        .expect("run clawtrace explain");
+    let text = String::from_utf8_lossy(&explained.stdout);
+    assert!(explained.status.success(), "explain: {text}");
+    let pod_line = format!(
+        "  pod {}/{} (uid {}), container {}\n",
+        pod.namespace, pod.name, pod.uid, pod.container
+    );
+    assert!(text.contains(&pod_line), "no {pod_line:?} in:\n{text}");
     eprintln!("kubernetes test took {:.1?}", started.elapsed());
 }

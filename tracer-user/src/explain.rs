@@ -235,10 +235,17 @@ pub fn report(id: &str, records: &[Value], as_json: bool) -> String {
         .next_back()
         .map(str::to_string);
     let verdict = verdict(records);
+    // A CRI container's Kubernetes names, as its records carry them.
+    let k8s = records
+        .iter()
+        .map(|r| &r["k8s"])
+        .find(|k| k.is_object())
+        .cloned();
     if as_json {
         return json!({
             "container_id": id,
             "agent": agent,
+            "k8s": k8s,
             "verdict": verdict,
             "records": records,
         })
@@ -248,6 +255,21 @@ pub fn report(id: &str, records: &[Value], as_json: bool) -> String {
         "container {id}{}\n",
         agent.map(|a| format!(" (agent {a})")).unwrap_or_default()
     );
+    if let Some(k8s) = &k8s {
+        out.push_str(&format!(
+            "  pod {}/{}{}{}\n",
+            text(&k8s["namespace"]),
+            text(&k8s["pod_name"]),
+            k8s["pod_uid"]
+                .as_str()
+                .map(|uid| format!(" (uid {uid})"))
+                .unwrap_or_default(),
+            k8s["container_name"]
+                .as_str()
+                .map(|name| format!(", container {name}"))
+                .unwrap_or_default(),
+        ));
+    }
     for line in story(records) {
         out.push_str(&line);
         out.push('\n');
@@ -292,6 +314,29 @@ mod tests {
         assert!(err.contains("ambiguous") && !err.contains('\n'), "{err}");
         let err = records(&log, "zz").unwrap_err().to_string();
         assert!(err.starts_with("no container \"zz\""), "{err}");
+    }
+
+    #[test]
+    fn a_cri_container_is_told_with_its_pod() {
+        let k8s = json!({"pod_name": "web-0", "namespace": "shop", "pod_uid": "u-1", "container_name": "app"});
+        let records = [
+            json!({"event": "container_create", "container_id": "c1", "runtime": "containerd", "cgroup_path": "/kubepods/podu-1/c1", "k8s": k8s, "time": "t0"}),
+            json!({"event": "container_delete", "container_id": "c1", "verdict": "exited", "verdict_process": {"pid": 5, "comm": "app"}, "exit_code": 0, "k8s": k8s, "time": "t1"}),
+        ];
+        let text = report("c1", &records, false);
+        assert!(
+            text.starts_with("container c1\n  pod shop/web-0 (uid u-1), container app\n"),
+            "{text}"
+        );
+        let json: Value = serde_json::from_str(&report("c1", &records, true)).unwrap();
+        assert_eq!(json["k8s"], k8s);
+        // Not a CRI container: no pod line, and null in JSON.
+        let plain = [
+            json!({"event": "container_create", "container_id": "c2", "runtime": "docker", "cgroup_path": "/docker/c2", "time": "t0"}),
+        ];
+        assert!(!report("c2", &plain, false).contains("pod "));
+        let json: Value = serde_json::from_str(&report("c2", &plain, true)).unwrap();
+        assert!(json["k8s"].is_null());
     }
 
     #[test]
