@@ -1536,6 +1536,7 @@ fn check_otel_config(config: &Value) {
         "metrics are exported to Prometheus: {metrics}"
     );
     assert!(pipelines.contains_key("traces"), "a traces pipeline");
+    assert!(pipelines.contains_key("logs"), "a logs pipeline");
 }
 
 fn check_daemonset(docs: &[Value]) {
