@@ -53,6 +53,25 @@ fn bad_flags_and_values_fail_with_one_line() {
     }
 }
 
+/// `top` without a terminal says so in one line, before it loads anything (so as any user).
+#[test]
+fn top_without_a_terminal_fails_with_one_line() {
+    let out = clawtrace()
+        .args(["top"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run clawtrace");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        out.stdout.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("output is not one"), "{stderr}");
+}
+
 #[test]
 fn bad_pattern_fails_with_one_line() {
     require_privileged!();

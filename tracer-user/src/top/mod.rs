@@ -9,7 +9,7 @@ pub mod logs;
 pub mod screen;
 
 use std::{
-    io,
+    io::{self, IsTerminal as _},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex, MutexGuard, PoisonError,
@@ -18,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{anyhow, Context as _, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 use ratatui::{
     crossterm::event::{self, Event as TermEvent, KeyEventKind},
     DefaultTerminal,
@@ -85,6 +85,10 @@ pub fn run(
     stop: &Arc<AtomicBool>,
     logs: Option<&Logs>,
 ) -> Result<RunSummary> {
+    // Nothing is loaded for a view that cannot be shown.
+    if !io::stdout().is_terminal() {
+        bail!("top draws on a terminal and its output is not one; `clawtrace run` writes lines");
+    }
     let shared = Arc::new(Shared::default());
     options.watch = Some(Watch(shared.clone()));
     if let Some(logs) = logs {
