@@ -25,8 +25,8 @@ pub const CRIO_ROOT: &str = "/run/containers/storage/overlay-containers";
 /// Bytes of a bundle's `config.json` read at most (runtime metadata: anything larger is not
 /// trusted).
 pub const BUNDLE_MAX_BYTES: u64 = 4 << 20;
-/// Bytes of a Kubernetes name read from an annotation at most (a pod or namespace name is
-/// at most 253, a container name 63, a uid 36).
+/// Bytes of a Kubernetes name read from an annotation at most (a pod name is at most 253, a
+/// namespace or container name 63, a uid 36).
 pub const K8S_NAME_MAX_LEN: usize = 253;
 /// `--state-dir`: the label key and lookup table (hash mode).
 pub const STATE_DIR: &str = "/var/lib/clawtrace";

@@ -285,9 +285,19 @@ impl AgentResolver {
 }
 
 /// A runtime's metadata file, up to [`crate::defaults::BUNDLE_MAX_BYTES`]: anything larger is
-/// not trusted.
+/// not trusted. Only a regular file is read, and its opening never waits (a FIFO or a device
+/// put in its place must not block the tracing loop, which reads bundles too), nor follows a
+/// symlink at its last element.
 fn read_bounded(path: &Path) -> Option<Vec<u8>> {
-    let file = std::fs::File::open(path).ok()?;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
     let mut bytes = Vec::new();
     file.take(crate::defaults::BUNDLE_MAX_BYTES)
         .read_to_end(&mut bytes)

@@ -132,8 +132,9 @@ impl Exporter {
                     // gRPC channels need a runtime context; the HTTP client must not be built
                     // inside one.
                     let _guard = (otlp.metrics_protocol == Protocol::Grpc
-                        || otlp.traces_protocol == Protocol::Grpc)
-                        .then(|| rt.enter());
+                        || otlp.traces_protocol == Protocol::Grpc
+                        || otlp.logs_protocol == Some(Protocol::Grpc))
+                    .then(|| rt.enter());
                     Providers::build(otlp, &metrics)?
                 };
                 metrics.mirror_to(&providers.meter.meter("clawtrace"));
@@ -544,7 +545,42 @@ impl Worker {
 
 #[cfg(test)]
 mod tests {
-    use super::Backlog;
+    use super::*;
+    use crate::sinks::otlp::OtlpConfig;
+
+    /// Every mix of OTLP protocols starts: a gRPC exporter is built inside the worker's
+    /// runtime, whichever signal it is for (a gRPC one built outside panics). No collector
+    /// listens: the exports fail and are counted, and nothing waits for them at shutdown.
+    #[test]
+    fn every_mix_of_otlp_protocols_starts() {
+        use super::super::otlp::Protocol::{Grpc, HttpProtobuf};
+        for (metrics, traces, logs) in [
+            (HttpProtobuf, HttpProtobuf, Some(Grpc)),
+            (HttpProtobuf, Grpc, Some(HttpProtobuf)),
+            (Grpc, HttpProtobuf, None),
+            (HttpProtobuf, HttpProtobuf, Some(HttpProtobuf)),
+        ] {
+            let config = ExportConfig {
+                prometheus: None,
+                otlp: Some(OtlpConfig {
+                    metrics_protocol: metrics,
+                    traces_protocol: traces,
+                    logs_protocol: logs,
+                    metric_interval: Duration::from_secs(60),
+                    max_queued_spans: 16,
+                }),
+                agent: AgentConfig::default(),
+                labels: LabelPolicy::default(),
+                queue: 16,
+                settle_after: Duration::from_secs(2),
+                gpu_poll: Duration::from_secs(60),
+                watch: None,
+            };
+            let exporter = Exporter::start(config, WallClock::now())
+                .unwrap_or_else(|e| panic!("{metrics:?}/{traces:?}/{logs:?}: {e:#}"));
+            exporter.shutdown();
+        }
+    }
 
     #[test]
     fn backlog_bounds_waiting_events_and_lets_a_batch_through_an_empty_queue() {

@@ -117,18 +117,17 @@ fn parse(annotations: &Map<String, Value>, keys: &Keys) -> Option<K8sNames> {
     })
 }
 
-/// A name as clawtrace passes it on: at most [`defaults::K8S_NAME_MAX_LEN`] bytes (cut at a
-/// character boundary), and none at all when it is empty or holds a control character (a
-/// name the API server validated never does; a terminal line must not carry one).
+/// A name as clawtrace passes it on: at most [`defaults::K8S_NAME_MAX_LEN`] bytes, and none at
+/// all when it is empty or holds anything but the characters Kubernetes allows in names and
+/// uids (ASCII letters, digits, `-`, `.`, `_`): a name the API server validated never does,
+/// and no control or direction-changing character then reaches a terminal line.
 fn name(value: &str) -> Option<String> {
-    if value.is_empty() || value.chars().any(char::is_control) {
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || b"-._".contains(&b);
+    if value.is_empty() || !value.bytes().all(allowed) {
         return None;
     }
-    let mut end = value.len().min(defaults::K8S_NAME_MAX_LEN);
-    while !value.is_char_boundary(end) {
-        end -= 1;
-    }
-    Some(value[..end].to_string())
+    // ASCII: any byte is a character boundary.
+    Some(value[..value.len().min(defaults::K8S_NAME_MAX_LEN)].to_string())
 }
 
 #[cfg(test)]
@@ -208,7 +207,7 @@ mod tests {
         let dir = TempDir::new("pods-hostile");
         let tasks = dir.0.join("tasks");
         let config = |id: &str| tasks.join("k8s.io").join(id).join("config.json");
-        let long = "é".repeat(1000);
+        let long = "p".repeat(1000);
         let cases = [
             ("not-json", "{\"annotations\":".to_string()),
             ("no-annotations", r#"{"ociVersion":"1.0.2"}"#.to_string()),
@@ -226,6 +225,18 @@ mod tests {
             (
                 "control",
                 r#"{"annotations":{"io.kubernetes.cri.sandbox-name":"p\u001b[31m",
+                    "io.kubernetes.cri.sandbox-namespace":"ns"}}"#
+                    .to_string(),
+            ),
+            (
+                "bidi",
+                r#"{"annotations":{"io.kubernetes.cri.sandbox-name":"p\u202ex",
+                    "io.kubernetes.cri.sandbox-namespace":"ns"}}"#
+                    .to_string(),
+            ),
+            (
+                "accented",
+                r#"{"annotations":{"io.kubernetes.cri.sandbox-name":"café",
                     "io.kubernetes.cri.sandbox-namespace":"ns"}}"#
                     .to_string(),
             ),
@@ -254,14 +265,31 @@ mod tests {
                     "io.kubernetes.cri.container-name":"bad\nname"}}}}"#
             ),
         );
-        // A folder where config.json should be.
+        // A folder where config.json should be; a FIFO (opening it must not wait for a writer);
+        // a symlink to a good bundle (not followed).
         std::fs::create_dir_all(config("dir")).unwrap();
+        std::fs::create_dir_all(config("fifo").parent().unwrap()).unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(config("fifo"))
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let good = r#"{"annotations":{"io.kubernetes.cri.sandbox-name":"p",
+            "io.kubernetes.cri.sandbox-namespace":"ns"}}"#;
+        write(&config("good"), good);
+        std::fs::create_dir_all(config("link").parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(config("good"), config("link")).unwrap();
         let pods = PodNames::new(tasks, dir.0.join("crio"));
-        for id in cases.iter().map(|(id, _)| *id).chain(["huge", "dir"]) {
+        assert!(pods.lookup("containerd", "good").is_some());
+        for id in cases
+            .iter()
+            .map(|(id, _)| *id)
+            .chain(["huge", "dir", "fifo", "link"])
+        {
             assert_eq!(pods.lookup("containerd", id), None, "{id}");
         }
         let got = pods.lookup("containerd", "long").unwrap();
-        assert_eq!(got.pod_name.len(), defaults::K8S_NAME_MAX_LEN - 1);
+        assert_eq!(got.pod_name.len(), defaults::K8S_NAME_MAX_LEN);
         assert!(long.starts_with(&got.pod_name));
         assert_eq!(got.container_name, None);
     }

@@ -195,8 +195,17 @@ impl Board {
 
     /// A container of `agent` came into being at `ts_ns` (or was found running at start).
     fn created(&mut self, agent: &AgentName, container: &ContainerRef, ts_ns: u64) {
+        if self.track(agent, container) {
+            self.agent(agent).creates.add(ts_ns);
+        }
+    }
+
+    /// A container of `agent` is alive and counted as created; false if it was known already.
+    /// (One found running at start is counted so, but not in the creation rates: it was not
+    /// created in the last minutes.)
+    fn track(&mut self, agent: &AgentName, container: &ContainerRef) -> bool {
         if self.containers.contains_key(&container.cgroup_id) {
-            return;
+            return false;
         }
         self.containers.insert(
             container.cgroup_id,
@@ -209,7 +218,7 @@ impl Board {
         let row = self.agent(agent);
         row.live += 1;
         row.created += 1;
-        row.creates.add(ts_ns);
+        true
     }
 
     /// An event of a container of `agent`.
@@ -219,6 +228,9 @@ impl Board {
             return;
         };
         match &event.event {
+            Event::ContainerCreate(c) if c.preexisting => {
+                self.track(agent, &c.container);
+            }
             Event::ContainerCreate(c) => self.created(agent, &c.container, event.ts_ns),
             Event::ProcessExec(e) => {
                 if let Some(seconds) = e.start_seconds {
@@ -348,8 +360,9 @@ pub(crate) mod tests {
     use super::*;
     use crate::{
         model::{
-            attribution::SenderClass, containers::Recognizer, ContainerDelete, ContainerLingering,
-            GpuSharing, Model, ModelConfig, Output, ProcessExec, ProcessExit, ProcessRef, Sender,
+            attribution::SenderClass, containers::Recognizer, ContainerCreate, ContainerDelete,
+            ContainerLingering, GpuSharing, Model, ModelConfig, Output, ProcessExec, ProcessExit,
+            ProcessRef, Sender,
         },
         replay,
     };
@@ -487,6 +500,39 @@ pub(crate) mod tests {
         assert_eq!(later.created_per_min, [0.0, 0.0]);
         assert_eq!(later.backlog, 0);
         assert_eq!(later.created, 16);
+    }
+
+    /// Containers found running at start are alive and counted, but were not created in the
+    /// last minutes: the rates and the backlog leave them out.
+    #[test]
+    fn containers_found_at_start_are_not_in_the_rates() {
+        let a: AgentName = "alpha".into();
+        let mut board = Board::new();
+        let now = 10_000 * SECOND;
+        let found = |id: u64| {
+            at(
+                now,
+                Event::ContainerCreate(ContainerCreate {
+                    container: container(id),
+                    preexisting: true,
+                    agent: None,
+                    init_pid: Some(7),
+                }),
+            )
+        };
+        board.event(&a, &found(1));
+        board.event(&a, &found(2));
+        let created = Event::ContainerCreate(ContainerCreate {
+            container: container(3),
+            preexisting: false,
+            agent: None,
+            init_pid: None,
+        });
+        board.event(&a, &at(now, created));
+        let row = &board.rows(now + SECOND)[0];
+        assert_eq!((row.live, row.created), (3, 3));
+        assert_eq!(row.created_per_min, [1.0, 1.0 / 5.0]);
+        assert_eq!(row.backlog, 1);
     }
 
     #[test]

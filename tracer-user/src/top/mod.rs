@@ -99,27 +99,29 @@ pub fn run(
         .name("clawtrace-trace".into())
         .spawn(move || run::run(&options, &tracing_stop, io::sink()))
         .context("starting the tracing thread");
-    let shown = match tracing {
-        // The tracing thread keeps the capabilities it needs and drops them itself once the
-        // programs are attached; this one, which only draws, drops them now.
-        Ok(tracing) => match sys::drop_privileges() {
-            Ok(()) => show(&shared, stop, &tracing, logs).map(|()| tracing),
-            Err(err) => Err(err),
-        },
-        Err(err) => Err(err),
+    let tracing = match tracing {
+        Ok(tracing) => tracing,
+        Err(err) => {
+            if let Some(logs) = logs {
+                logs.release();
+            }
+            return Err(err);
+        }
     };
-    // The terminal is restored: stop tracing, then write what the view held.
+    // The tracing thread keeps the capabilities it needs and drops them itself once the
+    // programs are attached; this one, which only draws, drops them now.
+    let shown = sys::drop_privileges().and_then(|()| show(&shared, stop, &tracing, logs));
+    // The terminal is restored, whichever way the view ended: stop tracing and wait for it, so
+    // that its sinks (spans, log records, the audit log) are flushed, then write what the view
+    // held. A view that failed says why first.
     stop.store(true, Ordering::Relaxed);
-    let traced = match shown {
-        Ok(tracing) => tracing
-            .join()
-            .unwrap_or_else(|_| Err(anyhow!("the tracing thread panicked"))),
-        Err(err) => Err(err),
-    };
+    let traced = tracing
+        .join()
+        .unwrap_or_else(|_| Err(anyhow!("the tracing thread panicked")));
     if let Some(logs) = logs {
         logs.release();
     }
-    traced
+    shown.and(traced)
 }
 
 /// Draws the board and reads keys until told to stop, tracing ends, or a key quits.
@@ -137,6 +139,7 @@ fn show(
         if stop.load(Ordering::Relaxed) || tracing.is_finished() {
             return Ok(());
         }
+        let status = logs.and_then(Logs::latest);
         let shown = {
             let board = shared.board();
             Shown {
@@ -145,7 +148,7 @@ fn show(
                 live: board.live(),
                 events: board.events(),
                 uptime_seconds: started.elapsed().as_secs(),
-                status: logs.and_then(Logs::latest),
+                status,
             }
         };
         terminal
