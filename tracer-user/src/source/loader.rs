@@ -122,10 +122,19 @@ impl Tracer {
         // Privileges, tracefs, the kernel's BTF and what the kernel offers, and each
         // tracepoint's layout: the same probes `clawtrace check` reports.
         let host = preflight::for_loader(|hook, bits| config.wants(hook, bits))?;
-        let Some(found) = host.features else {
+        // The probes' parse of the kernel's BTF goes before aya makes its own: both at once
+        // were most of start-up's peak memory.
+        let preflight::Host {
+            features,
+            globals,
+            btf,
+            ..
+        } = host;
+        drop(btf);
+        let Some(found) = features else {
             bail!("the kernel's features could not be probed");
         };
-        let (bits, globals) = (found.bits, host.globals);
+        let bits = found.bits;
         let aya_btf = Btf::from_sys_fs().context("reading the kernel's BTF for BTF tracepoints")?;
         let env_key = config.init_env_var.as_deref().map(env_key).transpose()?;
         if config.devices.len() > DEVICE_RANGES as usize {
