@@ -52,6 +52,9 @@ impl Check {
     }
 }
 
+/// clawtrace's flags for printing every event, as JSON lines.
+const JSON: [&str; 2] = ["--output", "json"];
+
 /// What clawtrace's `stopped:` line says: (events, records lost, undecodable).
 fn stopped_line(stderr: &str) -> Option<(u64, u64, u64)> {
     let line = stderr.lines().rev().find_map(|l| {

@@ -368,16 +368,18 @@ pub fn overhead(f: &OverheadFigures) -> Section {
         "Each run: {} workers × {} lifecycles (the storm's mix: exit, SIGKILL, fork+exit; \
          {} containers, wall time measured). Tracers are started before the run and \
          stopped after it, once attached; {} rounds of none, clawtrace, clawtrace with \
-         `--trace-mount-syscalls`, bpftrace, and exitsnoop + sigsnoop after one discarded warm-up run, each \
-         round starting one configuration further along and every other cycle of five rounds in \
-         reverse order (so \
+         `--output json`, clawtrace with `--trace-mount-syscalls`, bpftrace, and exitsnoop + \
+         sigsnoop after one discarded warm-up run, each round starting one configuration \
+         further along and every other cycle of six rounds in reverse order (so \
          no configuration always runs first, or after the same one). Before each run, and \
          again once its tracer is attached, the bench waits for a quiet machine (at most 5 % \
          busy over 300 ms; median wait {settle:.1} s): a stopped tracer's programs and maps \
          are freed by kernel workers after it exits. clawtrace: the release \
-         build, `--output json` to a file, `/metrics` on; the third configuration adds \
-         `--trace-mount-syscalls`, which attaches the mount system calls' tracepoints (the \
-         default attaches no syscall tracepoint). \
+         build with its default flags (text output to a file: one line per event an operator \
+         acts on), `/metrics` on; the third configuration prints every event as a JSON line \
+         (as the peers print every event), the fourth adds `--trace-mount-syscalls` to the \
+         default flags, which attaches the mount system calls' tracepoints (the default \
+         attaches no syscall tracepoint). \
          bpftrace: `target/bench/peer.bt`, the same six tracepoints, cgroups and \
          tasks followed in maps keyed by id and pid, last signal and sender kept per process, \
          exit status read from the task, one line printed per event to a file. \
@@ -481,12 +483,14 @@ pub fn overhead(f: &OverheadFigures) -> Section {
                 "tracer_cpu_percent_of_machine_median": c.cpu_median,
             })).collect::<Vec<_>>(),
             "clawtrace_slowdown_percent": f.slowdown(Traced::Clawtrace),
+            "clawtrace_json_slowdown_percent": f.slowdown(Traced::ClawtraceJson),
             "clawtrace_mount_syscalls_slowdown_percent": f.slowdown(Traced::ClawtraceSyscalls),
             "bpftrace_slowdown_percent": f.slowdown(Traced::Bpftrace),
             "snoops_slowdown_percent": f.slowdown(Traced::Snoops),
             "clawtrace_records_lost": f.lost,
             "syscall_ns_added": {
                 "clawtrace": f.syscall_added(Traced::Clawtrace),
+                "clawtrace_json": f.syscall_added(Traced::ClawtraceJson),
                 "clawtrace_mount_syscalls": f.syscall_added(Traced::ClawtraceSyscalls),
                 "bpftrace": f.syscall_added(Traced::Bpftrace),
                 "snoops": f.syscall_added(Traced::Snoops),

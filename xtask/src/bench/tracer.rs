@@ -124,12 +124,12 @@ pub struct Stopped {
 }
 
 impl Tracer {
-    /// Starts `clawtrace run --output json` with the benchmark's container pattern and metrics on
-    /// a free loopback port; stdout goes to `stdout`. Returns once it says `tracing:`.
+    /// Starts `clawtrace run EXTRA` with the benchmark's container pattern and metrics on a free
+    /// loopback port; stdout goes to `stdout`. Returns once it says `tracing:`.
     pub fn clawtrace(binary: &Path, stdout: &Path, extra: &[&str]) -> Result<Tracer> {
         let addr = free_port()?;
         let mut cmd = Command::new(binary);
-        cmd.args(["run", "--output", "json", "--container-cgroup-pattern"])
+        cmd.args(["run", "--container-cgroup-pattern"])
             .arg(CONTAINER_PATTERN)
             .arg("--prometheus-listen")
             .arg(addr.to_string())

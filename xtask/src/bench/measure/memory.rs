@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{anyhow, Result};
 
-use super::{cpu_seconds, stopped_line, wait_caught_up, Check};
+use super::{cpu_seconds, stopped_line, wait_caught_up, Check, JSON};
 use crate::bench::{
     tracer::{self, memory_kib, scrape, Tracer},
     workload::{self, Until},
@@ -117,7 +117,7 @@ pub fn measure(env: &Env) -> Result<MemoryFigures> {
     let churn_per_worker = (o.hostile_names - o.live_containers).div_ceil(workers);
     let offered = o.live_containers + churn_per_worker * workers;
 
-    let tracer = Tracer::clawtrace(&env.clawtrace, Path::new("/dev/null"), &[])?;
+    let tracer = Tracer::clawtrace(&env.clawtrace, Path::new("/dev/null"), &JSON)?;
     let addr = tracer
         .metrics
         .ok_or_else(|| anyhow!("clawtrace has no metrics address"))?;

@@ -1,11 +1,12 @@
-//! Section 2: a fixed workload with no tracer, with clawtrace (default flags and with
-//! `--trace-mount-syscalls`), bpftrace, and exitsnoop + sigsnoop, interleaved round by round.
+//! Section 2: a fixed workload with no tracer, with clawtrace (default flags, with every event
+//! printed as JSON, and with `--trace-mount-syscalls`), bpftrace, and exitsnoop + sigsnoop,
+//! interleaved round by round.
 
 use std::{collections::BTreeMap, fs, path::Path, thread, time::Instant};
 
 use anyhow::{Context as _, Result};
 
-use super::{cpu_seconds, stopped_line, Check};
+use super::{cpu_seconds, stopped_line, Check, JSON};
 use crate::bench::{
     machine::settle,
     tracer::{self, Tracer},
@@ -23,7 +24,10 @@ pub const SYSCALL_LOOP: u32 = 1_000_000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Traced {
     Nothing,
+    /// clawtrace with its default flags: text output, one line per event an operator acts on.
     Clawtrace,
+    /// clawtrace printing every event as a JSON line (as the peers print every event).
+    ClawtraceJson,
     /// clawtrace with `--trace-mount-syscalls`: the mount system calls' tracepoints too.
     ClawtraceSyscalls,
     Bpftrace,
@@ -32,9 +36,10 @@ pub enum Traced {
 }
 
 impl Traced {
-    pub const ALL: [Traced; 5] = [
+    pub const ALL: [Traced; 6] = [
         Traced::Nothing,
         Traced::Clawtrace,
+        Traced::ClawtraceJson,
         Traced::ClawtraceSyscalls,
         Traced::Bpftrace,
         Traced::Snoops,
@@ -44,6 +49,7 @@ impl Traced {
         match self {
             Traced::Nothing => "none",
             Traced::Clawtrace => "clawtrace",
+            Traced::ClawtraceJson => "clawtrace, --output json",
             Traced::ClawtraceSyscalls => "clawtrace, --trace-mount-syscalls",
             Traced::Bpftrace => "bpftrace",
             Traced::Snoops => "exitsnoop + sigsnoop",
@@ -105,6 +111,7 @@ fn overhead_run(env: &Env, traced: Traced, tag: String, script: &Path) -> Result
     let tracer = match traced {
         Traced::Nothing => None,
         Traced::Clawtrace => Some(Tracer::clawtrace(&env.clawtrace, &out, &[])?),
+        Traced::ClawtraceJson => Some(Tracer::clawtrace(&env.clawtrace, &out, &JSON)?),
         Traced::ClawtraceSyscalls => Some(Tracer::clawtrace(
             &env.clawtrace,
             &out,
@@ -133,7 +140,10 @@ fn overhead_run(env: &Env, traced: Traced, tag: String, script: &Path) -> Result
             tracer_cpu = Some(cpu_seconds(tracer.pid())? - before);
         }
         let stopped = tracer.stop_ok()?;
-        if matches!(traced, Traced::Clawtrace | Traced::ClawtraceSyscalls) {
+        if matches!(
+            traced,
+            Traced::Clawtrace | Traced::ClawtraceJson | Traced::ClawtraceSyscalls
+        ) {
             lost = stopped_line(&stopped.stderr).map_or(0, |(_, lost, _)| lost);
         }
     }
@@ -211,6 +221,7 @@ impl OverheadFigures {
     /// Section 2's figures against their targets.
     pub fn checks(&self) -> Vec<Check> {
         let claw = self.slowdown(Traced::Clawtrace);
+        let json = self.slowdown(Traced::ClawtraceJson);
         let core = self.slowdown(Traced::ClawtraceSyscalls);
         let peer = self.slowdown(Traced::Bpftrace);
         let snoops = self.slowdown(Traced::Snoops);
@@ -229,6 +240,13 @@ impl OverheadFigures {
                 format!("{claw:+.1} %"),
                 format!("≤ {TARGET_OVERHEAD_PERCENT:.1} %"),
                 Some(claw <= TARGET_OVERHEAD_PERCENT),
+            ),
+            Check::new(
+                "2 overhead",
+                "slowdown, clawtrace printing every event (--output json)",
+                format!("{json:+.1} %"),
+                "",
+                None,
             ),
             Check::new(
                 "2 overhead",

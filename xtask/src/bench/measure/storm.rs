@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::{
     cpu_seconds,
     probe_costs::{self, ProbeCosts},
-    stopped_line, wait_caught_up, Check,
+    stopped_line, wait_caught_up, Check, JSON,
 };
 use crate::bench::{
     machine::settle,
@@ -160,7 +160,8 @@ pub fn measure(env: &Env) -> Result<(StormFigures, ProbeCosts)> {
     settle();
     let tag = format!("s{}", env.pid);
     let events_path = env.out.join("storm-events.jsonl");
-    let tracer = Tracer::clawtrace(&env.clawtrace, &events_path, &[])?;
+    // Every event printed: the counts against the ground truth come from them.
+    let tracer = Tracer::clawtrace(&env.clawtrace, &events_path, &JSON)?;
     let addr = tracer
         .metrics
         .ok_or_else(|| anyhow!("clawtrace has no metrics address"))?;
