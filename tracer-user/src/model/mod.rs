@@ -126,6 +126,37 @@ pub struct Container {
     pub pod_lookups: u8,
 }
 
+impl Container {
+    /// A container seen being created at `created_ns`, with nothing known of its processes yet.
+    fn new(ident: ContainerIdent, cgroup_id: u64, cgroup_path: &str, created_ns: u64) -> Container {
+        Container {
+            ident,
+            cgroup_id,
+            cgroup_path: cgroup_path.into(),
+            created_ns,
+            preexisting: false,
+            init: None,
+            first_exec_ns: None,
+            init_by_ns: false,
+            init_exit: None,
+            exited_init: None,
+            init_ending: None,
+            last_child_ending: None,
+            oom_victim: None,
+            sends: HashMap::default(),
+            processes: HashSet::default(),
+            bootstrap: HashSet::default(),
+            init_env: None,
+            mounts: Vec::new(),
+            mount_ns_before_start: 0,
+            sub_cgroups: Vec::new(),
+            lingering: false,
+            k8s: None,
+            pod_lookups: 0,
+        }
+    }
+}
+
 impl ContainerRef {
     fn of(c: &Container) -> ContainerRef {
         ContainerRef {
@@ -307,49 +338,37 @@ impl<R: Recognize> Model<R> {
         if self.owner.contains_key(&found.cgroup_id) {
             return;
         }
-        let agent = found.ident.agent.clone();
-        let container = Container {
-            ident: found.ident,
-            cgroup_id: found.cgroup_id,
-            cgroup_path: found.cgroup_path.as_str().into(),
-            created_ns: now_ns,
-            preexisting: true,
-            init: found.init,
-            first_exec_ns: None,
-            init_by_ns: false,
-            init_exit: None,
-            exited_init: None,
-            init_ending: None,
-            last_child_ending: None,
-            oom_victim: None,
-            sends: HashMap::default(),
-            processes: found.processes.into_iter().collect(),
-            bootstrap: HashSet::default(),
-            init_env: None,
-            mounts: Vec::new(),
-            mount_ns_before_start: 0,
-            sub_cgroups: Vec::new(),
-            lingering: false,
-            k8s: None,
-            pod_lookups: 0,
-        };
-        out.events.push(Timed {
-            ts_ns: now_ns,
-            event: Event::ContainerCreate(ContainerCreate {
-                container: ContainerRef::of(&container),
-                preexisting: true,
-                agent,
-                init_pid: container.init,
-            }),
-        });
-        self.owner.insert(found.cgroup_id, found.cgroup_id);
+        let mut container = Container::new(
+            found.ident,
+            found.cgroup_id,
+            found.cgroup_path.as_str(),
+            now_ns,
+        );
+        container.preexisting = true;
+        container.init = found.init;
+        container.processes = found.processes.into_iter().collect();
         for &sub in &found.sub_cgroups {
             self.owner.insert(sub, found.cgroup_id);
         }
-        self.by_path.insert(found.cgroup_path, found.cgroup_id);
-        let mut container = container;
         container.sub_cgroups = found.sub_cgroups;
-        self.containers.insert(found.cgroup_id, container);
+        self.add(container, found.cgroup_path, now_ns, out);
+    }
+
+    /// Follows a new container (its own cgroup, its path) and reports its creation.
+    fn add(&mut self, container: Container, path: String, ts_ns: u64, out: &mut Output) {
+        out.events.push(Timed {
+            ts_ns,
+            event: Event::ContainerCreate(ContainerCreate {
+                container: ContainerRef::of(&container),
+                preexisting: container.preexisting,
+                agent: container.ident.agent.clone(),
+                init_pid: container.init,
+            }),
+        });
+        let id = container.cgroup_id;
+        self.owner.insert(id, id);
+        self.by_path.insert(path, id);
+        self.containers.insert(id, container);
     }
 
     /// Asks for the Kubernetes names of the container of `cgroup_id` when it is a CRI
@@ -461,44 +480,8 @@ impl<R: Recognize> Model<R> {
             out.untrack.push(r.id);
             return;
         };
-        let agent = ident.agent.clone();
-        let container = Container {
-            ident,
-            cgroup_id: r.id,
-            cgroup_path: path.as_str().into(),
-            created_ns: r.header.ts_ns,
-            preexisting: false,
-            init: None,
-            first_exec_ns: None,
-            init_by_ns: false,
-            init_exit: None,
-            exited_init: None,
-            init_ending: None,
-            last_child_ending: None,
-            oom_victim: None,
-            sends: HashMap::default(),
-            processes: HashSet::default(),
-            bootstrap: HashSet::default(),
-            init_env: None,
-            mounts: Vec::new(),
-            mount_ns_before_start: 0,
-            sub_cgroups: Vec::new(),
-            lingering: false,
-            k8s: None,
-            pod_lookups: 0,
-        };
-        out.events.push(Timed {
-            ts_ns: r.header.ts_ns,
-            event: Event::ContainerCreate(ContainerCreate {
-                container: ContainerRef::of(&container),
-                preexisting: false,
-                agent,
-                init_pid: None,
-            }),
-        });
-        self.owner.insert(r.id, r.id);
-        self.by_path.insert(path, r.id);
-        self.containers.insert(r.id, container);
+        let container = Container::new(ident, r.id, path.as_str(), r.header.ts_ns);
+        self.add(container, path, r.header.ts_ns, out);
     }
 
     fn on_rmdir(&mut self, r: &CgroupRmdirRecord, out: &mut Output) {
