@@ -20,7 +20,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::runtimes::{
     best_effort, busybox_rootfs, kill_shims, log_tail, output_within, parent_cgroups,
-    remove_cgroup, remove_host_path, run_ok, stop_child, Podman, TempDir, Tools, COMMAND_TIMEOUT,
+    remove_cgroup, run_ok, stop_child, HostLeftovers, Podman, TempDir, Tools, COMMAND_TIMEOUT,
     HOST_PATHS,
 };
 
@@ -41,8 +41,7 @@ pub struct CriContainerd {
     pub images: ImageServiceClient<Channel>,
     /// The pod cgroups (relative to each hierarchy's root) the tests made, removed on drop.
     pod_cgroups: Vec<PathBuf>,
-    created_host_paths: Vec<PathBuf>,
-    created_cgroups: Vec<PathBuf>,
+    made: HostLeftovers,
     /// Dropped last: unmounts and removes the state.
     dir: TempDir,
 }
@@ -57,15 +56,7 @@ impl CriContainerd {
         let d = dir.path().to_path_buf();
         let archive = d.join("image.tar");
         build_image(tools, &archive);
-        let created_host_paths = HOST_PATHS
-            .iter()
-            .map(PathBuf::from)
-            .filter(|p| !p.exists())
-            .collect();
-        let created_cgroups = parent_cgroups("kubepods")
-            .into_iter()
-            .filter(|p| !p.exists())
-            .collect();
+        let made = HostLeftovers::note(HOST_PATHS, "kubepods");
 
         let sock = d.join("containerd.sock");
         let config = format!(
@@ -141,8 +132,7 @@ state = {state:?}
             runtime: RuntimeServiceClient::new(channel.clone()),
             images: ImageServiceClient::new(channel),
             pod_cgroups: Vec::new(),
-            created_host_paths,
-            created_cgroups,
+            made,
             dir,
         };
         // containerd is up when its socket answers; the CRI plugin when its Version does (it
@@ -315,22 +305,10 @@ state = {state:?}
         for pod in &self.pod_cgroups {
             for hierarchy in parent_cgroups("") {
                 remove_below(&hierarchy.join(pod));
-                // The QoS class folder (`besteffort`), when the test made it.
-                if let Some(parent) = hierarchy.join(pod).parent() {
-                    if self.created_cgroups.iter().any(|c| parent.starts_with(c)) {
-                        remove_cgroup(parent);
-                    }
-                }
             }
         }
-        for parent in &self.created_cgroups {
-            remove_cgroup(parent);
-        }
-        for path in &self.created_host_paths {
-            if path.exists() {
-                remove_host_path(path);
-            }
-        }
+        // The QoS class folder (`besteffort`) goes with `kubepods` when the test made it.
+        self.made.remove(&["besteffort"]);
     }
 }
 

@@ -566,6 +566,47 @@ pub const HOST_PATHS: &[&str] = &[
 ];
 
 /// The `docker` cgroup (dockerd's default cgroup parent) in every hierarchy, v1 and v2.
+/// What a runtime a test starts makes on the host outside its own folder: shared paths and its
+/// parent cgroup in every hierarchy. Those missing before it starts are noted, and removed
+/// once it is gone (nothing that was there before is touched).
+pub struct HostLeftovers {
+    paths: Vec<PathBuf>,
+    cgroups: Vec<PathBuf>,
+}
+
+impl HostLeftovers {
+    /// Notes which of `paths` and of the parent cgroups `cgroup` do not exist yet.
+    pub fn note(paths: &[&str], cgroup: &str) -> HostLeftovers {
+        HostLeftovers {
+            paths: paths
+                .iter()
+                .map(PathBuf::from)
+                .filter(|p| !p.exists())
+                .collect(),
+            cgroups: parent_cgroups(cgroup)
+                .into_iter()
+                .filter(|p| !p.exists())
+                .collect(),
+        }
+    }
+
+    /// Removes the parent cgroups the runtime made (each one's `children` first) and the host
+    /// paths.
+    pub fn remove(&self, children: &[&str]) {
+        for parent in &self.cgroups {
+            for child in children {
+                remove_cgroup(&parent.join(child));
+            }
+            remove_cgroup(parent);
+        }
+        for path in &self.paths {
+            if path.exists() {
+                remove_host_path(path);
+            }
+        }
+    }
+}
+
 fn docker_parent_cgroups() -> Vec<PathBuf> {
     parent_cgroups("docker")
 }
@@ -714,8 +755,7 @@ pub struct DockerDaemon {
     containerd: Child,
     dockerd: Option<Child>,
     containers: Mutex<Vec<String>>,
-    created_host_paths: Vec<PathBuf>,
-    created_cgroups: Vec<PathBuf>,
+    made: HostLeftovers,
     /// Dropped last: unmounts and removes the state.
     dir: TempDir,
 }
@@ -726,15 +766,7 @@ impl DockerDaemon {
         let started = Instant::now();
         let dir = TempDir::new("docker");
         let d = dir.path().to_path_buf();
-        let created_host_paths = HOST_PATHS
-            .iter()
-            .map(PathBuf::from)
-            .filter(|p| !p.exists())
-            .collect();
-        let created_cgroups = docker_parent_cgroups()
-            .into_iter()
-            .filter(|p| !p.exists())
-            .collect();
+        let made = HostLeftovers::note(HOST_PATHS, "docker");
 
         let ctd = d.join("containerd");
         let ctd_sock = ctd.join("containerd.sock");
@@ -769,8 +801,7 @@ impl DockerDaemon {
             containerd,
             dockerd: None,
             containers: Mutex::new(Vec::new()),
-            created_host_paths,
-            created_cgroups,
+            made,
             dir,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -927,14 +958,7 @@ impl DockerDaemon {
                 remove_cgroup(&parent.join(id));
             }
         }
-        for parent in &self.created_cgroups {
-            remove_cgroup(parent);
-        }
-        for path in &self.created_host_paths {
-            if path.exists() {
-                remove_host_path(path);
-            }
-        }
+        self.made.remove(&[]);
     }
 }
 
@@ -964,8 +988,7 @@ pub struct Podman {
     podman: PathBuf,
     runc: PathBuf,
     containers: Mutex<Vec<String>>,
-    created_host_paths: Vec<PathBuf>,
-    created_cgroups: Vec<PathBuf>,
+    made: HostLeftovers,
     /// Dropped last: unmounts and removes the state.
     dir: TempDir,
 }
@@ -985,15 +1008,7 @@ impl Podman {
             podman: tools.get("podman").to_path_buf(),
             runc: tools.get("runc").to_path_buf(),
             containers: Mutex::new(Vec::new()),
-            created_host_paths: PODMAN_HOST_PATHS
-                .iter()
-                .map(PathBuf::from)
-                .filter(|p| !p.exists())
-                .collect(),
-            created_cgroups: parent_cgroups("libpod_parent")
-                .into_iter()
-                .filter(|p| !p.exists())
-                .collect(),
+            made: HostLeftovers::note(PODMAN_HOST_PATHS, "libpod_parent"),
             dir: TempDir::new("podman"),
         }
     }
@@ -1094,15 +1109,7 @@ impl Drop for Podman {
                 remove_cgroup(&parent.join(format!("libpod-{id}")));
             }
         }
-        for parent in &self.created_cgroups {
-            remove_cgroup(&parent.join("conmon"));
-            remove_cgroup(parent);
-        }
-        for path in &self.created_host_paths {
-            if path.exists() {
-                remove_host_path(path);
-            }
-        }
+        self.made.remove(&["conmon"]);
         // `dir` (a TempDir) then unmounts what podman left mounted and removes the state.
     }
 }
