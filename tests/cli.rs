@@ -251,7 +251,6 @@ fn core_programs() -> Vec<(String, String)> {
     [
         ("cgroup_mkdir", "tracing"),
         ("cgroup_rmdir", "tracepoint"),
-        ("cgroup_attach_task", "tracing"),
         ("sched_process_exec", "tracepoint"),
         ("sched_process_exit", "tracepoint"),
         ("signal_generate", "tracing"),

@@ -69,7 +69,6 @@ fn touch_strings(record: &Record) {
             let path = sized_str(&r.path, r.path_len);
             assert!(path.len() <= 3 * r.path.len());
         }
-        Record::Attach(r) => drop(c_str(&r.target_comm)),
         Record::Exec(r) => {
             drop(c_str(&r.comm));
             drop(sized_str(&r.filename, r.filename_len));

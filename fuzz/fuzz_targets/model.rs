@@ -29,7 +29,7 @@ use libfuzzer_sys::{
     fuzz_target,
 };
 use tracer_common::{
-    AttachRecord, CgroupRecord, ExecEnvRecord, ExecRecord, ExitRecord, Header, Kind, OomRecord,
+    CgroupRecord, ExecEnvRecord, ExecRecord, ExitRecord, Header, Kind, OomRecord,
     SignalRecord, CGROUP_PATH_LEN,
 };
 
@@ -181,9 +181,8 @@ fn step(
     let mut rec = match u.int_in_range(0..=9u8)? {
         0 => record::<CgroupRecord>(u, Kind::CgroupMkdir)?,
         1 => record::<CgroupRecord>(u, Kind::CgroupRmdir)?,
-        2 => record::<AttachRecord>(u, Kind::CgroupAttach)?,
-        3 => record::<ExecRecord>(u, Kind::ProcessExec)?,
-        4 => record::<ExitRecord>(u, Kind::ProcessExit)?,
+        2 => record::<ExecRecord>(u, Kind::ProcessExec)?,
+        3 | 4 => record::<ExitRecord>(u, Kind::ProcessExit)?,
         5 => record::<SignalRecord>(u, Kind::Signal)?,
         6 => record::<OomRecord>(u, Kind::OomMark)?,
         7 => record::<ExecEnvRecord>(u, Kind::ProcessExec)?,
@@ -219,11 +218,6 @@ fn step(
         Record::CgroupRmdir(r) => {
             header(u, &mut r.header, now)?;
             r.id = small_cgroup(u)?;
-        }
-        Record::Attach(r) => {
-            header(u, &mut r.header, now)?;
-            r.dst_cgroup_id = small_cgroup(u)?;
-            r.target_pid = small_pid(u)?;
         }
         Record::Exec(r) => {
             header(u, &mut r.header, now)?;

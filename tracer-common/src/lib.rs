@@ -39,7 +39,8 @@ pub const CGROUP_V2_HIERARCHY: i32 = 0;
 pub enum Kind {
     CgroupMkdir = 1,
     CgroupRmdir = 2,
-    CgroupAttach = 3,
+    // 3 was a task moved into a followed cgroup (`cgroup_attach_task`): its evidence, the
+    // runtime's bootstrap stages, is told by their names and pid namespace instead.
     ProcessExec = 4,
     ProcessExit = 5,
     Signal = 6,
@@ -53,12 +54,11 @@ pub enum Kind {
 
 impl Kind {
     /// How many kinds there are.
-    pub const COUNT: usize = 9;
+    pub const COUNT: usize = 8;
     /// Every kind, in [`Kind::index`] order.
     pub const ALL: [Kind; Kind::COUNT] = [
         Kind::CgroupMkdir,
         Kind::CgroupRmdir,
-        Kind::CgroupAttach,
         Kind::ProcessExec,
         Kind::ProcessExit,
         Kind::Signal,
@@ -72,7 +72,6 @@ impl Kind {
         Some(match value {
             1 => Kind::CgroupMkdir,
             2 => Kind::CgroupRmdir,
-            3 => Kind::CgroupAttach,
             4 => Kind::ProcessExec,
             5 => Kind::ProcessExit,
             6 => Kind::Signal,
@@ -88,13 +87,12 @@ impl Kind {
         match self {
             Kind::CgroupMkdir => 0,
             Kind::CgroupRmdir => 1,
-            Kind::CgroupAttach => 2,
-            Kind::ProcessExec => 3,
-            Kind::ProcessExit => 4,
-            Kind::Signal => 5,
-            Kind::OomMark => 6,
-            Kind::Mount => 7,
-            Kind::DeviceAccess => 8,
+            Kind::ProcessExec => 2,
+            Kind::ProcessExit => 3,
+            Kind::Signal => 4,
+            Kind::OomMark => 5,
+            Kind::Mount => 6,
+            Kind::DeviceAccess => 7,
         }
     }
 
@@ -103,7 +101,6 @@ impl Kind {
         match self {
             Kind::CgroupMkdir => "cgroup_mkdir",
             Kind::CgroupRmdir => "cgroup_rmdir",
-            Kind::CgroupAttach => "cgroup_attach",
             Kind::ProcessExec => "exec",
             Kind::ProcessExit => "exit",
             Kind::Signal => "signal",
@@ -119,7 +116,6 @@ impl Kind {
         match self {
             Kind::CgroupMkdir => "cgroup_mkdir",
             Kind::CgroupRmdir => "cgroup_rmdir",
-            Kind::CgroupAttach => "cgroup_attach_task",
             Kind::ProcessExec => "sched_process_exec",
             Kind::ProcessExit => "sched_process_exit",
             Kind::Signal => "signal_generate",
@@ -322,20 +318,6 @@ pub struct CgroupRmdirRecord {
     /// Depth below the root.
     pub level: u32,
     pub _reserved: u32,
-}
-
-/// `cgroup:cgroup_attach_task` into a tracked v2 cgroup (a task written to `cgroup.procs`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct AttachRecord {
-    /// The header describes the writer (for instance the runtime), not the task moved.
-    pub header: Header,
-    /// The cgroup the task moved into.
-    pub dst_cgroup_id: u64,
-    /// Thread id of the task moved.
-    pub target_pid: u32,
-    pub _reserved: u32,
-    pub target_comm: [u8; COMM_LEN],
 }
 
 /// `sched:sched_process_exec` in a tracked cgroup.
@@ -722,7 +704,6 @@ const _: () = {
     use core::mem::{align_of, size_of};
     assert!(size_of::<Header>() == 32);
     assert!(size_of::<CgroupRecord>() == 32 + 16 + CGROUP_PATH_LEN);
-    assert!(size_of::<AttachRecord>() == 32 + 16 + COMM_LEN);
     assert!(size_of::<ExecRecord>() == 32 + 24 + COMM_LEN + FILENAME_LEN);
     assert!(size_of::<CgroupRmdirRecord>() == 32 + 16);
     assert!(size_of::<ExitRecord>() == 32 + 24 + COMM_LEN);

@@ -1,18 +1,17 @@
-//! `cgroup:cgroup_mkdir`, `cgroup:cgroup_rmdir` and `cgroup:cgroup_attach_task` on the v2
-//! hierarchy: where containers begin and end, and how their first process gets in.
+//! `cgroup:cgroup_mkdir` and `cgroup:cgroup_rmdir` on the v2 hierarchy: where containers begin
+//! and end.
 
 use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
 use tracer_common::{
-    tp::cgroup_rmdir, AttachRecord, CgroupRecord, CgroupRmdirRecord, Kind, CGROUP_PATH_LEN,
-    CGROUP_V2_HIERARCHY,
+    tp::cgroup_rmdir, CgroupRecord, CgroupRmdirRecord, Kind, CGROUP_PATH_LEN, CGROUP_V2_HIERARCHY,
 };
 
 use crate::{
-    follow::{follow_new, followed, unfollow},
-    kernel::{Cgroup, Task},
+    follow::{follow_new, unfollow},
+    kernel::Cgroup,
     ring::{counted, header, reserve, send, submit, Done},
     tp::{field, read_kernel_str},
 };
@@ -76,32 +75,5 @@ fn try_cgroup_rmdir(ctx: &TracePointContext) -> Done {
         id,
         level: level as u32,
         _reserved: 0,
-    })
-}
-
-/// Runs in the writer's context (who wrote to `cgroup.procs`), with the destination cgroup and
-/// the task moved (a process's leader when the whole process moves) as arguments.
-#[btf_tracepoint(function = "cgroup_attach_task")]
-pub fn cgroup_attach_task(ctx: BtfTracePointContext) -> u32 {
-    counted(Kind::CgroupAttach, try_cgroup_attach_task(&ctx));
-    0
-}
-
-fn try_cgroup_attach_task(ctx: &BtfTracePointContext) -> Done {
-    // SAFETY: the first argument is the destination `struct cgroup *`, the third the
-    // `struct task_struct *` moved.
-    let (dst, task) = unsafe { (Cgroup::from_arg(ctx.arg(0)), Task::from_arg(ctx.arg(2))) };
-    if dst.hierarchy() != CGROUP_V2_HIERARCHY {
-        return Ok(());
-    }
-    let Some((dst_id, _)) = followed(dst) else {
-        return Ok(());
-    };
-    send(AttachRecord {
-        header: header(Kind::CgroupAttach),
-        dst_cgroup_id: dst_id,
-        target_pid: task.ids().0,
-        _reserved: 0,
-        target_comm: task.comm(),
     })
 }

@@ -16,7 +16,7 @@ use clawtrace::{
         labels::LabelPolicy,
     },
     model::{containers::Recognizer, Model, ModelConfig, Output},
-    replay::{self, cgroup, comm, exec, exec_with_env, exit, header, HOST_CGROUP, RUNTIME_PID},
+    replay::{self, cgroup, exec, exec_with_env, exit, HOST_CGROUP, RUNTIME_PID},
     sinks::{
         export::{ExportConfig, InlineWorker},
         terminal::{Format, Printer},
@@ -25,7 +25,7 @@ use clawtrace::{
     sys::WallClock,
 };
 use criterion::{criterion_group, Criterion, Throughput};
-use tracer_common::{AttachRecord, Kind};
+use tracer_common::Kind;
 
 /// Containers in the recorded stream.
 const CONTAINERS: u64 = 2_000;
@@ -56,13 +56,6 @@ fn container(i: u64, start_ns: u64, keep: bool) -> Vec<Record> {
     let agent = format!("agent-{}", i % 16);
     let mut records = vec![
         cgroup(Kind::CgroupMkdir, start_ns, cg, &path),
-        Record::Attach(AttachRecord {
-            header: header(Kind::CgroupAttach, tick(), RUNTIME_PID, HOST_CGROUP),
-            dst_cgroup_id: cg,
-            target_pid: init,
-            _reserved: 0,
-            target_comm: comm("runc:[2:INIT]"),
-        }),
         exec_with_env(tick(), cg, init, "/usr/bin/agent", &agent),
     ];
     if keep {

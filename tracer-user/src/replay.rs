@@ -2,9 +2,9 @@
 //! the model's tests, the pipeline benchmark and the fuzz targets build their streams here.
 
 use tracer_common::{
-    Ancestor, AttachRecord, CgroupRecord, CgroupRmdirRecord, EnvValue, ExecEnvRecord, ExecRecord,
-    ExitRecord, Header, Kind, OomRecord, SignalRecord, ANCESTRY_LEN, CGROUP_PATH_LEN, COMM_LEN,
-    ENV_VALUE_LEN, FILENAME_LEN,
+    Ancestor, CgroupRecord, CgroupRmdirRecord, EnvValue, ExecEnvRecord, ExecRecord, ExitRecord,
+    Header, Kind, OomRecord, SignalRecord, ANCESTRY_LEN, CGROUP_PATH_LEN, COMM_LEN, ENV_VALUE_LEN,
+    FILENAME_LEN,
 };
 
 use crate::{model::attribution::SignalOrigin, source::decode::Record};
@@ -53,17 +53,6 @@ pub fn cgroup(record_kind: Kind, ts_ns: u64, id: u64, path: &str) -> Record {
         level,
         path_len: n as u32,
         path: p,
-    })
-}
-
-/// The runtime moving `pid` into cgroup `cgroup_id`.
-pub fn attach(ts_ns: u64, cgroup_id: u64, pid: u32) -> Record {
-    Record::Attach(AttachRecord {
-        header: header(Kind::CgroupAttach, ts_ns, RUNTIME_PID, HOST_CGROUP),
-        dst_cgroup_id: cgroup_id,
-        target_pid: pid,
-        _reserved: 0,
-        target_comm: comm("runc:[2:INIT]"),
     })
 }
 

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use foldhash::{HashMap, HashSet};
 
 use tracer_common::{
-    mount_call, AttachRecord, CgroupRecord, CgroupRmdirRecord, DeviceAccessRecord, EnvValue,
-    ExecRecord, ExitRecord, MountRecord, OomRecord, SignalRecord,
+    mount_call, CgroupRecord, CgroupRmdirRecord, DeviceAccessRecord, EnvValue, ExecRecord,
+    ExitRecord, MountRecord, OomRecord, SignalRecord,
 };
 
 pub mod attribution;
@@ -107,8 +107,9 @@ pub struct Container {
     pub sends: HashMap<u32, Sends>,
     /// Processes of the container's payload known to be alive.
     pub processes: HashSet<u32>,
-    /// Processes moved into the container that have not exec'd in it: the runtime's helpers
-    /// (runc's bootstrap stages), until they exec the payload.
+    /// Processes in the container's cgroup known to be the runtime's helpers (a runtime's
+    /// binary exec'd there before the init, a process that exec'd before pid 1 of the
+    /// namespace did, a helper's child), until they exec the payload.
     pub bootstrap: HashSet<u32>,
     /// The agent-name variable the kernel read from the first exec's environment, and whose.
     pub init_env: Option<(u32, Vec<u8>)>,
@@ -414,7 +415,6 @@ impl<R: Recognize> Model<R> {
         match record {
             Record::CgroupMkdir(r) => self.on_mkdir(r, out),
             Record::CgroupRmdir(r) => self.on_rmdir(r, out),
-            Record::Attach(r) => self.on_attach(r),
             Record::Exec(r) => self.on_exec(r, out),
             Record::ExecEnv(r) => {
                 self.on_init_env(&r.exec, &r.env);
@@ -530,19 +530,6 @@ impl<R: Recognize> Model<R> {
                 }),
             }),
         });
-    }
-
-    fn on_attach(&mut self, r: &AttachRecord) {
-        let Some(c) = self
-            .owner
-            .get(&r.dst_cgroup_id)
-            .and_then(|id| self.containers.get_mut(id))
-        else {
-            return;
-        };
-        if !c.processes.contains(&r.target_pid) {
-            c.bootstrap.insert(r.target_pid);
-        }
     }
 
     /// The agent-name variable, as the kernel side read it at the first exec in the cgroup or at
@@ -976,16 +963,18 @@ impl<R: Recognize> Model<R> {
             return;
         };
         // A runtime's helper that never ran the payload, or its child that did not either, or
-        // a process under a runtime's name before the container has an init (runc's bootstrap
-        // stages, which runc forks with CLONE_PARENT, so their parent is outside), or, once the container's init is pid 1 of its own pid
-        // namespace, any process outside that namespace that did not exec the payload: not a
-        // process of the container. (Helpers stay known until the container goes, so that a
-        // helper's child that outlives its parent is still told apart.)
+        // a process under a runtime's name that never exec'd the payload (runc's bootstrap
+        // stages, `runc:[0:PARENT]` and its kin, which runc forks with CLONE_PARENT, so their
+        // parent is outside, and which may exit after the payload's exec), or, once the
+        // container's init is pid 1 of its own pid namespace, any process outside that
+        // namespace that did not exec the payload: not a process of the container. (Helpers
+        // stay known until the container goes, so that a helper's child that outlives its
+        // parent is still told apart.)
         let payload = c.processes.contains(&tgid);
         if !payload
             && (c.bootstrap.contains(&tgid)
                 || c.bootstrap.contains(&r.parent_tgid)
-                || (c.init.is_none() && is_runtime(&c_str(&r.comm)))
+                || is_runtime(&c_str(&r.comm))
                 || (c.init_by_ns && r.ns_level <= self.config.host_ns_level))
         {
             c.bootstrap.insert(tgid);
@@ -1101,7 +1090,7 @@ fn verdict(c: &Container) -> Option<(ExitCause, ProcessRef)> {
 mod tests {
     use super::*;
     use crate::model::containers::Recognizer;
-    use crate::replay::{attach, cgroup, exec, exit as exit_of_child, origin, sent, signal};
+    use crate::replay::{cgroup, exec, exit as exit_of_child, named, origin, sent, signal};
     use tracer_common::Kind;
 
     const HOST_CG: u64 = crate::replay::HOST_CGROUP;
@@ -1148,7 +1137,6 @@ mod tests {
         child_slots: &[SignalOrigin],
         oom: bool,
     ) -> (Option<ExitCause>, Option<u32>, Option<u32>) {
-        use crate::replay::named;
         let path = format!("/docker/{}", id64('c'));
         let mut m = model();
         let mut records = vec![
@@ -1408,7 +1396,7 @@ mod tests {
     /// payload is the container's, and the agent-name variable is the payload's.
     #[test]
     fn runc_re_exec_and_its_clone_parent_stages_are_helpers() {
-        use crate::replay::{exec_with_env, exit_in_ns, named};
+        use crate::replay::{exec_with_env, exit_in_ns};
         let path = format!("/libpod_parent/libpod-{}", id64('c'));
         let mut m = model();
         let (parent, child, init, sibling) = (800, 801, 802, 803);
@@ -1421,7 +1409,6 @@ mod tests {
             &mut m,
             &[
                 cgroup(Kind::CgroupMkdir, SECOND, 100, &path),
-                attach(SECOND + 5, 100, parent),
                 named(exec(SECOND + 10, 100, parent, "/dev/fd/6"), "runc"),
                 named(
                     exit_in_ns(SECOND + 20, 100, child, RUNTIME, 0, 0),
@@ -1485,7 +1472,6 @@ mod tests {
             &mut m,
             &[
                 cgroup(Kind::CgroupMkdir, SECOND, 100, &path),
-                attach(SECOND + 1000, 100, 500),
                 exec(SECOND + 250_000_000, 100, 500, "/usr/bin/agent"),
                 signal(5 * SECOND, RUNTIME, HOST_CG, 500, 100, 15, 0),
                 signal(15 * SECOND, RUNTIME, HOST_CG, 500, 100, 9, 0),
@@ -1534,7 +1520,8 @@ mod tests {
     }
 
     /// runc moves its bootstrap process in, which forks a child, which forks the container's
-    /// init; only the init execs the payload. The bootstrap stages are not the container's.
+    /// init; only the init execs the payload. The bootstrap stages, named by runc, are not the
+    /// container's, also the first, which exits after the payload's exec here.
     #[test]
     fn runc_bootstrap_stages_are_not_the_container() {
         let path = "/job-1";
@@ -1546,10 +1533,15 @@ mod tests {
             &mut m,
             &[
                 cgroup(Kind::CgroupMkdir, SECOND, 900, path),
-                attach(SECOND, 900, 910),
-                exit_of_child(2 * SECOND, 900, 911, 910, 0),
+                named(
+                    exit_of_child(2 * SECOND, 900, 911, RUNTIME, 0),
+                    "runc:[1:CHILD]",
+                ),
                 exec(2 * SECOND, 900, 912, "/bin/sleep"),
-                exit_of_child(2 * SECOND, 900, 910, RUNTIME, 0),
+                named(
+                    exit_of_child(2 * SECOND, 900, 910, RUNTIME, 0),
+                    "runc:[0:PARENT]",
+                ),
                 sent(&origin(3 * SECOND, RUNTIME, HOST_CG, 9, 0), 912, 900),
                 exit_of_child(3 * SECOND, 900, 912, 911, 9),
                 cgroup(Kind::CgroupRmdir, 4 * SECOND, 900, path),

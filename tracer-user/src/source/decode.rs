@@ -4,8 +4,8 @@
 use std::mem::size_of;
 
 use tracer_common::{
-    AttachRecord, CgroupRecord, CgroupRmdirRecord, DeviceAccessRecord, ExecEnvRecord, ExecRecord,
-    ExitRecord, Header, Kind, MountRecord, OomRecord, SignalRecord,
+    CgroupRecord, CgroupRmdirRecord, DeviceAccessRecord, ExecEnvRecord, ExecRecord, ExitRecord,
+    Header, Kind, MountRecord, OomRecord, SignalRecord,
 };
 
 /// One decoded record.
@@ -13,7 +13,6 @@ use tracer_common::{
 pub enum Record {
     CgroupMkdir(CgroupRecord),
     CgroupRmdir(CgroupRmdirRecord),
-    Attach(AttachRecord),
     Exec(ExecRecord),
     /// The first exec in a container, with the agent-name variable of its environment.
     ExecEnv(ExecEnvRecord),
@@ -99,7 +98,6 @@ impl Record {
         Ok(match kind {
             Kind::CgroupMkdir => Record::CgroupMkdir(read(bytes, k)?),
             Kind::CgroupRmdir => Record::CgroupRmdir(read(bytes, k)?),
-            Kind::CgroupAttach => Record::Attach(read(bytes, k)?),
             Kind::ProcessExec => read_exec(bytes)?,
             Kind::ProcessExit => Record::Exit(read(bytes, k)?),
             Kind::Signal => Record::Signal(read(bytes, k)?),
@@ -113,7 +111,6 @@ impl Record {
         match self {
             Record::CgroupMkdir(r) => &r.header,
             Record::CgroupRmdir(r) => &r.header,
-            Record::Attach(r) => &r.header,
             Record::Exec(r) => &r.header,
             Record::ExecEnv(r) => &r.exec.header,
             Record::Exit(r) => &r.header,
@@ -138,7 +135,6 @@ impl Record {
         match self {
             Record::CgroupMkdir(_) => Kind::CgroupMkdir,
             Record::CgroupRmdir(_) => Kind::CgroupRmdir,
-            Record::Attach(_) => Kind::CgroupAttach,
             Record::Exec(_) | Record::ExecEnv(_) => Kind::ProcessExec,
             Record::Exit(_) => Kind::ProcessExit,
             Record::Signal(_) => Kind::Signal,
@@ -160,7 +156,6 @@ impl Record {
         match self {
             Record::CgroupMkdir(r) => bytes_of(r),
             Record::CgroupRmdir(r) => bytes_of(r),
-            Record::Attach(r) => bytes_of(r),
             Record::Exec(r) => bytes_of(r),
             Record::ExecEnv(r) => bytes_of(r),
             Record::Exit(r) => bytes_of(r),
@@ -228,13 +223,6 @@ mod tests {
                 id: 99,
                 level: 2,
                 _reserved: 0,
-            }),
-            Record::Attach(AttachRecord {
-                header: head(Kind::CgroupAttach),
-                dst_cgroup_id: 99,
-                target_pid: 50,
-                _reserved: 0,
-                target_comm: comm("sleep"),
             }),
             Record::Exec(ExecRecord {
                 header: head(Kind::ProcessExec),
@@ -349,8 +337,10 @@ mod tests {
         kinds.dedup();
         assert_eq!(
             kinds,
-            // 8 and 10 are kinds no longer written.
-            (1..=11).filter(|&k| k != 8 && k != 10).collect::<Vec<_>>(),
+            // 3, 8 and 10 are kinds no longer written.
+            (1..=11)
+                .filter(|k| ![3, 8, 10].contains(k))
+                .collect::<Vec<_>>(),
             "a record kind lacks a sample"
         );
         for record in samples {
@@ -465,7 +455,6 @@ mod tests {
         let mut counted: Vec<(&str, u64)> = counts.iter().map(|(k, n)| (k.name(), n)).collect();
         counted.sort();
         let mut expected = vec![
-            ("cgroup_attach", 1),
             ("cgroup_mkdir", 1),
             ("cgroup_rmdir", 1),
             ("device_access", 1),

@@ -108,20 +108,6 @@ pub const HOOKS: &[Hook] = &[
         when: When::Always,
     },
     Hook {
-        category: "cgroup",
-        name: "cgroup_attach_task",
-        program: "cgroup_attach_task",
-        fields: &[],
-        btf_args: Some(&[
-            "struct cgroup *",
-            "const char *",
-            "struct task_struct *",
-            "bool",
-        ]),
-        group: HookGroup::Core,
-        when: When::Always,
-    },
-    Hook {
         category: "sched",
         name: "sched_process_exec",
         program: "sched_process_exec",
