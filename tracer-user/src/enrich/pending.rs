@@ -84,7 +84,7 @@ pub struct Pending {
     /// By cgroup id, looked up on every event (foldhash: see the model's tables).
     containers: HashMap<u64, Entry>,
     /// The agent-name variable the kernel read at each container's init exec, until used.
-    init_env: HashMap<u64, Vec<u8>>,
+    init_env: HashMap<u64, std::sync::Arc<[u8]>>,
     misses: [u64; SettleMiss::ALL.len()],
 }
 
@@ -108,7 +108,8 @@ impl Pending {
             ..
         } = note
         {
-            self.init_env.insert(*cgroup_id, value.clone());
+            self.init_env
+                .insert(*cgroup_id, std::sync::Arc::clone(value));
         }
     }
 

@@ -12,6 +12,11 @@ use super::{
     volumes::{ReadOnly, ViolationKind},
 };
 
+/// A process name as events carry it: a kernel `comm` (at most 15 bytes), held inline, so that
+/// an event about a process allocates nothing for its name. Reads as a `str`, serializes as a
+/// string.
+pub type Comm = compact_str::CompactString;
+
 /// The fields every container event carries.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ContainerRef {
@@ -50,7 +55,7 @@ pub struct Sender {
     pub pid: u32,
     /// The sending thread.
     pub tid: u32,
-    pub comm: String,
+    pub comm: Comm,
     pub cgroup_id: u64,
     /// The sender's container, when it is in one.
     pub container_id: Option<Arc<str>>,
@@ -65,7 +70,7 @@ pub struct Sender {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AncestorRef {
     pub pid: u32,
-    pub comm: String,
+    pub comm: Comm,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -105,7 +110,7 @@ pub struct ContainerDelete {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ProcessRef {
     pub pid: u32,
-    pub comm: String,
+    pub comm: Comm,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -113,7 +118,7 @@ pub struct ProcessExec {
     #[serde(flatten)]
     pub container: ContainerRef,
     pub pid: u32,
-    pub comm: String,
+    pub comm: Comm,
     pub filename: String,
     pub is_container_init: bool,
     /// For the container's first exec: seconds since the cgroup was created.
@@ -128,7 +133,7 @@ pub struct MountCall {
     #[serde(flatten)]
     pub container: ContainerRef,
     pub pid: u32,
-    pub comm: String,
+    pub comm: Comm,
     /// `mount`, `umount2`, `mount_setattr`, `open_tree`, `move_mount`, `fsmount`, `fsconfig`.
     pub call: &'static str,
     pub source: String,
@@ -161,7 +166,7 @@ pub struct DeviceAccess {
     pub container: ContainerRef,
     /// The caller, on kernels that let device programs name it (absent elsewhere).
     pub pid: Option<u32>,
-    pub comm: Option<String>,
+    pub comm: Option<Comm>,
     /// The node under /dev with this number, or `char MAJOR:MINOR` when /dev has none.
     pub device: String,
     pub major: u32,
@@ -241,7 +246,7 @@ pub struct SignalSent {
     pub signal: Cow<'static, str>,
     pub target_pid: u32,
     pub target_tid: u32,
-    pub target_comm: String,
+    pub target_comm: Comm,
     pub sender: Sender,
     pub sender_kind: SenderKind,
     pub si_code: i32,
@@ -260,7 +265,7 @@ pub struct ProcessExit {
     #[serde(flatten)]
     pub container: ContainerRef,
     pub pid: u32,
-    pub comm: String,
+    pub comm: Comm,
     pub is_container_init: bool,
     /// Shell-style: the exit code, or 128 + signal.
     pub exit_code: u32,
@@ -304,7 +309,7 @@ impl SyscallRef {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct InitRef {
     pub pid: u32,
-    pub comm: String,
+    pub comm: Comm,
     /// Its own cause and sender, when it is the container's init the tracer saw exit.
     pub cause: Option<ExitCause>,
     pub sender: Option<Sender>,

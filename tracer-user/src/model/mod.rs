@@ -30,7 +30,7 @@ use self::{
     containers::{ContainerIdent, Recognize},
     volumes::{Bind, Violation},
 };
-use crate::source::decode::{c_str, sized_str, Record};
+use crate::source::decode::{c_str, comm_str, sized_str, Record};
 
 fn call_name(call: u32) -> &'static str {
     match call {
@@ -112,7 +112,7 @@ pub struct Container {
     /// namespace did, a helper's child), until they exec the payload.
     pub bootstrap: HashSet<u32>,
     /// The agent-name variable the kernel read from the first exec's environment, and whose.
-    pub init_env: Option<(u32, Vec<u8>)>,
+    pub init_env: Option<(u32, Arc<[u8]>)>,
     /// The bind mounts it made and their read-only state.
     pub mounts: Vec<Bind>,
     /// Time its mount calls took before its first exec.
@@ -247,7 +247,7 @@ pub enum Note {
         /// Its mount namespace's inode number (0: not known).
         mnt_ns: u32,
         /// The agent-name variable of its environment, as the kernel read it (raw, untrusted).
-        agent_env: Option<Vec<u8>>,
+        agent_env: Option<Arc<[u8]>>,
     },
     /// A GPU's number of users changed.
     GpuUsers(gpu::GpuUsers),
@@ -283,6 +283,9 @@ pub struct Model<R> {
     device_users: gpu::DeviceUsers,
     /// The /dev node of each device number, as the caller found them ([`Model::name_device`]).
     device_names: HashMap<(u32, u32), Arc<str>>,
+    /// The ancestry of a sender whose send was not seen, shared by every such exit rather than
+    /// allocated for each.
+    no_ancestry: Arc<[AncestorRef]>,
 }
 
 /// `mount(2)` flags the model reads.
@@ -308,6 +311,7 @@ impl<R: Recognize> Model<R> {
             gone: HashMap::default(),
             device_users: gpu::DeviceUsers::default(),
             device_names: HashMap::default(),
+            no_ancestry: Arc::from([]),
         }
     }
 
@@ -545,7 +549,7 @@ impl<R: Recognize> Model<R> {
         };
         let len = (env.value_len as usize).min(env.value.len());
         if c.init_env.is_none() || ns_init {
-            c.init_env = Some((r.header.tgid, env.value[..len].to_vec()));
+            c.init_env = Some((r.header.tgid, Arc::from(&env.value[..len])));
         }
     }
 
@@ -564,7 +568,7 @@ impl<R: Recognize> Model<R> {
             return;
         };
         let tgid = r.header.tgid;
-        let comm = c_str(&r.comm);
+        let comm = comm_str(&r.comm);
         if !ns_init && c.init.is_none() && is_runtime(&comm) {
             // A runtime's own binary run in the cgroup before the container has an init, from
             // outside its pid namespace (runc re-executing itself from its sealed copy, crun,
@@ -612,7 +616,7 @@ impl<R: Recognize> Model<R> {
                 pid: tgid,
                 mnt_ns: r.mnt_ns,
                 agent_env: match &c.init_env {
-                    Some((pid, value)) if *pid == tgid => Some(value.clone()),
+                    Some((pid, value)) if *pid == tgid => Some(Arc::clone(value)),
                     _ => None,
                 },
             });
@@ -702,7 +706,7 @@ impl<R: Recognize> Model<R> {
             event: Event::DeviceAccess(DeviceAccess {
                 container: container.clone(),
                 pid: caller,
-                comm: caller.map(|_| c_str(&r.comm)),
+                comm: caller.map(|_| comm_str(&r.comm)),
                 device: device.clone(),
                 major: r.major,
                 minor: r.minor,
@@ -768,7 +772,7 @@ impl<R: Recognize> Model<R> {
             event: Event::Mount(MountCall {
                 container: ContainerRef::of(c),
                 pid: r.header.tgid,
-                comm: c_str(&r.comm),
+                comm: comm_str(&r.comm),
                 call: call_name(r.call),
                 source,
                 target,
@@ -845,7 +849,7 @@ impl<R: Recognize> Model<R> {
         kind: SenderKind,
         ancestry: Arc<[AncestorRef]>,
     ) -> Sender {
-        let comm = c_str(comm);
+        let comm = comm_str(comm);
         let class = SenderClass::of(kind, &comm, ancestry.iter().map(|a| a.comm.as_str()));
         Sender {
             pid: tgid,
@@ -875,7 +879,7 @@ impl<R: Recognize> Model<R> {
             .iter()
             .map(|a| AncestorRef {
                 pid: a.tgid,
-                comm: c_str(&a.comm),
+                comm: comm_str(&a.comm),
             })
             .collect();
         let event = SignalSent {
@@ -883,7 +887,7 @@ impl<R: Recognize> Model<R> {
             signal: signal_name(r.signal),
             target_pid: r.target_tgid,
             target_tid: r.target_pid,
-            target_comm: c_str(&r.target_comm),
+            target_comm: comm_str(&r.target_comm),
             sender: self.sender(
                 h.pid,
                 h.tgid,
@@ -949,7 +953,7 @@ impl<R: Recognize> Model<R> {
                 .iter()
                 .find(|(signal, _)| *signal == k.signal)
                 .map(|(_, a)| Arc::clone(a))
-                .unwrap_or_else(|| Arc::from([]));
+                .unwrap_or_else(|| Arc::clone(&self.no_ancestry));
             self.sender(
                 k.sender_pid,
                 k.sender_tgid,
@@ -974,7 +978,7 @@ impl<R: Recognize> Model<R> {
         if !payload
             && (c.bootstrap.contains(&tgid)
                 || c.bootstrap.contains(&r.parent_tgid)
-                || is_runtime(&c_str(&r.comm))
+                || is_runtime(&comm_str(&r.comm))
                 || (c.init_by_ns && r.ns_level <= self.config.host_ns_level))
         {
             c.bootstrap.insert(tgid);
@@ -985,7 +989,7 @@ impl<R: Recognize> Model<R> {
         let ending = Ending {
             process: ProcessRef {
                 pid: tgid,
-                comm: c_str(&r.comm),
+                comm: comm_str(&r.comm),
             },
             status: verdict.status,
             cause: verdict.cause,
@@ -1002,7 +1006,7 @@ impl<R: Recognize> Model<R> {
             c.init_exit = Some((r.header.ts_ns, verdict.status, verdict.cause));
             c.exited_init = Some(InitRef {
                 pid: tgid,
-                comm: c_str(&r.comm),
+                comm: comm_str(&r.comm),
                 cause: Some(verdict.cause),
                 sender: sender.clone(),
             });
@@ -1013,7 +1017,7 @@ impl<R: Recognize> Model<R> {
                 // An init of a pid namespace of the container's own, not its init.
                 _ => InitRef {
                     pid: k.sender_tgid,
-                    comm: c_str(&k.sender_comm),
+                    comm: comm_str(&k.sender_comm),
                     cause: None,
                     sender: None,
                 },
@@ -1032,7 +1036,7 @@ impl<R: Recognize> Model<R> {
             event: Event::ProcessExit(Box::new(ProcessExit {
                 container: ContainerRef::of(c),
                 pid: tgid,
-                comm: c_str(&r.comm),
+                comm: comm_str(&r.comm),
                 is_container_init: is_init,
                 exit_code: verdict.status.shell_code(),
                 signal,
@@ -1441,7 +1445,7 @@ mod tests {
                 cgroup_id: 100,
                 pid: init,
                 mnt_ns: 0,
-                agent_env: Some(b"pm_agent".to_vec())
+                agent_env: Some(Arc::from(&b"pm_agent"[..]))
             }]
         );
         let exits: Vec<(u32, bool)> = ev

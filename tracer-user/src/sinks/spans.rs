@@ -63,7 +63,10 @@ fn sender_attributes(prefix: &'static str, sender: &Sender, out: &mut Vec<KeyVal
         format!("{prefix}.pid"),
         i64::from(sender.pid),
     ));
-    out.push(KeyValue::new(format!("{prefix}.comm"), sender.comm.clone()));
+    out.push(KeyValue::new(
+        format!("{prefix}.comm"),
+        sender.comm.to_string(),
+    ));
     out.push(KeyValue::new(
         format!("{prefix}.cgroup_id"),
         sender.cgroup_id as i64,
@@ -124,7 +127,7 @@ impl ContainerSpan {
             Event::ProcessExec(e) => {
                 if e.is_container_init {
                     self.init_pid = Some(e.pid);
-                    self.init_exe = Some(e.comm.clone());
+                    self.init_exe = Some(e.comm.to_string());
                 }
                 if e.start_seconds.is_some() {
                     self.start_seconds = e.start_seconds;
@@ -135,7 +138,7 @@ impl ContainerSpan {
                     at,
                     vec![
                         KeyValue::new("process.pid", i64::from(e.pid)),
-                        KeyValue::new("process.executable.name", e.comm.clone()),
+                        KeyValue::new("process.executable.name", e.comm.to_string()),
                         KeyValue::new("process.executable.path", e.filename.clone()),
                         KeyValue::new("clawtrace.is_container_init", e.is_container_init),
                     ],
@@ -162,7 +165,7 @@ impl ContainerSpan {
             Event::ProcessExit(e) => {
                 let mut attributes = vec![
                     KeyValue::new("process.pid", i64::from(e.pid)),
-                    KeyValue::new("process.executable.name", e.comm.clone()),
+                    KeyValue::new("process.executable.name", e.comm.to_string()),
                     KeyValue::new("process.exit.code", i64::from(e.exit_code)),
                     KeyValue::new("clawtrace.cause", e.cause.as_str()),
                     KeyValue::new("clawtrace.is_container_init", e.is_container_init),
@@ -253,7 +256,7 @@ impl ContainerSpan {
             ),
             Event::ContainerDelete(d) => {
                 if let (Some(cause), Some(p)) = (d.verdict, &d.verdict_process) {
-                    self.verdict = Some((cause, p.pid, p.comm.clone()));
+                    self.verdict = Some((cause, p.pid, p.comm.to_string()));
                 }
             }
             Event::ContainerCreate(_) => {}

@@ -469,7 +469,7 @@ mod tests {
             event: Event::ProcessExit(Box::new(ProcessExit {
                 container: container(),
                 pid: 4200,
-                comm: "agent".to_string(),
+                comm: "agent".into(),
                 is_container_init: true,
                 exit_code: 137,
                 signal: Some("SIGKILL".into()),
@@ -482,12 +482,12 @@ mod tests {
                 sender: Some(Sender {
                     pid: 4121,
                     tid: 4121,
-                    comm: "runc".to_string(),
+                    comm: "runc".into(),
                     cgroup_id: 1,
                     container_id: None,
                     ancestry: vec![AncestorRef {
                         pid: 4100,
-                        comm: "containerd-shim".to_string(),
+                        comm: "containerd-shim".into(),
                     }]
                     .into(),
                     class: SenderClass::Runtime,
@@ -504,7 +504,7 @@ mod tests {
         let mut event = killed();
         if let Event::ProcessExit(e) = &mut event.event {
             if let Some(sender) = &mut e.sender {
-                sender.comm = "x\ncontainer 000000000000 exited 0\u{1b}[2J\u{202e}".to_string();
+                sender.comm = "x\ncontainer 000000000000 exited 0\u{1b}[2J\u{202e}".into();
             }
         }
         let line = text(&event);

@@ -173,6 +173,13 @@ pub fn c_str(bytes: &[u8]) -> String {
     String::from_utf8_lossy(&bytes[..end]).into_owned()
 }
 
+/// A process name (a kernel `comm`, at most 15 bytes before its NUL), lossily decoded and kept
+/// inline: no allocation.
+pub fn comm_str(bytes: &[u8]) -> crate::model::events::Comm {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    crate::model::events::Comm::from_utf8_lossy(&bytes[..end])
+}
+
 /// The first `len` bytes of `bytes` (bounded by its size), lossily decoded.
 pub fn sized_str(bytes: &[u8], len: u32) -> String {
     let len = (len as usize).min(bytes.len());
