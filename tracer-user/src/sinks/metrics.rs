@@ -9,9 +9,12 @@
 
 use std::{
     borrow::Cow,
-    collections::{HashMap, HashSet},
     sync::{Arc, Mutex, OnceLock},
 };
+
+// The series index is looked up on every exit and signal: foldhash, randomly seeded per process,
+// as the model's tables.
+use foldhash::{HashMap, HashSet};
 
 use opentelemetry::{
     metrics::{Counter as OtelCounter, Histogram as OtelHistogram, Meter, UpDownCounter},
@@ -959,7 +962,7 @@ impl Metrics {
 
     /// GPU memory of every container now, replacing the previous reading: `(agent, gpu index,
     /// gpu uuid) → bytes`.
-    pub fn gpu_memory(&self, readings: &HashMap<(String, u32, String), u64>) {
+    pub fn gpu_memory(&self, readings: &std::collections::HashMap<(String, u32, String), u64>) {
         self.prom.gpu_memory.clear();
         for ((agent, gpu, uuid), bytes) in readings {
             let labels = GpuMemoryLabels {

@@ -176,8 +176,13 @@ pub fn c_str(bytes: &[u8]) -> String {
 /// A process name (a kernel `comm`, at most 15 bytes before its NUL), lossily decoded and kept
 /// inline: no allocation.
 pub fn comm_str(bytes: &[u8]) -> crate::model::events::Comm {
+    use crate::model::events::Comm;
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    crate::model::events::Comm::from_utf8_lossy(&bytes[..end])
+    // Nearly every name is valid UTF-8 (ASCII): checked once, then copied in place.
+    match std::str::from_utf8(&bytes[..end]) {
+        Ok(name) => Comm::new(name),
+        Err(_) => Comm::from_utf8_lossy(&bytes[..end]),
+    }
 }
 
 /// The first `len` bytes of `bytes` (bounded by its size), lossily decoded.
