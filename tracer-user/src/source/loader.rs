@@ -145,9 +145,10 @@ impl Tracer {
         }
         sys::raise_memlock_limit();
 
-        // Wake the reader once a quarter of the buffer (at most 64 KiB) is waiting; below that
-        // records wait for its next timed poll.
-        let wakeup_bytes: u64 = u64::from(size / 4).min(64 << 10);
+        // Wake the reader once a quarter of the buffer is waiting; below that records wait for
+        // its next timed poll (`run::POLL`). Each wake-up costs the tracing loop and the export
+        // worker a turn each; a quarter leaves three quarters for what comes while it reads.
+        let wakeup_bytes: u64 = u64::from(size / 4);
         let mut loader = EbpfLoader::new();
         for (global, value) in &globals {
             loader.override_global(global, value, true);
