@@ -6,7 +6,10 @@
 //! The way Tetragon's event cache holds events until their process's metadata arrives, with a
 //! retry bound and a count of each reason a resolution fell short.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use foldhash::HashMap;
 
@@ -84,7 +87,7 @@ pub struct Pending {
     /// By cgroup id, looked up on every event (foldhash: see the model's tables).
     containers: HashMap<u64, Entry>,
     /// The agent-name variable the kernel read at each container's init exec, until used.
-    init_env: HashMap<u64, std::sync::Arc<[u8]>>,
+    init_env: HashMap<u64, Arc<[u8]>>,
     misses: [u64; SettleMiss::ALL.len()],
 }
 
@@ -108,8 +111,7 @@ impl Pending {
             ..
         } = note
         {
-            self.init_env
-                .insert(*cgroup_id, std::sync::Arc::clone(value));
+            self.init_env.insert(*cgroup_id, Arc::clone(value));
         }
     }
 

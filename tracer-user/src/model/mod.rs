@@ -966,6 +966,7 @@ impl<R: Recognize> Model<R> {
         let Some(c) = self.containers.get_mut(&owner) else {
             return;
         };
+        let comm = comm_str(&r.comm);
         // A runtime's helper that never ran the payload, or its child that did not either, or
         // a process under a runtime's name that never exec'd the payload (runc's bootstrap
         // stages, `runc:[0:PARENT]` and its kin, which runc forks with CLONE_PARENT, so their
@@ -978,7 +979,7 @@ impl<R: Recognize> Model<R> {
         if !payload
             && (c.bootstrap.contains(&tgid)
                 || c.bootstrap.contains(&r.parent_tgid)
-                || is_runtime(&comm_str(&r.comm))
+                || is_runtime(&comm)
                 || (c.init_by_ns && r.ns_level <= self.config.host_ns_level))
         {
             c.bootstrap.insert(tgid);
@@ -989,7 +990,7 @@ impl<R: Recognize> Model<R> {
         let ending = Ending {
             process: ProcessRef {
                 pid: tgid,
-                comm: comm_str(&r.comm),
+                comm: comm.clone(),
             },
             status: verdict.status,
             cause: verdict.cause,
@@ -1006,7 +1007,7 @@ impl<R: Recognize> Model<R> {
             c.init_exit = Some((r.header.ts_ns, verdict.status, verdict.cause));
             c.exited_init = Some(InitRef {
                 pid: tgid,
-                comm: comm_str(&r.comm),
+                comm: comm.clone(),
                 cause: Some(verdict.cause),
                 sender: sender.clone(),
             });
@@ -1036,7 +1037,7 @@ impl<R: Recognize> Model<R> {
             event: Event::ProcessExit(Box::new(ProcessExit {
                 container: ContainerRef::of(c),
                 pid: tgid,
-                comm: comm_str(&r.comm),
+                comm,
                 is_container_init: is_init,
                 exit_code: verdict.status.shell_code(),
                 signal,

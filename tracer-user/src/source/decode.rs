@@ -169,19 +169,24 @@ impl Record {
 
 /// The text of a fixed-size, NUL-padded kernel string (`comm`), lossily decoded.
 pub fn c_str(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(before_nul(bytes)).into_owned()
+}
+
+/// `bytes` up to its first NUL (all of it when there is none).
+fn before_nul(bytes: &[u8]) -> &[u8] {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..end]).into_owned()
+    &bytes[..end]
 }
 
 /// A process name (a kernel `comm`, at most 15 bytes before its NUL), lossily decoded and kept
 /// inline: no allocation.
 pub fn comm_str(bytes: &[u8]) -> crate::model::events::Comm {
     use crate::model::events::Comm;
-    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    let name = before_nul(bytes);
     // Nearly every name is valid UTF-8 (ASCII): checked once, then copied in place.
-    match std::str::from_utf8(&bytes[..end]) {
+    match std::str::from_utf8(name) {
         Ok(name) => Comm::new(name),
-        Err(_) => Comm::from_utf8_lossy(&bytes[..end]),
+        Err(_) => Comm::from_utf8_lossy(name),
     }
 }
 
