@@ -199,6 +199,27 @@ pub fn wait_status(child: &mut Child) -> i32 {
     status
 }
 
+/// [`wait_status`] for a child that must end by itself within `timeout` ([`scaled`]): past
+/// it, the child is killed and the test fails naming `what` it waited for.
+pub fn wait_status_within(child: &mut Child, timeout: Duration, what: &str) -> i32 {
+    let deadline = Instant::now() + scaled(timeout);
+    loop {
+        let mut status = 0;
+        // SAFETY: polls our own child; `status` is valid for the call.
+        let rc = unsafe { libc::waitpid(child.id() as i32, &mut status, libc::WNOHANG) };
+        if rc == child.id() as i32 {
+            return status;
+        }
+        assert_eq!(rc, 0, "waitpid: {}", std::io::Error::last_os_error());
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = wait_status(child);
+            panic!("timed out after {:?} waiting for {what}", scaled(timeout));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Sends `signal` to `pid` from this process.
 pub fn kill(pid: u32, signal: i32) {
     // SAFETY: kill has no memory-safety preconditions.
