@@ -4,7 +4,9 @@
 //! 1. **Lifecycle storm**: parallel workers run real container lifecycles (cgroup v2 mkdir, a
 //!    process placed in it, exit or SIGKILL, rmdir) flat out for a fixed time while the release
 //!    clawtrace traces them; lifecycles/s, records/s, records lost, and clawtrace's counts (from
-//!    its JSON output) against the ground truth the workers kept.
+//!    its JSON output) against the ground truth the workers kept. The same storm untraced, as
+//!    long, just before the tracer starts and just after it stops gives the workers' own rate,
+//!    read at the traced run's time on the line through the two (the machine's drift cancels).
 //! 2. **Workload overhead**: the same workload, a fixed number of lifecycles, with no tracer,
 //!    with clawtrace (default flags, and with `--trace-mount-syscalls`), with a bpftrace script
 //!    on the same tracepoints, and with libbpf-tools' `exitsnoop` and `sigsnoop`, interleaved

@@ -129,7 +129,14 @@ pub fn storm(f: &StormFigures) -> Section {
         .row(["lifecycles".into(), f.truth.lifecycles.to_string()])
         .row(["lifecycles/s".into(), format!("{:.0}", f.lifecycles_per_s)])
         .row([
-            "lifecycles/s untraced, just before, as long".into(),
+            "lifecycles/s untraced, as long, before the tracer and after it".into(),
+            format!(
+                "{:.0}, {:.0}",
+                f.untraced_before_per_s, f.untraced_after_per_s
+            ),
+        ])
+        .row([
+            "the same at the traced run's time (on the line through both)".into(),
             format!(
                 "{:.0} ({:.1} % kept)",
                 f.untraced_per_s, f.share_of_untraced
@@ -188,6 +195,8 @@ pub fn storm(f: &StormFigures) -> Section {
             "lifecycles": f.truth.lifecycles,
             "lifecycles_per_second": f.lifecycles_per_s,
             "untraced_lifecycles_per_second": f.untraced_per_s,
+            "untraced_before_lifecycles_per_second": f.untraced_before_per_s,
+            "untraced_after_lifecycles_per_second": f.untraced_after_per_s,
             "share_of_untraced_percent": f.share_of_untraced,
             "clawtrace_cpu_us_per_record": f.cpu_us_per_record,
             "records": f.records,

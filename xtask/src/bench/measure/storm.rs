@@ -1,7 +1,12 @@
 //! Sections 1 and 3, one run: the lifecycle storm, and the per-probe kernel cost measured
 //! during it (with two more intervals, see [`probe_costs`](super::probe_costs)).
 
-use std::{collections::BTreeMap, fs, path::Path, time::Duration};
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use anyhow::{anyhow, Context as _, Result};
 use serde_json::Value;
@@ -120,8 +125,12 @@ pub struct StormFigures {
     /// What clawtrace printed about the same containers.
     pub reported: Reported,
     pub lifecycles_per_s: f64,
-    /// The untraced workers' rate, just before, for as long.
+    /// The untraced workers' rate at the traced run's time: [`at_time`] of the untraced runs
+    /// just before and just after it, for as long each (this VM's speed drifts over minutes).
     pub untraced_per_s: f64,
+    /// The untraced runs' own rates: before the tracer started, after it stopped.
+    pub untraced_before_per_s: f64,
+    pub untraced_after_per_s: f64,
     pub share_of_untraced: f64,
     /// Kernel records clawtrace received over the storm (its metrics).
     pub records: f64,
@@ -141,22 +150,44 @@ pub struct StormFigures {
     pub exact: bool,
 }
 
-/// Runs the storm (untraced, then traced with the BPF statistics on) and section 3's two
-/// further intervals beside bpftrace; returns the figures of sections 1 and 3.
-pub fn measure(env: &Env) -> Result<(StormFigures, ProbeCosts)> {
-    let o = &env.options;
-    // The workers' own rate first, untraced, for as long: what tracing takes from them.
-    let untraced_tag = format!("u{}", env.pid);
+/// The rate at time `t` on the line through the untraced runs' (time, rate) points `before`
+/// and `after`: linear drift of the machine's speed cancels out.
+pub fn at_time(before: (f64, f64), after: (f64, f64), t: f64) -> f64 {
+    let ((t0, r0), (t1, r1)) = (before, after);
+    if t1 <= t0 {
+        return (r0 + r1) / 2.0;
+    }
+    r0 + (r1 - r0) * (t - t0) / (t1 - t0)
+}
+
+/// The workers' own rate untraced, for the storm's time: lifecycles/s, and the run's middle in
+/// seconds since `origin`.
+fn untraced_run(env: &Env, tag: &str, origin: Instant) -> Result<(f64, f64)> {
     settle();
-    let untraced = workload::run(&env.spec(
-        untraced_tag.clone(),
-        Until::Elapsed(Duration::from_secs(o.storm_seconds)),
+    let started = origin.elapsed().as_secs_f64();
+    let run = workload::run(&env.spec(
+        tag.to_string(),
+        Until::Elapsed(Duration::from_secs(env.options.storm_seconds)),
         workload::MIX,
     ));
-    workload::sweep(&env.cgroup_root, Some(&untraced_tag))?;
-    let untraced = untraced?;
-    let untraced_per_s = untraced.truth.lifecycles as f64 / untraced.elapsed.as_secs_f64();
+    workload::sweep(&env.cgroup_root, Some(tag))?;
+    let run = run?;
+    let seconds = run.elapsed.as_secs_f64();
     env.interrupted()?;
+    Ok((
+        started + seconds / 2.0,
+        run.truth.lifecycles as f64 / seconds,
+    ))
+}
+
+/// Runs the storm (untraced, traced with the BPF statistics on, untraced again) and section 3's
+/// two further intervals beside bpftrace; returns the figures of sections 1 and 3.
+pub fn measure(env: &Env) -> Result<(StormFigures, ProbeCosts)> {
+    let o = &env.options;
+    // The workers' own rate untraced, for as long, before and after: what tracing takes from
+    // them, at the traced run's time.
+    let origin = Instant::now();
+    let untraced_before = untraced_run(env, &format!("u{}", env.pid), origin)?;
     settle();
     let tag = format!("s{}", env.pid);
     let events_path = env.out.join("storm-events.jsonl");
@@ -171,6 +202,7 @@ pub fn measure(env: &Env) -> Result<(StormFigures, ProbeCosts)> {
 
     let stats = StatsEnabled::on()?;
     let before = probes::snapshot(&ids);
+    let traced_started = origin.elapsed().as_secs_f64();
     let outcome = workload::run(&env.spec(
         tag.clone(),
         Until::Elapsed(Duration::from_secs(o.storm_seconds)),
@@ -198,8 +230,14 @@ pub fn measure(env: &Env) -> Result<(StormFigures, ProbeCosts)> {
     let (events, lost_stderr, undecodable) = stopped_line(&stopped.stderr)
         .ok_or_else(|| anyhow!("clawtrace printed no `stopped:` line"))?;
     let reported = Reported::from_json_lines(&events_path, &tag)?;
+    let untraced_after = untraced_run(env, &format!("v{}", env.pid), origin)?;
 
     let seconds = elapsed.as_secs_f64();
+    let untraced_per_s = at_time(
+        untraced_before,
+        untraced_after,
+        traced_started + seconds / 2.0,
+    );
     let records =
         metrics.sum("clawtrace_events_total", &[]) - base.sum("clawtrace_events_total", &[]);
     let lost_metric = metrics.sum("clawtrace_events_lost_total", &[]);
@@ -236,6 +274,8 @@ pub fn measure(env: &Env) -> Result<(StormFigures, ProbeCosts)> {
         reported,
         lifecycles_per_s,
         untraced_per_s,
+        untraced_before_per_s: untraced_before.1,
+        untraced_after_per_s: untraced_after.1,
         share_of_untraced,
         records,
         records_per_s: records / seconds,
@@ -338,5 +378,12 @@ mod tests {
             ..Truth::default()
         };
         assert!(r.matches(&truth), "{r:?}");
+    }
+
+    #[test]
+    fn the_untraced_rate_is_read_at_the_traced_runs_time() {
+        // 2,000/s at 5 s, 1,800/s at 45 s: 1,950/s at 15 s.
+        assert_eq!(at_time((5.0, 2000.0), (45.0, 1800.0), 15.0), 1950.0);
+        assert_eq!(at_time((5.0, 2000.0), (5.0, 1800.0), 15.0), 1900.0);
     }
 }
