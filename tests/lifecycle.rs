@@ -590,12 +590,9 @@ fn an_init_failing_after_the_oom_killer_took_its_child_gets_an_oom_verdict() {
     let ct = Clawtrace::start(&[]);
     let mut cgroup = TestCgroup::new("verdict-oom");
     let memory = MemoryLimit::new(&cgroup, 64 << 20);
-    let script = format!(
-        "{} /usr/bin/python3 -c 'b = bytearray(512 << 20); b[::4096] = b\"x\" * (len(b) // 4096)'; exit $?",
-        memory.join_command()
-    );
+    let script = format!("{} {}; exit $?", memory.join_command(), MemoryLimit::HOG);
     let mut init = cgroup.spawn(&mut sh(&script));
-    let status = wait_status(&mut init);
+    let status = wait_status_within(&mut init, Duration::from_secs(15), "the OOM kill");
     assert_eq!(
         libc::WEXITSTATUS(status),
         128 + libc::SIGKILL,

@@ -584,6 +584,15 @@ pub enum MemoryLimit {
 }
 
 impl MemoryLimit {
+    /// A command that allocates and touches 512 MiB, for a shell under a smaller limit. The
+    /// pages the interpreter runs from are locked as they fault in (mlockall MCL_CURRENT |
+    /// MCL_ONFAULT): else, near the limit, reclaim keeps evicting its code and the refaults
+    /// count as progress, so the OOM killer waits while the process thrashes (minutes on a
+    /// slow disk).
+    pub const HOG: &'static str = "/usr/bin/python3 -c 'import ctypes; \
+        assert ctypes.CDLL(None, use_errno=True).mlockall(5) == 0, ctypes.get_errno(); \
+        b = bytearray(512 << 20); b[::4096] = b\"x\" * (len(b) // 4096)'";
+
     pub fn new(cgroup: &TestCgroup, limit: u64) -> MemoryLimit {
         let v2_root = cgroup2_root();
         let v2_has_memory = std::fs::read_to_string(v2_root.join("cgroup.controllers"))
