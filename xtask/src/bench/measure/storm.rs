@@ -152,7 +152,7 @@ pub struct StormFigures {
 
 /// The rate at time `t` on the line through the untraced runs' (time, rate) points `before`
 /// and `after`: linear drift of the machine's speed cancels out.
-pub fn at_time(before: (f64, f64), after: (f64, f64), t: f64) -> f64 {
+fn at_time(before: (f64, f64), after: (f64, f64), t: f64) -> f64 {
     let ((t0, r0), (t1, r1)) = (before, after);
     if t1 <= t0 {
         return (r0 + r1) / 2.0;
@@ -160,8 +160,8 @@ pub fn at_time(before: (f64, f64), after: (f64, f64), t: f64) -> f64 {
     r0 + (r1 - r0) * (t - t0) / (t1 - t0)
 }
 
-/// The workers' own rate untraced, for the storm's time: lifecycles/s, and the run's middle in
-/// seconds since `origin`.
+/// The workers' own rate untraced, for as long as the storm: lifecycles/s, and the run's
+/// middle in seconds since `origin`.
 fn untraced_run(env: &Env, tag: &str, origin: Instant) -> Result<(f64, f64)> {
     settle();
     let started = origin.elapsed().as_secs_f64();
