@@ -8,6 +8,8 @@ use tracer_common::{
     Header, Kind, MountRecord, OomRecord, SignalRecord,
 };
 
+use crate::model::events::Comm;
+
 /// One decoded record.
 #[derive(Debug, Clone, Copy)]
 pub enum Record {
@@ -180,8 +182,7 @@ fn before_nul(bytes: &[u8]) -> &[u8] {
 
 /// A process name (a kernel `comm`, at most 15 bytes before its NUL), lossily decoded and kept
 /// inline: no allocation.
-pub fn comm_str(bytes: &[u8]) -> crate::model::events::Comm {
-    use crate::model::events::Comm;
+pub fn comm_str(bytes: &[u8]) -> Comm {
     let name = before_nul(bytes);
     // Nearly every name is valid UTF-8 (ASCII): checked once, then copied in place.
     match std::str::from_utf8(name) {

@@ -24,10 +24,12 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long to wait for a tracer to act on SIGINT before sending it again.
 const RESIGNAL_AFTER: Duration = Duration::from_secs(5);
 
-/// The bpftrace peer: the same six tracepoints clawtrace's hot path uses, comparable work per
-/// event (cgroups and tasks followed in hash maps keyed by id and pid, the last signal and its
-/// sender kept per process, the wait status read from the task at exit) and one line printed
-/// per event.
+/// The bpftrace peer: the tracepoints clawtrace's hot path uses (cgroup mkdir and rmdir, exec,
+/// exit, signal_generate) and two more by which it follows tasks into the cgroups
+/// (cgroup_attach_task, task_newtask: a bpftrace script cannot read a signal target's cgroup),
+/// comparable work per event (cgroups and tasks followed in hash maps keyed by id and pid, the
+/// last signal and its sender kept per process, the wait status read from the task at exit) and
+/// one line printed per event.
 pub const BPFTRACE_SCRIPT: &str = r#"
 tracepoint:cgroup:cgroup_mkdir /args->root == 0/ {
   @cg[args->id] = nsecs;
