@@ -79,9 +79,10 @@ pub struct Load {
     pub cpu_busy_percent: f64,
     /// The busiest processes (comm, CPU %), at most five, at least 5 % each, busiest first.
     pub busiest: Vec<(String, f64)>,
-    /// Tracepoint programs loaded (by other tracers: clawtrace is not running then).
-    pub tracepoint_programs: usize,
-    /// Under 10 % busy and no tracepoint program loaded.
+    /// Tracing programs bpftool lists (other tracers': clawtrace is not running then). A
+    /// program the kernel does not list (one of the machine's own, say) is not counted.
+    pub tracing_programs: usize,
+    /// Under 10 % busy and no tracing program listed.
     pub quiet: bool,
 }
 
@@ -164,24 +165,67 @@ pub fn quietness() -> Load {
         .collect();
     top.sort_by(|a, b| b.1.total_cmp(&a.1));
     top.truncate(5);
-    let tracepoint_programs = Command::new("bpftool")
+    let tracing_programs = Command::new("bpftool")
         .args(["-j", "prog", "show"])
         .output()
         .ok()
         .and_then(|o| serde_json::from_slice::<Value>(&o.stdout).ok())
-        .and_then(|v| {
-            v.as_array().map(|progs| {
-                progs
-                    .iter()
-                    .filter(|p| p.get("type").and_then(Value::as_str) == Some("tracepoint"))
-                    .count()
-            })
-        })
-        .unwrap_or(0);
+        .map_or(0, |v| tracing_programs(&v));
     Load {
         cpu_busy_percent: busy,
         busiest: top,
-        tracepoint_programs,
-        quiet: busy < 10.0 && tracepoint_programs == 0,
+        tracing_programs,
+        quiet: busy < 10.0 && tracing_programs == 0,
+    }
+}
+
+/// Program types that run on the kernel's events, as `bpftool -j prog show` names them: any of
+/// them on the hooks the bench drives adds to what it measures.
+const TRACING_TYPES: &[&str] = &[
+    "tracepoint",
+    "raw_tracepoint",
+    "raw_tracepoint_writable",
+    "tracing",
+    "kprobe",
+    "lsm",
+    "perf_event",
+];
+
+/// How many programs of [`TRACING_TYPES`] `bpftool -j prog show` printed.
+fn tracing_programs(progs: &Value) -> usize {
+    progs.as_array().map_or(0, |progs| {
+        progs
+            .iter()
+            .filter(|p| {
+                p.get("type")
+                    .and_then(Value::as_str)
+                    .is_some_and(|t| TRACING_TYPES.contains(&t))
+            })
+            .count()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tracing_programs_counts_every_kind_on_kernel_events_and_nothing_else() {
+        // As bpftool prints them: a tracepoint, a raw tracepoint, a BTF tracepoint ("tracing"),
+        // a kprobe and a BPF-LSM program count; a socket filter and a cgroup device program do
+        // not.
+        let progs = serde_json::json!([
+            {"id": 1, "type": "tracepoint"},
+            {"id": 2, "type": "raw_tracepoint"},
+            {"id": 3, "type": "tracing"},
+            {"id": 4, "type": "kprobe"},
+            {"id": 5, "type": "lsm"},
+            {"id": 6, "type": "socket_filter"},
+            {"id": 7, "type": "cgroup_device"},
+            {"id": 8}
+        ]);
+        assert_eq!(tracing_programs(&progs), 5);
+        assert_eq!(tracing_programs(&serde_json::json!([])), 0);
+        assert_eq!(tracing_programs(&serde_json::json!({"error": "x"})), 0);
     }
 }

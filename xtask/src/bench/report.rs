@@ -667,14 +667,14 @@ pub fn load_text(q: &Load) -> String {
         .map(|(comm, percent)| format!("{comm} {percent:.0} %"))
         .collect();
     format!(
-        "CPU {:.0} % busy{}, {} tracepoint program(s) of other tracers loaded{}",
+        "CPU {:.0} % busy{}, {} tracing program(s) of other tracers listed by bpftool{}",
         q.cpu_busy_percent,
         if busiest.is_empty() {
             String::new()
         } else {
             format!(" ({})", busiest.join(", "))
         },
-        q.tracepoint_programs,
+        q.tracing_programs,
         if q.quiet {
             ""
         } else {
@@ -687,7 +687,7 @@ fn load_json(q: &Load) -> Value {
     json!({
         "cpu_busy_percent": q.cpu_busy_percent,
         "busiest": q.busiest.iter().map(|(c, p)| json!({"comm": c, "cpu_percent": p})).collect::<Vec<_>>(),
-        "tracepoint_programs_loaded": q.tracepoint_programs,
+        "tracing_programs_listed": q.tracing_programs,
         "quiet": q.quiet,
     })
 }
