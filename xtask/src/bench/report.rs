@@ -390,7 +390,8 @@ pub fn overhead(f: &OverheadFigures) -> Section {
          default flags, which attaches the mount system calls' tracepoints (the default \
          attaches no syscall tracepoint). \
          bpftrace: `target/bench/peer.bt`, clawtrace's five tracepoints and two more \
-         that follow tasks into the cgroups, cgroups and tasks followed in maps keyed by id and pid, last signal and sender kept per process, \
+         that follow tasks into the cgroups, cgroups and tasks followed in maps keyed by id \
+         and pid, last signal and sender kept per process, \
          exit status read from the task, one line printed per event to a file. \
          exitsnoop + sigsnoop: Debian's libbpf-tools (CO-RE, ring or perf buffer, one line per \
          process exit and per signal, node-wide), both running, output to a file. Slowdown: the \
